@@ -1,0 +1,75 @@
+//! citrusd: parse flags, load the config, bind the socket, run the daemon until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use citrus::config::Config;
+use citrus::daemon::{self, DaemonError};
+use clap::Parser;
+
+/// The Citrus per-host daemon: supervises apps, serves citrusctl on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "citrusd", version)]
+struct Args {
+    /// Config file (default: /etc/citrus/citrusd.toml as root, else config/citrusd.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Apply each app's `env_NAME` table.
+    #[arg(long)]
+    env: Option<String>,
+    /// Control socket (default: $CITRUS_SOCKET, the config's `socket`, then the per-user rule).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace); CITRUS_LOG / RUST_LOG override.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    daemon::init_tracing(args.verbose);
+    let path = args.config.unwrap_or_else(|| {
+        if nix::unistd::Uid::effective().is_root() {
+            PathBuf::from("/etc/citrus/citrusd.toml")
+        } else {
+            PathBuf::from("config/citrusd.toml")
+        }
+    });
+    let config = match Config::load(&path, args.env.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("citrusd: invalid config, nothing started:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = args
+        .socket
+        .or_else(|| {
+            std::env::var_os("CITRUS_SOCKET")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| config.daemon.socket.clone())
+        .unwrap_or_else(citrus::control::default_socket_path);
+    match run(config, args.env, socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("citrusd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config, env: Option<String>, socket: PathBuf) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = daemon::socket::bind(&socket, config.daemon.socket_group.as_deref())?;
+        daemon::run(config, env, listener, socket, daemon::termination()).await?;
+        Ok::<(), DaemonError>(())
+    })?;
+    Ok(())
+}

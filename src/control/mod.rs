@@ -1,0 +1,271 @@
+//! The control API between `citrusd` and `citrusctl`: HTTP+JSON on a Unix socket, versioned under
+//! `/v1/`. This module owns the wire types both sides use, the socket-path rule both apply, and the
+//! client; the daemon's router lives in `daemon::api`.
+
+pub mod client;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this API; shown by `ping`. Bumped on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The socket path when neither `--socket` nor the config names one: `$CITRUS_SOCKET`, else
+/// `/run/citrus/citrusd.sock` for root, else `$XDG_RUNTIME_DIR/citrus/citrusd.sock`, else
+/// `$HOME/.citrus/citrusd.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CITRUS_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/run/citrus/citrusd.sock");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(dir).join("citrus/citrusd.sock");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".citrus/citrusd.sock")
+}
+
+/// The lifecycle state of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    Starting,
+    Online,
+    Stopping,
+    Stopped,
+    Backoff,
+    Errored,
+}
+
+impl AppState {
+    /// The lowercase name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Starting => "starting",
+            AppState::Online => "online",
+            AppState::Stopping => "stopping",
+            AppState::Stopped => "stopped",
+            AppState::Backoff => "backoff",
+            AppState::Errored => "errored",
+        }
+    }
+}
+
+/// `GET /v1/ping`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ping {
+    pub pid: u32,
+    pub version: String,
+    pub protocol: u32,
+    pub uptime_ms: u64,
+}
+
+/// `GET /v1/status` (also `GET /v1/apps`): `citrusctl status --json` prints it as is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub daemon: DaemonInfo,
+    pub apps: Vec<AppStatus>,
+}
+
+/// The daemon part of [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub version: String,
+    pub uptime_ms: u64,
+}
+
+/// One instance of one app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub instance: u32,
+    pub pid: Option<u32>,
+    pub state: AppState,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub memory_restarts: u32,
+    pub uptime_ms: u64,
+    pub memory_bytes: u64,
+    pub cpu_percent: f64,
+    pub last_exit: Option<LastExit>,
+}
+
+/// How the previous run of an instance ended. `signal` is a name such as `"SIGKILL"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub at_ms: u64,
+}
+
+/// Every error body: `{"error": {"code", "message", "hint"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ApiError,
+}
+
+/// An error a person can act on: what failed, and (when there is one) what to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Machine-readable kind, see [`ErrorCode`].
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The kinds of API error; each maps to one HTTP status and one `citrusctl` exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No app by that name (404, exit 1).
+    UnknownApp,
+    /// The request itself is malformed (400, exit 2).
+    BadRequest,
+    /// The config file is invalid (422, exit 2).
+    InvalidConfig,
+    /// The request conflicts with what exists, e.g. a duplicate name (409, exit 1).
+    Conflict,
+    /// The operation was attempted and failed (500, exit 1).
+    Failed,
+}
+
+/// `POST /v1/apps`: add an app at run time (`citrusctl start --name NAME -- CMD…`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddApp {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default = "one")]
+    pub instances: u32,
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The reply to start/stop/restart/reload/add/delete: the affected instances afterwards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionReply {
+    pub apps: Vec<AppStatus>,
+}
+
+/// `GET /v1/apps/{name}`: what `citrusctl describe` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Describe {
+    pub name: String,
+    /// `"config"` or `"runtime"` (added with `citrusctl start --name`).
+    pub source: String,
+    /// `"running"` or `"stopped"`: what citrusd keeps the app at.
+    pub desired: String,
+    /// The effective config, durations and sizes as strings.
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Environment names set from the config, with masked values.
+    pub env: BTreeMap<String, String>,
+    pub instances: Vec<InstanceDescribe>,
+}
+
+/// One instance in [`Describe`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDescribe {
+    pub status: AppStatus,
+    pub last_error: Option<String>,
+    /// The most recent exits, newest last.
+    pub recent_exits: Vec<LastExit>,
+    pub out_log: LogInfo,
+    pub err_log: LogInfo,
+}
+
+/// A log file's path and counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogInfo {
+    pub path: PathBuf,
+    pub bytes_written: u64,
+    /// Bytes the app wrote that could not be stored (disk full, write error).
+    pub bytes_dropped: u64,
+    pub last_error: Option<String>,
+}
+
+/// `POST /v1/reload-config` body.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a config reload does (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadPlan {
+    pub start: Vec<String>,
+    pub stop: Vec<String>,
+    pub restart: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Changes that need a citrusd restart to take effect (e.g. `log_dir`).
+    pub warnings: Vec<String>,
+    pub applied: bool,
+}
+
+/// Which stream(s) `logs` reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    #[default]
+    All,
+    Out,
+    Err,
+}
+
+/// Query of `GET /v1/apps/{name}/logs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogsQuery {
+    #[serde(default = "default_lines")]
+    pub lines: usize,
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub stream: LogStream,
+}
+
+fn default_lines() -> usize {
+    20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The literal from SPEC 2.3 deserialises into our types and serialises back to the same JSON.
+    #[test]
+    fn status_json_matches_spec_literal() {
+        let spec = r#"{"daemon": {"pid": 1, "version": "0.1.0", "uptime_ms": 5000},
+ "apps": [{"name": "api", "instance": 0, "pid": 4242, "state": "online", "restarts": 2,
+           "unstable_restarts": 0, "memory_restarts": 0, "uptime_ms": 1200, "memory_bytes": 10485760,
+           "cpu_percent": 0.4, "last_exit": {"code": 1, "signal": null, "at_ms": 1700000000000}}]}"#;
+        let parsed: Status = serde_json::from_str(spec).unwrap();
+        assert_eq!(parsed.apps[0].state, AppState::Online);
+        let back = serde_json::to_value(&parsed).unwrap();
+        let want: serde_json::Value = serde_json::from_str(spec).unwrap();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let body = ErrorBody {
+            error: ApiError {
+                code: ErrorCode::UnknownApp,
+                message: "no app named x".into(),
+                hint: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"error":{"code":"unknown_app","message":"no app named x"}}"#
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! citrusctl: the operator's commands over the control socket. Each command is a small function
+//! from parsed flags to output; [`CtlError::exit_code`] is the one place that maps failures to
+//! SPEC's exit codes (0 ok, 1 failed, 2 usage or config, 3 daemon unreachable).
+
+mod table;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::control::client::{Client, ClientError};
+use crate::control::{
+    ActionReply, AddApp, Describe, ErrorCode, LogStream, Ping, ReloadPlan, ReloadRequest, Status,
+};
+
+/// citrusctl's flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "citrusctl",
+    version,
+    about = "Control citrusd: status, start/stop/restart, logs, config reload"
+)]
+pub struct Cli {
+    /// The daemon's control socket (default: $CITRUS_SOCKET, /run/citrus/citrusd.sock for root,
+    /// else $XDG_RUNTIME_DIR/citrus/citrusd.sock, else ~/.citrus/citrusd.sock).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// Print the daemon's JSON reply instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// citrusctl's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every app (or one): pid, state, uptime, restarts, memory, cpu.
+    Status { app: Option<String> },
+    /// Start an app (or `all`), or add one at run time: `start --name NAME [--instances N] -- CMD ARGS…`.
+    Start {
+        app: Option<String>,
+        /// Name of an app to add at run time.
+        #[arg(long)]
+        name: Option<String>,
+        /// Instances of the added app.
+        #[arg(long, requires = "name")]
+        instances: Option<u32>,
+        /// Working directory of the added app.
+        #[arg(long, requires = "name")]
+        cwd: Option<PathBuf>,
+        /// The added app's command, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Stop an app (or `all`) and everything it started.
+    Stop { app: String },
+    /// Restart an app (or `all`).
+    Restart { app: String },
+    /// Rolling restart: one instance at a time, each online before the next.
+    Reload { app: String },
+    /// Stop and forget an app added at run time.
+    Delete { app: String },
+    /// Print an app's log, and follow it with -f.
+    Logs {
+        app: String,
+        /// Lines to print from the end of each log.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        /// Keep printing as the app writes.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only stderr.
+        #[arg(long, conflicts_with = "out")]
+        err: bool,
+        /// Only stdout.
+        #[arg(long)]
+        out: bool,
+    },
+    /// The effective config of an app, its env names (values masked), log paths and last exits.
+    Describe { app: String },
+    /// Re-read the config file: start new apps, stop removed ones, restart changed ones.
+    ReloadConfig {
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Convert a PM2 ecosystem.json or dump.pm2 into citrusd.toml (printed on stdout).
+    ImportPm2 { file: PathBuf },
+    /// Write the daemon's state file now.
+    Save,
+    /// Check that the daemon answers.
+    Ping,
+}
+
+/// A failure of a citrusctl command.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    /// SPEC 2.3's exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Usage(_) => 2,
+            CtlError::Client(ClientError::Unreachable { .. }) => 3,
+            CtlError::Client(ClientError::Api(e)) => match e.code {
+                ErrorCode::BadRequest | ErrorCode::InvalidConfig => 2,
+                ErrorCode::UnknownApp | ErrorCode::Conflict | ErrorCode::Failed => 1,
+            },
+            CtlError::Client(ClientError::Protocol { .. }) | CtlError::Failed(_) => 1,
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn app_path(app: &str, rest: &str) -> String {
+    format!("/v1/apps/{}{rest}", encode(app))
+}
+
+/// Percent-encodes a path segment (app names are validated, but `citrusctl restart 'a b'` must
+/// reach the daemon to be answered "no app named").
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs one citrusctl command.
+pub async fn run(cli: Cli) -> Result<(), CtlError> {
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(crate::control::default_socket_path);
+    let client = Client::new(socket);
+    let json = cli.json;
+    match cli.command {
+        Command::Status { app } => {
+            let path = match &app {
+                Some(a) => format!("/v1/status?app={}", encode(a)),
+                None => "/v1/status".to_string(),
+            };
+            let status: Status = client.get(&path).await?;
+            if json {
+                print_json(&status);
+            } else {
+                print!("{}", table::status(&status.apps));
+            }
+        }
+        Command::Start {
+            app,
+            name,
+            instances,
+            cwd,
+            command,
+        } => {
+            let reply: ActionReply = match (app, name) {
+                (Some(_), Some(_)) => {
+                    return Err(CtlError::Usage("give either an APP to start or --name NAME -- CMD, not both".into()))
+                }
+                (None, None) => {
+                    return Err(CtlError::Usage(
+                        "start what? `citrusctl start APP`, `citrusctl start all`, or `citrusctl start --name NAME -- CMD ARGS…`".into(),
+                    ))
+                }
+                (Some(app), None) => {
+                    if !command.is_empty() {
+                        return Err(CtlError::Usage("a command after `--` needs --name NAME".into()));
+                    }
+                    client.post(&app_path(&app, "/start"), &serde_json::json!({})).await?
+                }
+                (None, Some(name)) => {
+                    if command.is_empty() {
+                        return Err(CtlError::Usage("--name needs the command after `--`: citrusctl start --name NAME -- CMD ARGS…".into()));
+                    }
+                    let cwd = cwd.map(|c| std::path::absolute(&c).unwrap_or(c));
+                    let req = AddApp { name, command, instances: instances.unwrap_or(1), cwd };
+                    client.post("/v1/apps", &req).await?
+                }
+            };
+            show_reply(&reply, json);
+        }
+        Command::Stop { app } => action(&client, &app, "stop", json).await?,
+        Command::Restart { app } => action(&client, &app, "restart", json).await?,
+        Command::Reload { app } => action(&client, &app, "reload", json).await?,
+        Command::Delete { app } => {
+            let reply: ActionReply = client.delete(&app_path(&app, "")).await?;
+            if json {
+                print_json(&reply);
+            } else {
+                println!("deleted {app}");
+            }
+        }
+        Command::Logs {
+            app,
+            lines,
+            follow,
+            err,
+            out,
+        } => {
+            let stream = match (err, out) {
+                (true, _) => LogStream::Err,
+                (_, true) => LogStream::Out,
+                _ => LogStream::All,
+            };
+            let stream = serde_json::to_value(stream)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let path = app_path(
+                &app,
+                &format!("/logs?lines={lines}&follow={follow}&stream={stream}"),
+            );
+            let mut stdout = std::io::stdout().lock();
+            let mut broken = false;
+            client
+                .stream(&path, |chunk| {
+                    if !broken && (stdout.write_all(chunk).is_err() || stdout.flush().is_err()) {
+                        broken = true;
+                    }
+                })
+                .await?;
+        }
+        Command::Describe { app } => {
+            let d: Describe = client.get(&app_path(&app, "")).await?;
+            if json {
+                print_json(&d);
+            } else {
+                print!("{}", table::describe(&d));
+            }
+        }
+        Command::ReloadConfig { dry_run } => {
+            let plan: ReloadPlan = client
+                .post("/v1/reload-config", &ReloadRequest { dry_run })
+                .await?;
+            if json {
+                print_json(&plan);
+            } else {
+                print!("{}", table::plan(&plan));
+            }
+        }
+        Command::ImportPm2 { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CtlError::Failed(format!("cannot read {}: {e}", file.display())))?;
+            let name = file.display().to_string();
+            let conv = crate::import_pm2::convert(&text, &name)
+                .map_err(|e| CtlError::Failed(e.to_string()))?;
+            for w in &conv.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", conv.toml);
+        }
+        Command::Save => {
+            let _: serde_json::Value = client.post("/v1/save", &serde_json::json!({})).await?;
+            println!("state saved");
+        }
+        Command::Ping => {
+            let p: Ping = client.get("/v1/ping").await?;
+            if json {
+                print_json(&p);
+            } else {
+                println!(
+                    "citrusd {} (pid {}, protocol {}) up {}",
+                    p.version,
+                    p.pid,
+                    p.protocol,
+                    table::uptime(p.uptime_ms)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn action(client: &Client, app: &str, verb: &str, json: bool) -> Result<(), CtlError> {
+    let reply: ActionReply = client
+        .post(&app_path(app, &format!("/{verb}")), &serde_json::json!({}))
+        .await?;
+    show_reply(&reply, json);
+    Ok(())
+}
+
+fn show_reply(reply: &ActionReply, json: bool) {
+    if json {
+        print_json(reply);
+    } else {
+        print!("{}", table::status(&reply.apps));
+    }
+}

@@ -1,0 +1,243 @@
+//! citrusd assembled: state directory lock, orphan cleanup, supervisor, control API, signals.
+//! The binary parses flags, loads the config, binds the socket and calls [`run`] with a shutdown
+//! future; tests do the same with their own socket and future.
+
+pub mod api;
+pub mod orphans;
+pub mod socket;
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, ConfigError};
+use crate::control::ReloadPlan;
+use crate::state::{DirLock, StateError, StateStore};
+use crate::supervisor::reaper::Reaper;
+use crate::supervisor::spawn::Marker;
+use crate::supervisor::{Shared, Supervisor, SupervisorError};
+use crate::sys;
+
+/// Why citrusd could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("citrusd is already running on {socket}; stop it first, or give this one another --socket and state_dir")]
+    AlreadyRunning { socket: PathBuf },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// What the control API shares: the supervisor and how to re-read the config.
+pub struct Daemon {
+    pub supervisor: Arc<Supervisor>,
+    pub config_path: PathBuf,
+    pub env: Option<String>,
+    pub started: Instant,
+    /// Serialises config reloads (SIGHUP and `reload-config` may race).
+    reload: tokio::sync::Mutex<()>,
+}
+
+/// Why a config reload was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}\nthe running config stays in force")]
+    Invalid(#[from] ConfigError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+impl Daemon {
+    /// Re-reads the config file and applies (or with `dry_run` only plans) the difference.
+    pub async fn reload_config(&self, dry_run: bool) -> Result<ReloadPlan, ReloadError> {
+        let _one_at_a_time = self.reload.lock().await;
+        let config = Config::load(&self.config_path, self.env.as_deref())?;
+        let plan = self.supervisor.reload_config(config, dry_run).await?;
+        if plan.applied {
+            tracing::info!(start = ?plan.start, stop = ?plan.stop, restart = ?plan.restart, "config reloaded");
+        }
+        for w in &plan.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(plan)
+    }
+}
+
+/// The marker id for a state directory: stable across restarts, distinct per directory.
+pub fn supervisor_id(state_dir: &Path) -> String {
+    let canonical = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
+    format!(
+        "{:016x}",
+        sys::stable_hash(canonical.as_os_str().as_encoded_bytes())
+    )
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| DaemonError::Io {
+            action: "create",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Runs citrusd until `shutdown` resolves: then every app is stopped gracefully in reverse
+/// dependency order, state is saved and the socket file removed.
+pub async fn run(
+    config: Config,
+    env: Option<String>,
+    listener: UnixListener,
+    socket_path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let daemon_cfg = config.daemon.clone();
+    create_dir(&daemon_cfg.state_dir, 0o700)?;
+    create_dir(&daemon_cfg.log_dir, 0o750)?;
+    let _lock = DirLock::acquire(&daemon_cfg.state_dir)?;
+    if let Err(e) = sys::set_child_subreaper() {
+        tracing::warn!(
+            "cannot become a child subreaper ({e}); double-forked app processes may escape"
+        );
+    }
+    let reaper = Reaper::start().map_err(|source| DaemonError::Io {
+        action: "install the SIGCHLD handler for",
+        path: daemon_cfg.state_dir.clone(),
+        source,
+    })?;
+    let marker = Marker {
+        supervisor_id: supervisor_id(&daemon_cfg.state_dir),
+    };
+    let leftovers = orphans::stop_previous_run(&marker, &config).await;
+    if leftovers > 0 {
+        tracing::warn!(
+            count = leftovers,
+            "stopped processes left by a previous citrusd before starting apps"
+        );
+    }
+
+    let store = StateStore::new(&daemon_cfg.state_dir);
+    let (persisted, warning) = store.load()?;
+    if let Some(w) = warning {
+        tracing::error!("{w}");
+    }
+    let shared = Arc::new(Shared {
+        reaper,
+        marker,
+        log_dir: daemon_cfg.log_dir.clone(),
+    });
+    let config_path = config.path.clone();
+    let supervisor = Supervisor::new(shared, config, store, &persisted)?;
+    supervisor.save()?;
+    let daemon = Arc::new(Daemon {
+        supervisor: supervisor.clone(),
+        config_path,
+        env,
+        started: Instant::now(),
+        reload: tokio::sync::Mutex::new(()),
+    });
+
+    let server = tokio::spawn(api::serve(listener, daemon.clone()));
+    if let Some(addr) = daemon_cfg.metrics_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tokio::spawn(api::serve_metrics(l, daemon.clone()));
+            }
+            Err(e) => tracing::error!(%addr, "cannot listen for metrics: {e}"),
+        }
+    }
+    tokio::spawn(supervisor.clone().memory_check_loop());
+    tokio::spawn(signal_loop(daemon.clone()));
+
+    let errors = supervisor.boot().await;
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: stopping every app");
+    server.abort();
+    supervisor.shutdown().await;
+    let saved = supervisor.save();
+    let _ = std::fs::remove_file(&socket_path);
+    saved?;
+    tracing::info!("all apps stopped; bye");
+    Ok(())
+}
+
+/// SIGHUP reloads the config; SIGUSR1 reopens log files.
+async fn signal_loop(daemon: Arc<Daemon>) {
+    let (Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        tracing::error!("cannot install SIGHUP/SIGUSR1 handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                if let Err(e) = daemon.reload_config(false).await {
+                    tracing::error!("config reload failed: {e}");
+                }
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening log files");
+                daemon.supervisor.reopen_logs();
+            }
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn termination() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Sets up tracing on stderr: `-v` raises the level; `CITRUS_LOG` or `RUST_LOG` override it.
+pub fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("CITRUS_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| level.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,11 @@
+//! Citrus: a per-host process supervisor (`citrusd`), its operator CLI (`citrusctl`), and (in
+//! later releases) the fleet engine. The library does the work; `src/bin/` only assembles it.
+
+pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod import_pm2;
+pub mod state;
+pub mod supervisor;
+pub mod sys;

@@ -1,0 +1,731 @@
+//! The supervisor: the table of apps, each a set of instance actors, and the operations on it.
+//!
+//! Theory of operation. The table lives behind a `std::sync::Mutex` that is only ever held to
+//! read or change the table, never across an `.await`: an operation clones the instance handles
+//! it needs, releases the lock, then talks to the actors (which serialise commands per instance).
+//! Operations on several apps follow the `after` graph: apps are grouped in levels (an app is one
+//! level above the deepest app it comes after), levels start in order and stop in reverse, and
+//! the apps of one level are handled concurrently, so stopping 100 independent apps takes as long
+//! as the slowest, not the sum. Desired state changes are persisted before the operation runs.
+
+pub mod instance;
+pub mod lifecycle;
+pub mod logs;
+pub mod reaper;
+pub mod spawn;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use crate::config::{validate_app_name, AppConfig, Config};
+use crate::control::{AddApp, AppState, AppStatus, ReloadPlan};
+use crate::state::{Desired, PersistedApp, PersistedState, RuntimeApp, StateError, StateStore};
+use crate::sys::procfs;
+pub use instance::{InstanceHandle, InstanceStatus, Shared};
+
+/// Errors of supervisor operations; the control API maps each to a status and exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("no app named {name:?}; known apps: {}", if .known.is_empty() { "(none)".to_string() } else { .known.join(", ") })]
+    UnknownApp { name: String, known: Vec<String> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Which apps an operation applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    All,
+    App(String),
+}
+
+impl Target {
+    /// `"all"` is every app; anything else one app.
+    pub fn parse(name: &str) -> Target {
+        if name == "all" {
+            Target::All
+        } else {
+            Target::App(name.to_string())
+        }
+    }
+}
+
+struct App {
+    config: Arc<AppConfig>,
+    runtime: bool,
+    desired: Desired,
+    instances: Vec<Arc<InstanceHandle>>,
+}
+
+struct Table {
+    config: Arc<Config>,
+    apps: BTreeMap<String, App>,
+}
+
+impl Table {
+    /// Names in display/start order: the config's start order, then run-time apps by name.
+    fn order(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .config
+            .start_order()
+            .into_iter()
+            .filter(|n| self.apps.contains_key(n))
+            .collect();
+        names.extend(
+            self.apps
+                .iter()
+                .filter(|(_, a)| a.runtime)
+                .map(|(n, _)| n.clone()),
+        );
+        names
+    }
+
+    /// `names` grouped by dependency depth: level 0 depends on nothing among all apps.
+    fn levels(&self, names: &[String]) -> Vec<Vec<String>> {
+        let mut depth: HashMap<String, usize> = HashMap::new();
+        for name in self.order() {
+            let d = self.apps[&name]
+                .config
+                .after
+                .iter()
+                .filter_map(|dep| depth.get(dep).map(|d| d + 1))
+                .max()
+                .unwrap_or(0);
+            depth.insert(name, d);
+        }
+        let mut levels: Vec<Vec<String>> = Vec::new();
+        for name in names {
+            let d = depth.get(name).copied().unwrap_or(0);
+            if levels.len() <= d {
+                levels.resize(d + 1, Vec::new());
+            }
+            levels[d].push(name.clone());
+        }
+        levels.retain(|l| !l.is_empty());
+        levels
+    }
+
+    fn resolve(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
+        match target {
+            Target::All => Ok(self.order()),
+            Target::App(name) if self.apps.contains_key(name) => Ok(vec![name.clone()]),
+            Target::App(name) => Err(SupervisorError::UnknownApp {
+                name: name.clone(),
+                known: self.order(),
+            }),
+        }
+    }
+
+    fn persisted(&self) -> PersistedState {
+        let mut state = PersistedState::default();
+        for (name, app) in &self.apps {
+            let runtime = app.runtime.then(|| RuntimeApp {
+                command: app.config.command.clone(),
+                instances: app.config.instances,
+                cwd: app.config.cwd.clone(),
+            });
+            state.apps.insert(
+                name.clone(),
+                PersistedApp {
+                    desired: app.desired,
+                    runtime,
+                },
+            );
+        }
+        state
+    }
+}
+
+/// (app, instance, pid): a CPU sample belongs to one run of one instance.
+type SampleKey = (String, u32, i32);
+
+/// An instance's status with what the API shows beside it.
+pub struct InstanceView {
+    pub name: String,
+    pub status: InstanceStatus,
+    pub handle: Arc<InstanceHandle>,
+}
+
+/// The supervisor of one citrusd.
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    store: StateStore,
+    table: Mutex<Table>,
+    /// Woken when memory caps or the check interval change.
+    memory_config: Notify,
+    /// CPU samples per (app, instance, pid) for `cpu_percent`: (cpu ticks, when).
+    cpu_samples: Mutex<HashMap<SampleKey, (u64, Instant)>>,
+}
+
+async fn run_all<F, Fut>(handles: Vec<Arc<InstanceHandle>>, op: F) -> Vec<String>
+where
+    F: Fn(Arc<InstanceHandle>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for h in handles {
+        set.spawn(op(h));
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+            Ok(Ok(())) => {}
+        }
+    }
+    errors
+}
+
+impl Supervisor {
+    /// Creates the supervisor with the config's apps and the persisted run-time apps; nothing is
+    /// started yet (see [`Supervisor::boot`]).
+    pub fn new(
+        shared: Arc<Shared>,
+        config: Config,
+        store: StateStore,
+        persisted: &PersistedState,
+    ) -> Result<Arc<Supervisor>, SupervisorError> {
+        let config = Arc::new(config);
+        let mut apps = BTreeMap::new();
+        for (name, app) in &config.apps {
+            let desired = persisted
+                .apps
+                .get(name)
+                .map(|p| p.desired)
+                .unwrap_or(if app.autostart {
+                    Desired::Running
+                } else {
+                    Desired::Stopped
+                });
+            apps.insert(
+                name.clone(),
+                Self::make_app(&shared, Arc::new(app.clone()), false, desired)?,
+            );
+        }
+        for (name, p) in &persisted.apps {
+            let Some(rt) = &p.runtime else { continue };
+            if apps.contains_key(name) {
+                tracing::warn!(app = %name, "the config now defines this run-time app; using the config");
+                continue;
+            }
+            let app = config.runtime_app(name, rt.command.clone(), rt.instances, rt.cwd.clone());
+            apps.insert(
+                name.clone(),
+                Self::make_app(&shared, Arc::new(app), true, p.desired)?,
+            );
+        }
+        Ok(Arc::new(Supervisor {
+            shared,
+            store,
+            table: Mutex::new(Table { config, apps }),
+            memory_config: Notify::new(),
+            cpu_samples: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn make_app(
+        shared: &Arc<Shared>,
+        config: Arc<AppConfig>,
+        runtime: bool,
+        desired: Desired,
+    ) -> Result<App, SupervisorError> {
+        let instances = (0..config.instances)
+            .map(|i| InstanceHandle::spawn(shared.clone(), config.clone(), i).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                SupervisorError::Failed(format!("cannot open the logs of {}: {e}", config.name))
+            })?;
+        Ok(App {
+            config,
+            runtime,
+            desired,
+            instances,
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts every app whose desired state is running, level by level.
+    pub async fn boot(&self) -> Vec<String> {
+        let names: Vec<String> = {
+            let t = self.table();
+            t.order()
+                .into_iter()
+                .filter(|n| t.apps[n].desired == Desired::Running)
+                .collect()
+        };
+        self.memory_config.notify_one();
+        self.apply(names, Op::Start).await
+    }
+
+    /// Persists the current desired state now.
+    pub fn save(&self) -> Result<(), SupervisorError> {
+        let state = self.table().persisted();
+        self.store.save(&state)?;
+        Ok(())
+    }
+
+    fn set_desired(&self, names: &[String], desired: Desired) -> Result<(), SupervisorError> {
+        let mut t = self.table();
+        let mut changed = false;
+        for n in names {
+            if let Some(app) = t.apps.get_mut(n) {
+                changed |= app.desired != desired;
+                app.desired = desired;
+            }
+        }
+        if changed {
+            self.store.save(&t.persisted())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on the named apps following the dependency levels.
+    async fn apply(&self, names: Vec<String>, op: Op) -> Vec<String> {
+        let mut levels = self.table().levels(&names);
+        if op == Op::Stop {
+            levels.reverse();
+        }
+        let mut errors = Vec::new();
+        for level in levels {
+            let handles: Vec<(String, Arc<InstanceHandle>)> = {
+                let t = self.table();
+                level
+                    .iter()
+                    .filter_map(|n| t.apps.get(n).map(|a| (n, a)))
+                    .flat_map(|(n, a)| a.instances.iter().map(move |h| (n.clone(), h.clone())))
+                    .collect()
+            };
+            let mut set = JoinSet::new();
+            for (name, h) in handles {
+                set.spawn(async move {
+                    let r = match op {
+                        Op::Start => h.start().await,
+                        Op::Stop => h.stop().await,
+                        Op::Restart => h.restart().await,
+                    };
+                    r.map_err(|e| format!("{name}: {e}"))
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(Err(e)) => errors.push(e),
+                    Err(e) => errors.push(e.to_string()),
+                    Ok(Ok(())) => {}
+                }
+            }
+        }
+        errors
+    }
+
+    async fn operate(&self, target: &Target, op: Op) -> Result<Vec<String>, SupervisorError> {
+        let names = self.table().resolve(target)?;
+        self.set_desired(
+            &names,
+            if op == Op::Stop {
+                Desired::Stopped
+            } else {
+                Desired::Running
+            },
+        )?;
+        let errors = self.apply(names.clone(), op).await;
+        if errors.is_empty() {
+            Ok(names)
+        } else {
+            Err(SupervisorError::Failed(errors.join("\n")))
+        }
+    }
+
+    /// Starts the target; returns the names it applied to.
+    pub async fn start(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
+        self.operate(target, Op::Start).await
+    }
+
+    /// Stops the target.
+    pub async fn stop(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
+        self.operate(target, Op::Stop).await
+    }
+
+    /// Restarts the target (all instances of an app at once).
+    pub async fn restart(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
+        self.operate(target, Op::Restart).await
+    }
+
+    /// Rolling restart: one instance at a time, each online before the next.
+    pub async fn reload(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
+        let names = self.table().resolve(target)?;
+        self.set_desired(&names, Desired::Running)?;
+        for name in &names {
+            let handles = self
+                .table()
+                .apps
+                .get(name)
+                .map(|a| a.instances.clone())
+                .unwrap_or_default();
+            for h in handles {
+                h.restart()
+                    .await
+                    .map_err(|e| SupervisorError::Failed(format!("{name}: {e}")))?;
+            }
+        }
+        Ok(names)
+    }
+
+    /// Adds and starts an app at run time.
+    pub async fn add(&self, req: AddApp) -> Result<Vec<String>, SupervisorError> {
+        validate_app_name(&req.name).map_err(SupervisorError::BadRequest)?;
+        if req.command.first().is_none_or(|c| c.trim().is_empty()) {
+            return Err(SupervisorError::BadRequest(
+                "the command is empty: give it after `--`".into(),
+            ));
+        }
+        if req.instances == 0 {
+            return Err(SupervisorError::BadRequest(
+                "--instances must be at least 1".into(),
+            ));
+        }
+        {
+            let mut t = self.table();
+            if t.apps.contains_key(&req.name) {
+                return Err(SupervisorError::Conflict(format!(
+                    "an app named {:?} already exists; pick another --name or `citrusctl delete {}` first",
+                    req.name, req.name
+                )));
+            }
+            let config =
+                Arc::new(
+                    t.config
+                        .runtime_app(&req.name, req.command, req.instances, req.cwd),
+                );
+            let app = Self::make_app(&self.shared, config, true, Desired::Running)?;
+            t.apps.insert(req.name.clone(), app);
+            self.store.save(&t.persisted())?;
+        }
+        self.start(&Target::App(req.name)).await
+    }
+
+    /// Stops and forgets a run-time app.
+    pub async fn delete(&self, name: &str) -> Result<(), SupervisorError> {
+        let handles = {
+            let t = self.table();
+            let app = t
+                .apps
+                .get(name)
+                .ok_or_else(|| SupervisorError::UnknownApp {
+                    name: name.into(),
+                    known: t.order(),
+                })?;
+            if !app.runtime {
+                return Err(SupervisorError::Conflict(format!(
+                    "{name} is defined in {}; remove it there and run `citrusctl reload-config`",
+                    t.config.path.display()
+                )));
+            }
+            app.instances.clone()
+        };
+        for h in &handles {
+            h.shutdown().await;
+        }
+        let mut t = self.table();
+        t.apps.remove(name);
+        self.store.save(&t.persisted())?;
+        Ok(())
+    }
+
+    /// The instances of the target (every app for `None`), in display order.
+    pub fn instances(&self, app: Option<&str>) -> Result<Vec<InstanceView>, SupervisorError> {
+        let t = self.table();
+        let names = match app {
+            Some(n) => t.resolve(&Target::App(n.to_string()))?,
+            None => t.order(),
+        };
+        Ok(names
+            .iter()
+            .flat_map(|n| {
+                t.apps[n].instances.iter().map(move |h| InstanceView {
+                    name: n.clone(),
+                    status: h.status(),
+                    handle: h.clone(),
+                })
+            })
+            .collect())
+    }
+
+    /// The status rows of `status --json`: live memory and CPU read from `/proc` now.
+    pub fn status(&self, app: Option<&str>) -> Result<Vec<AppStatus>, SupervisorError> {
+        let views = self.instances(app)?;
+        let mut samples = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut seen = Vec::with_capacity(views.len());
+        let rows = views
+            .into_iter()
+            .map(|v| {
+                let s = &v.status;
+                let (memory_bytes, cpu_percent) = match s.pid {
+                    Some(pid) => {
+                        let (rss, ticks) = procfs::tree_usage(pid);
+                        let key = (v.name.clone(), v.handle.index, pid);
+                        let since = s.since.unwrap_or(now);
+                        let (prev_ticks, prev_at) =
+                            samples.get(&key).copied().unwrap_or((0, since));
+                        let secs = now.duration_since(prev_at).as_secs_f64();
+                        let cpu = if secs > 0.0 {
+                            ticks.saturating_sub(prev_ticks) as f64
+                                / procfs::clock_ticks() as f64
+                                / secs
+                                * 100.0
+                        } else {
+                            0.0
+                        };
+                        samples.insert(key.clone(), (ticks, now));
+                        seen.push(key);
+                        (rss, (cpu * 10.0).round() / 10.0)
+                    }
+                    None => (0, 0.0),
+                };
+                AppStatus {
+                    name: v.name,
+                    instance: v.handle.index,
+                    pid: s.pid.map(|p| p as u32),
+                    state: s.state,
+                    restarts: s.restarts,
+                    unstable_restarts: s.unstable_restarts,
+                    memory_restarts: s.memory_restarts,
+                    uptime_ms: s.since.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0),
+                    memory_bytes,
+                    cpu_percent,
+                    last_exit: s.last_exit.clone(),
+                }
+            })
+            .collect();
+        if app.is_none() {
+            samples.retain(|k, _| seen.contains(k));
+        }
+        Ok(rows)
+    }
+
+    /// The app's config, whether it is a run-time app, and its desired state.
+    pub fn app_config(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<AppConfig>, bool, Desired), SupervisorError> {
+        let t = self.table();
+        t.apps
+            .get(name)
+            .map(|a| (a.config.clone(), a.runtime, a.desired))
+            .ok_or_else(|| SupervisorError::UnknownApp {
+                name: name.into(),
+                known: t.order(),
+            })
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.table().config.clone()
+    }
+
+    /// Compares `new` with the config in force and, unless `dry_run`, applies the difference:
+    /// new apps start, removed apps stop, changed apps restart, the rest is left alone.
+    pub async fn reload_config(
+        &self,
+        new: Config,
+        dry_run: bool,
+    ) -> Result<ReloadPlan, SupervisorError> {
+        let mut plan = ReloadPlan::default();
+        let new = Arc::new(new);
+        let mut replaced: Vec<(String, Vec<Arc<InstanceHandle>>)> = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let t = self.table();
+            let old = &t.config;
+            let d_old = &old.daemon;
+            let d_new = &new.daemon;
+            for (what, changed) in [
+                ("state_dir", d_old.state_dir != d_new.state_dir),
+                ("log_dir", d_old.log_dir != d_new.log_dir),
+                ("socket", d_old.socket != d_new.socket),
+                ("socket_group", d_old.socket_group != d_new.socket_group),
+                (
+                    "metrics_listen",
+                    d_old.metrics_listen != d_new.metrics_listen,
+                ),
+            ] {
+                if changed {
+                    plan.warnings.push(format!(
+                        "[daemon] {what} changed: takes effect when citrusd restarts"
+                    ));
+                }
+            }
+            for (name, app) in &t.apps {
+                match new.apps.get(name) {
+                    None if !app.runtime => plan.stop.push(name.clone()),
+                    None => plan.unchanged.push(name.clone()),
+                    Some(n) if app.runtime || *n != *app.config => {
+                        if app.runtime {
+                            plan.warnings.push(format!("{name}: the config now defines this run-time app; the config's version replaces it"));
+                        }
+                        plan.restart.push(name.clone());
+                    }
+                    Some(_) => plan.unchanged.push(name.clone()),
+                }
+            }
+            plan.start = new
+                .start_order()
+                .into_iter()
+                .filter(|n| !t.apps.contains_key(n))
+                .collect();
+        }
+        if dry_run {
+            return Ok(plan);
+        }
+        // Stop removed and changed apps (reverse order), then swap the table, then start.
+        let going: Vec<String> = plan.stop.iter().chain(&plan.restart).cloned().collect();
+        let _ = self.apply(going.clone(), Op::Stop).await;
+        {
+            let mut t = self.table();
+            for name in &going {
+                if let Some(app) = t.apps.remove(name) {
+                    replaced.push((name.clone(), app.instances));
+                    if plan.restart.contains(name) {
+                        let cfg = Arc::new(new.apps[name].clone());
+                        let desired = if app.runtime {
+                            Desired::Running
+                        } else {
+                            app.desired
+                        };
+                        let made = Self::make_app(&self.shared, cfg, false, desired)?;
+                        if desired == Desired::Running {
+                            to_start.push(name.clone());
+                        }
+                        t.apps.insert(name.clone(), made);
+                    }
+                }
+            }
+            for name in &plan.start {
+                let cfg = Arc::new(new.apps[name].clone());
+                let desired = if cfg.autostart {
+                    Desired::Running
+                } else {
+                    Desired::Stopped
+                };
+                t.apps.insert(
+                    name.clone(),
+                    Self::make_app(&self.shared, cfg, false, desired)?,
+                );
+                if desired == Desired::Running {
+                    to_start.push(name.clone());
+                }
+            }
+            t.config = new.clone();
+            self.store.save(&t.persisted())?;
+        }
+        for (_, handles) in replaced {
+            for h in handles {
+                h.shutdown().await;
+            }
+        }
+        self.memory_config.notify_one();
+        let errors = self.apply(to_start, Op::Start).await;
+        plan.applied = true;
+        if !errors.is_empty() {
+            plan.warnings.extend(errors);
+        }
+        Ok(plan)
+    }
+
+    /// Stops every app (reverse dependency order) without changing desired state, then ends the
+    /// instance actors. Used at shutdown: after a restart the same apps come back.
+    pub async fn shutdown(&self) {
+        let names = self.table().order();
+        let mut levels = self.table().levels(&names);
+        levels.reverse();
+        for level in levels {
+            let handles: Vec<Arc<InstanceHandle>> = {
+                let t = self.table();
+                level
+                    .iter()
+                    .filter_map(|n| t.apps.get(n))
+                    .flat_map(|a| a.instances.clone())
+                    .collect()
+            };
+            run_all(handles, |h| async move {
+                h.shutdown().await;
+                Ok(())
+            })
+            .await;
+        }
+    }
+
+    /// Reopens every log file (SIGUSR1).
+    pub fn reopen_logs(&self) {
+        for v in self.instances(None).unwrap_or_default() {
+            for log in [&v.handle.logs().out, &v.handle.logs().err] {
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = log.reopen() {
+                    tracing::error!(path = %log.path().display(), "cannot reopen log: {e}");
+                }
+            }
+        }
+    }
+
+    /// The memory check: every `memory_check_interval`, the process-tree RSS of each instance of
+    /// an app with `max_memory_restart`; an instance over its cap is told to restart. Sleeps
+    /// without waking while no app has a cap.
+    pub async fn memory_check_loop(self: Arc<Self>) {
+        loop {
+            let (interval, capped) = {
+                let t = self.table();
+                let capped: Vec<(u64, Arc<InstanceHandle>)> = t
+                    .apps
+                    .values()
+                    .filter_map(|a| a.config.max_memory_restart.map(|cap| (cap, a)))
+                    .flat_map(|(cap, a)| a.instances.iter().map(move |h| (cap, h.clone())))
+                    .collect();
+                (
+                    t.config
+                        .daemon
+                        .memory_check_interval
+                        .max(Duration::from_millis(50)),
+                    capped,
+                )
+            };
+            if capped.is_empty() {
+                self.memory_config.notified().await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.memory_config.notified() => continue,
+            }
+            for (cap, h) in capped {
+                let status = h.status();
+                if let (Some(pid), AppState::Online) = (status.pid, status.state) {
+                    let (rss, _) = procfs::tree_usage(pid);
+                    if rss > cap {
+                        h.memory_exceeded(pid, rss);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Start,
+    Stop,
+    Restart,
+}

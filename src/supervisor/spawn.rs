@@ -1,0 +1,185 @@
+//! Turning an app's config into a `Command`: argv (never a shell), working directory, the
+//! environment recomputed from the config at every start, the markers that identify our processes,
+//! and the pre-exec steps (new session, user switch).
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::unistd::{Gid, Uid, User};
+
+use crate::config::{read_env_file, AppConfig};
+
+/// Environment variables that mark a process as one of ours: the supervisor (derived from the
+/// state directory), the app and the instance. They survive double forks and let citrusd find the
+/// remains of an app after its own crash.
+#[derive(Clone, Debug)]
+pub struct Marker {
+    pub supervisor_id: String,
+}
+
+impl Marker {
+    pub const SUPERVISOR_VAR: &'static str = "CITRUS_SUPERVISOR";
+
+    /// The `KEY=VALUE` entries found in the environment of every process of this instance.
+    pub fn instance_entries(&self, app: &str, index: u32) -> Vec<String> {
+        vec![
+            format!("{}={}", Self::SUPERVISOR_VAR, self.supervisor_id),
+            format!("CITRUS_APP={app}"),
+            format!("CITRUS_INSTANCE={index}"),
+        ]
+    }
+
+    /// The entry shared by every process this supervisor ever started.
+    pub fn supervisor_entry(&self) -> String {
+        format!("{}={}", Self::SUPERVISOR_VAR, self.supervisor_id)
+    }
+}
+
+/// Why an instance could not be spawned; shown as the app's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("working directory {0} does not exist")]
+    MissingCwd(String),
+    #[error("{0}")]
+    EnvFile(String),
+    #[error("user {user:?}: {reason}")]
+    User { user: String, reason: String },
+    #[error("cannot start {program:?}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The uid/gid/groups to switch to, resolved before the fork (reading /etc/passwd is not
+/// async-signal-safe).
+struct Identity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    home: String,
+    name: String,
+}
+
+fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
+    let err = |reason: String| SpawnError::User {
+        user: name.to_string(),
+        reason,
+    };
+    let user = User::from_name(name)
+        .map_err(|e| err(e.to_string()))?
+        .ok_or_else(|| err("no such user".into()))?;
+    if user.uid == Uid::effective() {
+        return Ok(Identity {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: Vec::new(),
+            home: user.dir.display().to_string(),
+            name: user.name,
+        });
+    }
+    if !Uid::effective().is_root() {
+        return Err(err(
+            "citrusd must run as root to start apps as another user".into(),
+        ));
+    }
+    let cname = std::ffi::CString::new(name).map_err(|e| err(e.to_string()))?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| err(format!("cannot list groups: {e}")))?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
+    Ok(Identity {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+        home: user.dir.display().to_string(),
+        name: user.name,
+    })
+}
+
+/// Builds the command for instance `index` of `app`. Reads `env_file` now, so every start sees
+/// the file's current contents.
+pub fn command(app: &AppConfig, index: u32, marker: &Marker) -> Result<Command, SpawnError> {
+    if let Some(cwd) = &app.cwd {
+        if !cwd.is_dir() {
+            return Err(SpawnError::MissingCwd(cwd.display().to_string()));
+        }
+    }
+    let identity = app.user.as_deref().map(resolve_user).transpose()?;
+
+    let mut env: Vec<(OsString, OsString)> = Vec::new();
+    let mut set = |k: OsString, v: OsString| {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    };
+    for name in &app.inherit_env {
+        if let Some(v) = std::env::var_os(name) {
+            set(name.into(), v);
+        }
+    }
+    if let Some(id) = &identity {
+        set("HOME".into(), id.home.clone().into());
+        set("USER".into(), id.name.clone().into());
+        set("LOGNAME".into(), id.name.clone().into());
+    }
+    if let Some(path) = &app.env_file {
+        let vars = read_env_file(path).map_err(|e| SpawnError::EnvFile(e.to_string()))?;
+        for (k, v) in vars {
+            set(k.into(), v.into());
+        }
+    }
+    for (k, v) in &app.env {
+        set(k.into(), v.into());
+    }
+    for entry in marker.instance_entries(&app.name, index) {
+        let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
+        set(k.into(), v.into());
+    }
+    set("NODE_APP_INSTANCE".into(), index.to_string().into());
+
+    let mut cmd = Command::new(&app.command[0]);
+    cmd.args(&app.command[1..]).env_clear().envs(env);
+    if let Some(cwd) = &app.cwd {
+        cmd.current_dir(cwd);
+    }
+    let ids = identity.map(|id| (id.uid, id.gid, id.groups));
+    // SAFETY: the closure runs in the child between fork and exec, so it may only make
+    // async-signal-safe calls: setsid, setgroups, setgid and setuid are plain syscalls, and every
+    // value it uses (the id vector) was built before the fork and is only read here.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::getuid() == 0 && libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setgid(*gid) < 0 || libc::setuid(*uid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// Maps an OS error from `spawn` to a message naming the program.
+pub fn exec_error(app: &AppConfig, source: std::io::Error) -> SpawnError {
+    SpawnError::Exec {
+        program: app.command[0].clone(),
+        source,
+    }
+}
+
+/// Enlarges a pipe's buffer (best effort) so a flat-out writer wakes us less often.
+pub fn grow_pipe(fd: &impl std::os::fd::AsRawFd, bytes: i32) {
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure (e.g. over the system limit) is harmless.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes);
+    }
+}

@@ -1,0 +1,109 @@
+//! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
+//! subreaper flag, and signal names. Everything else in the crate talks to the OS through here.
+
+pub mod procfs;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+/// Marks this process as a child subreaper: orphaned descendants are re-parented to us instead of
+/// init, so double-forked daemons of an app are still reaped and still found when the app stops.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer argument and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sends `signal` to every process of group `pgid`. Returns `false` when the group is empty
+/// (ESRCH), which is not an error: the processes are already gone.
+pub fn signal_group(pgid: i32, signal: Signal) -> io::Result<bool> {
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// True while process group `pgid` has at least one member.
+pub fn group_alive(pgid: i32) -> bool {
+    // Signal 0 checks existence and permission without delivering anything.
+    // SAFETY: kill(2) with signal 0 only performs the permission/existence check.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A pidfd: a handle on one exact process that stays valid (and never aliases another process)
+/// even if the pid is reused after the process exits.
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    /// Opens a pidfd for `pid` (Linux ≥ 5.3).
+    pub fn open(pid: i32) -> io::Result<PidFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Sends a signal to exactly the process this pidfd refers to. ESRCH (gone) is `Ok(false)`.
+    pub fn send_signal(&self, signal: Signal) -> io::Result<bool> {
+        self.send_raw(signal as i32)
+    }
+
+    /// True while the process exists (signal 0: nothing is delivered).
+    pub fn is_alive(&self) -> bool {
+        matches!(self.send_raw(0), Ok(true))
+    }
+
+    fn send_raw(&self, signo: i32) -> io::Result<bool> {
+        // SAFETY: pidfd_send_signal with a null siginfo and zero flags; the fd is owned by self.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                signo,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(true)
+        } else {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// "SIGTERM" for 15, or the number as text for signals without a name.
+pub fn signal_name(signo: i32) -> String {
+    Signal::try_from(signo)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| signo.to_string())
+}
+
+/// FNV-1a 64: a stable hash (unlike `DefaultHasher`, identical across Rust releases), used to derive
+/// the supervisor id that marks our apps' environments from the state directory's path.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
