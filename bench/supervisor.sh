@@ -1,0 +1,818 @@
+#!/usr/bin/env bash
+# bench/supervisor.sh — supervisor benchmarks for citrusd, each figure beside its floor.
+#
+# Usage: bench/supervisor.sh [--quick] [--help]
+#
+#   --quick            fast sanity run: idle window 5 s (unless BENCH_IDLE_SECS is set), fewer
+#                      repetitions everywhere.
+#   BENCH_IDLE_SECS    idle window of figure 2 in seconds (default 60, 5 with --quick).
+#   BENCH_TMPDIR       where the temp dir is made (default ${TMPDIR:-/tmp}); the log-throughput
+#                      figure writes 2 x 500 MiB there, so keep it on the same filesystem as the repo.
+#   CARGO_TARGET_DIR   respected: binaries are taken from ${CARGO_TARGET_DIR:-target}/release.
+#
+# Builds the release binaries (cargo build --release --bins), compiles a tiny C stamp helper in the
+# temp dir, runs every figure from one python3 (stdlib) driver, and prints one Markdown table
+# (figure | value | notes) on stdout. Progress goes to stderr. Every process started here, directly
+# or through citrusd, carries BENCH_TAG=<random> in its environment; the EXIT trap stops them all by
+# pid and removes the temp dir.
+#
+# Needs: bash, python3, cc/gcc, cargo, hyperfine (installed with apt-get when missing and root;
+# otherwise figure 3 is skipped with a note), /usr/bin/time (optional: times the build).
+
+set -euo pipefail
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $arg" ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    IDLE_SECS=${BENCH_IDLE_SECS:-5}
+else
+    IDLE_SECS=${BENCH_IDLE_SECS:-60}
+fi
+[[ $IDLE_SECS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_IDLE_SECS must be a number of seconds, got '$IDLE_SECS'"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ -f $REPO/Cargo.toml ]] || die "cannot find Cargo.toml in $REPO (the script lives in <repo>/bench/)"
+
+# --- tools ---------------------------------------------------------------------------------------
+for tool in python3 cargo; do
+    command -v "$tool" >/dev/null || die "$tool not found in PATH"
+done
+CC=${CC:-}
+if [[ -z $CC ]]; then
+    if command -v cc >/dev/null; then CC=cc
+    elif command -v gcc >/dev/null; then CC=gcc
+    else die "no C compiler (cc/gcc) found; install gcc"; fi
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 is required"
+
+HYPERFINE=$(command -v hyperfine || true)
+HYPERFINE_NOTE=""
+if [[ -z $HYPERFINE ]]; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "hyperfine missing: installing it with apt-get"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y hyperfine >&2; then
+            DEBIAN_FRONTEND=noninteractive apt-get update >&2 || true
+            DEBIAN_FRONTEND=noninteractive apt-get install -y hyperfine >&2 || true
+        fi
+        HYPERFINE=$(command -v hyperfine || true)
+        [[ -n $HYPERFINE ]] || HYPERFINE_NOTE="apt-get install hyperfine failed"
+    else
+        HYPERFINE_NOTE="hyperfine not installed and not root (or no apt-get): install it to get this figure"
+    fi
+fi
+[[ -n $HYPERFINE ]] || log "warning: no hyperfine ($HYPERFINE_NOTE); figure 3 will be skipped"
+
+# 1000 supervised apps need ~4 fds each in citrusd (2 pipes + 2 log files).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "ulimit -n = $(ulimit -n), ulimit -u = $(ulimit -u)"
+
+# --- build ---------------------------------------------------------------------------------------
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
+log "building: cargo build --release --bins (target dir $TARGET_DIR)"
+TIME=()
+[[ -x /usr/bin/time ]] && TIME=(/usr/bin/time -f 'cargo build: %e s wall, %M KB max RSS')
+(cd "$REPO" && "${TIME[@]}" cargo build --release --bins >&2) || die "cargo build --release --bins failed"
+CITRUSD=$TARGET_DIR/release/citrusd
+CITRUSCTL=$TARGET_DIR/release/citrusctl
+[[ -x $CITRUSD && -x $CITRUSCTL ]] || die "built binaries not found at $CITRUSD / $CITRUSCTL"
+
+# --- temp dir, cleanup ---------------------------------------------------------------------------
+BASE_TMP=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
+WORK=$(mktemp -d "$BASE_TMP/citrus-bench.XXXXXX") || die "cannot create a temp dir under $BASE_TMP"
+TAG=$(basename "$WORK")-$$-$RANDOM
+DRIVER_PID=""
+
+# Pids of live processes whose environment carries BENCH_TAG=$TAG (never ourselves).
+tagged_pids() {
+    local f pid
+    for f in $(grep -lzx "BENCH_TAG=$TAG" /proc/[0-9]*/environ 2>/dev/null || true); do
+        pid=${f#/proc/}; pid=${pid%/environ}
+        [[ $pid != "$$" && $pid != "$BASHPID" ]] && echo "$pid"
+    done
+}
+
+# Waits up to $1 tenths of a second for the given pids to disappear.
+wait_gone() {
+    local tenths=$1 pid alive; shift
+    while ((tenths-- > 0)); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+cleanup() {
+    local rc=$? pids daemons pid
+    trap - EXIT INT TERM
+    set +e
+    if [[ -n $DRIVER_PID ]] && kill -0 "$DRIVER_PID" 2>/dev/null; then
+        log "stopping the driver (pid $DRIVER_PID)"
+        kill -TERM "$DRIVER_PID" 2>/dev/null
+        wait_gone 150 "$DRIVER_PID" || kill -KILL "$DRIVER_PID" 2>/dev/null
+    fi
+    # citrusd first (graceful: it stops its apps), then whatever is left.
+    daemons=()
+    if [[ -f $WORK/citrusd.pids ]]; then
+        while read -r pid; do
+            kill -0 "$pid" 2>/dev/null && grep -qzx "BENCH_TAG=$TAG" "/proc/$pid/environ" 2>/dev/null && daemons+=("$pid")
+        done <"$WORK/citrusd.pids"
+    fi
+    if ((${#daemons[@]})); then
+        log "SIGTERM to leftover citrusd ${daemons[*]}"
+        kill -TERM "${daemons[@]}" 2>/dev/null
+        wait_gone 200 "${daemons[@]}"
+    fi
+    mapfile -t pids < <(tagged_pids)
+    if ((${#pids[@]})); then
+        log "cleaning up ${#pids[@]} leftover process(es)"
+        kill -TERM "${pids[@]}" 2>/dev/null
+        wait_gone 30 "${pids[@]}"
+        mapfile -t pids < <(tagged_pids)
+        ((${#pids[@]})) && kill -KILL "${pids[@]}" 2>/dev/null
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+log "temp dir $WORK (tag $TAG)"
+
+# --- C stamp helper ------------------------------------------------------------------------------
+cat >"$WORK/stamp.c" <<'EOF'
+/* First thing in main: append "<CLOCK_MONOTONIC ns> <pid>\n" to argv[1] (one write, O_APPEND),
+ * then pause() forever. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (argc < 2) return 2;
+    char buf[64];
+    int n = snprintf(buf, sizeof buf, "%lld %d\n",
+                     (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec, (int)getpid());
+    int fd = open(argv[1], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, buf, (size_t)n) != n) return 1;
+    close(fd);
+    for (;;) pause();
+}
+EOF
+HELPER_LINK=static
+if ! "$CC" -O2 -static -o "$WORK/stamp" "$WORK/stamp.c" 2>"$WORK/cc.err"; then
+    HELPER_LINK=dynamic
+    "$CC" -O2 -o "$WORK/stamp" "$WORK/stamp.c" 2>"$WORK/cc.err" || { cat "$WORK/cc.err" >&2; die "cannot compile the C stamp helper"; }
+fi
+log "stamp helper compiled ($HELPER_LINK)"
+
+# Interpreter for the python app of figure 6: citrusd clears the environment of apps, so a shim
+# (pyenv) found through PATH would not work there; use the real executable.
+APP_PYTHON=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
+
+# --- driver --------------------------------------------------------------------------------------
+cat >"$WORK/driver.py" <<'PYEOF'
+import json, os, re, signal, statistics, subprocess, sys, time
+from datetime import datetime, timezone
+
+E = os.environ
+CITRUSD, CITRUSCTL, HELPER = E["B_CITRUSD"], E["B_CITRUSCTL"], E["B_HELPER"]
+WORK, TAG, REPO = E["B_WORK"], E["B_TAG"], E["B_REPO"]
+QUICK = E["B_QUICK"] == "1"
+IDLE = float(E["B_IDLE"])
+HYPERFINE, HF_NOTE = E["B_HYPERFINE"], E["B_HF_NOTE"]
+APP_PY = E["B_APP_PYTHON"]
+HELPER_LINK = E["B_HELPER_LINK"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MONO = time.CLOCK_MONOTONIC
+ROWS = []          # (figure, value, notes)
+FAILED = []
+LIVE = []          # daemons to stop on the way out
+CHILD_ENV = dict(os.environ, BENCH_TAG=TAG)
+for k in list(CHILD_ENV):
+    if k.startswith("B_"):
+        del CHILD_ENV[k]
+
+
+def on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, on_term)
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def mono_ns():
+    return time.clock_gettime_ns(MONO)
+
+
+def row(fig, value, notes=""):
+    ROWS.append((fig, value, notes))
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def p95(xs):
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, -(-95 * len(s) // 100) - 1))]  # nearest rank
+
+
+def ms(ns):
+    return ns / 1e6
+
+
+def fmt_ms(x):
+    return f"{x:.2f} ms" if x < 100 else f"{x:.0f} ms"
+
+
+def toml_str(s):
+    return json.dumps(str(s))
+
+
+def write_config(d, apps, daemon=None, defaults=None):
+    """apps: {name: {key: value}}; values are str (quoted), list (argv), int/bool."""
+    os.makedirs(d, exist_ok=True)
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(toml_str(x) for x in v) + "]"
+        return toml_str(v)
+
+    out = ["[daemon]", 'state_dir = "state"', 'log_dir = "logs"']
+    out += [f"{k} = {val(v)}" for k, v in (daemon or {}).items()]
+    dflt = {"restart_delay": "0s", "min_uptime": "1s", "max_restarts": 1000, "kill_timeout": "2s"}
+    dflt.update(defaults or {})
+    out += ["", "[defaults]"] + [f"{k} = {val(v)}" for k, v in dflt.items()]
+    out += [f"env = {{ BENCH_TAG = {toml_str(TAG)} }}"]
+    for name, keys in apps.items():
+        out += ["", f"[apps.{name}]"] + [f"{k} = {val(v)}" for k, v in keys.items()]
+    path = os.path.join(d, "citrusd.toml")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return path
+
+
+def sleepers(n):
+    return {f"s{i:04d}": {"command": ["/bin/sleep", "100000"]} for i in range(n)}
+
+
+class Daemon:
+    def __init__(self, d, cfg):
+        self.dir, self.cfg = d, cfg
+        self.sock = os.path.join(d, "ctl.sock")
+        self.proc = None
+
+    def start(self):
+        self.errlog = open(os.path.join(self.dir, "citrusd.stderr"), "ab")
+        self.t_exec = mono_ns()
+        self.proc = subprocess.Popen(
+            [CITRUSD, "--config", self.cfg, "--socket", self.sock],
+            stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog, env=CHILD_ENV)
+        LIVE.append(self)
+        with open(os.path.join(WORK, "citrusd.pids"), "a") as f:
+            f.write(f"{self.proc.pid}\n")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def check_alive(self):
+        rc = self.proc.poll()
+        if rc is not None:
+            raise RuntimeError(f"citrusd exited early with {rc}; stderr: {self.stderr_tail()}")
+
+    def stderr_tail(self, n=600):
+        try:
+            with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:
+                return f.read()[-n:].decode(errors="replace").strip()
+        except OSError:
+            return "?"
+
+    def ctl(self, *args, check=True):
+        r = subprocess.run([CITRUSCTL, "--socket", self.sock, *args], capture_output=True, env=CHILD_ENV)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"citrusctl {' '.join(args)} -> exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
+        return r
+
+    def ping(self):
+        return self.ctl("ping", check=False).returncode == 0
+
+    def status(self):
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def wait_ping(self, timeout=15):
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"citrusd did not answer ping within {timeout}s; stderr: {self.stderr_tail()}")
+            time.sleep(0.005)
+
+    def wait_online(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            online = sum(1 for a in st["apps"] if a["state"] == "online")
+            if online == n:
+                return st
+            self.check_alive()
+            if time.monotonic() > deadline:
+                states = {}
+                for a in st["apps"]:
+                    states[a["state"]] = states.get(a["state"], 0) + 1
+                raise TimeoutError(f"only {online}/{n} apps online after {timeout}s: {states}")
+            time.sleep(0.05)
+
+    def stop(self, timeout=60):
+        """SIGTERM, wait; returns (seconds to exit, exit code)."""
+        if self.proc is None or self.proc.poll() is not None:
+            if self in LIVE:
+                LIVE.remove(self)
+            return None, self.proc.returncode if self.proc else None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"citrusd {self.pid} still running {timeout}s after SIGTERM: SIGKILL")
+            self.proc.kill()
+            rc = self.proc.wait()
+            raise RuntimeError(f"citrusd did not exit within {timeout}s of SIGTERM")
+        finally:
+            if self in LIVE:
+                LIVE.remove(self)
+            self.errlog.close()
+        return time.monotonic() - t0, rc
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def wait_lines(path, n, timeout, daemon=None):
+    """Polls until `path` has at least n complete lines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = read_lines(path)
+        if len(lines) >= n:
+            return lines
+        if daemon:
+            daemon.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: {len(lines)} lines after {timeout}s, waited for {n}")
+        time.sleep(0.001)
+
+
+def rss_cpu(pid):
+    with open(f"/proc/{pid}/status") as f:
+        st = dict(l.split(":", 1) for l in f if ":" in l)
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return int(st["VmRSS"].split()[0]) * 1024, ticks, int(st["Threads"]), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z \[citrus\] (.*)$")
+
+
+def parse_ts(s):
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
+
+
+def citrus_events(text_lines):
+    out = []
+    for l in text_lines:
+        m = LOG_TS.match(l)
+        if m:
+            out.append((parse_ts(m.group(1)), m.group(2)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- #
+def fig1_restart():
+    n = 10 if QUICK else 30
+    d = os.path.join(WORK, "f1")
+    stamps = os.path.join(d, "stamps")
+    cfg = write_config(d, {"stamp": {"command": [HELPER, stamps]}})
+    dm = Daemon(d, cfg).start()
+    dm.wait_ping()
+    lines = wait_lines(stamps, 1, 10, dm)
+    dm.wait_online(1, 10)
+    lat = []
+    for i in range(n):
+        time.sleep(0.02)
+        k = len(lines)
+        pid = int(lines[-1].split()[1])
+        t0 = mono_ns()
+        os.kill(pid, signal.SIGKILL)
+        lines = wait_lines(stamps, k + 1, 10, dm)
+        ns, newpid = map(int, lines[k].split())
+        if newpid == pid:
+            raise RuntimeError("replacement has the killed pid")
+        lat.append(ns - t0)
+    time.sleep(0.05)
+    st = dm.status()["apps"][0]
+    dm.stop()
+    log(f"fig1 restart latencies (ms): {[round(ms(x), 2) for x in lat]}")
+
+    # floor: the same driver fork+execs the helper (posix_spawn, new session like citrusd does)
+    fstamps = os.path.join(d, "floor-stamps")
+    floor = []
+    env = [f"{k}={v}".encode() for k, v in CHILD_ENV.items()]
+    for i in range(n):
+        time.sleep(0.02)
+        k = len(read_lines(fstamps))
+        t0 = mono_ns()
+        pid = os.posix_spawn(HELPER, [HELPER, fstamps], CHILD_ENV, setsid=True)
+        try:
+            ls = wait_lines(fstamps, k + 1, 10)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        floor.append(int(ls[k].split()[0]) - t0)
+    log(f"fig1 floor latencies (ms): {[round(ms(x), 2) for x in floor]}")
+    note = (f"{n} SIGKILLs, restart_delay 0s; kill → replacement's first instruction in main "
+            f"(C helper, {HELPER_LINK}); status after: state={st['state']} restarts={st['restarts']} "
+            f"unstable_restarts={st['unstable_restarts']}")
+    row("1. restart after SIGKILL, median", fmt_ms(ms(median(lat))), note)
+    row("1. restart after SIGKILL, p95", fmt_ms(ms(p95(lat))), f"max {fmt_ms(ms(max(lat)))}")
+    row("1. floor: posix_spawn → first instruction, median", fmt_ms(ms(median(floor))),
+        f"same python driver, {n} spawns of the same helper (setsid)")
+    row("1. floor: posix_spawn → first instruction, p95", fmt_ms(ms(p95(floor))),
+        f"restart/floor median ratio {median(lat) / median(floor):.1f}x")
+
+
+# ---------------------------------------------------------------------------------------------- #
+def hyperfine_median(d, name, cmd):
+    out = os.path.join(d, f"hf-{name}.json")
+    r = subprocess.run([HYPERFINE, "-N", "--runs", "20", "--warmup", "3", "--export-json", out, *cmd],
+                       stdout=sys.stderr, stderr=sys.stderr, env=CHILD_ENV)
+    if r.returncode != 0:
+        raise RuntimeError(f"hyperfine {name} failed (exit {r.returncode})")
+    with open(out) as f:
+        res = json.load(f)["results"][0]
+    return res["median"], res
+
+
+def fig2_idle(n, with_fig3):
+    d = os.path.join(WORK, f"f2-{n}")
+    cfg = write_config(d, sleepers(n))
+    dm = Daemon(d, cfg).start()
+    dm.wait_ping()
+    dm.wait_online(n, 60 + n * 0.1)
+    t_online = mono_ns() - dm.t_exec
+    time.sleep(1)  # settle
+    rss0, ticks0, thr0, fds0 = rss_cpu(dm.pid)
+    t0 = time.monotonic()
+    log(f"fig2: {n} apps online ({ms(t_online):.0f} ms after exec); idle window {IDLE:g}s")
+    time.sleep(IDLE)
+    rss1, ticks1, thr1, fds1 = rss_cpu(dm.pid)
+    win = time.monotonic() - t0
+    dm.check_alive()
+    cpu = (ticks1 - ticks0) / CLK_TCK / win * 100
+    st = dm.status()
+    online = sum(1 for a in st["apps"] if a["state"] == "online")
+    row(f"2. citrusd RSS, {n} app{'s' if n > 1 else ''} idle", f"{rss1 / 1e6:.1f} MB",
+        f"VmRSS at end of window (start {rss0 / 1e6:.1f} MB); {thr1} threads, {fds1} fds; "
+        f"{online}/{n} online at end; all online {ms(t_online):.0f} ms after exec")
+    row(f"2. citrusd CPU, {n} app{'s' if n > 1 else ''} idle", f"{cpu:.3f} % of one core",
+        f"utime+stime {ticks1 - ticks0} ticks (1/{CLK_TCK} s) over {win:.1f} s")
+    extra = {}
+    if n >= 1000:
+        walls = []
+        for _ in range(5):
+            t = time.monotonic()
+            dm.status()
+            walls.append(time.monotonic() - t)
+        extra["status1000"] = median(walls)
+    if with_fig3:
+        if not HYPERFINE:
+            row("3. `citrusctl status --json`, 100 apps, median", "skipped", HF_NOTE)
+        else:
+            med, res = hyperfine_median(d, "status", [CITRUSCTL, "--socket", dm.sock, "status", "--json"])
+            fmed, _ = hyperfine_median(d, "true", ["/bin/true"])
+            row("3. `citrusctl status --json`, 100 apps, median", fmt_ms(med * 1e3),
+                f"hyperfine -N, 20 runs, 3 warmup; min {fmt_ms(res['min'] * 1e3)}, max {fmt_ms(res['max'] * 1e3)}")
+            row("3. floor: hyperfine /bin/true, median", fmt_ms(fmed * 1e3), "same hyperfine options")
+    secs, rc = dm.stop()
+    extra["stop"] = (secs, rc)
+    return extra
+
+
+def fig2_all():
+    stops = []
+    for n in (1, 100, 1000):
+        extra = fig2_idle(n, n == 100)
+        stops.append((n, extra["stop"]))
+        if "status1000" in extra:
+            row("2b. `status --json` wall time, 1000 apps", fmt_ms(extra["status1000"] * 1e3),
+                "median of 5, timed from python (incl. citrusctl spawn); not a floor comparison")
+    row("2c. SIGTERM → citrusd exit", ", ".join(f"{n}: {s:.2f} s (rc {rc})" for n, (s, rc) in stops),
+        "apps: /bin/sleep, kill_timeout 2s; time for citrusd to stop N sleepers and exit")
+
+
+# ---------------------------------------------------------------------------------------------- #
+def fig4_startup():
+    runs = 2 if QUICK else 5
+    online, pings = [], []
+    for r in range(runs):
+        d = os.path.join(WORK, f"f4-{r}")
+        cfg = write_config(d, sleepers(100))
+        dm = Daemon(d, cfg).start()
+        deadline = time.monotonic() + 30
+        while not dm.ping():
+            dm.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError("no ping answer within 30s")
+        t_ping = mono_ns() - dm.t_exec
+        while True:
+            st = dm.status()
+            if sum(1 for a in st["apps"] if a["state"] == "online") == 100:
+                break
+            dm.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError("100 apps not online within 30s")
+        t_on = mono_ns() - dm.t_exec
+        dm.stop()
+        online.append(t_on)
+        pings.append(t_ping)
+        log(f"fig4 run {r + 1}/{runs}: ping {ms(t_ping):.1f} ms, 100 online {ms(t_on):.1f} ms")
+    row("4. citrusd exec → 100 apps online, median", fmt_ms(ms(median(online))),
+        f"{runs} runs, fresh state dir each; tight poll of status --json; all runs: "
+        + ", ".join(f"{ms(x):.0f}" for x in online) + " ms")
+    row("4. citrusd exec → first ping answered, median", fmt_ms(ms(median(pings))),
+        "tight loop of `citrusctl ping` (each try costs one citrusctl spawn)")
+
+
+# ---------------------------------------------------------------------------------------------- #
+DD_BYTES = 64 * 1024 * 8000
+
+
+def scan_log(path):
+    """(file size, NUL bytes, non-NUL text) of a dd-from-/dev/zero log."""
+    size = os.path.getsize(path)
+    nul, text, last_nul_end, first_exit = 0, bytearray(), 0, None
+    off = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(8 << 20)
+            if not chunk:
+                break
+            c = chunk.count(0)
+            nul += c
+            if c != len(chunk):
+                t = chunk.translate(None, b"\0")
+                text += t
+                # where does the "exited" line start?
+                i = chunk.find(b"[citrus] pid ")
+                if i >= 0 and first_exit is None:
+                    first_exit = off + i
+                r = chunk.rfind(b"\0")
+                if r >= 0:
+                    last_nul_end = off + r + 1
+            else:
+                last_nul_end = off + len(chunk)
+            off += len(chunk)
+    return size, nul, bytes(text), last_nul_end, first_exit
+
+
+def same_fs(a, b):
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def fig5_logs():
+    runs = 1 if QUICK else 3
+    d = os.path.join(WORK, "f5")
+    os.makedirs(d, exist_ok=True)
+    dd = ["dd", "if=/dev/zero", "bs=64k", "count=8000", "status=none"]
+    dd_path = subprocess.run(["sh", "-c", "command -v dd"], capture_output=True, text=True).stdout.strip() or "/bin/dd"
+    dd[0] = dd_path
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", d], capture_output=True, text=True).stdout.strip()
+    rates, floors, lost, notes = [], [], [], []
+    for r in range(runs):
+        # floor: dd straight to a file in the same directory
+        out = os.path.join(d, "floor.bin")
+        os.sync()
+        t0 = time.monotonic()
+        subprocess.run(dd + [f"of={out}"], check=True, env=CHILD_ENV)
+        fsecs = time.monotonic() - t0
+        fsize = os.path.getsize(out)
+        os.unlink(out)
+        floors.append(DD_BYTES / 1e6 / fsecs)
+        if fsize != DD_BYTES:
+            raise RuntimeError(f"floor dd wrote {fsize} bytes")
+
+        rd = os.path.join(d, f"run{r}")
+        cfg = write_config(rd, {"dd": {"command": dd, "restart": "never"}})
+        dm = Daemon(rd, cfg)
+        os.sync()
+        dm.start()
+        dm.wait_ping()
+        deadline = time.monotonic() + 300
+        while True:
+            a = dm.status()["apps"][0]
+            if a["state"] == "stopped" and a.get("last_exit"):
+                break
+            if a["state"] in ("errored", "backoff"):
+                raise RuntimeError(f"dd app is {a['state']}: {a}")
+            dm.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dd app not stopped after 300s: {a}")
+            time.sleep(0.02)
+        t_done = mono_ns() - dm.t_exec
+        time.sleep(0.2)  # let any trailing drain finish before reading sizes
+        last_exit = a["last_exit"]
+        logpath = os.path.join(rd, "logs", "dd-out.log")
+        size, nul, text, last_nul_end, first_exit = scan_log(logpath)
+        dm.stop()
+        tlines = text.decode(errors="replace").split("\n")
+        ev = citrus_events(tlines)
+        foreign = [l for l in tlines if l and not LOG_TS.match(l)]
+        sp = [t for t, m in ev if m.startswith("spawned pid")]
+        ex = [(t, m) for t, m in ev if re.match(r"pid \d+ exited", m)]
+        if not sp or not ex:
+            raise RuntimeError(f"spawned/exited lines not found in {logpath}: {tlines}")
+        secs = ex[0][0] - sp[0]
+        rates.append(DD_BYTES / 1e6 / secs if secs > 0 else float("inf"))
+        b_lost = DD_BYTES + len(text) - size
+        lost.append((b_lost, DD_BYTES - nul))
+        errsize = os.path.getsize(os.path.join(rd, "logs", "dd-err.log")) if os.path.exists(os.path.join(rd, "logs", "dd-err.log")) else 0
+        order = ("exited line after all data" if first_exit is None or first_exit >= last_nul_end
+                 else f"exited line at byte {first_exit}, before {last_nul_end - first_exit} bytes of data")
+        notes.append(f"run {r + 1}: spawn→exit {secs * 1e3:.0f} ms by log stamps; daemon exec→stopped {ms(t_done):.0f} ms; "
+                     f"last_exit {json.dumps(last_exit)}; {order}; err log {errsize} B"
+                     + (f"; foreign text lines: {foreign[:3]}" if foreign else ""))
+        log(f"fig5 run {r + 1}/{runs}: citrusd {rates[-1]:.0f} MB/s, floor {floors[-1]:.0f} MB/s, "
+            f"size {size}, NULs {nul}, citrus text {len(text)} B; {notes[-1]}")
+        with open(os.path.join(d, f"run{r}-text.log"), "wb") as f:
+            f.write(text)
+        os.unlink(logpath)
+    rate, frate = median(rates), median(floors)
+    where = (f"dir {d} ({fstype}; same filesystem as the repo: {'yes' if same_fs(d, REPO) else 'NO'})")
+    row("5. log throughput, dd 500 MiB via citrusd", f"{rate:.0f} MB/s",
+        f"median of {runs}; spawned→exited log stamps (ms resolution), MB = 10^6 B; " + " | ".join(notes))
+    row("5. floor: same dd → file in the same dir", f"{frate:.0f} MB/s", f"median of {runs}; {where}")
+    row("5. throughput ratio citrusd/floor", f"{rate / frate:.2f}", "")
+    worst = max(lost, key=lambda x: abs(x[0]))
+    row("5. bytes lost", f"{worst[0]}",
+        f"per run (size check, NUL-count check): {lost}; expected {DD_BYTES} B of data + citrusd's lines")
+
+
+# ---------------------------------------------------------------------------------------------- #
+MEM_APP = r"""
+import os, sys, time
+def stamp(kind):
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{kind} {time.clock_gettime_ns(time.CLOCK_MONOTONIC)} {time.time_ns()} {os.getpid()}\n")
+stamp("start")
+time.sleep(1)
+b = b"x" * (200 * 1024 * 1024)
+stamp("alloc")
+while True:
+    time.sleep(3600)
+"""
+
+
+def fig6_memcap():
+    cycles = 2 if QUICK else 5
+    d = os.path.join(WORK, "f6")
+    stamps = os.path.join(d, "stamps")
+    cfg = write_config(d, {"mem": {"command": [APP_PY, "-c", MEM_APP, stamps], "max_memory_restart": "100M"}},
+                       daemon={"memory_check_interval": "1s"})
+    dm = Daemon(d, cfg).start()
+    dm.wait_ping()
+    deadline = time.monotonic() + 20 + cycles * 10
+    while True:
+        lines = read_lines(stamps)
+        if sum(1 for l in lines if l.startswith("start")) >= cycles + 1:
+            break
+        dm.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {lines} after waiting for {cycles} memory restarts; stderr: {dm.stderr_tail()}")
+        time.sleep(0.05)
+    st = dm.status()["apps"][0]
+    time.sleep(0.1)
+    outlog = read_lines(os.path.join(d, "logs", "mem-out.log"))
+    dm.stop()
+    recs = [l.split() for l in lines]
+    spawned = {}
+    for t, m in citrus_events(outlog):
+        mm = re.match(r"spawned pid (\d+)", m)
+        if mm:
+            spawned[int(mm.group(1))] = t
+    lat, lat_first = [], []
+    for i, rec in enumerate(recs):
+        if rec[0] != "alloc":
+            continue
+        nxt = next((r for r in recs[i + 1:] if r[0] == "start"), None)
+        if nxt is None:
+            continue
+        newpid = int(nxt[3])
+        if newpid not in spawned:
+            raise RuntimeError(f"no spawned line for pid {newpid}")
+        lat.append(spawned[newpid] - int(rec[2]) / 1e9)
+        lat_first.append((int(nxt[1]) - int(rec[1])) / 1e9)
+        if len(lat) == cycles:
+            break
+    log(f"fig6 alloc→spawned (s): {[round(x, 3) for x in lat]}; alloc→new python's first line: {[round(x, 3) for x in lat_first]}")
+    row("6. memory cap reaction (alloc → replacement spawned), median", f"{median(lat) * 1e3:.0f} ms",
+        f"{len(lat)} cycles, 200 MB over a 100M cap, memory_check_interval 1s (expect ≈0.5 s mean + stop); "
+        f"all: {', '.join(f'{x * 1e3:.0f}' for x in lat)} ms (spawned-line stamps, ms resolution); "
+        f"to the new python's first line: median {median(lat_first) * 1e3:.0f} ms; "
+        f"memory_restarts={st['memory_restarts']}")
+
+
+# ---------------------------------------------------------------------------------------------- #
+FIGURES = [
+    ("1 restart latency", fig1_restart),
+    ("2+3 idle cost, status wall time", fig2_all),
+    ("4 startup", fig4_startup),
+    ("5 log throughput", fig5_logs),
+    ("6 memory cap", fig6_memcap),
+]
+
+
+def main():
+    for name, fn in FIGURES:
+        log(f"=== figure {name}")
+        try:
+            fn()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            log(f"figure {name} FAILED: {type(e).__name__}: {e}")
+            FAILED.append(name)
+            row(f"{name.split()[0]}. {name.split(' ', 1)[1]}", "FAILED", f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
+        finally:
+            for dm in list(LIVE):
+                try:
+                    dm.stop(timeout=30)
+                except Exception as e:
+                    log(f"stopping citrusd {dm.pid}: {e}")
+
+    def cell(s):
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    mode = "quick" if QUICK else "full"
+    print(f"\ncitrusd supervisor bench ({mode} run, idle window {IDLE:g} s, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    print("| figure | value | notes |")
+    print("|---|---|---|")
+    for f, v, n in ROWS:
+        print(f"| {cell(f)} | {cell(v)} | {cell(n)} |")
+    sys.stdout.flush()
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        for dm in list(LIVE):
+            try:
+                dm.stop(timeout=20)
+            except BaseException:
+                pass
+PYEOF
+
+log "running the figures (idle window ${IDLE_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
+B_CITRUSD=$CITRUSD B_CITRUSCTL=$CITRUSCTL B_HELPER=$WORK/stamp B_WORK=$WORK B_TAG=$TAG \
+    B_REPO=$REPO B_QUICK=$QUICK B_IDLE=$IDLE_SECS B_HYPERFINE=$HYPERFINE B_HF_NOTE=$HYPERFINE_NOTE \
+    B_APP_PYTHON=$APP_PYTHON B_HELPER_LINK=$HELPER_LINK \
+    python3 "$WORK/driver.py" &
+DRIVER_PID=$!
+rc=0
+wait "$DRIVER_PID" || rc=$?
+DRIVER_PID=""
+((rc == 0)) || log "some figures failed (driver exit $rc); see the table"
+exit "$rc"

@@ -1,0 +1,67 @@
+//! A bad config: exit 2, one message per problem with file:line:column, nothing started.
+
+use std::fs;
+
+use crate::support::{citrusd_once, with_daemon_table};
+
+/// Writes `body` and runs citrusd on it; asserts it refused with exit 2 and started nothing.
+#[track_caller]
+fn refused(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("citrusd.toml");
+    fs::write(&path, with_daemon_table(body)).unwrap();
+    let run = citrusd_once(dir.path(), &path);
+    run.code(2);
+    assert!(!dir.path().join("refused.sock").exists(), "a refused config must not bind the socket");
+    assert!(!dir.path().join("state").exists(), "a refused config must not create state");
+    run.stderr
+}
+
+#[test]
+fn unknown_key_names_file_line_column_and_suggests() {
+    let err = refused("[apps.api]\ncommand = [\"true\"]\ncomand = [\"x\"]\n");
+    assert!(err.contains("citrusd.toml:8:1"), "{err}");
+    assert!(err.contains("apps.api.comand"), "{err}");
+    assert!(err.contains("did you mean `command`"), "{err}");
+}
+
+#[test]
+fn wrong_type_and_bad_duration_are_both_reported() {
+    let err = refused("[apps.api]\ncommand = [\"true\"]\ninstances = \"two\"\nmin_uptime = \"ten\"\n");
+    assert!(err.contains("citrusd.toml:8:13") && err.contains("apps.api.instances"), "{err}");
+    assert!(err.contains("citrusd.toml:9:14") && err.contains("invalid duration \"ten\""), "{err}");
+}
+
+#[test]
+fn empty_command_is_refused() {
+    let err = refused("[apps.api]\ncommand = []\n");
+    assert!(err.contains("apps.api.command") && err.contains("empty"), "{err}");
+}
+
+#[test]
+fn after_cycle_is_named() {
+    let err = refused(
+        "[apps.a]\ncommand = [\"true\"]\nafter = [\"b\"]\n[apps.b]\ncommand = [\"true\"]\nafter = [\"a\"]\n",
+    );
+    assert!(err.contains("a -> b -> a"), "{err}");
+}
+
+#[test]
+fn after_unknown_app_and_zero_instances() {
+    let err = refused("[apps.a]\ncommand = [\"true\"]\nafter = [\"dbb\"]\ninstances = 0\n[apps.db]\ncommand = [\"true\"]\n");
+    assert!(err.contains("apps.a.after") && err.contains("dbb"), "{err}");
+    assert!(err.contains("apps.a.instances"), "{err}");
+}
+
+#[test]
+fn sections_not_implemented_yet_are_unknown() {
+    let err = refused("[apps.a]\ncommand = [\"true\"]\nhealth = { http = \"http://x\" }\n");
+    assert!(err.contains("apps.a.health"), "{err}");
+}
+
+#[test]
+fn missing_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = citrusd_once(dir.path(), &dir.path().join("nope.toml"));
+    run.code(2).stderr_has(&["nope.toml"]);
+}

@@ -1,0 +1,133 @@
+//! Logs: per-instance files with citrusd's own lines, tail and follow, rotation, SIGUSR1
+//! reopen, and every byte of a flat-out writer kept.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use citrus::control::AppState;
+
+use crate::support::{count, wait_for, Daemon, CITRUSCTL, DEADLINE};
+
+#[test]
+fn tail_out_err_and_follow() {
+    let d = Daemon::start(
+        "[apps.chatty]\ncommand = [\"sh\", \"-c\", \"for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done; while :; do read x < /dev/null; sleep 0.1; echo tick; done\"]\n",
+    );
+    d.wait_state("chatty", AppState::Online);
+    wait_for("output", DEADLINE, || {
+        let l = d.log("chatty-err.log");
+        if l.contains("err5") {
+            Ok(())
+        } else {
+            Err(l)
+        }
+    });
+    let err = d.ctl(&["logs", "chatty", "--err", "--lines", "2"]);
+    err.code(0);
+    assert_eq!(err.stdout, "err4\nerr5\n");
+    let out = d.ctl(&["logs", "chatty", "--out", "--lines", "200"]);
+    out.code(0).stdout_has(&["out1", "out5", "[citrus] spawned pid"]);
+    assert!(!out.stdout.contains("err1"));
+    let both = d.ctl(&["logs", "chatty"]);
+    both.code(0).stdout_has(&["==> ", "chatty-out.log <==", "chatty-err.log <=="]);
+
+    // -f keeps streaming new lines.
+    let mut follow = Command::new(CITRUSCTL)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["logs", "chatty", "--out", "-f", "--lines", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while count(&String::from_utf8_lossy(&seen), "tick") < 3 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "follow ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+#[test]
+fn timestamps_and_rotation_keep_log_keep_files() {
+    let d = Daemon::start(
+        "[apps.spam]\ncommand = [\"sh\", \"-c\", \"i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding-padding; i=$((i+1)); done; exec sleep 1000\"]\nlog_max_size = \"8K\"\nlog_keep = 3\nlog_timestamps = true\n",
+    );
+    d.wait_state("spam", AppState::Online);
+    wait_for("the last line", DEADLINE, || {
+        let l = d.log("spam-out.log");
+        if l.contains("line-2999-") {
+            Ok(())
+        } else {
+            Err(format!("{} bytes", l.len()))
+        }
+    });
+    let rotated = |d: &Daemon| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d.dir.path().join("logs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("spam-out.log."))
+            .collect();
+        names.sort();
+        names
+    };
+    let names = wait_for("exactly 3 rotated files", DEADLINE, || {
+        let n = rotated(&d);
+        if n == ["spam-out.log.1", "spam-out.log.2", "spam-out.log.3"] {
+            Ok(n)
+        } else {
+            Err(format!("{n:?}"))
+        }
+    });
+    assert_eq!(names.len(), 3);
+    let current = d.log("spam-out.log");
+    // Rotation happens between reads of the pipe, so a file exceeds the cap by at most one read.
+    assert!(current.len() <= 64 * 1024, "current log is {} bytes", current.len());
+    let line = current.lines().find(|l| l.contains("line-2999-")).unwrap();
+    assert!(line.len() > 25 && line.as_bytes()[4] == b'-' && line.contains("Z line-2999"), "{line}");
+}
+
+#[test]
+fn sigusr1_reopens_log_files() {
+    let d = Daemon::start(
+        "[apps.ticker]\ncommand = [\"sh\", \"-c\", \"while :; do echo tick; sleep 0.05; done\"]\n",
+    );
+    d.wait_state("ticker", AppState::Online);
+    let path = d.log_path("ticker-out.log");
+    wait_for("first ticks", DEADLINE, || if d.log("ticker-out.log").contains("tick") { Ok(()) } else { Err(String::new()) });
+    let moved = d.dir.path().join("moved.log");
+    std::fs::rename(&path, &moved).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGUSR1);
+    wait_for("a new file at the old path", DEADLINE, || {
+        let l = std::fs::read_to_string(&path).unwrap_or_default();
+        if l.contains("tick") {
+            Ok(())
+        } else {
+            Err(l)
+        }
+    });
+}
+
+#[test]
+fn a_flat_out_writer_loses_no_byte() {
+    // 64 MiB as fast as dd can write; every byte must be in the log.
+    let d = Daemon::start(
+        "[apps.flood]\ncommand = [\"dd\", \"if=/dev/zero\", \"bs=64k\", \"count=1024\", \"status=none\"]\nrestart = \"never\"\nlog_max_size = \"0\"\n",
+    );
+    d.wait_state("flood", AppState::Stopped);
+    let size = wait_for("all bytes", DEADLINE, || {
+        let log = std::fs::read(d.log_path("flood-out.log")).unwrap_or_default();
+        let zeros = log.iter().filter(|b| **b == 0).count();
+        if zeros == 64 << 20 {
+            Ok(zeros)
+        } else {
+            Err(format!("{zeros} zero bytes"))
+        }
+    });
+    assert_eq!(size, 64 << 20);
+    assert_eq!(d.app("flood")[0].last_exit.as_ref().unwrap().code, Some(0));
+}

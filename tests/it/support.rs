@@ -1,0 +1,318 @@
+//! Test fixtures: a real citrusd in a temp dir, citrusctl runs, and the one deadline-wait helper.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use citrus::control::{AppState, AppStatus, Status};
+use citrus::sys::procfs;
+
+pub const CITRUSD: &str = env!("CARGO_BIN_EXE_citrusd");
+pub const CITRUSCTL: &str = env!("CARGO_BIN_EXE_citrusctl");
+
+/// A deadline generous enough for a loaded 2-core CI machine; tests finish as soon as the
+/// condition holds.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Ok`, or panics after `timeout` with the last thing it saw.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// The outcome of one command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts the exit code, showing the output when it differs.
+    #[track_caller]
+    pub fn code(&self, want: i32) -> &Run {
+        assert_eq!(self.code, want, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// Asserts that stderr contains every needle.
+    #[track_caller]
+    pub fn stderr_has(&self, needles: &[&str]) -> &Run {
+        for n in needles {
+            assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.stderr);
+        }
+        self
+    }
+
+    /// Asserts that stdout contains every needle.
+    #[track_caller]
+    pub fn stdout_has(&self, needles: &[&str]) -> &Run {
+        for n in needles {
+            assert!(self.stdout.contains(n), "stdout lacks {n:?}:\n{}", self.stdout);
+        }
+        self
+    }
+}
+
+/// Runs citrusctl with `args` against `socket`.
+pub fn ctl_at(socket: &Path, args: &[&str]) -> Run {
+    let out = Command::new(CITRUSCTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run citrusctl");
+    Run::from(out)
+}
+
+/// Runs citrusd to completion (for configs that must be refused).
+pub fn citrusd_once(dir: &Path, config: &Path) -> Run {
+    let mut child = Command::new(CITRUSD)
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(dir.join("refused.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn citrusd");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return Run::from(child.wait_with_output().expect("output"));
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("citrusd did not exit: {:?}", Run::from(child.wait_with_output().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A citrusd running in its own temp dir: config, state, logs and socket all inside it.
+/// Dropping it stops the daemon (SIGTERM, then SIGKILL) and kills anything of its apps left.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// Prepends a `[daemon]` table with paths inside the temp dir unless the body has one.
+pub fn with_daemon_table(body: &str) -> String {
+    if body.contains("[daemon]") {
+        body.to_string()
+    } else {
+        format!("[daemon]\nstate_dir = \"state\"\nlog_dir = \"logs\"\nmemory_check_interval = \"200ms\"\n\n{body}")
+    }
+}
+
+impl Daemon {
+    /// Writes `config` (see [`with_daemon_table`]) and starts citrusd; returns once `ping` answers.
+    pub fn start(config: &str) -> Daemon {
+        Self::start_args(config, &[])
+    }
+
+    /// As [`Daemon::start`] with extra citrusd flags (e.g. `--env production`).
+    pub fn start_args(config: &str, args: &[&str]) -> Daemon {
+        let d = Self::prepare(config, args);
+        d.launch()
+    }
+
+    /// Writes the config without starting anything.
+    pub fn prepare(config: &str, args: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("citrus-it").tempdir().expect("tempdir");
+        let path = dir.path().join("citrusd.toml");
+        fs::write(&path, with_daemon_table(config)).expect("write config");
+        let socket = dir.path().join("ctl.sock");
+        Daemon { dir, config: path, socket, extra_args: args.iter().map(|s| s.to_string()).collect(), child: None }
+    }
+
+    /// Starts citrusd and waits for `ping`.
+    pub fn launch(mut self) -> Daemon {
+        self.spawn();
+        self.wait_ready();
+        self
+    }
+
+    /// Starts the citrusd process (stderr appended to `citrusd.stderr`).
+    pub fn spawn(&mut self) {
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("citrusd.stderr"))
+            .expect("stderr file");
+        let child = Command::new(CITRUSD)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(&self.extra_args)
+            .env_remove("CITRUS_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn citrusd");
+        self.child = Some(child);
+    }
+
+    /// Waits until `ping` answers (and fails fast if citrusd exited).
+    #[track_caller]
+    pub fn wait_ready(&mut self) {
+        wait_for("citrusd to answer ping", DEADLINE, || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("citrusd exited early ({st}); stderr:\n{}", self.stderr());
+                }
+            }
+            let r = self.ctl(&["ping"]);
+            if r.code == 0 {
+                Ok(())
+            } else {
+                Err(r.stderr)
+            }
+        });
+    }
+
+    /// citrusd's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Everything citrusd wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("citrusd.stderr")).unwrap_or_default()
+    }
+
+    /// Runs citrusctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        ctl_at(&self.socket, args)
+    }
+
+    /// `status --json`, parsed.
+    #[track_caller]
+    pub fn status(&self) -> Status {
+        let r = self.ctl(&["--json", "status"]);
+        r.code(0);
+        serde_json::from_str(&r.stdout).expect("status json")
+    }
+
+    /// The instances of `app`.
+    #[track_caller]
+    pub fn app(&self, app: &str) -> Vec<AppStatus> {
+        self.status().apps.into_iter().filter(|a| a.name == app).collect()
+    }
+
+    /// Waits until every instance of `app` is in `state`; returns them.
+    #[track_caller]
+    pub fn wait_state(&self, app: &str, state: AppState) -> Vec<AppStatus> {
+        wait_for(&format!("{app} to be {}", state.as_str()), DEADLINE, || {
+            let rows = self.app(app);
+            if !rows.is_empty() && rows.iter().all(|r| r.state == state) {
+                Ok(rows)
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        })
+    }
+
+    /// Path of a file in the log dir.
+    pub fn log_path(&self, file: &str) -> PathBuf {
+        self.dir.path().join("logs").join(file)
+    }
+
+    /// Contents of a log file (empty if missing).
+    pub fn log(&self, file: &str) -> String {
+        fs::read_to_string(self.log_path(file)).unwrap_or_default()
+    }
+
+    /// The id citrusd marks its apps' environments with.
+    pub fn supervisor_id(&self) -> String {
+        citrus::daemon::supervisor_id(&self.dir.path().join("state"))
+    }
+
+    /// Live (non-zombie) processes carrying this daemon's marker, optionally of one app.
+    pub fn marked(&self, app: Option<&str>) -> Vec<i32> {
+        let mut wanted = vec![format!("CITRUS_SUPERVISOR={}", self.supervisor_id())];
+        if let Some(a) = app {
+            wanted.push(format!("CITRUS_APP={a}"));
+        }
+        procfs::all_pids()
+            .into_iter()
+            .filter(|p| procfs::stat(*p).is_some_and(|s| s.state != 'Z'))
+            .filter(|p| procfs::environ_contains(*p, &wanted))
+            .collect()
+    }
+
+    /// SIGKILLs citrusd (its apps keep running, as after a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` to citrusd.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal citrusd");
+    }
+
+    /// Waits for citrusd to exit; returns its exit code.
+    #[track_caller]
+    pub fn wait_exit(&mut self) -> i32 {
+        let mut child = self.child.take().expect("running");
+        let st = wait_for("citrusd to exit", DEADLINE, || match child.try_wait() {
+            Ok(Some(st)) => Ok(st),
+            _ => Err("still running".into()),
+        });
+        st.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in self.marked(None) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+/// Counts lines of `text` containing `needle`.
+pub fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
