@@ -187,7 +187,7 @@ APP_PYTHON=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))
 
 # --- driver --------------------------------------------------------------------------------------
 cat >"$WORK/driver.py" <<'PYEOF'
-import json, os, re, signal, statistics, subprocess, sys, time
+import json, os, re, shlex, signal, statistics, subprocess, sys, time
 from datetime import datetime, timezone
 
 E = os.environ
@@ -367,7 +367,53 @@ class Daemon:
             if self in LIVE:
                 LIVE.remove(self)
             self.errlog.close()
+        check_leftovers(f"citrusd {self.dir} exited (rc {rc})")
         return time.monotonic() - t0, rc
+
+
+LEFTOVERS = []     # processes that outlived their citrusd
+
+
+def tagged_pids():
+    me = os.getpid()
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            with open(f"/proc/{p}/environ", "rb") as f:
+                if f"BENCH_TAG={TAG}".encode() in f.read().split(b"\0"):
+                    found.append(int(p))
+        except OSError:
+            pass
+    return found
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+    except OSError:
+        return "?"
+
+
+def check_leftovers(what):
+    """After a citrusd exited: every process it supervised should be gone."""
+    time.sleep(0.2)
+    pids = tagged_pids()
+    if not pids:
+        return
+    desc = {}
+    for p in pids:
+        c = cmdline(p)
+        desc[c] = desc.get(c, 0) + 1
+    log(f"LEFTOVER after {what}: {len(pids)} process(es) still running: {desc}")
+    LEFTOVERS.append(f"{what}: {len(pids)} x {desc}")
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def read_lines(path):
@@ -475,7 +521,8 @@ def fig1_restart():
 # ---------------------------------------------------------------------------------------------- #
 def hyperfine_median(d, name, cmd):
     out = os.path.join(d, f"hf-{name}.json")
-    r = subprocess.run([HYPERFINE, "-N", "--runs", "20", "--warmup", "3", "--export-json", out, *cmd],
+    r = subprocess.run([HYPERFINE, "-N", "--runs", "20", "--warmup", "3", "--export-json", out,
+                        " ".join(shlex.quote(c) for c in cmd)],
                        stdout=sys.stderr, stderr=sys.stderr, env=CHILD_ENV)
     if r.returncode != 0:
         raise RuntimeError(f"hyperfine {name} failed (exit {r.returncode})")
@@ -633,7 +680,8 @@ def fig5_logs():
             raise RuntimeError(f"floor dd wrote {fsize} bytes")
 
         rd = os.path.join(d, f"run{r}")
-        cfg = write_config(rd, {"dd": {"command": dd, "restart": "never"}})
+        # log_max_size = 0: no size rotation (the default, 10 MiB x 5 kept, would drop most of the 500 MiB)
+        cfg = write_config(rd, {"dd": {"command": dd, "restart": "never", "log_max_size": 0}})
         dm = Daemon(rd, cfg)
         os.sync()
         dm.start()
@@ -680,7 +728,7 @@ def fig5_logs():
     rate, frate = median(rates), median(floors)
     where = (f"dir {d} ({fstype}; same filesystem as the repo: {'yes' if same_fs(d, REPO) else 'NO'})")
     row("5. log throughput, dd 500 MiB via citrusd", f"{rate:.0f} MB/s",
-        f"median of {runs}; spawned→exited log stamps (ms resolution), MB = 10^6 B; " + " | ".join(notes))
+        f"median of {runs}; log_max_size = 0 (no rotation); spawned→exited log stamps (ms resolution), MB = 10^6 B; " + " | ".join(notes))
     row("5. floor: same dd → file in the same dir", f"{frate:.0f} MB/s", f"median of {runs}; {where}")
     row("5. throughput ratio citrusd/floor", f"{rate / frate:.2f}", "")
     worst = max(lost, key=lambda x: abs(x[0]))
@@ -783,6 +831,8 @@ def main():
     def cell(s):
         return str(s).replace("|", "\\|").replace("\n", " ")
 
+    row("leftover processes after citrusd exited", str(len(LEFTOVERS)),
+        "; ".join(LEFTOVERS) or "every supervised process was gone after each SIGTERM'd citrusd exited")
     mode = "quick" if QUICK else "full"
     print(f"\ncitrusd supervisor bench ({mode} run, idle window {IDLE:g} s, {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")

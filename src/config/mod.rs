@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use cron::CronSchedule;
 pub use diag::{ConfigError, Diagnostic};
 pub use envfile::{read_env_file, EnvFileError};
-pub use units::{parse_duration, parse_signal, parse_size};
+pub use units::{format_duration, format_size, parse_duration, parse_signal, parse_size};
 
 use diag::{suggest, Diagnostics};
 use schema::{AppLayer, CommandValue, DaemonLayer, Field, RawConfig};
@@ -85,7 +85,7 @@ pub struct AppConfig {
     pub name: String,
     /// Program and arguments; never empty.
     pub command: Vec<String>,
-    /// Working directory, absolute.
+    /// Working directory, absolute; the config file's directory unless set.
     pub cwd: Option<PathBuf>,
     /// Number of instances, at least 1.
     pub instances: u32,
@@ -403,10 +403,23 @@ fn resolve_app(
         .map(|dep| dep.get_ref().clone())
         .filter(|dep| !(inherited && dep == name))
         .collect();
+    // Apps run in the config file's directory unless they name another; a relative program
+    // path (`./server`, `bin/app`) is relative to that working directory.
+    let cwd = get!(cwd).map_or_else(|| base.to_path_buf(), |cwd| base.join(cwd));
+    let mut command = get!(command).map_or_else(Vec::new, |c| c.0.clone());
+    if let Some(program) = command.first_mut() {
+        if program.contains('/') && !Path::new(program.as_str()).is_absolute() {
+            let relative: PathBuf = Path::new(program.as_str())
+                .components()
+                .filter(|c| *c != std::path::Component::CurDir)
+                .collect();
+            *program = cwd.join(relative).to_string_lossy().into_owned();
+        }
+    }
     AppConfig {
         name: name.to_owned(),
-        command: get!(command).map_or_else(Vec::new, |c| c.0.clone()),
-        cwd: get!(cwd).map(|cwd| base.join(cwd)),
+        command,
+        cwd: Some(cwd),
         instances: get!(instances).map_or(1, |&n| n.max(1)),
         user: get!(user).cloned(),
         env,

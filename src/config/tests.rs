@@ -167,8 +167,8 @@ fn built_in_defaults() {
         config.apps["web"],
         AppConfig {
             name: "web".into(),
-            command: vec!["./web".into()],
-            cwd: None,
+            command: vec!["/etc/citrus/web".into()],
+            cwd: Some("/etc/citrus".into()),
             instances: 1,
             user: None,
             env: BTreeMap::new(),

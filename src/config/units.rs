@@ -55,6 +55,31 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration the way the config does, in its largest exact unit: `"14d"`, `"90s"`,
+/// `"1500ms"`, `"0s"`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Writes a size in its largest exact binary unit: `"10M"`, `"1G"`, `"1500"`.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 /// Parses a size in bytes: `"4096"`, `"512K"`, `"100MB"`, `"1g"`, `"2T"` (binary multiples, 1K = 1024).
 ///
 /// The error is a complete human-readable message.
@@ -238,6 +263,16 @@ scalar_deserialize!(DurationValue, SizeValue, SignalValue, EnvValue);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formatting_round_trips() {
+        for text in ["14d", "2h", "90s", "1500ms", "0s", "5m"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        for text in ["10M", "1G", "512K", "1500", "2T"] {
+            assert_eq!(format_size(parse_size(text).unwrap()), text);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -191,7 +191,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                     if command.is_empty() {
                         return Err(CtlError::Usage("--name needs the command after `--`: citrusctl start --name NAME -- CMD ARGS…".into()));
                     }
-                    let cwd = cwd.map(|c| std::path::absolute(&c).unwrap_or(c));
+                    // Like PM2: a run-time app runs where it was started from unless told otherwise.
+                    let cwd = cwd.or_else(|| std::env::current_dir().ok()).map(|c| std::path::absolute(&c).unwrap_or(c));
                     let req = AddApp { name, command, instances: instances.unwrap_or(1), cwd };
                     client.post("/v1/apps", &req).await?
                 }

@@ -25,7 +25,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Daemon, ReloadError};
-use crate::config::AppConfig;
+use crate::config::{format_duration, format_size, AppConfig};
 use crate::control::{
     ActionReply, AddApp, ApiError, DaemonInfo, Describe, ErrorBody, ErrorCode, InstanceDescribe,
     LogInfo, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest, Status, PROTOCOL_VERSION,
@@ -247,14 +247,12 @@ async fn reload_config(
     Ok(Json(d.reload_config(req.dry_run).await?))
 }
 
-/// Formats a duration the way the config writes it.
 fn dur(d: Duration) -> serde_json::Value {
-    let ms = d.as_millis();
-    json!(if !ms.is_multiple_of(1000) || ms == 0 {
-        format!("{ms}ms")
-    } else {
-        format!("{}s", ms / 1000)
-    })
+    json!(format_duration(d))
+}
+
+fn size(bytes: Option<u64>) -> serde_json::Value {
+    json!(bytes.map(format_size))
 }
 
 fn config_view(app: &AppConfig) -> BTreeMap<String, serde_json::Value> {
@@ -273,7 +271,7 @@ fn config_view(app: &AppConfig) -> BTreeMap<String, serde_json::Value> {
     );
     m.insert("kill_signal".into(), json!(app.kill_signal.as_str()));
     m.insert("kill_timeout".into(), dur(app.kill_timeout));
-    m.insert("max_memory_restart".into(), json!(app.max_memory_restart));
+    m.insert("max_memory_restart".into(), size(app.max_memory_restart));
     m.insert("autostart".into(), json!(app.autostart));
     m.insert("after".into(), json!(app.after));
     m.insert(
@@ -282,7 +280,7 @@ fn config_view(app: &AppConfig) -> BTreeMap<String, serde_json::Value> {
     );
     m.insert("env_file".into(), json!(app.env_file));
     m.insert("inherit_env".into(), json!(app.inherit_env));
-    m.insert("log_max_size".into(), json!(app.log.max_size));
+    m.insert("log_max_size".into(), size(app.log.max_size));
     m.insert("log_keep".into(), json!(app.log.keep));
     m.insert(
         "log_max_age".into(),

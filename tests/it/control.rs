@@ -163,3 +163,29 @@ fn metrics_endpoint_serves_prometheus_text() {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
 }
+
+#[test]
+fn import_pm2_prints_a_config_citrusd_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let eco = dir.path().join("ecosystem.json");
+    std::fs::write(
+        &eco,
+        r#"{"apps":[{"name":"amexing-api","script":"./src/index.js","instances":1,"exec_mode":"fork",
+ "env_production":{"NODE_ENV":"production","PORT":1338},"autorestart":true,"max_restarts":10,
+ "min_uptime":"10s","max_memory_restart":"1G","watch":true}]}"#,
+    )
+    .unwrap();
+    let run = ctl_at(&dir.path().join("unused.sock"), &["import-pm2", eco.to_str().unwrap()]);
+    run.code(0).stdout_has(&["[apps.amexing-api]", "max_memory_restart = \"1G\"", "min_uptime = \"10s\""]);
+    run.stderr_has(&["watch"]);
+    let toml = dir.path().join("citrusd.toml");
+    std::fs::write(&toml, &run.stdout).unwrap();
+    let config = citrus::config::Config::load(&toml, Some("production")).expect("the converted config loads");
+    let api = &config.apps["amexing-api"];
+    assert_eq!(api.env["PORT"], "1338");
+    assert_eq!(api.max_memory_restart, Some(1 << 30));
+
+    let bad = dir.path().join("ecosystem.config.js");
+    std::fs::write(&bad, "module.exports = { apps: [] }").unwrap();
+    ctl_at(&dir.path().join("unused.sock"), &["import-pm2", bad.to_str().unwrap()]).code(1).stderr_has(&["JSON"]);
+}
