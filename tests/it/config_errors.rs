@@ -12,8 +12,14 @@ fn refused(body: &str) -> String {
     fs::write(&path, with_daemon_table(body)).unwrap();
     let run = citrusd_once(dir.path(), &path);
     run.code(2);
-    assert!(!dir.path().join("refused.sock").exists(), "a refused config must not bind the socket");
-    assert!(!dir.path().join("state").exists(), "a refused config must not create state");
+    assert!(
+        !dir.path().join("refused.sock").exists(),
+        "a refused config must not bind the socket"
+    );
+    assert!(
+        !dir.path().join("state").exists(),
+        "a refused config must not create state"
+    );
     run.stderr
 }
 
@@ -27,15 +33,25 @@ fn unknown_key_names_file_line_column_and_suggests() {
 
 #[test]
 fn wrong_type_and_bad_duration_are_both_reported() {
-    let err = refused("[apps.api]\ncommand = [\"true\"]\ninstances = \"two\"\nmin_uptime = \"ten\"\n");
-    assert!(err.contains("citrusd.toml:8:13") && err.contains("apps.api.instances"), "{err}");
-    assert!(err.contains("citrusd.toml:9:14") && err.contains("invalid duration \"ten\""), "{err}");
+    let err =
+        refused("[apps.api]\ncommand = [\"true\"]\ninstances = \"two\"\nmin_uptime = \"ten\"\n");
+    assert!(
+        err.contains("citrusd.toml:8:13") && err.contains("apps.api.instances"),
+        "{err}"
+    );
+    assert!(
+        err.contains("citrusd.toml:9:14") && err.contains("invalid duration \"ten\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn empty_command_is_refused() {
     let err = refused("[apps.api]\ncommand = []\n");
-    assert!(err.contains("apps.api.command") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("apps.api.command") && err.contains("empty"),
+        "{err}"
+    );
 }
 
 #[test]

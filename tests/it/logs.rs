@@ -26,10 +26,12 @@ fn tail_out_err_and_follow() {
     err.code(0);
     assert_eq!(err.stdout, "err4\nerr5\n");
     let out = d.ctl(&["logs", "chatty", "--out", "--lines", "200"]);
-    out.code(0).stdout_has(&["out1", "out5", "[citrus] spawned pid"]);
+    out.code(0)
+        .stdout_has(&["out1", "out5", "[citrus] spawned pid"]);
     assert!(!out.stdout.contains("err1"));
     let both = d.ctl(&["logs", "chatty"]);
-    both.code(0).stdout_has(&["==> ", "chatty-out.log <==", "chatty-err.log <=="]);
+    both.code(0)
+        .stdout_has(&["==> ", "chatty-out.log <==", "chatty-err.log <=="]);
 
     // -f keeps streaming new lines.
     let mut follow = Command::new(CITRUSCTL)
@@ -86,9 +88,16 @@ fn timestamps_and_rotation_keep_log_keep_files() {
     assert_eq!(names.len(), 3);
     let current = d.log("spam-out.log");
     // Rotation happens between reads of the pipe, so a file exceeds the cap by at most one read.
-    assert!(current.len() <= 64 * 1024, "current log is {} bytes", current.len());
+    assert!(
+        current.len() <= 64 * 1024,
+        "current log is {} bytes",
+        current.len()
+    );
     let line = current.lines().find(|l| l.contains("line-2999-")).unwrap();
-    assert!(line.len() > 25 && line.as_bytes()[4] == b'-' && line.contains("Z line-2999"), "{line}");
+    assert!(
+        line.len() > 25 && line.as_bytes()[4] == b'-' && line.contains("Z line-2999"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -98,7 +107,13 @@ fn sigusr1_reopens_log_files() {
     );
     d.wait_state("ticker", AppState::Online);
     let path = d.log_path("ticker-out.log");
-    wait_for("first ticks", DEADLINE, || if d.log("ticker-out.log").contains("tick") { Ok(()) } else { Err(String::new()) });
+    wait_for("first ticks", DEADLINE, || {
+        if d.log("ticker-out.log").contains("tick") {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    });
     let moved = d.dir.path().join("moved.log");
     std::fs::rename(&path, &moved).unwrap();
     d.signal(nix::sys::signal::Signal::SIGUSR1);

@@ -14,7 +14,10 @@ fn by_instance(d: &Daemon, app: &str) -> HashMap<String, Vec<i32>> {
     for pid in d.marked(Some(app)) {
         let inst = procfs::environ(pid)
             .into_iter()
-            .find_map(|e| e.strip_prefix(b"CITRUS_INSTANCE=").map(|v| String::from_utf8_lossy(v).into_owned()))
+            .find_map(|e| {
+                e.strip_prefix(b"CITRUS_INSTANCE=")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
             .unwrap_or_default();
         m.entry(inst).or_default().push(pid);
     }
@@ -29,10 +32,15 @@ fn kill_9_then_restart_runs_every_instance_exactly_once() {
     );
     d.wait_state("web", AppState::Online);
     d.ctl(&["stop", "paused"]).code(0);
-    d.ctl(&["start", "--name", "adhoc", "--", "sleep", "1001"]).code(0);
+    d.ctl(&["start", "--name", "adhoc", "--", "sleep", "1001"])
+        .code(0);
     d.wait_state("adhoc", AppState::Online);
     let old: Vec<i32> = d.marked(None);
-    let old_starts: Vec<(i32, u64)> = old.iter().filter_map(|p| procfs::stat(*p)).map(|s| (s.pid, s.start_ticks)).collect();
+    let old_starts: Vec<(i32, u64)> = old
+        .iter()
+        .filter_map(|p| procfs::stat(*p))
+        .map(|s| (s.pid, s.start_ticks))
+        .collect();
 
     d.kill9();
     // The apps outlive the crash (nobody is stopping them) ...
@@ -73,16 +81,28 @@ fn a_truncated_state_file_is_kept_aside_and_the_config_runs() {
     // The persisted "stopped" was lost with the torn file: the config's autostart applies.
     d.wait_state("off", AppState::Online);
     let err = d.stderr();
-    assert!(err.contains("could not be read") && err.contains("kept a copy"), "{err}");
+    assert!(
+        err.contains("could not be read") && err.contains("kept a copy"),
+        "{err}"
+    );
     let aside = std::fs::read_dir(d.dir.path().join("state"))
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-"))
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
         .expect("a copy kept aside");
-    assert_eq!(std::fs::read(aside.path()).unwrap(), &text[..text.len() / 2]);
+    assert_eq!(
+        std::fs::read(aside.path()).unwrap(),
+        &text[..text.len() / 2]
+    );
     // And the new state file is whole again.
     wait_for("a valid state file", DEADLINE, || {
         let t = std::fs::read_to_string(&state).unwrap_or_default();
-        serde_json::from_str::<serde_json::Value>(&t).map(|_| ()).map_err(|e| e.to_string())
+        serde_json::from_str::<serde_json::Value>(&t)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
 }

@@ -44,20 +44,40 @@ fn reload_config_starts_new_stops_removed_restarts_changed_only() {
     )
     .unwrap();
     let plan = d.ctl(&["reload-config", "--dry-run"]);
-    plan.code(0).stdout_has(&["would start: new", "would stop: drop", "would restart: change"]);
+    plan.code(0).stdout_has(&[
+        "would start: new",
+        "would stop: drop",
+        "would restart: change",
+    ]);
     assert!(d.app("new").is_empty(), "dry run applied nothing");
 
     d.signal(Signal::SIGHUP);
     d.wait_state("new", AppState::Online);
-    wait_for("drop to be gone", DEADLINE, || if d.app("drop").is_empty() { Ok(()) } else { Err(String::new()) });
+    wait_for("drop to be gone", DEADLINE, || {
+        if d.app("drop").is_empty() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    });
     let changed = d.wait_state("change", AppState::Online)[0].pid;
     assert_ne!(changed, change);
-    assert_eq!(d.app("keep")[0].pid, keep, "an unchanged app must not restart");
+    assert_eq!(
+        d.app("keep")[0].pid,
+        keep,
+        "an unchanged app must not restart"
+    );
     assert!(d.marked(Some("drop")).is_empty());
 
     // An invalid file: the caller sees the error (exit 2), the running config stays.
-    fs::write(&d.config, with_daemon_table("[apps.keep]\ncommand = [\"sleep\", \"1000\"]\nbogus = 1\n")).unwrap();
-    d.ctl(&["reload-config"]).code(2).stderr_has(&["bogus", "stays in force"]);
+    fs::write(
+        &d.config,
+        with_daemon_table("[apps.keep]\ncommand = [\"sleep\", \"1000\"]\nbogus = 1\n"),
+    )
+    .unwrap();
+    d.ctl(&["reload-config"])
+        .code(2)
+        .stderr_has(&["bogus", "stays in force"]);
     d.signal(Signal::SIGHUP);
     d.ctl(&["ping"]).code(0);
     assert_eq!(d.app("new")[0].state, AppState::Online);

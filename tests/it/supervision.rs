@@ -51,7 +51,11 @@ fn exponential_backoff_shows_backoff_state() {
         }
     });
     let log = d.log("flap-out.log");
-    for delay in ["restarting in 300ms", "restarting in 600ms", "restarting in 1.2s"] {
+    for delay in [
+        "restarting in 300ms",
+        "restarting in 600ms",
+        "restarting in 1.2s",
+    ] {
         assert!(log.contains(delay), "{log}");
     }
 }
@@ -68,10 +72,16 @@ fn missing_executable_and_cwd_error_while_others_run() {
     d.wait_state("fine", AppState::Online);
     assert!(ghost[0].pid.is_none());
     let describe = d.ctl(&["describe", "ghost"]);
-    describe.code(0).stdout_has(&["No such file or directory", "/nonexistent/bin/app"]);
-    d.ctl(&["describe", "nocwd"]).code(0).stdout_has(&["/nonexistent-dir does not exist"]);
+    describe
+        .code(0)
+        .stdout_has(&["No such file or directory", "/nonexistent/bin/app"]);
+    d.ctl(&["describe", "nocwd"])
+        .code(0)
+        .stdout_has(&["/nonexistent-dir does not exist"]);
     // Starting it again fails with the reason and exit 1.
-    d.ctl(&["start", "ghost"]).code(1).stderr_has(&["No such file or directory"]);
+    d.ctl(&["start", "ghost"])
+        .code(1)
+        .stderr_has(&["No such file or directory"]);
 }
 
 #[test]
@@ -96,12 +106,22 @@ exec sleep 1003
             Err(format!("{p:?}"))
         }
     });
-    let sessions: std::collections::HashSet<i32> =
-        pids.iter().filter_map(|p| procfs::stat(*p)).map(|s| s.pgrp).collect();
-    assert!(sessions.len() >= 2, "the double fork should have left the group: {pids:?}");
+    let sessions: std::collections::HashSet<i32> = pids
+        .iter()
+        .filter_map(|p| procfs::stat(*p))
+        .map(|s| s.pgrp)
+        .collect();
+    assert!(
+        sessions.len() >= 2,
+        "the double fork should have left the group: {pids:?}"
+    );
     let r = d.ctl(&["stop", "tree"]);
     r.code(0);
-    assert!(d.marked(Some("tree")).is_empty(), "processes survived stop: {:?}", d.marked(Some("tree")));
+    assert!(
+        d.marked(Some("tree")).is_empty(),
+        "processes survived stop: {:?}",
+        d.marked(Some("tree"))
+    );
     assert!(d.log("tree-out.log").contains("SIGKILL"));
 }
 
@@ -114,7 +134,10 @@ fn crash_of_the_leader_takes_its_group_down_before_the_restart() {
     d.wait_state("leaky", AppState::Errored);
     assert_eq!(count(&d.log("leaky-out.log"), "[citrus] spawned"), 3);
     let left = d.marked(Some("leaky"));
-    assert!(left.is_empty(), "remnants of crashed runs survived: {left:?}");
+    assert!(
+        left.is_empty(),
+        "remnants of crashed runs survived: {left:?}"
+    );
 }
 
 #[test]
@@ -169,7 +192,12 @@ fn after_orders_start_and_reverse_orders_stop() {
             j = journal.display()
         )
     };
-    let config = format!("{}{}{}", app("web", "\"api\""), app("api", "\"db\""), app("db", ""));
+    let config = format!(
+        "{}{}{}",
+        app("web", "\"api\""),
+        app("api", "\"db\""),
+        app("db", "")
+    );
     let d = Daemon::start(&config);
     for a in ["db", "api", "web"] {
         d.wait_state(a, AppState::Online);
@@ -185,12 +213,24 @@ fn after_orders_start_and_reverse_orders_stop() {
     d.ctl(&["stop", "all"]).code(0);
     let j = fs::read_to_string(&journal).unwrap();
     let lines: Vec<&str> = j.lines().collect();
-    assert_eq!(lines, ["start db", "start api", "start web", "stop web", "stop api", "stop db"]);
+    assert_eq!(
+        lines,
+        [
+            "start db",
+            "start api",
+            "start web",
+            "stop web",
+            "stop api",
+            "stop db"
+        ]
+    );
 }
 
 #[test]
 fn cron_restart_fires_on_schedule() {
-    let d = Daemon::start("[apps.nightly]\ncommand = [\"sleep\", \"1000\"]\ncron_restart = \"* * * * * *\"\n");
+    let d = Daemon::start(
+        "[apps.nightly]\ncommand = [\"sleep\", \"1000\"]\ncron_restart = \"* * * * * *\"\n",
+    );
     wait_for("two scheduled restarts", DEADLINE, || {
         let r = d.app("nightly").remove(0);
         if r.restarts >= 2 {
@@ -221,7 +261,10 @@ fn env_is_recomputed_from_config_env_file_and_env_name_at_every_start() {
             Err(log)
         }
     });
-    assert!(first.contains("file=one quoted=a b mode=prod port=1 home=unset"), "{first}");
+    assert!(
+        first.contains("file=one quoted=a b mode=prod port=1 home=unset"),
+        "{first}"
+    );
     fs::write(d.dir.path().join("app.env"), "FROM_FILE=two\n").unwrap();
     d.ctl(&["restart", "env"]).code(0);
     wait_for("the new env_file value", DEADLINE, || {
@@ -247,9 +290,19 @@ fn user_switch_when_root() {
     let d = Daemon::start("[apps.asnobody]\ncommand = [\"sleep\", \"1000\"]\nuser = \"nobody\"\n");
     let rows = d.wait_state("asnobody", AppState::Online);
     let status = fs::read_to_string(format!("/proc/{}/status", rows[0].pid.unwrap())).unwrap();
-    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(uid_line.split_whitespace().skip(1).all(|u| u == nobody.to_string()), "{uid_line}");
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.to_string()),
+        "{uid_line}"
+    );
 }
 
 #[test]
@@ -257,7 +310,11 @@ fn restart_latency_is_not_a_polling_tick() {
     // Not a benchmark: a sanity check that a SIGKILLed app is replaced without a fixed delay.
     let d = Daemon::start("[apps.victim]\ncommand = [\"sleep\", \"1000\"]\nmin_uptime = \"0s\"\n");
     let pid = d.wait_state("victim", AppState::Online)[0].pid.unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
     let row = wait_for("a replacement", Duration::from_secs(5), || {
         let r = d.app("victim").remove(0);
         match r.pid {

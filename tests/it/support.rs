@@ -17,7 +17,11 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it returns `Ok`, or panics after `timeout` with the last thing it saw.
 #[track_caller]
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let start = Instant::now();
     loop {
         match check() {
@@ -50,7 +54,11 @@ impl Run {
     /// Asserts the exit code, showing the output when it differs.
     #[track_caller]
     pub fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, want, "exit code; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, want,
+            "exit code; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -58,7 +66,11 @@ impl Run {
     #[track_caller]
     pub fn stderr_has(&self, needles: &[&str]) -> &Run {
         for n in needles {
-            assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.stderr);
+            assert!(
+                self.stderr.contains(n),
+                "stderr lacks {n:?}:\n{}",
+                self.stderr
+            );
         }
         self
     }
@@ -67,7 +79,11 @@ impl Run {
     #[track_caller]
     pub fn stdout_has(&self, needles: &[&str]) -> &Run {
         for n in needles {
-            assert!(self.stdout.contains(n), "stdout lacks {n:?}:\n{}", self.stdout);
+            assert!(
+                self.stdout.contains(n),
+                "stdout lacks {n:?}:\n{}",
+                self.stdout
+            );
         }
         self
     }
@@ -104,7 +120,10 @@ pub fn citrusd_once(dir: &Path, config: &Path) -> Run {
         }
         if start.elapsed() > DEADLINE {
             let _ = child.kill();
-            panic!("citrusd did not exit: {:?}", Run::from(child.wait_with_output().unwrap()));
+            panic!(
+                "citrusd did not exit: {:?}",
+                Run::from(child.wait_with_output().unwrap())
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -143,11 +162,20 @@ impl Daemon {
 
     /// Writes the config without starting anything.
     pub fn prepare(config: &str, args: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("citrus-it").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("citrus-it")
+            .tempdir()
+            .expect("tempdir");
         let path = dir.path().join("citrusd.toml");
         fs::write(&path, with_daemon_table(config)).expect("write config");
         let socket = dir.path().join("ctl.sock");
-        Daemon { dir, config: path, socket, extra_args: args.iter().map(|s| s.to_string()).collect(), child: None }
+        Daemon {
+            dir,
+            config: path,
+            socket,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        }
     }
 
     /// Starts citrusd and waits for `ping`.
@@ -223,7 +251,11 @@ impl Daemon {
     /// The instances of `app`.
     #[track_caller]
     pub fn app(&self, app: &str) -> Vec<AppStatus> {
-        self.status().apps.into_iter().filter(|a| a.name == app).collect()
+        self.status()
+            .apps
+            .into_iter()
+            .filter(|a| a.name == app)
+            .collect()
     }
 
     /// Waits until every instance of `app` is in `state`; returns them.
@@ -277,7 +309,8 @@ impl Daemon {
 
     /// Sends `signal` to citrusd.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal citrusd");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal citrusd");
     }
 
     /// Waits for citrusd to exit; returns its exit code.
@@ -295,7 +328,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -307,7 +343,8 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         for pid in self.marked(None) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
     }
 }
