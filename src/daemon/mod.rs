@@ -113,6 +113,9 @@ pub async fn run(
     create_dir(&daemon_cfg.state_dir, 0o700)?;
     create_dir(&daemon_cfg.log_dir, 0o750)?;
     let _lock = DirLock::acquire(&daemon_cfg.state_dir)?;
+    if let Err(e) = sys::raise_fd_limit() {
+        tracing::warn!("cannot raise the open-files limit ({e}); many apps may exhaust it");
+    }
     if let Err(e) = sys::set_child_subreaper() {
         tracing::warn!(
             "cannot become a child subreaper ({e}); double-forked app processes may escape"

@@ -146,13 +146,17 @@ pub fn command(app: &AppConfig, index: u32, marker: &Marker) -> Result<Command, 
         cmd.current_dir(cwd);
     }
     let ids = identity.map(|id| (id.uid, id.gid, id.groups));
+    let fd_limit = crate::sys::app_fd_limit();
     // SAFETY: the closure runs in the child between fork and exec, so it may only make
-    // async-signal-safe calls: setsid, setgroups, setgid and setuid are plain syscalls, and every
-    // value it uses (the id vector) was built before the fork and is only read here.
+    // async-signal-safe calls: setsid, setrlimit, setgroups, setgid and setuid are plain syscalls,
+    // and every value it uses (the id vector, the limit) was built before the fork and is only read.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(limit) = &fd_limit {
+                libc::setrlimit(libc::RLIMIT_NOFILE, limit);
             }
             if let Some((uid, gid, groups)) = &ids {
                 if libc::getuid() == 0 && libc::setgroups(groups.len(), groups.as_ptr()) < 0 {

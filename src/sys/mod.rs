@@ -22,6 +22,30 @@ pub fn set_child_subreaper() -> io::Result<()> {
     }
 }
 
+/// The open-files limit citrusd started with, which its apps get back (see [`raise_fd_limit`]).
+static APP_FD_LIMIT: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises citrusd's soft open-files limit to the hard limit (each instance holds two pipes and two
+/// log files; 1000 apps need more than the usual soft limit of 1024). Apps keep the limit citrusd
+/// was started with: programs using `select()` misbehave with a huge one.
+pub fn raise_fd_limit() -> io::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let _ = APP_FD_LIMIT.set(libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(())
+}
+
+/// The open-files limit to give apps, if citrusd changed its own.
+pub fn app_fd_limit() -> Option<libc::rlimit> {
+    APP_FD_LIMIT.get().copied()
+}
+
 /// Sends `signal` to every process of group `pgid`. Returns `false` when the group is empty
 /// (ESRCH), which is not an error: the processes are already gone.
 pub fn signal_group(pgid: i32, signal: Signal) -> io::Result<bool> {
