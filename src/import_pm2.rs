@@ -884,20 +884,7 @@ fn duration_ms(v: &Value) -> Option<u64> {
 
 /// Writes a duration in its largest exact unit: 10000 → "10s", 1500 → "1500ms", 0 → "0s".
 fn format_duration(ms: u64) -> String {
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
+    crate::config::format_duration(std::time::Duration::from_millis(ms))
 }
 
 /// A size as Citrus writes it: `"1G"`, `"300M"`, `"200K"`, or bytes as `"N"` (PM2 units are 1024-based).
