@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use citrus::config::Config;
-use citrus::daemon::{self, DaemonError};
+use citrus::daemon;
 use clap::Parser;
 
 /// The Citrus per-host daemon: supervises apps, serves citrusctl on a Unix socket.
@@ -67,9 +67,12 @@ fn run(config: Config, env: Option<String>, socket: PathBuf) -> anyhow::Result<(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Handlers first: a SIGTERM at any later instant is a graceful shutdown.
+        let shutdown =
+            daemon::termination().context("cannot install the SIGTERM/SIGINT handlers")?;
         let listener = daemon::socket::bind(&socket, config.daemon.socket_group.as_deref())?;
-        daemon::run(config, env, listener, socket, daemon::termination()).await?;
-        Ok::<(), DaemonError>(())
+        daemon::run(config, env, listener, socket, shutdown).await?;
+        Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
 }

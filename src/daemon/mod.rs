@@ -168,15 +168,25 @@ pub async fn run(
         }
     }
     tokio::spawn(supervisor.clone().memory_check_loop());
-    tokio::spawn(signal_loop(daemon.clone()));
+    let signals = signal_loop(daemon.clone()).map_err(|source| DaemonError::Io {
+        action: "install the SIGHUP/SIGUSR1 handlers for",
+        path: socket_path.clone(),
+        source,
+    })?;
+    tokio::spawn(signals);
 
-    let errors = supervisor.boot().await;
-    for e in &errors {
-        tracing::error!("{e}");
+    // A shutdown request during boot interrupts it: what was started is stopped below.
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        errors = supervisor.boot() => {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
+            shutdown.as_mut().await;
+        }
+        _ = shutdown.as_mut() => tracing::info!("shutdown requested while starting apps"),
     }
-    tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
-
-    shutdown.await;
     tracing::info!("shutting down: stopping every app");
     server.abort();
     supervisor.shutdown().await;
@@ -187,44 +197,40 @@ pub async fn run(
     Ok(())
 }
 
-/// SIGHUP reloads the config; SIGUSR1 reopens log files.
-async fn signal_loop(daemon: Arc<Daemon>) {
-    let (Ok(mut hup), Ok(mut usr1)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-    ) else {
-        tracing::error!("cannot install SIGHUP/SIGUSR1 handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the config");
-                if let Err(e) = daemon.reload_config(false).await {
-                    tracing::error!("config reload failed: {e}");
+/// SIGHUP reloads the config; SIGUSR1 reopens log files. The handlers are installed before the
+/// task is spawned: SIGHUP's default action would kill citrusd.
+fn signal_loop(daemon: Arc<Daemon>) -> io::Result<impl Future<Output = ()>> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    if let Err(e) = daemon.reload_config(false).await {
+                        tracing::error!("config reload failed: {e}");
+                    }
+                }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening log files");
+                    daemon.supervisor.reopen_logs();
                 }
             }
-            _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: reopening log files");
-                daemon.supervisor.reopen_logs();
-            }
         }
-    }
+    })
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn termination() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+/// Installs the SIGTERM and SIGINT handlers now (so neither can kill citrusd with its default
+/// action while apps start) and returns the future that resolves when one arrives.
+pub fn termination() -> io::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
 /// Sets up tracing on stderr: `-v` raises the level; `CITRUS_LOG` or `RUST_LOG` override it.

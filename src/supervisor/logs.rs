@@ -102,15 +102,16 @@ pub struct LogFile {
 impl LogFile {
     /// Opens (creating, append, mode 0640) the file and its parent directory if missing.
     ///
-    /// Also queues background work: staged files left by an interrupted
-    /// rotation are numbered, and `max_age` pruning is applied.
+    /// Opening lists no directory and starts no thread (a host opens two logs per instance at
+    /// start): staged files left by an interrupted rotation, and rotated files past `max_age`,
+    /// are dealt with by the next rotation's background job.
     pub fn open(path: PathBuf, settings: LogSettings) -> io::Result<LogFile> {
         let file = open_log(&path)?;
         let meta = file.metadata()?;
         let regular = meta.file_type().is_file();
         let size = if regular { meta.len() } else { 0 };
         let at_line_start = size == 0 || last_byte(&file, size) == Some(b'\n');
-        let mut log = LogFile {
+        let log = LogFile {
             path: path.clone(),
             settings,
             file: Some(file),
@@ -124,23 +125,15 @@ impl LogFile {
             failing: false,
             episodes: 0,
             rotate_failing: false,
-            seq: 0,
+            // Staged names sort after any left by an earlier run, which the next rotation's job
+            // numbers first.
+            seq: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             scratch: Vec::new(),
             tx: None,
             worker: worker_for(&path),
         };
-        if regular {
-            let staged = list_staged(&log.path);
-            if let Some(max) = staged.iter().map(|(seq, _)| *seq).max() {
-                log.seq = max + 1;
-            }
-            if !staged.is_empty() || log.settings.max_age.is_some() {
-                log.worker.submit(Job::Adopt {
-                    base: log.path.clone(),
-                    settings: log.settings.clone(),
-                });
-            }
-        }
         Ok(log)
     }
 
@@ -474,15 +467,11 @@ fn list_rotated(base: &Path) -> Vec<(u64, bool, PathBuf)> {
 
 /// Background job for the worker thread.
 enum Job {
-    /// Number a staged file into slot 1 (gzipping it if asked), then prune.
+    /// Number `staged` into slot 1 (gzipping if asked), after any staged file an interrupted
+    /// earlier rotation left (those sort before it), then prune.
     Rotate {
         base: PathBuf,
         staged: PathBuf,
-        settings: LogSettings,
-    },
-    /// Number staged files left by a crash (or a previous `LogFile`), then prune.
-    Adopt {
-        base: PathBuf,
         settings: LogSettings,
     },
     /// Delete rotated files beyond `keep` or older than `max_age`.
@@ -579,15 +568,12 @@ fn run_job(job: Job) {
             staged,
             settings,
         } => {
-            finish_rotation(&base, &staged, &settings);
-            prune(&base, &settings);
-        }
-        Job::Adopt { base, settings } => {
-            let mut staged = list_staged(&base);
-            staged.sort();
-            for (_, staged) in staged {
-                finish_rotation(&base, &staged, &settings);
+            let mut leftovers = list_staged(&base);
+            leftovers.sort();
+            for (_, left) in leftovers.into_iter().take_while(|(_, p)| *p != staged) {
+                finish_rotation(&base, &left, &settings);
             }
+            finish_rotation(&base, &staged, &settings);
             prune(&base, &settings);
         }
         Job::Prune { base, settings } => prune(&base, &settings),
@@ -1068,16 +1054,30 @@ mod tests {
             keep: 10,
             ..settings()
         };
-        let log = LogFile::open(path.clone(), s).unwrap();
+        let mut log = LogFile::open(
+            path.clone(),
+            LogSettings {
+                max_size: Some(2),
+                ..s
+            },
+        )
+        .unwrap();
+        // Pruning runs with the next rotation (opening starts no work).
+        log.write_output(b"y\n");
+        log.write_output(b"z\n");
         log.wait_background();
-        assert!(numbered_path(&path, 1, false).exists());
-        assert!(!numbered_path(&path, 2, true).exists());
-        assert!(!numbered_path(&path, 3, false).exists());
+        assert_eq!(read(&numbered_path(&path, 1, false)), b"y\n");
+        assert!(
+            numbered_path(&path, 2, false).exists(),
+            "the recent file is kept (shifted)"
+        );
+        assert!(!numbered_path(&path, 3, true).exists());
+        assert!(!numbered_path(&path, 4, false).exists());
         assert!(unrelated.exists());
     }
 
     #[test]
-    fn staged_leftovers_are_numbered_at_open() {
+    fn staged_leftovers_are_numbered_by_the_next_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
         fs::write(numbered_path(&path, 1, false), b"oldest\n").unwrap();
@@ -1088,10 +1088,13 @@ mod tests {
             ..settings()
         };
         let mut log = LogFile::open(path.clone(), s).unwrap();
-        assert_eq!(log.seq, 9);
+        assert!(log.seq > 8, "new staged names sort after leftovers");
         log.write_output(b"live\n");
+        log.write_output(&[b'x'; 99]);
         log.wait_background();
-        assert_eq!(all_content(&path, 5), b"oldest\nolder\nnewer\nlive\n");
+        let mut want = b"oldest\nolder\nnewer\nlive\n".to_vec();
+        want.extend_from_slice(&[b'x'; 99]);
+        assert_eq!(all_content(&path, 5), want);
     }
 
     #[test]

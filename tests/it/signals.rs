@@ -83,3 +83,27 @@ fn reload_config_starts_new_stops_removed_restarts_changed_only() {
     assert_eq!(d.app("new")[0].state, AppState::Online);
     assert_eq!(d.app("keep")[0].pid, keep);
 }
+
+#[test]
+fn sigterm_while_apps_are_still_starting_is_a_graceful_shutdown() {
+    let apps: String = (0..40)
+        .map(|i| format!("[apps.s{i}]\ncommand = [\"sleep\", \"1000\"]\n"))
+        .collect();
+    let mut d = Daemon::prepare(&apps, &[]);
+    d.spawn();
+    // The handlers are installed before the socket is bound: signal as soon as it exists.
+    wait_for("the socket", DEADLINE, || {
+        if d.socket.exists() {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    });
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0, "{}", d.stderr());
+    assert!(
+        d.marked(None).is_empty(),
+        "apps left running: {:?}",
+        d.marked(None)
+    );
+}
