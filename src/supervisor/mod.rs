@@ -167,26 +167,6 @@ pub struct Supervisor {
     cpu_samples: Mutex<HashMap<SampleKey, (u64, Instant)>>,
 }
 
-async fn run_all<F, Fut>(handles: Vec<Arc<InstanceHandle>>, op: F) -> Vec<String>
-where
-    F: Fn(Arc<InstanceHandle>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
-{
-    let mut set = JoinSet::new();
-    for h in handles {
-        set.spawn(op(h));
-    }
-    let mut errors = Vec::new();
-    while let Some(r) = set.join_next().await {
-        match r {
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(e.to_string()),
-            Ok(Ok(())) => {}
-        }
-    }
-    errors
-}
-
 impl Supervisor {
     /// Creates the supervisor with the config's apps and the persisted run-time apps; nothing is
     /// started yet (see [`Supervisor::boot`]).
@@ -296,7 +276,7 @@ impl Supervisor {
     /// Runs `op` on the named apps following the dependency levels.
     async fn apply(&self, names: Vec<String>, op: Op) -> Vec<String> {
         let mut levels = self.table().levels(&names);
-        if op == Op::Stop {
+        if matches!(op, Op::Stop | Op::Shutdown) {
             levels.reverse();
         }
         let mut errors = Vec::new();
@@ -316,6 +296,10 @@ impl Supervisor {
                         Op::Start => h.start().await,
                         Op::Stop => h.stop().await,
                         Op::Restart => h.restart().await,
+                        Op::Shutdown => {
+                            h.shutdown().await;
+                            Ok(())
+                        }
                     };
                     r.map_err(|e| format!("{name}: {e}"))
                 });
@@ -650,22 +634,8 @@ impl Supervisor {
     /// instance actors. Used at shutdown: after a restart the same apps come back.
     pub async fn shutdown(&self) {
         let names = self.table().order();
-        let mut levels = self.table().levels(&names);
-        levels.reverse();
-        for level in levels {
-            let handles: Vec<Arc<InstanceHandle>> = {
-                let t = self.table();
-                level
-                    .iter()
-                    .filter_map(|n| t.apps.get(n))
-                    .flat_map(|a| a.instances.clone())
-                    .collect()
-            };
-            run_all(handles, |h| async move {
-                h.shutdown().await;
-                Ok(())
-            })
-            .await;
+        for e in self.apply(names, Op::Shutdown).await {
+            tracing::error!("{e}");
         }
     }
 
@@ -728,4 +698,6 @@ enum Op {
     Start,
     Stop,
     Restart,
+    /// Stop and end the actor.
+    Shutdown,
 }
