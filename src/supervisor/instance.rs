@@ -17,26 +17,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::signal::Signal;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::sleep_until;
 
+use super::kill::GroupStop;
 use super::lifecycle::{self, Counters, Decision, Policy};
 use super::logs::{LogFile, LogSettings};
 use super::reaper::{ExitStatus, Reaper};
 use super::spawn::{self, Marker};
 use crate::config::AppConfig;
 use crate::control::{AppState, LastExit};
-use crate::sys::{self, procfs, PidFd};
+use crate::sys;
 
 /// How many exits `describe` remembers per instance.
 const RECENT_EXITS: usize = 10;
-/// After SIGKILL, how long to wait for the group to disappear before reporting failure.
-const KILL_GRACE: Duration = Duration::from_secs(5);
-/// While waiting for a group to die, re-check at least this often (children of children do not
-/// all notify us).
-const STOP_RECHECK: Duration = Duration::from_millis(20);
 /// Pipes of an app that fills them are grown to this size (from the 64 KiB default).
 const BIG_PIPE: i32 = 1 << 20;
 
@@ -396,13 +391,13 @@ impl Actor {
 
     fn spawn(&mut self) -> Result<(), String> {
         self.set(|s| s.state = AppState::Starting);
-        let spawned =
-            spawn::command(&self.app, self.index, &self.shared.marker).and_then(|mut cmd| {
-                self.shared
-                    .reaper
-                    .spawn(&mut cmd)
-                    .map_err(|e| spawn::exec_error(&self.app, e))
-            });
+        let spec = spawn::Spec::instance(&self.app, self.index, &self.shared.marker);
+        let spawned = spawn::command(&spec).and_then(|mut cmd| {
+            self.shared
+                .reaper
+                .spawn(&mut cmd)
+                .map_err(|e| spawn::exec_error(&self.app.command, e))
+        });
         match spawned {
             Ok(child) => {
                 drain(child.stdout, self.logs.out.clone());
@@ -468,7 +463,7 @@ impl Actor {
             human(uptime)
         ));
         // Whatever the leader left behind in its group dies before the next spawn.
-        if self.group_remains(run.pid) {
+        if self.group(run.pid).remains() {
             self.set(|s| s.state = AppState::Stopping);
             if let (Err(e), _) = self.kill_group(run.pid, None).await {
                 self.event(&e);
@@ -538,113 +533,35 @@ impl Actor {
         result
     }
 
-    /// True when the group of `pgid` or an escapee of this instance is still alive.
-    fn group_remains(&self, pgid: i32) -> bool {
-        sys::group_alive(pgid) || !self.escapees(pgid).is_empty()
-    }
-
-    /// Our children that are not registered instances but carry this instance's marker: double
-    /// forks that left the group and were re-parented to us.
-    fn escapees(&self, pgid: i32) -> Vec<procfs::ProcStat> {
-        let me = std::process::id() as i32;
-        let marker = self
-            .shared
-            .marker
-            .instance_entries(&self.app.name, self.index);
-        procfs::children(me)
-            .into_iter()
-            .filter(|pid| !self.shared.reaper.is_registered(*pid))
-            .filter_map(procfs::stat)
-            .filter(|s| {
-                s.pgrp != pgid && s.state != 'Z' && procfs::environ_contains(s.pid, &marker)
-            })
-            .collect()
-    }
-
-    fn signal_all(&self, pgid: i32, signal: Signal) {
-        if let Err(e) = sys::signal_group(pgid, signal) {
-            tracing::warn!(app = %self.app.name, pgid, "cannot signal group: {e}");
-        }
-        let marker = self
-            .shared
-            .marker
-            .instance_entries(&self.app.name, self.index);
-        for esc in self.escapees(pgid) {
-            // Re-check the identity through a pidfd so a reused pid is never signalled.
-            if let Ok(fd) = PidFd::open(esc.pid) {
-                if procfs::environ_contains(esc.pid, &marker) {
-                    let _ = fd.send_signal(signal);
-                    if esc.pgrp == esc.pid {
-                        let _ = sys::signal_group(esc.pgrp, signal);
-                    }
-                }
-            }
+    /// The stop of this instance's group `pgid` with its kill settings.
+    fn group(&self, pgid: i32) -> GroupStop<'_> {
+        GroupStop {
+            reaper: &self.shared.reaper,
+            pgid,
+            marker: self
+                .shared
+                .marker
+                .instance_entries(&self.app.name, self.index),
+            signal: self.app.kill_signal,
+            timeout: self.app.kill_timeout,
         }
     }
 
-    /// `kill_signal` to the group (and escapees), wait `kill_timeout`, then SIGKILL. `leader` is
-    /// the exit of the group leader when it has not exited yet; its status is returned.
+    /// `kill_signal` to the group, wait `kill_timeout`, then SIGKILL, with the story in the log.
     async fn kill_group(
         &self,
         pgid: i32,
-        mut leader: Option<&mut oneshot::Receiver<ExitStatus>>,
+        leader: Option<&mut oneshot::Receiver<ExitStatus>>,
     ) -> (Result<(), String>, Option<ExitStatus>) {
-        enum Wake {
-            Leader(Option<ExitStatus>),
-            Check,
-            Timeout,
-        }
-        let mut reaped = self.shared.reaper.subscribe();
-        let mut leader_done = leader.is_none();
-        let mut leader_status = None;
-        for (signal, wait) in [
-            (self.app.kill_signal, self.app.kill_timeout),
-            (Signal::SIGKILL, KILL_GRACE),
-        ] {
-            if signal == Signal::SIGKILL {
+        self.group(pgid)
+            .run(leader, || {
                 tracing::warn!(app = %self.app.name, pgid, "still running after kill_timeout: SIGKILL");
                 self.event(&format!(
                     "still running after kill_timeout ({}): SIGKILL",
                     human(self.app.kill_timeout)
                 ));
-            }
-            self.signal_all(pgid, signal);
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                if leader_done && !self.group_remains(pgid) {
-                    return (Ok(()), leader_status);
-                }
-                let wake = {
-                    let leader_exit = async {
-                        match leader.as_deref_mut() {
-                            Some(rx) if !leader_done => rx.await.ok(),
-                            _ => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        s = leader_exit => Wake::Leader(s),
-                        _ = reaped.changed() => Wake::Check,
-                        _ = tokio::time::sleep(STOP_RECHECK) => Wake::Check,
-                        _ = tokio::time::sleep_until(deadline) => Wake::Timeout,
-                    }
-                };
-                match wake {
-                    Wake::Leader(s) => {
-                        leader_done = true;
-                        leader_status = s;
-                    }
-                    Wake::Check => {}
-                    Wake::Timeout => break,
-                }
-            }
-        }
-        (
-            Err(format!(
-                "pid {pgid} or its group survived SIGKILL for {}",
-                human(KILL_GRACE)
-            )),
-            leader_status,
-        )
+            })
+            .await
     }
 }
 

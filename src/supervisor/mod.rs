@@ -9,6 +9,7 @@
 //! as the slowest, not the sum. Desired state changes are persisted before the operation runs.
 
 pub mod instance;
+pub mod kill;
 pub mod lifecycle;
 pub mod logs;
 pub mod reaper;

@@ -2,8 +2,10 @@
 //! environment recomputed from the config at every start, the markers that identify our processes,
 //! and the pre-exec steps (new session, user switch).
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 use nix::unistd::{Gid, Uid, User};
@@ -100,22 +102,58 @@ fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
     })
 }
 
-/// Builds the command for instance `index` of `app`. Reads `env_file` now, so every start sees
-/// the file's current contents.
-pub fn command(app: &AppConfig, index: u32, marker: &Marker) -> Result<Command, SpawnError> {
-    if let Some(cwd) = &app.cwd {
+/// What to run, wherever it comes from (an app instance, a `command` job).
+pub struct Spec<'a> {
+    pub command: &'a [String],
+    pub cwd: Option<&'a Path>,
+    pub user: Option<&'a str>,
+    pub inherit_env: &'a [String],
+    pub env_file: Option<&'a Path>,
+    pub env: &'a BTreeMap<String, String>,
+    /// Set last, over everything else: citrusd's own variables and markers.
+    pub extra: Vec<(String, String)>,
+}
+
+impl<'a> Spec<'a> {
+    /// The spec of instance `index` of `app`, with its markers.
+    pub fn instance(app: &'a AppConfig, index: u32, marker: &Marker) -> Spec<'a> {
+        let mut extra: Vec<(String, String)> = marker
+            .instance_entries(&app.name, index)
+            .into_iter()
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        extra.push(("NODE_APP_INSTANCE".into(), index.to_string()));
+        Spec {
+            command: &app.command,
+            cwd: app.cwd.as_deref(),
+            user: app.user.as_deref(),
+            inherit_env: &app.inherit_env,
+            env_file: app.env_file.as_deref(),
+            env: &app.env,
+            extra,
+        }
+    }
+}
+
+/// Builds the command for `spec`. Reads `env_file` now, so every start sees the file's current
+/// contents.
+pub fn command(spec: &Spec<'_>) -> Result<Command, SpawnError> {
+    if let Some(cwd) = spec.cwd {
         if !cwd.is_dir() {
             return Err(SpawnError::MissingCwd(cwd.display().to_string()));
         }
     }
-    let identity = app.user.as_deref().map(resolve_user).transpose()?;
+    let identity = spec.user.map(resolve_user).transpose()?;
 
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     let mut set = |k: OsString, v: OsString| {
         env.retain(|(ek, _)| *ek != k);
         env.push((k, v));
     };
-    for name in &app.inherit_env {
+    for name in spec.inherit_env {
         if let Some(v) = std::env::var_os(name) {
             set(name.into(), v);
         }
@@ -125,24 +163,22 @@ pub fn command(app: &AppConfig, index: u32, marker: &Marker) -> Result<Command, 
         set("USER".into(), id.name.clone().into());
         set("LOGNAME".into(), id.name.clone().into());
     }
-    if let Some(path) = &app.env_file {
+    if let Some(path) = spec.env_file {
         let vars = read_env_file(path).map_err(|e| SpawnError::EnvFile(e.to_string()))?;
         for (k, v) in vars {
             set(k.into(), v.into());
         }
     }
-    for (k, v) in &app.env {
+    for (k, v) in spec.env {
         set(k.into(), v.into());
     }
-    for entry in marker.instance_entries(&app.name, index) {
-        let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
+    for (k, v) in &spec.extra {
         set(k.into(), v.into());
     }
-    set("NODE_APP_INSTANCE".into(), index.to_string().into());
 
-    let mut cmd = Command::new(&app.command[0]);
-    cmd.args(&app.command[1..]).env_clear().envs(env);
-    if let Some(cwd) = &app.cwd {
+    let mut cmd = Command::new(&spec.command[0]);
+    cmd.args(&spec.command[1..]).env_clear().envs(env);
+    if let Some(cwd) = spec.cwd {
         cmd.current_dir(cwd);
     }
     let ids = identity.map(|id| (id.uid, id.gid, id.groups));
@@ -173,9 +209,9 @@ pub fn command(app: &AppConfig, index: u32, marker: &Marker) -> Result<Command, 
 }
 
 /// Maps an OS error from `spawn` to a message naming the program.
-pub fn exec_error(app: &AppConfig, source: std::io::Error) -> SpawnError {
+pub fn exec_error(command: &[String], source: std::io::Error) -> SpawnError {
     SpawnError::Exec {
-        program: app.command[0].clone(),
+        program: command.first().cloned().unwrap_or_default(),
         source,
     }
 }
