@@ -1,12 +1,13 @@
-//! `cron_restart` schedules: classic 5-field cron with an optional leading seconds field, in local time.
+//! Cron schedules (`cron_restart`, jobs): classic 5-field cron with an optional leading seconds
+//! field, in local time or UTC.
 
 use std::time::{Duration, SystemTime};
 
-use chrono::{DateTime, Local};
+use chrono::{DateTime, Local, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-use super::units::Scalar;
+use super::units::{Named, Scalar};
 
 const FIELDS: [&str; 6] = [
     "second",
@@ -17,17 +18,39 @@ const FIELDS: [&str; 6] = [
     "day-of-week",
 ];
 
-/// A parsed cron expression (5 fields, or 6 with leading seconds), evaluated in the system's local
-/// time zone.
+/// The time zone a schedule is evaluated in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Timezone {
+    /// The system's local time, daylight saving included.
+    #[default]
+    Local,
+    /// UTC.
+    Utc,
+}
+
+impl Named for Timezone {
+    const WHAT: &'static str = "time zone";
+    const ALL: &'static [Self] = &[Timezone::Local, Timezone::Utc];
+    fn name(self) -> &'static str {
+        match self {
+            Timezone::Local => "local",
+            Timezone::Utc => "UTC",
+        }
+    }
+}
+
+/// A parsed cron expression (5 fields, or 6 with leading seconds) and the time zone it is
+/// evaluated in.
 #[derive(Clone, Debug)]
 pub struct CronSchedule {
     expr: String,
     cron: Cron,
+    tz: Timezone,
 }
 
 impl PartialEq for CronSchedule {
     fn eq(&self, other: &Self) -> bool {
-        self.expr == other.expr
+        (&self.expr, self.tz) == (&other.expr, other.tz)
     }
 }
 
@@ -39,14 +62,21 @@ fn parser() -> CronParser {
 }
 
 impl CronSchedule {
-    /// Parses `expr`; the error names the offending field when it can be singled out.
+    /// Parses `expr`, in local time; the error names the offending field when it can be singled
+    /// out.
     pub fn parse(expr: &str) -> Result<CronSchedule, String> {
+        Self::parse_in(expr, Timezone::Local)
+    }
+
+    /// Parses `expr`, evaluated in `tz`; errors as for [`CronSchedule::parse`].
+    pub fn parse_in(expr: &str, tz: Timezone) -> Result<CronSchedule, String> {
         let parser = parser();
         let err = match parser.parse(expr) {
             Ok(cron) => {
                 return Ok(CronSchedule {
                     expr: expr.to_owned(),
                     cron,
+                    tz,
                 })
             }
             Err(err) => err,
@@ -84,12 +114,33 @@ impl CronSchedule {
         &self.expr
     }
 
-    /// Time from `now` until the next firing strictly after `now`, in the local time zone (DST
-    /// gaps and repeats are resolved by croner). `None` if it never fires.
+    /// The time zone the schedule is evaluated in.
+    pub fn timezone(&self) -> Timezone {
+        self.tz
+    }
+
+    /// The same schedule, evaluated in `tz`.
+    pub(crate) fn in_zone(self, tz: Timezone) -> Self {
+        Self { tz, ..self }
+    }
+
+    /// The next firing strictly after `now` (local DST gaps and repeats are resolved by croner).
+    /// `None` if it never fires.
+    pub fn next_after(&self, now: SystemTime) -> Option<SystemTime> {
+        fn next<Tz: TimeZone>(cron: &Cron, now: DateTime<Tz>) -> Option<SystemTime> {
+            cron.find_next_occurrence(&now, false)
+                .ok()
+                .map(SystemTime::from)
+        }
+        match self.tz {
+            Timezone::Local => next(&self.cron, DateTime::<Local>::from(now)),
+            Timezone::Utc => next(&self.cron, DateTime::<Utc>::from(now)),
+        }
+    }
+
+    /// Time from `now` until [`CronSchedule::next_after`]. `None` if it never fires.
     pub fn until_next(&self, now: SystemTime) -> Option<Duration> {
-        let now = DateTime::<Local>::from(now);
-        let next = self.cron.find_next_occurrence(&now, false).ok()?;
-        (next - now).to_std().ok()
+        self.next_after(now)?.duration_since(now).ok()
     }
 }
 
@@ -128,6 +179,51 @@ mod tests {
         assert!(err.contains("expected 5 fields"), "{err}");
         let err = CronSchedule::parse("0 0 1 1 * 2030").unwrap_err();
         assert!(err.contains("invalid cron expression"), "{err}");
+    }
+
+    /// 2026-01-01T00:00:00Z.
+    fn new_year() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+    }
+
+    #[test]
+    fn utc_and_local() {
+        let now = new_year();
+        let utc = CronSchedule::parse_in("0 3 * * *", Timezone::Utc).unwrap();
+        assert_eq!(utc.timezone(), Timezone::Utc);
+        let three = now + Duration::from_secs(3 * 3600);
+        assert_eq!(utc.next_after(now), Some(three));
+        assert_eq!(
+            utc.next_after(three),
+            Some(three + Duration::from_secs(86_400))
+        );
+        assert_eq!(utc.until_next(now), Some(Duration::from_secs(3 * 3600)));
+
+        let local = CronSchedule::parse("0 3 * * *").unwrap();
+        assert_eq!(local.timezone(), Timezone::Local);
+        assert_ne!(local, utc);
+        let local_now = DateTime::<Local>::from(now).naive_local();
+        let mut three_local = local_now.date().and_hms_opt(3, 0, 0).unwrap();
+        if three_local <= local_now {
+            three_local += chrono::TimeDelta::days(1);
+        }
+        let expected = Local.from_local_datetime(&three_local).earliest().unwrap();
+        assert_eq!(local.next_after(now), Some(SystemTime::from(expected)));
+    }
+
+    #[test]
+    fn seconds_field() {
+        let now = new_year() + Duration::from_millis(1_500);
+        let every_fifteen = CronSchedule::parse_in("*/15 * * * * *", Timezone::Utc).unwrap();
+        assert_eq!(
+            every_fifteen.next_after(now),
+            Some(new_year() + Duration::from_secs(15))
+        );
+        let half_past = CronSchedule::parse_in("30 0 3 * * *", Timezone::Utc).unwrap();
+        assert_eq!(
+            half_past.next_after(now),
+            Some(new_year() + Duration::from_secs(3 * 3600 + 30))
+        );
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! The `citrusd` config file (TOML): loading, validation with positioned diagnostics for every
-//! problem at once, and the effective per-app configuration (`[defaults]` merged, `--env` chosen).
+//! problem at once, the effective per-app configuration (`[defaults]` merged, `--env` chosen),
+//! scheduled jobs and notifications.
 //!
 //! Reading happens in three steps: toml parses the text into a spanned document; `schema` reads it
 //! section by section into layers of spanned values (unknown keys and bad values are recorded, not
-//! fatal); then cross-key checks (`after`, cycles, missing commands) run before the layers are
-//! resolved into [`Config`].
+//! fatal, and checks within a table run); then checks across sections (`after`, cycles, a health
+//! job's `apps`) run before the layers are resolved into [`Config`].
 
 mod cron;
 mod diag;
 mod envfile;
+mod jobs;
+mod probe;
 mod schema;
 mod units;
 
@@ -21,14 +24,18 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nix::unistd::{geteuid, User};
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
-pub use cron::CronSchedule;
+pub use cron::{CronSchedule, Timezone};
 pub use diag::{ConfigError, Diagnostic};
 pub use envfile::{read_env_file, EnvFileError};
+pub use jobs::{glob_match, EventKind, JobConfig, JobKind, NotifyConfig};
+pub use probe::{HealthConfig, ProbeTarget, ReadyCheck, ReadyConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_signal, parse_size};
 
 use diag::{suggest, Diagnostics};
-use schema::{AppLayer, CommandValue, DaemonLayer, Field, RawConfig};
+use schema::{value, AppLayer, CommandValue, DaemonLayer, Field, RawConfig};
+use units::Bounded;
 
 /// A loaded and validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +50,10 @@ pub struct Config {
     pub defaults: AppDefaults,
     /// Effective per-app config: defaults merged in, env chosen.
     pub apps: BTreeMap<String, AppConfig>,
+    /// Scheduled jobs.
+    pub jobs: BTreeMap<String, JobConfig>,
+    /// `[notify]`, with defaults filled in.
+    pub notify: NotifyConfig,
 }
 
 /// The `[defaults]` section as written (opaque).
@@ -121,6 +132,10 @@ pub struct AppConfig {
     pub kill_timeout: Duration,
     /// Log rotation.
     pub log: LogConfig,
+    /// How to tell that the app has started, for apps `after` it.
+    pub ready: Option<ReadyConfig>,
+    /// Health probing while it runs.
+    pub health: Option<HealthConfig>,
 }
 
 impl AppConfig {
@@ -147,6 +162,11 @@ pub struct LogConfig {
 
 /// Validates an app name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, not `all`. `Err` is the message.
 pub fn validate_app_name(name: &str) -> Result<(), String> {
+    validate_name("app", name)
+}
+
+/// Validates the name of an app or a job (`what`), as [`validate_app_name`] does.
+fn validate_name(what: &str, name: &str) -> Result<(), String> {
     let well_formed = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
@@ -154,11 +174,11 @@ pub fn validate_app_name(name: &str) -> Result<(), String> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !well_formed {
         Err(format!(
-            "invalid app name {name:?}: use 1 to 64 letters, digits, `_`, `.` or `-`, \
+            "invalid {what} name {name:?}: use 1 to 64 letters, digits, `_`, `.` or `-`, \
              starting with a letter or digit"
         ))
     } else if name == "all" {
-        Err("the app name \"all\" is reserved".to_owned())
+        Err(format!("the {what} name \"all\" is reserved"))
     } else {
         Ok(())
     }
@@ -197,12 +217,22 @@ impl Config {
         check_cycles(&mut diags, &raw, &apps);
         diags.check()?;
 
+        let jobs = raw
+            .jobs
+            .iter()
+            .filter_map(|job| {
+                let config = jobs::resolve_job(&job.name, &job.layer, base)?;
+                Some((job.name.clone(), config))
+            })
+            .collect();
         Ok(Config {
             daemon: resolve_daemon(&raw.daemon, base),
             path: abs_path,
             env: env.map(str::to_owned),
             defaults: AppDefaults(raw.defaults),
             apps,
+            jobs,
+            notify: jobs::resolve_notify(&raw.notify),
         })
     }
 
@@ -249,14 +279,14 @@ impl Config {
     ) -> AppConfig {
         let mut layer = AppLayer::default();
         layer.fields.command = Some(Field::unspanned(CommandValue(command)));
-        layer.fields.instances = Some(Field::unspanned(instances));
+        layer.fields.instances = Some(Field::unspanned(Bounded(instances)));
         layer.fields.cwd = cwd.map(Field::unspanned);
         let base = self.path.parent().unwrap_or(Path::new("/"));
         resolve_app(name, &layer, &self.defaults.0, base, self.env.as_deref())
     }
 }
 
-/// Checks beyond single values: `command` in [defaults], `instances`, names in `after`.
+/// Checks across sections: `command` in `[defaults]`, app names in `after` and in jobs' `apps`.
 fn check_layers(diags: &mut Diagnostics<'_>, raw: &RawConfig) {
     if let Some(command) = &raw.defaults.fields.command {
         diags.error(
@@ -271,20 +301,30 @@ fn check_layers(diags: &mut Diagnostics<'_>, raw: &RawConfig) {
         .iter()
         .map(|app| (format!("apps.{}", app.name), &app.layer));
     for (path, layer) in std::iter::once(("defaults".to_owned(), &raw.defaults)).chain(layers) {
-        if let Some(instances) = &layer.fields.instances {
-            if instances.value == 0 {
-                let message = "instances must be at least 1";
-                diags.error(instances.span.clone(), format!("{path}.instances"), message);
-            }
-        }
-        for dep in layer.fields.after.iter().flat_map(|after| &after.value) {
-            if !names.contains(&dep.get_ref().as_str()) {
-                let hint = suggest(dep.get_ref(), names.iter().copied())
-                    .map(|close| format!("; did you mean `{close}`?"))
-                    .unwrap_or_default();
-                let message = format!("`after` names unknown app `{}`{hint}", dep.get_ref());
-                diags.error(dep.span(), format!("{path}.after"), message);
-            }
+        let after = layer.fields.after.as_ref();
+        check_app_names(diags, &names, after, &format!("{path}.after"));
+    }
+    for job in &raw.jobs {
+        let path = format!("jobs.{}.apps", job.name);
+        check_app_names(diags, &names, job.layer.apps.as_ref(), &path);
+    }
+}
+
+/// Reports each name in `list` (at `path`) that is not one of `apps`.
+fn check_app_names(
+    diags: &mut Diagnostics<'_>,
+    apps: &[&str],
+    list: Option<&Field<Vec<Spanned<String>>>>,
+    path: &str,
+) {
+    let key = path.rsplit('.').next().unwrap_or_default();
+    for name in list.iter().flat_map(|list| &list.value) {
+        if !apps.contains(&name.get_ref().as_str()) {
+            let hint = suggest(name.get_ref(), apps.iter().copied())
+                .map(|close| format!("; did you mean `{close}`?"))
+                .unwrap_or_default();
+            let message = format!("`{key}` names unknown app `{}`{hint}", name.get_ref());
+            diags.error(name.span(), path, message);
         }
     }
 }
@@ -379,10 +419,7 @@ fn resolve_app(
     let (own, def) = (&app.fields, &defaults.fields);
     macro_rules! get {
         ($field:ident) => {
-            own.$field
-                .as_ref()
-                .or(def.$field.as_ref())
-                .map(|f| &f.value)
+            value(&own.$field).or(value(&def.$field))
         };
     }
     let named = env_name.map_or([None, None], |n| {
@@ -407,26 +444,18 @@ fn resolve_app(
     // path (`./server`, `bin/app`) is relative to that working directory.
     let cwd = get!(cwd).map_or_else(|| base.to_path_buf(), |cwd| base.join(cwd));
     let mut command = get!(command).map_or_else(Vec::new, |c| c.0.clone());
-    if let Some(program) = command.first_mut() {
-        if program.contains('/') && !Path::new(program.as_str()).is_absolute() {
-            let relative: PathBuf = Path::new(program.as_str())
-                .components()
-                .filter(|c| *c != std::path::Component::CurDir)
-                .collect();
-            *program = cwd.join(relative).to_string_lossy().into_owned();
-        }
-    }
+    resolve_program(&mut command, &cwd);
     AppConfig {
         name: name.to_owned(),
         command,
         cwd: Some(cwd),
-        instances: get!(instances).map_or(1, |&n| n.max(1)),
+        instances: get!(instances).map_or(1, |n| n.0.max(1)),
         user: get!(user).cloned(),
         env,
         env_file: get!(env_file).map(|file| base.join(file)),
         inherit_env: get!(inherit_env)
             .cloned()
-            .unwrap_or_else(|| vec!["PATH".to_owned()]),
+            .unwrap_or_else(default_inherit_env),
         max_memory_restart: get!(max_memory_restart)
             .map(|size| size.0)
             .filter(|&bytes| bytes > 0),
@@ -448,6 +477,27 @@ fn resolve_app(
             compress: get!(log_compress).copied().unwrap_or(false),
             timestamps: get!(log_timestamps).copied().unwrap_or(false),
         },
+        ready: get!(ready).and_then(probe::resolve_ready),
+        health: get!(health).and_then(probe::resolve_health),
+    }
+}
+
+/// Variables passed through from citrusd's environment unless `inherit_env` says otherwise.
+fn default_inherit_env() -> Vec<String> {
+    vec!["PATH".to_owned()]
+}
+
+/// Makes a relative program path (`./server`, `bin/app`) relative to `cwd`; a bare name is
+/// looked up in `PATH` at start.
+fn resolve_program(command: &mut [String], cwd: &Path) {
+    if let Some(program) = command.first_mut() {
+        if program.contains('/') && !Path::new(program.as_str()).is_absolute() {
+            let relative: PathBuf = Path::new(program.as_str())
+                .components()
+                .filter(|c| *c != std::path::Component::CurDir)
+                .collect();
+            *program = cwd.join(relative).to_string_lossy().into_owned();
+        }
     }
 }
 

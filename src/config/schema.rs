@@ -1,10 +1,11 @@
 //! The file as written: one layer per section, read key by key from toml's spanned document so
 //! that every problem is reported, each value deserialised through serde with its span kept.
 //!
-//! A new key is one more line in a `layer!` list (plus its resolution in `mod.rs`).
+//! A new key is one more line in a `layer!` list (plus its resolution into the public types).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -14,10 +15,15 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
-use super::cron::CronSchedule;
+use super::cron::{CronSchedule, Timezone};
 use super::diag::{suggest, Diagnostics};
-use super::units::{DurationValue, EnvValue, SignalValue, SizeValue};
-use super::{validate_app_name, RestartPolicy};
+use super::jobs::{EventKind, GlobPattern};
+use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
+use super::units::{
+    names, AtLeastOne, Bounded, Choice, DurationValue, EnvValue, Named, PositiveDuration,
+    SignalValue, SizeValue,
+};
+use super::{validate_name, RestartPolicy};
 
 /// A key's value with the byte spans of the key and of the value.
 #[derive(Clone, Debug)]
@@ -45,30 +51,94 @@ impl<T> Field<T> {
     }
 }
 
+/// The value of an optional field.
+pub(crate) fn value<T>(field: &Option<Field<T>>) -> Option<&T> {
+    field.as_ref().map(|field| &field.value)
+}
+
+impl<T: FieldValue> Field<T> {
+    /// Reads the value of the key at `key`, whose dotted path is `path`.
+    fn read(
+        diags: &mut Diagnostics<'_>,
+        path: &str,
+        key: Range<usize>,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<Self> {
+        let span = value.span();
+        T::read(diags, path, key.clone(), value).map(|value| Field { key, span, value })
+    }
+}
+
+/// How a value is read: through serde for plain values, key by key for a table (a [`Layer`]).
+pub(crate) trait FieldValue: Sized {
+    /// `None` if the value is invalid; the problem is recorded in `diags`.
+    fn read(
+        diags: &mut Diagnostics<'_>,
+        path: &str,
+        key: Range<usize>,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<Self>;
+}
+
+// Layers are not `Deserialize`, so this does not overlap the impls `layer!` writes for them.
+impl<T: DeserializeOwned> FieldValue for T {
+    fn read(
+        diags: &mut Diagnostics<'_>,
+        path: &str,
+        key: Range<usize>,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<Self> {
+        T::deserialize(ValueDeserializer::from(value))
+            .map_err(|e| diags.error(e.span().unwrap_or(key), path, e.message()))
+            .ok()
+    }
+}
+
+/// A table as written: its dotted path, where it starts (for "missing key" errors) and the known
+/// keys written in it, valid or not.
+pub(crate) struct Section<'a> {
+    path: &'a str,
+    at: Range<usize>,
+    keys: Vec<(String, Range<usize>)>,
+}
+
+impl Section<'_> {
+    /// Where `key` was written, if it was.
+    fn key(&self, key: &str) -> Option<Range<usize>> {
+        let (_, span) = self.keys.iter().find(|(written, _)| written == key)?;
+        Some(span.clone())
+    }
+
+    /// Records a problem with the table as a whole.
+    fn error(&self, diags: &mut Diagnostics<'_>, message: impl Into<String>) {
+        diags.error(self.at.clone(), self.path, message);
+    }
+}
+
 /// A section whose keys are read one by one.
 pub(crate) trait Layer: Default {
     /// The keys this section knows, for "did you mean".
     const KEYS: &'static [&'static str];
-    /// Stores `value` under `key`; `None` if the section has no such key.
+    /// Reads `value` into `key` (whose dotted path is `path`); `false` if there is no such key.
     fn set(
         &mut self,
+        diags: &mut Diagnostics<'_>,
+        path: &str,
         key: &str,
         key_span: Range<usize>,
         value: Spanned<DeValue<'_>>,
-    ) -> Option<Result<(), toml::de::Error>>;
+    ) -> bool;
+    /// Checks between keys, once all are read.
+    fn check(&self, _diags: &mut Diagnostics<'_>, _section: &Section<'_>) {}
 }
 
-fn decode<T: DeserializeOwned>(
-    key: Range<usize>,
-    value: Spanned<DeValue<'_>>,
-) -> Result<Field<T>, toml::de::Error> {
-    let span = value.span();
-    T::deserialize(ValueDeserializer::from(value)).map(|value| Field { key, span, value })
-}
-
-/// Declares a section struct of optional spanned fields, with its [`Layer`] impl.
+/// Declares a section struct of optional spanned fields, with its [`Layer`] impl (whose `check`
+/// is the given function, if any) and a [`FieldValue`] impl to nest it in other sections.
 macro_rules! layer {
-    ($(#[$meta:meta])* $name:ident { $($field:ident: $ty:ty,)* }) => {
+    (
+        $(#[$meta:meta])* $name:ident { $($field:ident: $ty:ty,)* }
+        $(check: $check:path)?
+    ) => {
         $(#[$meta])*
         #[derive(Clone, Debug, Default, PartialEq)]
         pub(crate) struct $name {
@@ -79,16 +149,31 @@ macro_rules! layer {
             const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
             fn set(
                 &mut self,
+                diags: &mut Diagnostics<'_>,
+                path: &str,
                 key: &str,
                 key_span: Range<usize>,
                 value: Spanned<DeValue<'_>>,
-            ) -> Option<Result<(), toml::de::Error>> {
+            ) -> bool {
                 match key {
-                    $(stringify!($field) => {
-                        Some(decode(key_span, value).map(|f| self.$field = Some(f)))
-                    })*
-                    _ => None,
+                    $(stringify!($field) => self.$field = Field::read(diags, path, key_span, value),)*
+                    _ => return false,
                 }
+                true
+            }
+            $(fn check(&self, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+                $check(self, diags, section)
+            })?
+        }
+
+        impl FieldValue for $name {
+            fn read(
+                diags: &mut Diagnostics<'_>,
+                path: &str,
+                key: Range<usize>,
+                value: Spanned<DeValue<'_>>,
+            ) -> Option<Self> {
+                read_table(diags, path, key, value)
             }
         }
     };
@@ -114,7 +199,7 @@ layer!(
     AppFields {
         command: CommandValue,
         cwd: PathBuf,
-        instances: u32,
+        instances: AtLeastOne,
         user: String,
         env: EnvTable,
         env_file: PathBuf,
@@ -135,8 +220,88 @@ layer!(
         log_max_age: DurationValue,
         log_compress: bool,
         log_timestamps: bool,
+        ready: ReadyLayer,
+        health: HealthLayer,
     }
 );
+
+layer!(
+    /// An app's `ready` table.
+    ReadyLayer {
+        http: HttpProbe,
+        tcp: TcpProbe,
+        notify: bool,
+        timeout: PositiveDuration,
+        interval: PositiveDuration,
+        watchdog: PositiveDuration,
+    }
+    check: check_ready
+);
+
+fn check_ready(ready: &ReadyLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let example = r#"ready = { http = "http://127.0.0.1:3000/health" }"#;
+    let check = exactly_one(diags, section, &["http", "tcp", "notify"], example);
+    match (check, &ready.notify, &ready.watchdog) {
+        (Some("notify"), Some(notify), _) if !notify.value => diags.error(
+            notify.span.clone(),
+            format!("{}.notify", section.path),
+            "`notify = false` checks nothing: remove `ready` to start without a readiness check",
+        ),
+        (Some("http" | "tcp"), _, Some(watchdog)) => diags.error(
+            watchdog.key.clone(),
+            format!("{}.watchdog", section.path),
+            "`watchdog` needs `notify = true`: only a notifying app can send WATCHDOG=1",
+        ),
+        _ => {}
+    }
+}
+
+layer!(
+    /// An app's `health` table.
+    HealthLayer {
+        http: HttpProbe,
+        tcp: TcpProbe,
+        interval: PositiveDuration,
+        timeout: PositiveDuration,
+        failures: AtLeastOne,
+    }
+    check: check_health
+);
+
+fn check_health(_: &HealthLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let example = r#"health = { http = "http://127.0.0.1:3000/health" }"#;
+    exactly_one(diags, section, &["http", "tcp"], example);
+}
+
+/// Requires exactly one of `options` in `section`, and returns it.
+fn exactly_one(
+    diags: &mut Diagnostics<'_>,
+    section: &Section<'_>,
+    options: &[&'static str],
+    example: &str,
+) -> Option<&'static str> {
+    let mut written: Vec<(&'static str, Range<usize>)> = options
+        .iter()
+        .filter_map(|&option| Some((option, section.key(option)?)))
+        .collect();
+    written.sort_by_key(|(_, span)| span.start);
+    let table = section.path.rsplit('.').next().unwrap_or_default();
+    let listed: Vec<String> = options.iter().map(|option| format!("`{option}`")).collect();
+    let listed = listed.join(", ");
+    match written.as_slice() {
+        [] => section.error(
+            diags,
+            format!("`{table}` needs one of {listed}, e.g. {example}"),
+        ),
+        [(only, _)] => return Some(only),
+        [(first, _), (second, span), ..] => diags.error(
+            span.clone(),
+            section.path,
+            format!("`{table}` takes only one of {listed}; found both `{first}` and `{second}`"),
+        ),
+    }
+    None
+}
 
 /// `[apps.NAME]` or `[defaults]`: the fixed keys plus any `env_<NAME>` tables.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -149,22 +314,155 @@ impl Layer for AppLayer {
     const KEYS: &'static [&'static str] = AppFields::KEYS;
     fn set(
         &mut self,
+        diags: &mut Diagnostics<'_>,
+        path: &str,
         key: &str,
         key_span: Range<usize>,
         value: Spanned<DeValue<'_>>,
-    ) -> Option<Result<(), toml::de::Error>> {
+    ) -> bool {
         let name = key.strip_prefix("env_").filter(|name| !name.is_empty());
         // `env_fil = ".env"` is a typo, not an environment named "fil".
         let env_table =
             value.get_ref().is_table() || suggest(key, Self::KEYS.iter().copied()).is_none();
         match name {
-            Some(name) if env_table && !Self::KEYS.contains(&key) => Some(
-                decode(key_span, value).map(|f| drop(self.named_env.insert(name.to_owned(), f))),
-            ),
-            _ => self.fields.set(key, key_span, value),
+            Some(name) if env_table && !Self::KEYS.contains(&key) => {
+                if let Some(table) = Field::read(diags, path, key_span, value) {
+                    self.named_env.insert(name.to_owned(), table);
+                }
+                true
+            }
+            _ => self.fields.set(diags, path, key, key_span, value),
         }
     }
 }
+
+layer!(
+    /// `[jobs.NAME]`: the keys of every kind; [`JobKindTag::keys`] says which kind owns which.
+    JobLayer {
+        schedule: CronSchedule,
+        kind: Choice<JobKindTag>,
+        timezone: Choice<Timezone>,
+        timeout: PositiveDuration,
+        apps: Vec<Spanned<String>>,
+        paths: NonEmpty<PathBuf>,
+        threshold: Bounded<u8, 1, 100>,
+        dirs: NonEmpty<PathBuf>,
+        pattern: GlobPattern,
+        max_age: PositiveDuration,
+        command: CommandValue,
+        env: EnvTable,
+        cwd: PathBuf,
+        user: String,
+        inherit_env: Vec<String>,
+    }
+    check: check_job
+);
+
+/// A job's `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobKindTag {
+    Health,
+    Disk,
+    LogCleanup,
+    Save,
+    Command,
+}
+
+impl Named for JobKindTag {
+    const WHAT: &'static str = "job kind";
+    const ALL: &'static [Self] = &[
+        JobKindTag::Health,
+        JobKindTag::Disk,
+        JobKindTag::LogCleanup,
+        JobKindTag::Save,
+        JobKindTag::Command,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            JobKindTag::Health => "health",
+            JobKindTag::Disk => "disk",
+            JobKindTag::LogCleanup => "log-cleanup",
+            JobKindTag::Save => "save",
+            JobKindTag::Command => "command",
+        }
+    }
+}
+
+impl JobKindTag {
+    /// The keys only this kind has, each with an example if it is required.
+    fn keys(self) -> &'static [(&'static str, Option<&'static str>)] {
+        match self {
+            JobKindTag::Health => &[("apps", None)],
+            JobKindTag::Disk => &[("paths", None), ("threshold", None)],
+            JobKindTag::LogCleanup => &[
+                ("dirs", Some(r#"dirs = ["logs"]"#)),
+                ("pattern", None),
+                ("max_age", Some(r#"max_age = "7d""#)),
+            ],
+            JobKindTag::Save => &[],
+            JobKindTag::Command => &[
+                ("command", Some(r#"command = ["/usr/local/bin/backup.sh"]"#)),
+                ("env", None),
+                ("cwd", None),
+                ("user", None),
+                ("inherit_env", None),
+            ],
+        }
+    }
+
+    /// The kind that `key` belongs to, if it is not common to all.
+    fn owner(key: &str) -> Option<Self> {
+        let owns = |kind: &Self| kind.keys().iter().any(|&(own, _)| own == key);
+        Self::ALL.iter().copied().find(owns)
+    }
+}
+
+fn check_job(job: &JobLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    if section.key("schedule").is_none() {
+        section.error(
+            diags,
+            r#"job has no `schedule`; add e.g. schedule = "0 3 * * *""#,
+        );
+    }
+    let Some(kind) = &job.kind else {
+        if section.key("kind").is_none() {
+            let message = format!("job has no `kind`; add one of: {}", names::<JobKindTag>());
+            section.error(diags, message);
+        }
+        return;
+    };
+    let kind = kind.value.0;
+    for (key, span) in &section.keys {
+        match JobKindTag::owner(key) {
+            Some(owner) if owner != kind => diags.error(
+                span.clone(),
+                format!("{}.{key}", section.path),
+                format!(
+                    "`{key}` is not a key of kind \"{}\" (it belongs to kind \"{}\")",
+                    kind.name(),
+                    owner.name()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    for &(key, required) in kind.keys() {
+        if let (Some(example), None) = (required, section.key(key)) {
+            let kind = kind.name();
+            let message =
+                format!("job has no `{key}`, which kind \"{kind}\" needs; add e.g. {example}");
+            section.error(diags, message);
+        }
+    }
+}
+
+layer!(
+    /// `[notify]`.
+    NotifyLayer {
+        webhook: WebhookUrl,
+        events: Vec<Choice<EventKind>>,
+    }
+);
 
 /// An argv: an array of strings, or one string split shell-words style. Never empty.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,12 +504,45 @@ impl<'de> Deserialize<'de> for CommandValue {
     }
 }
 
+/// A list of at least one item.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NonEmpty<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmpty<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Items<T> {
+            type Value = NonEmpty<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-empty array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                match items.is_empty() {
+                    true => Err(de::Error::custom(
+                        "the list is empty; give at least one item",
+                    )),
+                    false => Ok(NonEmpty(items)),
+                }
+            }
+        }
+
+        d.deserialize_seq(Items(PhantomData))
+    }
+}
+
 /// The whole file, section by section.
 #[derive(Default)]
 pub(crate) struct RawConfig {
     pub daemon: DaemonLayer,
     pub defaults: AppLayer,
     pub apps: Vec<RawApp>,
+    pub jobs: Vec<RawJob>,
+    pub notify: NotifyLayer,
 }
 
 /// One `[apps.NAME]` table.
@@ -220,7 +551,13 @@ pub(crate) struct RawApp {
     pub layer: AppLayer,
 }
 
-const SECTIONS: &[&str] = &["daemon", "defaults", "apps"];
+/// One `[jobs.NAME]` table.
+pub(crate) struct RawJob {
+    pub name: String,
+    pub layer: JobLayer,
+}
+
+const SECTIONS: &[&str] = &["daemon", "defaults", "apps", "jobs", "notify"];
 
 /// Reads the document into layers, recording every unknown key and bad value in `diags`.
 pub(crate) fn read(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> RawConfig {
@@ -229,42 +566,83 @@ pub(crate) fn read(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> RawConfig 
         let key_span = key.span();
         let key = key.into_inner();
         match &*key {
-            "daemon" => {
-                if let Some(table) = table(diags, "daemon", value) {
-                    raw.daemon = read_layer(diags, "daemon", table);
-                }
-            }
+            "daemon" => raw.daemon = read_table(diags, &key, key_span, value).unwrap_or_default(),
             "defaults" => {
-                if let Some(table) = table(diags, "defaults", value) {
-                    raw.defaults = read_layer(diags, "defaults", table);
+                raw.defaults = read_table(diags, &key, key_span, value).unwrap_or_default();
+            }
+            "notify" => raw.notify = read_table(diags, &key, key_span, value).unwrap_or_default(),
+            "apps" => {
+                for named in named_tables(diags, "app", &key, value) {
+                    if !named
+                        .table
+                        .iter()
+                        .any(|(key, _)| key.get_ref() == "command")
+                    {
+                        let message =
+                            r#"app has no `command`; add e.g. command = ["node", "index.js"]"#;
+                        diags.error(named.span.clone(), &named.path, message);
+                    }
+                    let layer = read_layer(diags, &named.path, named.span, named.table);
+                    raw.apps.push(RawApp {
+                        name: named.name,
+                        layer,
+                    });
                 }
             }
-            "apps" => {
-                let Some(apps) = table(diags, "apps", value) else {
-                    continue;
-                };
-                for (name, value) in apps {
-                    let name_span = name.span();
-                    let name = name.into_inner().into_owned();
-                    let path = format!("apps.{name}");
-                    if let Err(message) = validate_app_name(&name) {
-                        diags.error(name_span.clone(), &path, message);
-                    }
-                    if let Some(table) = table(diags, &path, value) {
-                        if !table.iter().any(|(key, _)| key.get_ref() == "command") {
-                            let message =
-                                r#"app has no `command`; add e.g. command = ["node", "index.js"]"#;
-                            diags.error(name_span.clone(), &path, message);
-                        }
-                        let layer = read_layer(diags, &path, table);
-                        raw.apps.push(RawApp { name, layer });
-                    }
+            "jobs" => {
+                for named in named_tables(diags, "job", &key, value) {
+                    let layer = read_layer(diags, &named.path, named.span, named.table);
+                    raw.jobs.push(RawJob {
+                        name: named.name,
+                        layer,
+                    });
                 }
             }
             _ => diags.unknown_key(key_span, key.to_string(), &key, SECTIONS),
         }
     }
     raw
+}
+
+/// One `[SECTION.NAME]` table, not read yet.
+struct NamedTable<'i> {
+    name: String,
+    /// `SECTION.NAME`.
+    path: String,
+    /// The name's.
+    span: Range<usize>,
+    table: DeTable<'i>,
+}
+
+/// The tables of a section of named ones (`apps`, `jobs`), their names checked; `what` names
+/// one, e.g. "app".
+fn named_tables<'i>(
+    diags: &mut Diagnostics<'_>,
+    what: &str,
+    section: &str,
+    value: Spanned<DeValue<'i>>,
+) -> Vec<NamedTable<'i>> {
+    let Some(tables) = table(diags, section, value) else {
+        return Vec::new();
+    };
+    let mut named = Vec::new();
+    for (name, value) in tables {
+        let span = name.span();
+        let name = name.into_inner().into_owned();
+        let path = format!("{section}.{name}");
+        if let Err(message) = validate_name(what, &name) {
+            diags.error(span.clone(), &path, message);
+        }
+        if let Some(table) = table(diags, &path, value) {
+            named.push(NamedTable {
+                name,
+                path,
+                span,
+                table,
+            });
+        }
+    }
+    named
 }
 
 fn table<'i>(
@@ -283,17 +661,53 @@ fn table<'i>(
     }
 }
 
-fn read_layer<L: Layer>(diags: &mut Diagnostics<'_>, path: &str, table: DeTable<'_>) -> L {
+/// Reads `value`, the table at `path` opened at `at`, into a layer.
+fn read_table<L: Layer>(
+    diags: &mut Diagnostics<'_>,
+    path: &str,
+    at: Range<usize>,
+    value: Spanned<DeValue<'_>>,
+) -> Option<L> {
+    table(diags, path, value).map(|table| read_layer(diags, path, at, table))
+}
+
+fn read_layer<L: Layer>(
+    diags: &mut Diagnostics<'_>,
+    path: &str,
+    at: Range<usize>,
+    table: DeTable<'_>,
+) -> L {
     let mut layer = L::default();
+    let mut section = Section {
+        path,
+        at,
+        keys: Vec::new(),
+    };
     for (key, value) in table {
         let key_span = key.span();
         let key = key.into_inner();
         let key_path = format!("{path}.{key}");
-        match layer.set(&key, key_span.clone(), value) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => diags.error(e.span().unwrap_or(key_span), key_path, e.message()),
-            None => diags.unknown_key(key_span, key_path, &key, L::KEYS),
+        if layer.set(diags, &key_path, &key, key_span.clone(), value) {
+            section.keys.push((key.into_owned(), key_span));
+        } else {
+            diags.unknown_key(key_span, key_path, &key, L::KEYS);
         }
     }
+    layer.check(diags, &section);
     layer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_kind_keys_are_job_keys() {
+        for kind in JobKindTag::ALL {
+            for (key, _) in kind.keys() {
+                assert!(JobLayer::KEYS.contains(key), "{key}");
+                assert_eq!(JobKindTag::owner(key), Some(*kind), "{key}");
+            }
+        }
+    }
 }

@@ -143,6 +143,8 @@ fn full_config_round_trip() {
                 compress: true,
                 timestamps: true,
             },
+            ready: None,
+            health: None,
         }
     );
     assert_eq!(config.apps["api"].kill_signal_name(), "SIGTERM");
@@ -192,6 +194,8 @@ fn built_in_defaults() {
                 compress: false,
                 timestamps: false,
             },
+            ready: None,
+            health: None,
         }
     );
     assert_eq!(config.daemon.memory_check_interval, Duration::from_secs(1));
@@ -369,11 +373,18 @@ fn unknown_keys_suggest() {
         "did you mean `socket_group`?",
     );
     assert_error(
-        "[jobs.backup]\ncommand = \"y\"\n",
+        "[job.backup]\nkind = \"save\"\n",
         1,
         2,
-        "jobs",
-        "expected one of: daemon, defaults, apps",
+        "job",
+        "did you mean `jobs`?",
+    );
+    assert_error(
+        "[deploy]\nhost = \"y\"\n",
+        1,
+        2,
+        "deploy",
+        "expected one of: daemon, defaults, apps, jobs, notify",
     );
     assert_error(
         "[apps.a]\ncommand = \"y\"\nenv_fil = \".env\"\n",
@@ -389,21 +400,20 @@ fn unknown_keys_suggest() {
         "apps.a.env_prod",
         "expected a map",
     );
-    for key in ["ready", "health", "deploy"] {
-        assert_error(
-            &format!("[apps.a]\ncommand = \"y\"\n{key} = {{}}\n"),
-            3,
-            1,
-            &format!("apps.a.{key}"),
-            &format!("unknown key `{key}`"),
-        );
-    }
     assert_error(
-        "[apps.a]\ncommand = \"y\"\n[apps.a.health]\nurl = \"x\"\n",
+        "[apps.a]\ncommand = \"y\"\ndeploy = {}\n",
         3,
-        9,
-        "apps.a.health",
-        "unknown key",
+        1,
+        "apps.a.deploy",
+        "unknown key `deploy`",
+    );
+    // Keys of nested tables have their own paths.
+    assert_error(
+        "[apps.a]\ncommand = \"y\"\n[apps.a.health]\nurl = \"x\"\ntcp = \"db:5432\"\n",
+        4,
+        1,
+        "apps.a.health.url",
+        "unknown key `url`; expected one of: http, tcp, interval, timeout, failures",
     );
 }
 
@@ -737,4 +747,589 @@ after = ["d"]
         parse(text).unwrap().start_order(),
         ["a", "b", "c", "d", "e", "z"]
     );
+}
+
+const JOBS: &str = r#"
+[notify]
+webhook = "https://hooks.example.com/T000/B000"
+events = ["errored", "job_failed", "errored"]
+
+[defaults]
+health = { tcp = "127.0.0.1:9", interval = "1m" }
+
+[apps.api]
+command = ["node", "index.js"]
+ready = { http = "http://127.0.0.1:1338/health", timeout = "1m", interval = "1s" }
+health = { http = "http://[::1]:1338/healthz?deep=1", interval = "10s", timeout = "2s", failures = 5 }
+
+[apps.worker]
+command = "./worker"
+ready = { notify = true, watchdog = "10s" }
+
+[jobs.health-check]
+schedule = "*/5 * * * *"
+kind = "health"
+timezone = "UTC"
+timeout = "1m"
+apps = ["api"]
+
+[jobs.disk]
+schedule = "*/30 * * * *"
+kind = "disk"
+timezone = "local"
+paths = ["/", "data"]
+threshold = 90
+
+[jobs.log-cleanup]
+schedule = "0 2 * * *"
+kind = "log-cleanup"
+dirs = ["logs", "/var/log/citrus"]
+pattern = "*.log.[0-9]*"
+max_age = "7d"
+
+[jobs.save]
+schedule = "0 * * * *"
+kind = "save"
+
+[jobs.backup]
+schedule = "0 15 4 * * *"
+kind = "command"
+command = "bin/backup.sh --full"
+env = { FOO = "bar", N = 1 }
+cwd = "/srv"
+user = "backup"
+inherit_env = ["PATH", "HOME"]
+"#;
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn http_target(host: &str, port: u16, path: &str) -> ProbeTarget {
+    let (host, path) = (host.to_owned(), path.to_owned());
+    ProbeTarget::Http { host, port, path }
+}
+
+#[test]
+fn jobs_notify_and_probes() {
+    let config = parse(JOBS).unwrap();
+    assert_eq!(
+        config.notify,
+        NotifyConfig {
+            webhook: Some("https://hooks.example.com/T000/B000".into()),
+            events: vec![EventKind::Errored, EventKind::JobFailed],
+        }
+    );
+    let api = &config.apps["api"];
+    assert_eq!(
+        api.ready,
+        Some(ReadyConfig {
+            check: ReadyCheck::Probe(http_target("127.0.0.1", 1338, "/health")),
+            timeout: Duration::from_secs(60),
+            interval: Duration::from_secs(1),
+        })
+    );
+    assert_eq!(
+        api.health,
+        Some(HealthConfig {
+            target: http_target("::1", 1338, "/healthz?deep=1"),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            failures: 5,
+        })
+    );
+    let worker = &config.apps["worker"];
+    assert_eq!(
+        worker.ready,
+        Some(ReadyConfig {
+            check: ReadyCheck::Notify {
+                watchdog: Some(Duration::from_secs(10)),
+            },
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_millis(200),
+        })
+    );
+    // `health` from [defaults], its own defaults filled in.
+    let tcp = ProbeTarget::Tcp {
+        host: "127.0.0.1".into(),
+        port: 9,
+    };
+    assert_eq!(tcp.describe(), "tcp 127.0.0.1:9");
+    assert_eq!(
+        worker.health,
+        Some(HealthConfig {
+            target: tcp,
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+            failures: 3,
+        })
+    );
+
+    let job = |name: &str, schedule: &str, tz: Timezone, timeout: u64, kind: JobKind| JobConfig {
+        name: name.into(),
+        schedule: CronSchedule::parse_in(schedule, tz).unwrap(),
+        timeout: Duration::from_secs(timeout),
+        kind,
+    };
+    let expected = [
+        job(
+            "backup",
+            "0 15 4 * * *",
+            Timezone::Local,
+            600,
+            JobKind::Command {
+                command: strings(&["/srv/bin/backup.sh", "--full"]),
+                env: [("FOO", "bar"), ("N", "1")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into(),
+                cwd: "/srv".into(),
+                user: Some("backup".into()),
+                inherit_env: strings(&["PATH", "HOME"]),
+            },
+        ),
+        job(
+            "disk",
+            "*/30 * * * *",
+            Timezone::Local,
+            600,
+            JobKind::Disk {
+                paths: vec!["/".into(), "/etc/citrus/data".into()],
+                threshold: 90,
+            },
+        ),
+        job(
+            "health-check",
+            "*/5 * * * *",
+            Timezone::Utc,
+            60,
+            JobKind::Health {
+                apps: strings(&["api"]),
+            },
+        ),
+        job(
+            "log-cleanup",
+            "0 2 * * *",
+            Timezone::Local,
+            600,
+            JobKind::LogCleanup {
+                dirs: vec!["/etc/citrus/logs".into(), "/var/log/citrus".into()],
+                pattern: "*.log.[0-9]*".into(),
+                max_age: Duration::from_secs(7 * 86_400),
+            },
+        ),
+        job("save", "0 * * * *", Timezone::Local, 600, JobKind::Save),
+    ];
+    let jobs: Vec<&JobConfig> = config.jobs.values().collect();
+    assert_eq!(jobs, expected.iter().collect::<Vec<_>>());
+    let kinds: Vec<&str> = jobs.iter().map(|job| job.kind.name()).collect();
+    assert_eq!(kinds, ["command", "disk", "health", "log-cleanup", "save"]);
+    assert_eq!(
+        config.jobs["health-check"].schedule.timezone(),
+        Timezone::Utc
+    );
+}
+
+#[test]
+fn job_and_probe_defaults() {
+    let text = r#"
+[defaults]
+ready = { tcp = "127.0.0.1:5432" }
+health = { http = "http://localhost" }
+[apps.db]
+command = "postgres"
+[jobs.h]
+schedule = "0 3 * * *"
+kind = "health"
+[jobs.d]
+schedule = "0 3 * * *"
+kind = "disk"
+[jobs.l]
+schedule = "0 3 * * *"
+kind = "log-cleanup"
+dirs = ["logs"]
+max_age = "1d"
+[jobs.s]
+schedule = "0 3 * * *"
+kind = "save"
+[jobs.c]
+schedule = "0 3 * * *"
+kind = "command"
+command = ["backup.sh"]
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.notify, NotifyConfig::default());
+    assert_eq!(config.notify.events, EventKind::ALL);
+    let kinds: Vec<&JobKind> = config.jobs.values().map(|job| &job.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            &JobKind::Command {
+                command: strings(&["backup.sh"]),
+                env: BTreeMap::new(),
+                cwd: "/etc/citrus".into(),
+                user: None,
+                inherit_env: strings(&["PATH"]),
+            },
+            &JobKind::Disk {
+                paths: vec!["/".into()],
+                threshold: 80,
+            },
+            &JobKind::Health { apps: vec![] },
+            &JobKind::LogCleanup {
+                dirs: vec!["/etc/citrus/logs".into()],
+                pattern: "*.log".into(),
+                max_age: Duration::from_secs(86_400),
+            },
+            &JobKind::Save,
+        ]
+    );
+    for job in config.jobs.values() {
+        assert_eq!(job.timeout, Duration::from_secs(600), "{}", job.name);
+        assert_eq!(job.schedule.timezone(), Timezone::Local, "{}", job.name);
+    }
+    let ready = ReadyConfig {
+        check: ReadyCheck::Probe(ProbeTarget::Tcp {
+            host: "127.0.0.1".into(),
+            port: 5432,
+        }),
+        timeout: Duration::from_secs(30),
+        interval: Duration::from_millis(200),
+    };
+    let health = HealthConfig {
+        target: http_target("localhost", 80, "/"),
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(5),
+        failures: 3,
+    };
+    let db = &config.apps["db"];
+    assert_eq!(
+        (db.ready.as_ref(), db.health.as_ref()),
+        (Some(&ready), Some(&health))
+    );
+    // Apps added at run time get them from [defaults] too.
+    let runtime = config.runtime_app("tmp", vec!["sleep".into()], 1, None);
+    assert_eq!((runtime.ready, runtime.health), (Some(ready), Some(health)));
+}
+
+/// A job `[jobs.j]` (line 1) with `schedule` (line 2) and then `rest` (from line 3).
+fn job(rest: &str) -> String {
+    format!("[jobs.j]\nschedule = \"0 3 * * *\"\n{rest}")
+}
+
+#[test]
+fn job_errors() {
+    assert_error(
+        &job("kind = \"command\"\ncommand = \"x\"\npaths = [\"/\"]\n"),
+        5,
+        1,
+        "jobs.j.paths",
+        "`paths` is not a key of kind \"command\" (it belongs to kind \"disk\")",
+    );
+    assert_error(
+        &job("kind = \"disk\"\nthreshhold = 90\n"),
+        4,
+        1,
+        "jobs.j.threshhold",
+        "unknown key `threshhold`; did you mean `threshold`?",
+    );
+    assert_error(
+        &job("kind = \"backup\"\n"),
+        3,
+        8,
+        "jobs.j.kind",
+        "unknown job kind `backup`; expected one of: health, disk, log-cleanup, save, command",
+    );
+    assert_error(
+        &job("kind = \"helth\"\n"),
+        3,
+        8,
+        "jobs.j.kind",
+        "did you mean `health`?",
+    );
+    assert_error(
+        "[jobs.j]\nkind = \"save\"\n",
+        1,
+        7,
+        "jobs.j",
+        "job has no `schedule`",
+    );
+    assert_error(
+        &job(""),
+        1,
+        7,
+        "jobs.j",
+        "job has no `kind`; add one of: health, disk, log-cleanup, save, command",
+    );
+    let found = errors(&job("kind = \"log-cleanup\"\n"));
+    let messages: Vec<(usize, usize, &str, &str)> = found
+        .iter()
+        .map(|d| (d.line, d.column, d.key.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            (
+                1,
+                7,
+                "jobs.j",
+                "job has no `dirs`, which kind \"log-cleanup\" needs; add e.g. dirs = [\"logs\"]"
+            ),
+            (
+                1,
+                7,
+                "jobs.j",
+                "job has no `max_age`, which kind \"log-cleanup\" needs; add e.g. max_age = \"7d\""
+            ),
+        ]
+    );
+    assert_error(
+        &job("kind = \"command\"\n"),
+        1,
+        7,
+        "jobs.j",
+        "job has no `command`, which kind \"command\" needs",
+    );
+    assert_error(
+        &job("kind = \"command\"\ncommand = []\n"),
+        4,
+        11,
+        "jobs.j.command",
+        "command is empty",
+    );
+    for value in ["0", "101"] {
+        assert_error(
+            &job(&format!("kind = \"disk\"\nthreshold = {value}\n")),
+            4,
+            13,
+            "jobs.j.threshold",
+            &format!("invalid value {value}: must be from 1 to 100"),
+        );
+    }
+    assert_error(
+        &job("kind = \"log-cleanup\"\ndirs = [\"logs\"]\nmax_age = \"7d\"\npattern = \"logs/*.log\"\n"),
+        6,
+        11,
+        "jobs.j.pattern",
+        "invalid pattern \"logs/*.log\": the pattern matches file names, so it cannot contain `/`",
+    );
+    assert_error(
+        &job("kind = \"log-cleanup\"\ndirs = []\nmax_age = \"7d\"\n"),
+        4,
+        8,
+        "jobs.j.dirs",
+        "the list is empty",
+    );
+    assert_error(
+        &job("kind = \"log-cleanup\"\ndirs = [\"logs\"]\nmax_age = \"0s\"\n"),
+        5,
+        11,
+        "jobs.j.max_age",
+        "must be more than zero",
+    );
+    assert_error(
+        &job("kind = \"save\"\ntimezone = \"Europe/Paris\"\n"),
+        4,
+        12,
+        "jobs.j.timezone",
+        "unknown time zone `Europe/Paris`; expected one of: local, UTC",
+    );
+    assert_error(
+        "[jobs.j]\nschedule = \"0 61 * * * *\"\nkind = \"save\"\n",
+        2,
+        12,
+        "jobs.j.schedule",
+        "invalid cron expression \"0 61 * * * *\": bad minute field \"61\"",
+    );
+    assert_error(
+        "[jobs.all]\nschedule = \"0 3 * * *\"\nkind = \"save\"\n",
+        1,
+        7,
+        "jobs.all",
+        "the job name \"all\" is reserved",
+    );
+    assert_error(
+        &format!(
+            "[apps.api]\ncommand = \"y\"\n{}",
+            job("kind = \"health\"\napps = [\"api\", \"apii\"]\n")
+        ),
+        6,
+        16,
+        "jobs.j.apps",
+        "`apps` names unknown app `apii`; did you mean `api`?",
+    );
+}
+
+#[test]
+fn notify_errors() {
+    assert_error(
+        "[notify]\nevents = [\"errored\", \"job_faild\"]\n",
+        2,
+        22,
+        "notify.events",
+        "unknown event `job_faild`; did you mean `job_failed`? (expected one of: errored, \
+         memory_restart, health_failed, disk, job_failed)",
+    );
+    assert_error(
+        "[notify]\nwebhook = \"hooks.example.com/x\"\n",
+        2,
+        11,
+        "notify.webhook",
+        "invalid webhook URL \"hooks.example.com/x\": expected an http:// or https:// URL",
+    );
+    assert_error(
+        "[notify]\nwebhook = \"https:// /x\"\n",
+        2,
+        11,
+        "notify.webhook",
+        "unexpected character ' '",
+    );
+    assert_error(
+        "[notify]\nhook = \"https://x\"\n",
+        2,
+        1,
+        "notify.hook",
+        "unknown key `hook`; expected one of: webhook, events",
+    );
+}
+
+/// An app `[apps.a]` (line 1) with `command` (line 2) and then `rest` (from line 3).
+fn with_app(rest: &str) -> String {
+    format!("[apps.a]\ncommand = \"y\"\n{rest}")
+}
+
+#[test]
+fn probe_errors() {
+    assert_error(
+        &with_app("ready = { http = \"https://127.0.0.1/health\" }\n"),
+        3,
+        18,
+        "apps.a.ready.http",
+        "https probes are not supported: probe the app's local plain-HTTP port",
+    );
+    assert_error(
+        &with_app("health = { http = \"http://127.0.0.1:99999/\" }\n"),
+        3,
+        19,
+        "apps.a.health.http",
+        "invalid probe URL \"http://127.0.0.1:99999/\": invalid port `99999`: expected 1 to 65535",
+    );
+    assert_error(
+        &with_app("health = { http = \"not a url\" }\n"),
+        3,
+        19,
+        "apps.a.health.http",
+        "invalid probe URL \"not a url\": expected http://HOST[:PORT][/PATH]",
+    );
+    assert_error(
+        &with_app("health = { http = \"http://\" }\n"),
+        3,
+        19,
+        "apps.a.health.http",
+        "the host is missing",
+    );
+    assert_error(
+        &with_app("ready = { tcp = \"localhost\" }\n"),
+        3,
+        17,
+        "apps.a.ready.tcp",
+        "invalid TCP target \"localhost\": the port is missing",
+    );
+    assert_error(
+        &with_app("health = { tcp = \"db:5432\", intervall = \"5s\" }\n"),
+        3,
+        29,
+        "apps.a.health.intervall",
+        "unknown key `intervall`; did you mean `interval`?",
+    );
+    assert_error(
+        &with_app("health = { tcp = \"db:5432\", failures = 0 }\n"),
+        3,
+        40,
+        "apps.a.health.failures",
+        "invalid value 0: must be at least 1",
+    );
+    assert_error(
+        &with_app("health = { interval = \"5s\" }\n"),
+        3,
+        1,
+        "apps.a.health",
+        "`health` needs one of `http`, `tcp`, e.g. health = { http = ",
+    );
+    assert_error(
+        "[defaults]\nready = { http = \"http://x/\", tcp = \"x:1\" }\n",
+        2,
+        31,
+        "defaults.ready",
+        "`ready` takes only one of `http`, `tcp`, `notify`; found both `http` and `tcp`",
+    );
+    assert_error(
+        &with_app("ready = { http = \"http://x/\", watchdog = \"10s\" }\n"),
+        3,
+        31,
+        "apps.a.ready.watchdog",
+        "`watchdog` needs `notify = true`",
+    );
+    assert_error(
+        &with_app("ready = { notify = false }\n"),
+        3,
+        20,
+        "apps.a.ready.notify",
+        "remove `ready` to start without a readiness check",
+    );
+    assert_error(
+        &with_app("ready = { timeout = \"5s\" }\n"),
+        3,
+        1,
+        "apps.a.ready",
+        "`ready` needs one of `http`, `tcp`, `notify`",
+    );
+    assert_error(
+        &with_app("ready = \"http://x/\"\n"),
+        3,
+        9,
+        "apps.a.ready",
+        "expected a table, found string",
+    );
+    assert_error(
+        &with_app("[apps.a.ready]\nnotify = true\ninterval = \"0s\"\n"),
+        5,
+        12,
+        "apps.a.ready.interval",
+        "invalid duration \"0s\": must be more than zero",
+    );
+}
+
+#[test]
+fn every_job_problem_is_reported() {
+    let text = r#"[notify]
+events = ["disk", "oom"]
+[jobs.a]
+kind = "disk"
+threshold = 0
+dirs = ["logs"]
+[jobs.b]
+schedule = "* * *"
+kind = "command"
+command = "run"
+timeout = "0s"
+max_agee = "1d"
+"#;
+    let summary: Vec<(usize, usize, String)> = errors(text)
+        .into_iter()
+        .map(|d| (d.line, d.column, d.key))
+        .collect();
+    let expected = [
+        (2, 19, "notify.events"),
+        (3, 7, "jobs.a"),
+        (5, 13, "jobs.a.threshold"),
+        (6, 1, "jobs.a.dirs"),
+        (8, 12, "jobs.b.schedule"),
+        (11, 11, "jobs.b.timeout"),
+        (12, 1, "jobs.b.max_agee"),
+    ];
+    let expected: Vec<(usize, usize, String)> = expected
+        .iter()
+        .map(|&(line, column, key)| (line, column, key.to_owned()))
+        .collect();
+    assert_eq!(summary, expected);
 }

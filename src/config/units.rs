@@ -1,5 +1,6 @@
-//! Human-friendly scalars of the config file (durations, sizes, signals) and [`Scalar`], the single
-//! serde path through which each of them is deserialised.
+//! Human-friendly scalars of the config file (durations, sizes, signals, bounded integers, names out
+//! of a fixed set) and [`Scalar`], the single serde path through which each of them is
+//! deserialised.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -7,6 +8,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::de::{self, Visitor};
+
+use super::diag::suggest;
 
 const DURATION_HINT: &str = r#"expected a number with a unit, e.g. "500ms", "10s", "5m", "7d""#;
 const SIZE_HINT: &str =
@@ -264,7 +267,114 @@ impl Scalar for EnvValue {
     }
 }
 
-scalar_deserialize!(DurationValue, SizeValue, SignalValue, EnvValue);
+/// A duration that must be more than zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct PositiveDuration(pub Duration);
+
+impl Scalar for PositiveDuration {
+    const EXPECTING: &'static str = DurationValue::EXPECTING;
+    fn from_text(s: &str) -> Result<Self, String> {
+        match parse_duration(s)? {
+            Duration::ZERO => Err(format!("invalid duration {s:?}: must be more than zero")),
+            d => Ok(Self(d)),
+        }
+    }
+    fn from_integer(v: i64) -> Result<Self, String> {
+        DurationValue::from_integer(v).map(|d| Self(d.0))
+    }
+}
+
+scalar_deserialize!(
+    DurationValue,
+    PositiveDuration,
+    SizeValue,
+    SignalValue,
+    EnvValue
+);
+
+/// An integer from `MIN` to `MAX` (`i64::MAX`: no upper bound), stored as a `T`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Bounded<T, const MIN: i64, const MAX: i64>(pub T);
+
+/// A count of at least one.
+pub(crate) type AtLeastOne = Bounded<u32, 1, { i64::MAX }>;
+
+impl<T, const MIN: i64, const MAX: i64> Bounded<T, MIN, MAX> {
+    fn range() -> String {
+        match MAX {
+            i64::MAX => format!("at least {MIN}"),
+            _ => format!("from {MIN} to {MAX}"),
+        }
+    }
+}
+
+impl<T: TryFrom<i64>, const MIN: i64, const MAX: i64> Scalar for Bounded<T, MIN, MAX> {
+    const EXPECTING: &'static str = "an integer";
+    fn from_text(s: &str) -> Result<Self, String> {
+        Err(format!(
+            "invalid type: string {s:?}, expected an integer {}",
+            Self::range()
+        ))
+    }
+    fn from_integer(v: i64) -> Result<Self, String> {
+        if !(MIN..=MAX).contains(&v) {
+            return Err(format!("invalid value {v}: must be {}", Self::range()));
+        }
+        T::try_from(v)
+            .map(Self)
+            .map_err(|_| format!("invalid value {v}: too large"))
+    }
+}
+
+impl<'de, T: TryFrom<i64>, const MIN: i64, const MAX: i64> serde::Deserialize<'de>
+    for Bounded<T, MIN, MAX>
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor::<Self>(PhantomData))
+    }
+}
+
+/// A value out of a fixed set, written as its name.
+pub(crate) trait Named: Copy + 'static {
+    /// What the names name, e.g. "job kind".
+    const WHAT: &'static str;
+    /// Every value, in the order they are listed in messages.
+    const ALL: &'static [Self];
+    /// The name as written in the config.
+    fn name(self) -> &'static str;
+}
+
+/// Every name of `T`, comma-separated.
+pub(crate) fn names<T: Named>() -> String {
+    let names: Vec<&str> = T::ALL.iter().map(|value| value.name()).collect();
+    names.join(", ")
+}
+
+/// A [`Named`] value; an unknown name gets "did you mean" and the list of names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Choice<T>(pub T);
+
+impl<T: Named> Scalar for Choice<T> {
+    const EXPECTING: &'static str = "a string";
+    fn from_text(s: &str) -> Result<Self, String> {
+        if let Some(&value) = T::ALL.iter().find(|value| value.name() == s) {
+            return Ok(Self(value));
+        }
+        let (what, names) = (T::WHAT, names::<T>());
+        Err(match suggest(s, T::ALL.iter().map(|value| value.name())) {
+            Some(close) => {
+                format!("unknown {what} `{s}`; did you mean `{close}`? (expected one of: {names})")
+            }
+            None => format!("unknown {what} `{s}`; expected one of: {names}"),
+        })
+    }
+}
+
+impl<'de, T: Named> serde::Deserialize<'de> for Choice<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor::<Self>(PhantomData))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -133,6 +133,8 @@ pub enum ErrorCode {
     Conflict,
     /// The operation was attempted and failed (500, exit 1).
     Failed,
+    /// No job by that name (404, exit 1).
+    UnknownJob,
 }
 
 /// `POST /v1/apps`: add an app at run time (`citrusctl start --name NAME -- CMD…`).
@@ -180,6 +182,9 @@ pub struct InstanceDescribe {
     pub recent_exits: Vec<LastExit>,
     pub out_log: LogInfo,
     pub err_log: LogInfo,
+    /// The app's own `STATUS=` line, for apps with `ready = { notify = true }`.
+    #[serde(default)]
+    pub status_text: Option<String>,
 }
 
 /// A log file's path and counters.
@@ -234,6 +239,67 @@ pub struct LogsQuery {
 
 fn default_lines() -> usize {
     20
+}
+
+/// How a job run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    Ok,
+    /// It ran and found something to report (a full disk, an app it had to recover).
+    Warning,
+    Failed,
+    TimedOut,
+}
+
+impl JobOutcome {
+    /// The snake_case name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Ok => "ok",
+            JobOutcome::Warning => "warning",
+            JobOutcome::Failed => "failed",
+            JobOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// One run of a job (kept for the last runs, persisted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRun {
+    /// `"schedule"` or `"manual"`.
+    pub trigger: String,
+    /// When the schedule wanted it to start (scheduled runs).
+    pub scheduled_ms: Option<u64>,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub outcome: JobOutcome,
+    pub summary: String,
+    /// The last 4 KiB of output (commands) or the job's report.
+    pub output: String,
+    /// For `health` jobs: the recovery level reached (0 healthy, 1 restart, 2 respawn, 3 notify).
+    pub level: Option<u8>,
+}
+
+/// A job in `GET /v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub name: String,
+    pub kind: String,
+    pub schedule: String,
+    /// `"local"` or `"UTC"`.
+    pub timezone: String,
+    pub running_since_ms: Option<u64>,
+    pub next_run_ms: Option<u64>,
+    pub last_run: Option<JobRun>,
+    /// The most recent runs, oldest first.
+    pub runs: Vec<JobRun>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobsReply {
+    pub jobs: Vec<JobInfo>,
 }
 
 #[cfg(test)]

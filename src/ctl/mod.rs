@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use crate::control::client::{Client, ClientError};
 use crate::control::{
-    ActionReply, AddApp, Describe, ErrorCode, LogStream, Ping, ReloadPlan, ReloadRequest, Status,
+    ActionReply, AddApp, Describe, ErrorCode, JobOutcome, JobRun, JobsReply, LogStream, Ping,
+    ReloadPlan, ReloadRequest, Status,
 };
 
 /// citrusctl's flags.
@@ -88,10 +89,24 @@ pub enum Command {
     },
     /// Convert a PM2 ecosystem.json or dump.pm2 into citrusd.toml (printed on stdout).
     ImportPm2 { file: PathBuf },
+    /// List the scheduled jobs: schedule, last run, outcome, next run.
+    Jobs,
+    /// Act on one job.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
     /// Write the daemon's state file now.
     Save,
     /// Check that the daemon answers.
     Ping,
+}
+
+/// `citrusctl job …`.
+#[derive(Debug, Subcommand)]
+pub enum JobAction {
+    /// Run the job now and print its outcome (exit 1 unless it was ok).
+    Run { name: String },
 }
 
 /// A failure of a citrusctl command.
@@ -113,7 +128,10 @@ impl CtlError {
             CtlError::Client(ClientError::Unreachable { .. }) => 3,
             CtlError::Client(ClientError::Api(e)) => match e.code {
                 ErrorCode::BadRequest | ErrorCode::InvalidConfig => 2,
-                ErrorCode::UnknownApp | ErrorCode::Conflict | ErrorCode::Failed => 1,
+                ErrorCode::UnknownApp
+                | ErrorCode::UnknownJob
+                | ErrorCode::Conflict
+                | ErrorCode::Failed => 1,
             },
             CtlError::Client(ClientError::Protocol { .. }) | CtlError::Failed(_) => 1,
         }
@@ -268,6 +286,32 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 eprintln!("warning: {w}");
             }
             print!("{}", conv.toml);
+        }
+        Command::Jobs => {
+            let reply: JobsReply = client.get("/v1/jobs").await?;
+            if json {
+                print_json(&reply);
+            } else {
+                print!("{}", table::jobs(&reply.jobs));
+            }
+        }
+        Command::Job {
+            action: JobAction::Run { name },
+        } => {
+            let path = format!("/v1/jobs/{}/run", encode(&name));
+            let run: JobRun = client.post(&path, &serde_json::json!({})).await?;
+            if json {
+                print_json(&run);
+            } else {
+                print!("{}", table::job_run(&name, &run));
+            }
+            if run.outcome != JobOutcome::Ok {
+                return Err(CtlError::Failed(format!(
+                    "job {name} {}: {}",
+                    run.outcome.as_str(),
+                    run.summary
+                )));
+            }
         }
         Command::Save => {
             let _: serde_json::Value = client.post("/v1/save", &serde_json::json!({})).await?;

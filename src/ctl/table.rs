@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::control::{AppStatus, Describe, LastExit, ReloadPlan};
+use crate::control::{AppStatus, Describe, JobInfo, JobRun, LastExit, ReloadPlan};
 
 /// "3d4h", "2h5m", "4m12s", "9s", or "-" for zero.
 pub fn uptime(ms: u64) -> String {
@@ -102,6 +102,97 @@ pub fn status(apps: &[AppStatus]) -> String {
     out
 }
 
+/// Left-aligned columns separated by two spaces.
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// A wall-clock time in ms as local-free UTC text, or "-".
+fn when(ms: Option<u64>) -> String {
+    ms.map(|ms| {
+        let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let mut s = crate::supervisor::logs::rfc3339(t);
+        s.truncate(19);
+        s.replace('T', " ") + "Z"
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+/// The `jobs` table.
+pub fn jobs(jobs: &[JobInfo]) -> String {
+    if jobs.is_empty() {
+        return "no jobs\n".into();
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let tz = if j.timezone == "UTC" { " UTC" } else { "" };
+            let outcome = match (&j.running_since_ms, &j.last_run) {
+                (Some(_), _) => "running".to_string(),
+                (None, Some(r)) => r.outcome.as_str().to_string(),
+                (None, None) => "-".to_string(),
+            };
+            vec![
+                j.name.clone(),
+                j.kind.clone(),
+                format!("{}{tz}", j.schedule),
+                when(j.last_run.as_ref().map(|r| r.started_ms)),
+                outcome,
+                when(j.next_run_ms),
+                j.last_run
+                    .as_ref()
+                    .map(|r| r.summary.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "NAME", "KIND", "SCHEDULE", "LAST RUN", "OUTCOME", "NEXT RUN", "SUMMARY",
+        ],
+        &rows,
+    )
+}
+
+/// The outcome of `job run`.
+pub fn job_run(name: &str, run: &JobRun) -> String {
+    let mut out = format!(
+        "{name}: {} in {} ms: {}\n",
+        run.outcome.as_str(),
+        run.ended_ms.saturating_sub(run.started_ms),
+        run.summary
+    );
+    if let Some(level) = run.level {
+        let _ = writeln!(out, "recovery level reached: {level}");
+    }
+    if !run.output.is_empty() {
+        out.push_str(&run.output);
+        if !run.output.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// `describe` as text.
 pub fn describe(d: &Describe) -> String {
     let mut out = String::new();
@@ -133,6 +224,9 @@ pub fn describe(d: &Describe) -> String {
         );
         if let Some(e) = &i.last_error {
             let _ = writeln!(out, "  last error: {e}");
+        }
+        if let Some(text) = &i.status_text {
+            let _ = writeln!(out, "  status: {text}");
         }
         for log in [&i.out_log, &i.err_log] {
             let _ = write!(

@@ -28,8 +28,10 @@ use super::{Daemon, ReloadError};
 use crate::config::{format_duration, format_size, AppConfig};
 use crate::control::{
     ActionReply, AddApp, ApiError, DaemonInfo, Describe, ErrorBody, ErrorCode, InstanceDescribe,
-    LogInfo, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest, Status, PROTOCOL_VERSION,
+    JobRun, JobsReply, LogInfo, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest, Status,
+    PROTOCOL_VERSION,
 };
+use crate::health::jobs::JobError;
 use crate::supervisor::logs::{tail_lines, LogFile};
 use crate::supervisor::{SupervisorError, Target};
 use crate::sys::procfs;
@@ -67,7 +69,7 @@ impl HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = match self.0.code {
-            ErrorCode::UnknownApp => StatusCode::NOT_FOUND,
+            ErrorCode::UnknownApp | ErrorCode::UnknownJob => StatusCode::NOT_FOUND,
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidConfig => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Conflict => StatusCode::CONFLICT,
@@ -114,6 +116,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/apps/{name}", get(describe).delete(delete_app))
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/{action}", post(action))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{name}/run", post(run_job))
         .route("/v1/reload-config", post(reload_config))
         .route("/v1/save", post(save))
         .route("/metrics", get(metrics))
@@ -234,6 +238,23 @@ async fn delete_app(State(d): Shared, Path(name): Path<String>) -> ApiResult<Act
     Ok(Json(ActionReply { apps: Vec::new() }))
 }
 
+async fn jobs(State(d): Shared) -> Json<JobsReply> {
+    Json(JobsReply {
+        jobs: d.jobs.list(),
+    })
+}
+
+async fn run_job(State(d): Shared, Path(name): Path<String>) -> ApiResult<JobRun> {
+    d.jobs.run_now(&name).await.map(Json).map_err(|e| match e {
+        JobError::Unknown { .. } => HttpError::new(
+            ErrorCode::UnknownJob,
+            e.to_string(),
+            Some("`citrusctl jobs` lists the jobs"),
+        ),
+        JobError::Busy { .. } => HttpError::new(ErrorCode::Conflict, e.to_string(), None),
+    })
+}
+
 async fn save(State(d): Shared) -> ApiResult<serde_json::Value> {
     d.supervisor.save()?;
     Ok(Json(json!({ "saved": true })))
@@ -330,6 +351,7 @@ async fn describe(State(d): Shared, Path(name): Path<String>) -> ApiResult<Descr
             recent_exits: v.status.recent_exits.iter().cloned().collect(),
             out_log: log_info(&v.handle.logs().out),
             err_log: log_info(&v.handle.logs().err),
+            status_text: v.status.status_text.clone(),
         })
         .collect();
     Ok(Json(Describe {
@@ -492,6 +514,26 @@ async fn metrics(State(d): Shared) -> Response {
                 value(r)
             );
         }
+    }
+    out.push_str("# HELP citrus_job_last_success 1 when the job's last run was ok, 0 otherwise.\n# TYPE citrus_job_last_success gauge\n# HELP citrus_job_last_run_timestamp_seconds When the job's last run ended.\n# TYPE citrus_job_last_run_timestamp_seconds gauge\n");
+    for job in d.jobs.list() {
+        if let Some(run) = &job.last_run {
+            let ok = u8::from(run.outcome == crate::control::JobOutcome::Ok);
+            let _ = writeln!(out, "citrus_job_last_success{{job=\"{}\"}} {ok}", job.name);
+            let _ = writeln!(
+                out,
+                "citrus_job_last_run_timestamp_seconds{{job=\"{}\"}} {}",
+                job.name,
+                run.ended_ms as f64 / 1000.0
+            );
+        }
+    }
+    if let Some(w) = d.events.stats() {
+        let _ = writeln!(
+            out,
+            "# HELP citrus_webhook_events_total Events by what became of them.\n# TYPE citrus_webhook_events_total counter\ncitrus_webhook_events_total{{result=\"sent\"}} {}\ncitrus_webhook_events_total{{result=\"failed\"}} {}\ncitrus_webhook_events_total{{result=\"dropped\"}} {}",
+            w.sent, w.failed, w.dropped
+        );
     }
     if let Ok((rss, ticks)) = procfs::self_usage() {
         let _ = writeln!(

@@ -17,6 +17,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigError};
 use crate::control::ReloadPlan;
+use crate::health::events::Notifier;
+use crate::health::jobs::Jobs;
+use crate::health::sdnotify;
 use crate::state::{DirLock, StateError, StateStore};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::Marker;
@@ -44,6 +47,8 @@ pub enum DaemonError {
 /// What the control API shares: the supervisor and how to re-read the config.
 pub struct Daemon {
     pub supervisor: Arc<Supervisor>,
+    pub jobs: Arc<Jobs>,
+    pub events: Arc<Notifier>,
     pub config_path: PathBuf,
     pub env: Option<String>,
     pub started: Instant,
@@ -65,8 +70,11 @@ impl Daemon {
     pub async fn reload_config(&self, dry_run: bool) -> Result<ReloadPlan, ReloadError> {
         let _one_at_a_time = self.reload.lock().await;
         let config = Config::load(&self.config_path, self.env.as_deref())?;
+        let (jobs, notify) = (config.jobs.clone(), config.notify.clone());
         let plan = self.supervisor.reload_config(config, dry_run).await?;
         if plan.applied {
+            self.jobs.reconfigure(&jobs);
+            self.events.configure(&notify);
             tracing::info!(start = ?plan.start, stop = ?plan.stop, restart = ?plan.restart, "config reloaded");
         }
         for w in &plan.warnings {
@@ -142,16 +150,32 @@ pub async fn run(
     if let Some(w) = warning {
         tracing::error!("{w}");
     }
+    let events = Arc::new(Notifier::new(&config.notify));
+    let notify_dir = daemon_cfg.state_dir.join("notify");
+    create_dir(&notify_dir, 0o711)?;
+    let jobs_config = config.jobs.clone();
     let shared = Arc::new(Shared {
-        reaper,
-        marker,
+        reaper: reaper.clone(),
+        marker: marker.clone(),
         log_dir: daemon_cfg.log_dir.clone(),
+        notify_dir,
+        events: events.clone(),
     });
     let config_path = config.path.clone();
     let supervisor = Supervisor::new(shared, config, store, &persisted)?;
     supervisor.save()?;
+    let jobs = Jobs::start(
+        supervisor.clone(),
+        events.clone(),
+        reaper,
+        marker,
+        &daemon_cfg.state_dir,
+        &jobs_config,
+    );
     let daemon = Arc::new(Daemon {
         supervisor: supervisor.clone(),
+        jobs: jobs.clone(),
+        events,
         config_path,
         env,
         started: Instant::now(),
@@ -168,6 +192,15 @@ pub async fn run(
         }
     }
     tokio::spawn(supervisor.clone().memory_check_loop());
+    if let Some(every) = sdnotify::watchdog_interval() {
+        // Pinged from the event loop itself: if the loop hangs, systemd restarts citrusd.
+        tokio::spawn(async move {
+            loop {
+                tell_systemd("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
     let signals = signal_loop(daemon.clone()).map_err(|source| DaemonError::Io {
         action: "install the SIGHUP/SIGUSR1 handlers for",
         path: socket_path.clone(),
@@ -183,11 +216,14 @@ pub async fn run(
                 tracing::error!("{e}");
             }
             tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
+            tell_systemd(&format!("READY=1\nSTATUS={} app(s) supervised", supervisor.instances(None).map(|v| v.len()).unwrap_or(0)));
             shutdown.as_mut().await;
         }
         _ = shutdown.as_mut() => tracing::info!("shutdown requested while starting apps"),
     }
     tracing::info!("shutting down: stopping every app");
+    tell_systemd("STOPPING=1");
+    jobs.stop();
     server.abort();
     supervisor.shutdown().await;
     let saved = supervisor.save();
@@ -195,6 +231,13 @@ pub async fn run(
     saved?;
     tracing::info!("all apps stopped; bye");
     Ok(())
+}
+
+/// Sends an sd_notify state to systemd when citrusd runs under it (`Type=notify`).
+fn tell_systemd(state: &str) {
+    if let Err(e) = sdnotify::notify(state) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// SIGHUP reloads the config; SIGUSR1 reopens log files. The handlers are installed before the

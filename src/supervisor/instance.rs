@@ -1,13 +1,16 @@
 //! One app instance as an actor.
 //!
 //! Theory of operation. A single Tokio task owns the instance's child process and `select!`s over
-//! the child's exit (a oneshot from the reaper), its control channel, the backoff deadline and the
-//! `cron_restart` deadline; nothing else touches the child. Control messages carry a oneshot reply,
-//! so `citrusctl restart` returns when the restart is done. The task publishes its status through
-//! a `watch` channel that readers (status, metrics, the memory check) borrow without messaging it.
-//! When idle the task is parked on its channel: no timers run unless a backoff or a cron restart
-//! is pending. Stopping signals the whole process group plus any double-forked escapee that was
-//! re-parented to us (citrusd is a subreaper) and carries this instance's environment marker.
+//! the child's exit (a oneshot from the reaper), its readiness check, its sd_notify socket, its
+//! control channel and its deadlines (backoff, `cron_restart`, readiness timeout, watchdog);
+//! nothing else touches the child. Control messages carry a oneshot reply; `start` and `restart`
+//! answer once the instance is ready (`online`), so `citrusctl restart`, `reload` and `after`
+//! ordering all wait for readiness. The task publishes its status through a `watch` channel that
+//! readers (status, metrics, the memory check) borrow without messaging it. A liveness probe runs
+//! in a task of its own per run and reports failures back through the channel. When idle the task
+//! is parked on its channel: no timer runs unless a backoff, a cron restart, a readiness timeout
+//! or a watchdog is pending. Stopping signals the whole process group plus any double-forked
+//! escapee (see `kill`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
 use super::kill::GroupStop;
@@ -26,20 +30,28 @@ use super::lifecycle::{self, Counters, Decision, Policy};
 use super::logs::{LogFile, LogSettings};
 use super::reaper::{ExitStatus, Reaper};
 use super::spawn::{self, Marker};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
 use crate::control::{AppState, LastExit};
-use crate::sys;
+use crate::health::events::Notifier;
+use crate::health::probe;
+use crate::health::sdnotify::{NotifyListener, NotifyMessage};
+use crate::sys::{self, procfs};
 
 /// How many exits `describe` remembers per instance.
 const RECENT_EXITS: usize = 10;
 /// Pipes of an app that fills them are grown to this size (from the 64 KiB default).
 const BIG_PIPE: i32 = 1 << 20;
+/// The longest single readiness probe attempt.
+const READY_ATTEMPT: Duration = Duration::from_secs(2);
 
-/// What every instance actor shares: the reaper, the environment marker and where logs go.
+/// What every instance actor shares: the reaper, the environment marker, where logs and sd_notify
+/// sockets go, and where events are reported.
 pub struct Shared {
     pub reaper: Arc<Reaper>,
     pub marker: Marker,
     pub log_dir: PathBuf,
+    pub notify_dir: PathBuf,
+    pub events: Arc<Notifier>,
 }
 
 /// The published status of an instance.
@@ -55,6 +67,8 @@ pub struct InstanceStatus {
     pub last_exit: Option<LastExit>,
     pub recent_exits: VecDeque<LastExit>,
     pub last_error: Option<String>,
+    /// The app's own `STATUS=` line (sd_notify).
+    pub status_text: Option<String>,
 }
 
 /// The out and err log files of an instance.
@@ -72,6 +86,7 @@ enum Command {
     Restart(Reply),
     Configure(Arc<AppConfig>),
     MemoryExceeded { pid: i32, rss: u64 },
+    HealthFailed { pid: i32, reason: String },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -133,6 +148,7 @@ impl InstanceHandle {
             last_exit: None,
             recent_exits: VecDeque::new(),
             last_error: None,
+            status_text: None,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let actor = Actor {
@@ -141,9 +157,12 @@ impl InstanceHandle {
             index,
             status: status_tx,
             logs: logs.clone(),
+            me: tx.downgrade(),
             counters: Counters::default(),
             run: None,
             backoff_until: None,
+            pending: Vec::new(),
+            notify: None,
         };
         tokio::spawn(actor.run(rx));
         Ok(InstanceHandle {
@@ -160,7 +179,8 @@ impl InstanceHandle {
         rx.await.unwrap_or_else(|_| Err(closed()))
     }
 
-    /// Starts the instance (a no-op when it runs); resets the restart counters.
+    /// Starts the instance (a no-op when it runs) and answers once it is ready; resets the
+    /// restart counters.
     pub async fn start(&self) -> Result<(), String> {
         self.ask(Command::Start).await
     }
@@ -170,7 +190,7 @@ impl InstanceHandle {
         self.ask(Command::Stop).await
     }
 
-    /// Stops (if running) and starts again.
+    /// Stops (if running) and starts again; answers once it is ready.
     pub async fn restart(&self) -> Result<(), String> {
         self.ask(Command::Restart).await
     }
@@ -204,14 +224,39 @@ impl InstanceHandle {
     }
 }
 
+/// Aborts a helper task (readiness or liveness probing) when its run ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Run {
     pid: i32,
     started: Instant,
     exit: oneshot::Receiver<ExitStatus>,
+    /// The verdict of a probe-based readiness check still running.
+    ready: Option<oneshot::Receiver<Result<(), String>>>,
+    /// Until when an sd_notify app may take to send READY=1.
+    ready_deadline: Option<Instant>,
+    /// The watchdog period and when the next WATCHDOG=1 is due.
+    watchdog: Option<(Duration, Instant)>,
+    /// The readiness or liveness probe task of this run.
+    probe: Option<AbortOnDrop>,
+}
+
+enum RunEvent {
+    Exited(ExitStatus),
+    Ready(Result<(), String>),
 }
 
 enum Event {
-    Exited(ExitStatus),
+    Run(RunEvent),
+    Notify(io::Result<NotifyMessage>),
+    ReadyTimeout,
+    WatchdogExpired,
     BackoffOver,
     CronRestart,
     Command(Option<Command>),
@@ -223,17 +268,44 @@ struct Actor {
     index: u32,
     status: watch::Sender<InstanceStatus>,
     logs: InstanceLogs,
+    /// Our own channel, for the liveness task to report back (weak: the handle owns it).
+    me: mpsc::WeakUnboundedSender<Command>,
     counters: Counters,
     run: Option<Run>,
     backoff_until: Option<Instant>,
+    /// Replies to `start`/`restart` waiting for the instance to be ready.
+    pending: Vec<Reply>,
+    /// The sd_notify socket given to the app (bound at the first spawn of a `notify` app).
+    notify: Option<NotifyListener>,
 }
 
-async fn exit_of(run: &mut Option<Run>) -> ExitStatus {
-    match run {
-        Some(r) => (&mut r.exit).await.unwrap_or(ExitStatus {
-            code: None,
-            signal: None,
-        }),
+const UNKNOWN: ExitStatus = ExitStatus {
+    code: None,
+    signal: None,
+};
+
+async fn run_event(run: &mut Option<Run>) -> RunEvent {
+    let Some(r) = run else {
+        return std::future::pending().await;
+    };
+    let ready = async {
+        match r.ready.as_mut() {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| Err("the readiness check ended".into())),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        status = &mut r.exit => RunEvent::Exited(status.unwrap_or(UNKNOWN)),
+        verdict = ready => RunEvent::Ready(verdict),
+    }
+}
+
+async fn notify_of(listener: Option<&NotifyListener>) -> io::Result<NotifyMessage> {
+    match listener {
+        Some(l) => l.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -260,6 +332,54 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// Probes until the target answers or `timeout` passes; the verdict carries the last error.
+async fn wait_ready(
+    target: crate::config::ProbeTarget,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let err = match probe::check(&target, left.min(READY_ATTEMPT)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() + interval >= deadline {
+            return Err(format!(
+                "not ready within {}: {} ({err})",
+                human(timeout),
+                target.describe()
+            ));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Probes every `interval`; after `failures` failures in a row, tells the actor and stops.
+async fn watch_health(health: HealthConfig, pid: i32, me: mpsc::WeakUnboundedSender<Command>) {
+    let mut failed = 0;
+    loop {
+        tokio::time::sleep(health.interval).await;
+        match probe::check(&health.target, health.timeout).await {
+            Ok(()) => failed = 0,
+            Err(e) => {
+                failed += 1;
+                if failed >= health.failures {
+                    let reason = format!(
+                        "health probe {} failed {failed} times in a row: {e}",
+                        health.target.describe()
+                    );
+                    if let Some(tx) = me.upgrade() {
+                        let _ = tx.send(Command::HealthFailed { pid, reason });
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
@@ -267,14 +387,40 @@ impl Actor {
                 (Some(_), Some(c)) => c.until_next(SystemTime::now()).map(|d| Instant::now() + d),
                 _ => None,
             };
+            let ready_deadline = self.run.as_ref().and_then(|r| r.ready_deadline);
+            let watchdog = self.run.as_ref().and_then(|r| r.watchdog.map(|(_, at)| at));
+            let listener = self.run.as_ref().and(self.notify.as_ref());
             let event = tokio::select! {
-                status = exit_of(&mut self.run) => Event::Exited(status),
+                e = run_event(&mut self.run) => Event::Run(e),
+                m = notify_of(listener) => Event::Notify(m),
+                _ = sleep_opt(ready_deadline) => Event::ReadyTimeout,
+                _ = sleep_opt(watchdog) => Event::WatchdogExpired,
                 _ = sleep_opt(self.backoff_until) => Event::BackoffOver,
                 _ = sleep_opt(cron) => Event::CronRestart,
                 cmd = rx.recv() => Event::Command(cmd),
             };
             match event {
-                Event::Exited(status) => self.on_exit(status).await,
+                Event::Run(RunEvent::Exited(status)) => self.on_exit(status).await,
+                Event::Run(RunEvent::Ready(Ok(()))) => self.become_online(),
+                Event::Run(RunEvent::Ready(Err(e))) => self.not_ready(e).await,
+                Event::Notify(Ok(msg)) => self.on_notify(msg).await,
+                Event::Notify(Err(e)) => {
+                    tracing::warn!(app = %self.app.name, "sd_notify socket failed: {e}");
+                    self.notify = None;
+                }
+                Event::ReadyTimeout => {
+                    let msg = format!(
+                        "not ready within {}: no READY=1 on NOTIFY_SOCKET",
+                        human(self.ready_timeout())
+                    );
+                    self.not_ready(msg).await;
+                }
+                Event::WatchdogExpired => {
+                    let period = self.run.as_ref().and_then(|r| r.watchdog).map(|(p, _)| p);
+                    let reason =
+                        format!("no WATCHDOG=1 within {}", human(period.unwrap_or_default()));
+                    self.unhealthy(reason).await;
+                }
                 Event::BackoffOver => {
                     self.backoff_until = None;
                     let _ = self.spawn();
@@ -291,6 +437,7 @@ impl Actor {
                     let _ = self.terminate().await;
                     self.backoff_until = None;
                     self.set(|s| s.state = AppState::Stopped);
+                    self.fail_pending("the instance was stopped");
                     let _ = reply.send(());
                     return;
                 }
@@ -307,12 +454,13 @@ impl Actor {
                 } else {
                     self.fresh_start()
                 };
-                let _ = reply.send(result);
+                self.answer_when_ready(reply, result);
             }
             Command::Stop(reply) => {
                 self.backoff_until = None;
                 let result = self.terminate().await;
                 self.set(|s| s.state = AppState::Stopped);
+                self.fail_pending("the instance was stopped");
                 let _ = reply.send(result);
             }
             Command::Restart(reply) => {
@@ -328,7 +476,7 @@ impl Actor {
                 } else {
                     self.fresh_start()
                 };
-                let _ = reply.send(result);
+                self.answer_when_ready(reply, result);
             }
             Command::Configure(app) => {
                 for log in [&self.logs.out, &self.logs.err] {
@@ -350,13 +498,35 @@ impl Actor {
                 );
                 tracing::warn!(app = %self.app.name, instance = self.index, pid, rss, "{msg}");
                 self.event(&msg);
+                self.report(EventKind::MemoryRestart, &msg);
                 self.replace(|s| {
                     s.restarts += 1;
                     s.memory_restarts += 1;
                 })
                 .await;
             }
+            Command::HealthFailed { pid, reason } => {
+                if self.run.as_ref().map(|r| r.pid) == Some(pid) {
+                    self.unhealthy(reason).await;
+                }
+            }
             Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Answers `reply` now when `result` failed or the instance is online, else once it is.
+    fn answer_when_ready(&mut self, reply: Reply, result: Result<(), String>) {
+        match result {
+            Ok(()) if self.status.borrow().state == AppState::Starting => self.pending.push(reply),
+            other => {
+                let _ = reply.send(other);
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, reason: &str) {
+        for reply in self.pending.drain(..) {
+            let _ = reply.send(Err(reason.to_string()));
         }
     }
 
@@ -368,12 +538,20 @@ impl Actor {
         self.spawn()
     }
 
-    /// Graceful stop then spawn, for memory and cron restarts.
+    /// Graceful stop then spawn, for memory, health and cron restarts.
     async fn replace(&mut self, count: impl FnOnce(&mut InstanceStatus)) {
         if self.terminate().await.is_ok() {
             self.set(count);
             let _ = self.spawn();
         }
+    }
+
+    /// A liveness failure (probe or watchdog): reported, then a graceful restart.
+    async fn unhealthy(&mut self, reason: String) {
+        tracing::warn!(app = %self.app.name, instance = self.index, "{reason}: restarting");
+        self.event(&format!("{reason}: restarting"));
+        self.report(EventKind::HealthFailed, &reason);
+        self.replace(|s| s.restarts += 1).await;
     }
 
     fn set(&self, f: impl FnOnce(&mut InstanceStatus)) {
@@ -389,50 +567,188 @@ impl Actor {
             .write_event(&format!("[citrus] {msg}"));
     }
 
+    /// An event for the log and the webhook.
+    fn report(&self, kind: EventKind, msg: &str) {
+        let who = if self.app.instances > 1 {
+            format!("{}#{}", self.app.name, self.index)
+        } else {
+            self.app.name.clone()
+        };
+        self.shared.events.emit(kind, Some(&who), msg);
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        self.app
+            .ready
+            .as_ref()
+            .map(|r| r.timeout)
+            .unwrap_or_default()
+    }
+
+    /// The sd_notify socket path for this instance, bound on first use.
+    fn notify_socket(&mut self) -> Result<String, String> {
+        if self.notify.is_none() {
+            let path = self
+                .shared
+                .notify_dir
+                .join(format!("{}-{}.sock", self.app.name, self.index));
+            let owner = match &self.app.user {
+                Some(user) => match nix::unistd::User::from_name(user) {
+                    Ok(Some(u)) => Some((u.uid.as_raw(), u.gid.as_raw())),
+                    _ => None,
+                },
+                None => None,
+            };
+            let listener = NotifyListener::bind(&path, owner)
+                .map_err(|e| format!("cannot create NOTIFY_SOCKET {}: {e}", path.display()))?;
+            self.notify = Some(listener);
+        }
+        let listener = self.notify.as_ref().expect("bound above");
+        Ok(listener.path().to_string_lossy().into_owned())
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
-        self.set(|s| s.state = AppState::Starting);
-        let spec = spawn::Spec::instance(&self.app, self.index, &self.shared.marker);
+        self.set(|s| {
+            s.state = AppState::Starting;
+            s.status_text = None;
+        });
+        let ready = self.app.ready.clone();
+        let notify = match ready.as_ref().map(|r| &r.check) {
+            Some(ReadyCheck::Notify { .. }) => match self.notify_socket() {
+                Ok(path) => Some(path),
+                Err(e) => return self.cannot_start(e),
+            },
+            _ => None,
+        };
+        let mut spec = spawn::Spec::instance(&self.app, self.index, &self.shared.marker);
+        if let Some(path) = notify {
+            spec.extra.push(("NOTIFY_SOCKET".into(), path));
+        }
         let spawned = spawn::command(&spec).and_then(|mut cmd| {
             self.shared
                 .reaper
                 .spawn(&mut cmd)
                 .map_err(|e| spawn::exec_error(&self.app.command, e))
         });
-        match spawned {
-            Ok(child) => {
-                drain(child.stdout, self.logs.out.clone());
-                drain(child.stderr, self.logs.err.clone());
-                self.event(&format!(
-                    "spawned pid {} ({})",
-                    child.pid,
-                    self.app.command.join(" ")
-                ));
-                tracing::info!(app = %self.app.name, instance = self.index, pid = child.pid, "spawned");
-                self.run = Some(Run {
-                    pid: child.pid,
-                    started: Instant::now(),
-                    exit: child.exit,
-                });
-                self.set(|s| {
-                    s.state = AppState::Online;
-                    s.pid = Some(child.pid);
-                    s.since = Some(Instant::now());
-                    s.last_error = None;
-                });
-                Ok(())
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => return self.cannot_start(e.to_string()),
+        };
+        drain(child.stdout, self.logs.out.clone());
+        drain(child.stderr, self.logs.err.clone());
+        self.event(&format!(
+            "spawned pid {} ({})",
+            child.pid,
+            self.app.command.join(" ")
+        ));
+        tracing::info!(app = %self.app.name, instance = self.index, pid = child.pid, "spawned");
+        let mut run = Run {
+            pid: child.pid,
+            started: Instant::now(),
+            exit: child.exit,
+            ready: None,
+            ready_deadline: None,
+            watchdog: None,
+            probe: None,
+        };
+        match ready {
+            None => {}
+            Some(r) => match r.check {
+                ReadyCheck::Probe(target) => {
+                    let (tx, rx) = oneshot::channel();
+                    let task = tokio::spawn(async move {
+                        let _ = tx.send(wait_ready(target, r.timeout, r.interval).await);
+                    });
+                    run.ready = Some(rx);
+                    run.probe = Some(AbortOnDrop(task));
+                }
+                ReadyCheck::Notify { .. } => run.ready_deadline = Some(Instant::now() + r.timeout),
+            },
+        }
+        let waiting = run.ready.is_some() || run.ready_deadline.is_some();
+        self.run = Some(run);
+        self.set(|s| {
+            s.pid = Some(child.pid);
+            s.since = Some(Instant::now());
+            s.last_error = None;
+        });
+        if !waiting {
+            self.become_online();
+        }
+        Ok(())
+    }
+
+    /// Spawning failed: `errored` with the reason, waiting callers told.
+    fn cannot_start(&mut self, msg: String) -> Result<(), String> {
+        tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {msg}");
+        self.event(&format!("cannot start: {msg}"));
+        self.report(EventKind::Errored, &format!("cannot start: {msg}"));
+        self.set(|s| {
+            s.state = AppState::Errored;
+            s.pid = None;
+            s.since = None;
+            s.last_error = Some(msg.clone());
+        });
+        self.fail_pending(&msg);
+        Err(msg)
+    }
+
+    /// Ready: `online`, waiting callers answered, liveness checks and watchdog armed.
+    fn become_online(&mut self) {
+        let health = self.app.health.clone();
+        let watchdog = match self.app.ready.as_ref().map(|r| &r.check) {
+            Some(ReadyCheck::Notify { watchdog }) => *watchdog,
+            _ => None,
+        };
+        let me = self.me.clone();
+        let Some(run) = self.run.as_mut() else { return };
+        run.ready = None;
+        run.ready_deadline = None;
+        run.watchdog = watchdog.map(|p| (p, Instant::now() + p));
+        run.probe = health.map(|h| AbortOnDrop(tokio::spawn(watch_health(h, run.pid, me))));
+        if self.app.ready.is_some() {
+            self.event("ready");
+        }
+        self.set(|s| s.state = AppState::Online);
+        for reply in self.pending.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// The run never became ready: stopped, and counted like a crash at start.
+    async fn not_ready(&mut self, reason: String) {
+        tracing::warn!(app = %self.app.name, instance = self.index, "{reason}");
+        self.event(&reason);
+        self.fail_pending(&reason);
+        self.set(|s| s.last_error = Some(reason));
+        let Some(run) = self.run.take() else { return };
+        let mut exit = run.exit;
+        let (_, status) = self.kill_group(run.pid, Some(&mut exit)).await;
+        let status = status.unwrap_or(UNKNOWN);
+        self.record_exit(status);
+        self.decide(Duration::ZERO, status);
+    }
+
+    async fn on_notify(&mut self, msg: NotifyMessage) {
+        let Some(run) = self.run.as_mut() else { return };
+        // Only the current run's processes speak for the instance.
+        if let Some(sender) = msg.sender_pid {
+            let ours = sender as i32 == run.pid
+                || procfs::stat(sender as i32).is_some_and(|s| s.pgrp == run.pid);
+            if !ours {
+                return;
             }
-            Err(e) => {
-                let msg = e.to_string();
-                tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {msg}");
-                self.event(&format!("cannot start: {msg}"));
-                self.set(|s| {
-                    s.state = AppState::Errored;
-                    s.pid = None;
-                    s.since = None;
-                    s.last_error = Some(msg.clone());
-                });
-                Err(msg)
+        }
+        if let Some((period, due)) = run.watchdog.as_mut() {
+            if msg.watchdog {
+                *due = Instant::now() + *period;
             }
+        }
+        if let Some(text) = msg.status {
+            self.set(|s| s.status_text = Some(text));
+        }
+        if msg.ready && self.status.borrow().state == AppState::Starting {
+            self.become_online();
         }
     }
 
@@ -462,6 +778,9 @@ impl Actor {
             run.pid,
             human(uptime)
         ));
+        if !self.pending.is_empty() {
+            self.fail_pending(&format!("exited ({status}) before it was ready"));
+        }
         // Whatever the leader left behind in its group dies before the next spawn.
         if self.group(run.pid).remains() {
             self.set(|s| s.state = AppState::Stopping);
@@ -469,6 +788,11 @@ impl Actor {
                 self.event(&e);
             }
         }
+        self.decide(uptime, status);
+    }
+
+    /// What follows a run that ended on its own: restart now or later, errored, or stopped.
+    fn decide(&mut self, uptime: Duration, status: ExitStatus) {
         let decision = lifecycle::on_exit(
             &Policy::from(&*self.app),
             &mut self.counters,
@@ -496,6 +820,7 @@ impl Actor {
                 );
                 tracing::error!(app = %self.app.name, instance = self.index, "errored: {msg}");
                 self.event(&format!("errored: {msg}"));
+                self.report(EventKind::Errored, &msg);
                 self.set(|s| {
                     s.state = AppState::Errored;
                     s.last_error = Some(msg);
@@ -521,10 +846,7 @@ impl Actor {
         ));
         let mut exit = run.exit;
         let (result, status) = self.kill_group(run.pid, Some(&mut exit)).await;
-        let status = status.unwrap_or(ExitStatus {
-            code: None,
-            signal: None,
-        });
+        let status = status.unwrap_or(UNKNOWN);
         self.record_exit(status);
         match &result {
             Ok(()) => self.event(&format!("stopped ({status})")),

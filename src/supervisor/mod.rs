@@ -640,6 +640,128 @@ impl Supervisor {
         }
     }
 
+    /// Apps whose desired state is running, in order; only those in `only` when it is not empty.
+    pub fn running_apps(&self, only: &[String]) -> Vec<String> {
+        let t = self.table();
+        t.order()
+            .into_iter()
+            .filter(|n| t.apps[n].desired == Desired::Running)
+            .filter(|n| only.is_empty() || only.contains(n))
+            .collect()
+    }
+
+    /// What is wrong with each instance of `app`: not online, its probe failing (the `health`
+    /// probe, else an http/tcp `ready` probe), or its process tree over `max_memory_restart`.
+    pub async fn problems(&self, app: &str) -> Vec<(u32, String)> {
+        let Ok((config, _, _)) = self.app_config(app) else {
+            return Vec::new();
+        };
+        let probe = match (&config.health, &config.ready) {
+            (Some(h), _) => Some((h.target.clone(), h.timeout)),
+            (None, Some(r)) => match &r.check {
+                crate::config::ReadyCheck::Probe(t) => {
+                    Some((t.clone(), r.timeout.min(Duration::from_secs(5))))
+                }
+                crate::config::ReadyCheck::Notify { .. } => None,
+            },
+            (None, None) => None,
+        };
+        let mut problems = Vec::new();
+        for v in self.instances(Some(app)).unwrap_or_default() {
+            let i = v.handle.index;
+            let s = &v.status;
+            let Some(pid) = s.pid.filter(|_| s.state == AppState::Online) else {
+                let why = s
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                problems.push((i, format!("instance {i} is {}{why}", s.state.as_str())));
+                continue;
+            };
+            if let Some((target, timeout)) = &probe {
+                if let Err(e) = crate::health::probe::check(target, *timeout).await {
+                    problems.push((
+                        i,
+                        format!("instance {i}: probe {} failed: {e}", target.describe()),
+                    ));
+                    continue;
+                }
+            }
+            if let Some(cap) = config.max_memory_restart {
+                let (rss, _) = procfs::tree_usage(pid);
+                if rss > cap {
+                    problems.push((
+                        i,
+                        format!(
+                            "instance {i} uses {} MiB, over max_memory_restart {} MiB",
+                            rss >> 20,
+                            cap >> 20
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Restarts one instance (health recovery, level 1).
+    pub async fn restart_instance(&self, app: &str, index: u32) -> Result<(), SupervisorError> {
+        let handle = {
+            let t = self.table();
+            let a = t.apps.get(app).ok_or_else(|| SupervisorError::UnknownApp {
+                name: app.into(),
+                known: t.order(),
+            })?;
+            a.instances.iter().find(|h| h.index == index).cloned()
+        };
+        match handle {
+            Some(h) => h
+                .restart()
+                .await
+                .map_err(|e| SupervisorError::Failed(format!("{app}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every instance of `app`, replaces them with new ones made from the config in force,
+    /// and starts them (health recovery, level 2).
+    pub async fn respawn(&self, app: &str) -> Result<(), SupervisorError> {
+        let old = {
+            let t = self.table();
+            let a = t.apps.get(app).ok_or_else(|| SupervisorError::UnknownApp {
+                name: app.into(),
+                known: t.order(),
+            })?;
+            a.instances.clone()
+        };
+        for h in &old {
+            h.shutdown().await;
+        }
+        {
+            let mut t = self.table();
+            let fresh = match t.apps.get(app) {
+                Some(a) if !a.runtime => t
+                    .config
+                    .apps
+                    .get(app)
+                    .cloned()
+                    .map(Arc::new)
+                    .unwrap_or_else(|| a.config.clone()),
+                Some(a) => a.config.clone(),
+                None => return Ok(()),
+            };
+            let made = Self::make_app(&self.shared, fresh, t.apps[app].runtime, Desired::Running)?;
+            t.apps.insert(app.to_string(), made);
+        }
+        let errors = self.apply(vec![app.to_string()], Op::Start).await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SupervisorError::Failed(errors.join("\n")))
+        }
+    }
+
     /// Reopens every log file (SIGUSR1).
     pub fn reopen_logs(&self) {
         for v in self.instances(None).unwrap_or_default() {

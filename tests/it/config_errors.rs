@@ -71,8 +71,8 @@ fn after_unknown_app_and_zero_instances() {
 
 #[test]
 fn sections_not_implemented_yet_are_unknown() {
-    let err = refused("[apps.a]\ncommand = [\"true\"]\nhealth = { http = \"http://x\" }\n");
-    assert!(err.contains("apps.a.health"), "{err}");
+    let err = refused("[apps.a]\ncommand = [\"true\"]\ndeploy = { root = \"/srv\" }\n");
+    assert!(err.contains("apps.a.deploy"), "{err}");
 }
 
 #[test]
