@@ -913,7 +913,12 @@ fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
             let eof = SCRATCH.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 for _ in 0..16 {
-                    match rx.try_read(&mut buf) {
+                    let limit = log
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .chunk_limit()
+                        .min(buf.len());
+                    match rx.try_read(&mut buf[..limit]) {
                         Ok(0) => return Some(true),
                         Ok(n) => {
                             log.lock()

@@ -235,6 +235,14 @@ impl LogFile {
         self.bytes_dropped
     }
 
+    /// The most a caller should hand to one `write_output`: with a size cap, a read larger than
+    /// the cap would make a file overshoot it (chunks are never split across files).
+    pub fn chunk_limit(&self) -> usize {
+        self.settings
+            .max_size
+            .map_or(usize::MAX, |max| max.max(4096) as usize)
+    }
+
     /// The most recent write/open/rotation error, kept after recovery.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.clone()

@@ -81,3 +81,25 @@ fn missing_config_file() {
     let run = citrusd_once(dir.path(), &dir.path().join("nope.toml"));
     run.code(2).stderr_has(&["nope.toml"]);
 }
+
+#[test]
+fn invalid_cron_names_the_job_and_the_field() {
+    let err = refused("[apps.a]\ncommand = [\"true\"]\n[jobs.nightly]\nschedule = \"61 * * * *\"\nkind = \"save\"\n");
+    assert!(
+        err.contains("jobs.nightly.schedule") && err.contains("minute"),
+        "{err}"
+    );
+}
+
+#[test]
+fn probe_url_that_does_not_parse_is_refused() {
+    let err = refused(
+        "[apps.a]\ncommand = [\"true\"]\nhealth = { http = \"http://127.0.0.1:99999/x\" }\n",
+    );
+    assert!(
+        err.contains("apps.a.health") && err.contains("port"),
+        "{err}"
+    );
+    let err = refused("[apps.a]\ncommand = [\"true\"]\nready = { http = \"not a url\" }\n");
+    assert!(err.contains("apps.a.ready"), "{err}");
+}

@@ -2,8 +2,10 @@
 
 mod config_errors;
 mod control;
+mod jobs;
 mod logs;
 mod persistence;
+mod probes;
 mod signals;
 mod supervision;
 mod support;

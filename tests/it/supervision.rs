@@ -255,7 +255,8 @@ fn env_is_recomputed_from_config_env_file_and_env_name_at_every_start() {
     d.wait_ready();
     let first = wait_for("env line", DEADLINE, || {
         let log = d.log("env-out.log");
-        if log.contains("file=") {
+        // The app's own line (citrusd's "spawned" line quotes the command).
+        if log.lines().any(|l| l.starts_with("file=")) {
             Ok(log)
         } else {
             Err(log)

@@ -136,6 +136,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub extra_args: Vec<String>,
+    /// Extra environment for citrusd (e.g. NOTIFY_SOCKET).
+    pub extra_env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -174,6 +176,7 @@ impl Daemon {
             config: path,
             socket,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_env: Vec::new(),
             child: None,
         }
     }
@@ -198,6 +201,7 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env_remove("CITRUS_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -352,4 +356,70 @@ impl Drop for Daemon {
 /// Counts lines of `text` containing `needle`.
 pub fn count(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A TCP port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A local HTTP receiver for webhooks: records every request body, answers 200.
+pub struct Receiver {
+    pub url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    /// Starts the receiver on 127.0.0.1 in a thread (it lives until the test process ends).
+    pub fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/hooks/T000/SECRET",
+            listener.local_addr().unwrap()
+        );
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+                let mut stream = stream;
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        });
+        Receiver { url, bodies }
+    }
+
+    /// Waits for an event of `kind` and returns it.
+    #[track_caller]
+    pub fn wait_event(&self, kind: &str) -> serde_json::Value {
+        wait_for(&format!("a {kind} webhook"), DEADLINE, || {
+            let bodies = self.bodies.lock().unwrap();
+            bodies
+                .iter()
+                .find(|b| b["event"] == kind)
+                .cloned()
+                .ok_or_else(|| format!("{bodies:?}"))
+        })
+    }
 }
