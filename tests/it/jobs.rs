@@ -137,15 +137,20 @@ fn a_job_past_its_timeout_has_its_process_group_killed_even_when_ignoring_sigter
 
 #[test]
 fn job_run_prints_the_outcome_and_exit_code_follows_it() {
-    let d = Daemon::start(&format!(
-        "{IDLE_APP}[jobs.good]\nschedule = \"0 0 1 1 *\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo all fine\"]\n\
-         [jobs.bad]\nschedule = \"0 0 1 1 *\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo oops >&2; exit 3\"]\n\
-         [jobs.ghost]\nschedule = \"0 0 1 1 *\"\nkind = \"command\"\ncommand = [\"/nonexistent/backup.sh\"]\n\
-         [jobs.save]\nschedule = \"0 * * * *\"\nkind = \"save\"\n"
-    ));
-    d.ctl(&["job", "run", "good"])
-        .code(0)
-        .stdout_has(&["good: ok", "all fine"]);
+    let d = Daemon::prepare(
+        &format!(
+            "{IDLE_APP}[jobs.good]\nschedule = \"0 0 1 1 *\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo all fine $GREETING; pwd\"]\nenv = {{ GREETING = \"hi\" }}\ncwd = \"work\"\n\
+             [jobs.bad]\nschedule = \"0 0 1 1 *\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"echo oops >&2; exit 3\"]\n\
+             [jobs.ghost]\nschedule = \"0 0 1 1 *\"\nkind = \"command\"\ncommand = [\"/nonexistent/backup.sh\"]\n\
+             [jobs.save]\nschedule = \"0 * * * *\"\nkind = \"save\"\n"
+        ),
+        &[],
+    );
+    fs::create_dir(d.dir.path().join("work")).unwrap();
+    let d = d.launch();
+    let good = d.ctl(&["job", "run", "good"]);
+    good.code(0)
+        .stdout_has(&["good: ok", "all fine hi", "/work\n"]);
     d.ctl(&["job", "run", "bad"])
         .code(1)
         .stdout_has(&["bad: failed", "oops"])

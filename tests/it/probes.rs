@@ -61,21 +61,20 @@ fn after_waits_for_the_dependency_to_be_ready() {
 
 #[test]
 fn reload_restarts_instances_one_at_a_time_each_ready_before_the_next() {
-    let base = free_port();
+    // Each instance takes 0.5 s to send READY=1 on its own NOTIFY_SOCKET.
     let d = Daemon::start(&format!(
-        "[apps.pool]\ncommand = [\"sh\", \"-c\", \"sleep 0.3; exec python3 -m http.server $((BASE + CITRUS_INSTANCE)) --bind 127.0.0.1\"]\n\
-         instances = 2\nenv = {{ BASE = \"{base}\" }}\n"
+        "[apps.pool]\n{}instances = 2\nready = {{ notify = true, timeout = \"10s\" }}\n",
+        notify_app(0)
     ));
-    let _ = d.wait_state("pool", AppState::Online);
-    // Instance 1 is stopped only after instance 0 is back.
+    d.wait_state("pool", AppState::Online);
     d.ctl(&["reload", "pool"]).code(0);
     let first = d.log("pool-0-out.log");
     let second = d.log("pool-1-out.log");
-    let respawned = first
+    let ready_again = first
         .lines()
-        .filter(|l| l.contains("[citrus] spawned"))
+        .filter(|l| l.contains("[citrus] ready"))
         .nth(1)
-        .expect("instance 0 respawned")[..24]
+        .expect("instance 0 ready again")[..24]
         .to_string();
     let stopping = second
         .lines()
@@ -83,8 +82,15 @@ fn reload_restarts_instances_one_at_a_time_each_ready_before_the_next() {
         .expect("instance 1 stopped")[..24]
         .to_string();
     assert!(
-        stopping >= respawned,
-        "instance 1 stopped at {stopping} before instance 0 came back at {respawned}"
+        stopping >= ready_again,
+        "instance 1 stopped at {stopping} before instance 0 was ready again at {ready_again}"
+    );
+    assert_eq!(
+        d.app("pool")
+            .iter()
+            .filter(|r| r.state == AppState::Online)
+            .count(),
+        2
     );
 }
 
