@@ -41,7 +41,7 @@ pub enum JobKind {
     },
     /// Deletes old files from log directories.
     LogCleanup {
-        /// Directories (not recursed into), absolute; never empty.
+        /// Directories searched recursively (never through a symlink), absolute; never empty.
         dirs: Vec<PathBuf>,
         /// Which file names; see [`glob_match`].
         pattern: String,

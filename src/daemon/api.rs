@@ -309,6 +309,35 @@ fn config_view(app: &AppConfig) -> BTreeMap<String, serde_json::Value> {
     );
     m.insert("log_compress".into(), json!(app.log.compress));
     m.insert("log_timestamps".into(), json!(app.log.timestamps));
+    if let Some(r) = &app.ready {
+        let check = match &r.check {
+            crate::config::ReadyCheck::Probe(t) => t.describe(),
+            crate::config::ReadyCheck::Notify { watchdog: None } => "notify".to_string(),
+            crate::config::ReadyCheck::Notify { watchdog: Some(w) } => {
+                format!("notify, watchdog {}", format_duration(*w))
+            }
+        };
+        m.insert(
+            "ready".into(),
+            json!(format!(
+                "{check} (timeout {}, every {})",
+                format_duration(r.timeout),
+                format_duration(r.interval)
+            )),
+        );
+    }
+    if let Some(h) = &app.health {
+        m.insert(
+            "health".into(),
+            json!(format!(
+                "{} every {}, timeout {}, {} failure(s)",
+                h.target.describe(),
+                format_duration(h.interval),
+                format_duration(h.timeout),
+                h.failures
+            )),
+        );
+    }
     m
 }
 

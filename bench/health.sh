@@ -1,0 +1,648 @@
+#!/usr/bin/env bash
+# bench/health.sh — cost of liveness probes and precision of the job scheduler in citrusd,
+# each figure beside a baseline measured in the same run.
+#
+# Usage: bench/health.sh [--quick] [--help]
+#
+#   --quick            fast sanity run: 10 s windows (unless BENCH_IDLE_SECS / BENCH_SCHED_SECS
+#                      are set), shorter settle times.
+#   BENCH_IDLE_SECS    idle window of figure 1 in seconds (default 60, 10 with --quick).
+#   BENCH_SCHED_SECS   scheduler window of figure 2 in seconds (default 60, 10 with --quick).
+#   BENCH_TMPDIR       where the temp dir is made (default ${TMPDIR:-/tmp}).
+#   CARGO_TARGET_DIR   respected: binaries are taken from ${CARGO_TARGET_DIR:-target}/release.
+#
+# Figure 1: 100 apps, each `python3 -m http.server PORT` on its own 127.0.0.1 port, with
+#   health = { http = "http://127.0.0.1:PORT/", interval = "1s", timeout = "2s", failures = 3 };
+#   citrusd's CPU (utime+stime from /proc/PID/stat) and VmRSS over an idle window once all 100
+#   are online, and the probes/s the servers logged. Baseline: the same 100 apps without health.
+# Figure 2: a `* * * * * *` command job (/bin/true); firing delay = started_ms - scheduled_ms of
+#   every run, collected by polling `citrusctl --json jobs` every 0.5 s (it keeps only the last
+#   10 runs). Baseline: a python loop sleeping to each next whole second, measuring its lateness.
+#
+# Builds the release binaries (cargo build --release --bins), runs both figures from one python3
+# (stdlib) driver and prints one Markdown table (figure | value | notes) on stdout. Progress goes
+# to stderr. Every process started here, directly or through citrusd, carries BENCH_TAG=<random>
+# in its environment; the EXIT trap stops them all by pid and removes the temp dir.
+#
+# Needs: bash, python3 (>= 3.8), cargo, /usr/bin/time (optional: times the build).
+
+set -euo pipefail
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+usage() { sed -n '2,28s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $arg" ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    IDLE_SECS=${BENCH_IDLE_SECS:-10}
+    SCHED_SECS=${BENCH_SCHED_SECS:-10}
+else
+    IDLE_SECS=${BENCH_IDLE_SECS:-60}
+    SCHED_SECS=${BENCH_SCHED_SECS:-60}
+fi
+[[ $IDLE_SECS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_IDLE_SECS must be a number of seconds, got '$IDLE_SECS'"
+[[ $SCHED_SECS =~ ^[0-9]+$ && $SCHED_SECS -ge 2 ]] || die "BENCH_SCHED_SECS must be a whole number of seconds >= 2, got '$SCHED_SECS'"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ -f $REPO/Cargo.toml ]] || die "cannot find Cargo.toml in $REPO (the script lives in <repo>/bench/)"
+
+# --- tools ---------------------------------------------------------------------------------------
+for tool in python3 cargo; do
+    command -v "$tool" >/dev/null || die "$tool not found in PATH"
+done
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 is required"
+
+# 100 apps need ~4 fds each in citrusd (2 pipes + 2 log files), plus the probes' sockets.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "ulimit -n = $(ulimit -n)"
+
+# --- build ---------------------------------------------------------------------------------------
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
+log "building: cargo build --release --bins (target dir $TARGET_DIR)"
+TIME=()
+[[ -x /usr/bin/time ]] && TIME=(/usr/bin/time -f 'cargo build: %e s wall, %M KB max RSS')
+(cd "$REPO" && CARGO_TARGET_DIR=$TARGET_DIR "${TIME[@]}" cargo build --release --bins >&2) || die "cargo build --release --bins failed"
+CITRUSD=$TARGET_DIR/release/citrusd
+CITRUSCTL=$TARGET_DIR/release/citrusctl
+[[ -x $CITRUSD && -x $CITRUSCTL ]] || die "built binaries not found at $CITRUSD / $CITRUSCTL"
+
+# --- temp dir, cleanup ---------------------------------------------------------------------------
+BASE_TMP=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
+WORK=$(mktemp -d "$BASE_TMP/citrus-health.XXXXXX") || die "cannot create a temp dir under $BASE_TMP"
+TAG=$(basename "$WORK")-$$-$RANDOM
+DRIVER_PID=""
+
+# Pids of live processes whose environment carries BENCH_TAG=$TAG (never ourselves).
+tagged_pids() {
+    local f pid
+    for f in $(grep -lzx "BENCH_TAG=$TAG" /proc/[0-9]*/environ 2>/dev/null || true); do
+        pid=${f#/proc/}; pid=${pid%/environ}
+        [[ $pid != "$$" && $pid != "$BASHPID" ]] && echo "$pid"
+    done
+}
+
+# Waits up to $1 tenths of a second for the given pids to disappear.
+wait_gone() {
+    local tenths=$1 pid alive; shift
+    while ((tenths-- > 0)); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+cleanup() {
+    local rc=$? pids daemons pid
+    trap - EXIT INT TERM
+    set +e
+    if [[ -n $DRIVER_PID ]] && kill -0 "$DRIVER_PID" 2>/dev/null; then
+        log "stopping the driver (pid $DRIVER_PID)"
+        kill -TERM "$DRIVER_PID" 2>/dev/null
+        wait_gone 150 "$DRIVER_PID" || kill -KILL "$DRIVER_PID" 2>/dev/null
+    fi
+    # citrusd first (graceful: it stops its apps), then whatever is left.
+    daemons=()
+    if [[ -f $WORK/citrusd.pids ]]; then
+        while read -r pid; do
+            kill -0 "$pid" 2>/dev/null && grep -qzx "BENCH_TAG=$TAG" "/proc/$pid/environ" 2>/dev/null && daemons+=("$pid")
+        done <"$WORK/citrusd.pids"
+    fi
+    if ((${#daemons[@]})); then
+        log "SIGTERM to leftover citrusd ${daemons[*]}"
+        kill -TERM "${daemons[@]}" 2>/dev/null
+        wait_gone 200 "${daemons[@]}"
+    fi
+    mapfile -t pids < <(tagged_pids)
+    if ((${#pids[@]})); then
+        log "cleaning up ${#pids[@]} leftover process(es)"
+        kill -TERM "${pids[@]}" 2>/dev/null
+        wait_gone 30 "${pids[@]}"
+        mapfile -t pids < <(tagged_pids)
+        ((${#pids[@]})) && kill -KILL "${pids[@]}" 2>/dev/null
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+log "temp dir $WORK (tag $TAG)"
+
+# citrusd gives apps only PATH from its environment, so a pyenv shim found through PATH may not
+# work there: use the real interpreter.
+APP_PYTHON=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))')
+[[ -x $APP_PYTHON ]] || die "cannot resolve python3 to an executable (got '$APP_PYTHON')"
+
+# --- driver --------------------------------------------------------------------------------------
+cat >"$WORK/driver.py" <<'PYEOF'
+import json, os, random, signal, socket, statistics, subprocess, sys, time
+
+E = os.environ
+CITRUSD, CITRUSCTL = E["B_CITRUSD"], E["B_CITRUSCTL"]
+WORK, TAG = E["B_WORK"], E["B_TAG"]
+QUICK = E["B_QUICK"] == "1"
+IDLE = float(E["B_IDLE"])
+SCHED = int(E["B_SCHED"])
+APP_PY = E["B_APP_PYTHON"]
+N_APPS = 100
+SETTLE = 3.0 if QUICK else 10.0   # after all apps are online, before the idle window
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROWS = []          # (figure, value, notes)
+FAILED = []
+LIVE = []          # daemons to stop on the way out
+LEFTOVERS = []     # processes that outlived their citrusd
+CHILD_ENV = dict(os.environ, BENCH_TAG=TAG)
+for k in list(CHILD_ENV):
+    if k.startswith("B_"):
+        del CHILD_ENV[k]
+
+
+def on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, on_term)
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def row(fig, value, notes=""):
+    ROWS.append((fig, value, notes))
+
+
+def p95(xs):
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, -(-95 * len(s) // 100) - 1))]  # nearest rank
+
+
+def toml_val(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_val(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_val(x)}" for k, x in v.items()) + " }"
+    return json.dumps(str(v))
+
+
+def write_config(d, apps, jobs=None):
+    """apps/jobs: {name: {key: value}}; str (quoted), list (array), int/bool, dict (inline table)."""
+    os.makedirs(d, exist_ok=True)
+    out = ["[daemon]", 'state_dir = "state"', 'log_dir = "logs"', "",
+           "[defaults]", 'restart_delay = "0s"', 'min_uptime = "1s"', "max_restarts = 1000",
+           'kill_timeout = "2s"', f"env = {{ BENCH_TAG = {toml_val(TAG)} }}"]
+    for section, table in (("apps", apps), ("jobs", jobs or {})):
+        for name, keys in table.items():
+            out += ["", f"[{section}.{name}]"] + [f"{k} = {toml_val(v)}" for k, v in keys.items()]
+    path = os.path.join(d, "citrusd.toml")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return path
+
+
+class Daemon:
+    def __init__(self, d, cfg):
+        self.dir, self.cfg = d, cfg
+        self.sock = os.path.join(d, "ctl.sock")
+        self.proc = None
+
+    def start(self):
+        self.errlog = open(os.path.join(self.dir, "citrusd.stderr"), "ab")
+        self.proc = subprocess.Popen(
+            [CITRUSD, "--config", self.cfg, "--socket", self.sock],
+            stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog, env=CHILD_ENV)
+        LIVE.append(self)
+        with open(os.path.join(WORK, "citrusd.pids"), "a") as f:
+            f.write(f"{self.proc.pid}\n")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def check_alive(self):
+        rc = self.proc.poll()
+        if rc is not None:
+            raise RuntimeError(f"citrusd exited early with {rc}; stderr: {self.stderr_tail()}")
+
+    def stderr_text(self):
+        try:
+            with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stderr_tail(self, n=600):
+        return self.stderr_text()[-n:].strip()
+
+    def ctl(self, *args, check=True):
+        r = subprocess.run([CITRUSCTL, "--socket", self.sock, *args], capture_output=True, env=CHILD_ENV)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"citrusctl {' '.join(args)} -> exit {r.returncode}: "
+                               f"{r.stderr.decode(errors='replace').strip()}")
+        return r
+
+    def ping(self):
+        return self.ctl("ping", check=False).returncode == 0
+
+    def status(self):
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def jobs(self):
+        return json.loads(self.ctl("--json", "jobs").stdout)
+
+    def wait_ping(self, timeout=15):
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"citrusd did not answer ping within {timeout}s; stderr: {self.stderr_tail()}")
+            time.sleep(0.02)
+
+    def wait_online(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            online = sum(1 for a in st["apps"] if a["state"] == "online")
+            if online == n and len(st["apps"]) == n:
+                return st
+            self.check_alive()
+            if time.monotonic() > deadline:
+                states = {}
+                for a in st["apps"]:
+                    states[a["state"]] = states.get(a["state"], 0) + 1
+                raise TimeoutError(f"only {online}/{n} apps online after {timeout}s: {states}")
+            time.sleep(0.2)
+
+    def stop(self, timeout=60):
+        """SIGTERM, wait; returns (seconds to exit, exit code)."""
+        if self.proc is None or self.proc.poll() is not None:
+            if self in LIVE:
+                LIVE.remove(self)
+            return None, self.proc.returncode if self.proc else None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"citrusd {self.pid} still running {timeout}s after SIGTERM: SIGKILL")
+            self.proc.kill()
+            rc = self.proc.wait()
+            raise RuntimeError(f"citrusd did not exit within {timeout}s of SIGTERM")
+        finally:
+            if self in LIVE:
+                LIVE.remove(self)
+            self.errlog.close()
+        check_leftovers(f"citrusd {os.path.basename(self.dir)} exited (rc {rc})")
+        return time.monotonic() - t0, rc
+
+
+def tagged_pids():
+    me = os.getpid()
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) == me:
+            continue
+        try:
+            with open(f"/proc/{p}/environ", "rb") as f:
+                if f"BENCH_TAG={TAG}".encode() in f.read().split(b"\0"):
+                    found.append(int(p))
+        except OSError:
+            pass
+    return found
+
+
+def check_leftovers(what):
+    """After a citrusd exited: every process it supervised should be gone."""
+    time.sleep(0.3)
+    pids = tagged_pids()
+    if not pids:
+        return
+    LEFTOVERS.append(f"{what}: {len(pids)} tagged process(es) still alive")
+    log(f"leftovers: {LEFTOVERS[-1]}; killing them")
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def cpu_ticks(pid):
+    """utime + stime (fields 14 + 15 of /proc/PID/stat), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])  # rest[0] is field 3
+
+
+def vm_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_ports(n):
+    """n consecutive-ish free TCP ports on 127.0.0.1 below the ephemeral range (32768+)."""
+    for _ in range(50):
+        base = random.randrange(20000, 32000 - 2 * n)
+        ports = []
+        for p in range(base, base + 2 * n):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", p))
+                ports.append(p)
+            except OSError:
+                pass
+            finally:
+                s.close()
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"cannot find {n} free ports")
+
+
+def count_gets(logdir):
+    """'GET / HTTP' lines across <log_dir>/*-err.log, and other (traceback/error) lines."""
+    gets = other = 0
+    for name in os.listdir(logdir):
+        if not name.endswith("-err.log"):
+            continue
+        with open(os.path.join(logdir, name), "rb") as f:
+            for line in f:
+                if b"GET / HTTP" in line:
+                    gets += 1
+                elif line.strip():
+                    other += 1
+    return gets, other
+
+
+# ---------------------------------------------------------------------------------------------- #
+def idle_run(with_health):
+    label = "health" if with_health else "nohealth"
+    d = os.path.join(WORK, f"f1-{label}")
+    www = os.path.join(WORK, "www")  # empty dir: the servers answer / with a tiny listing
+    os.makedirs(www, exist_ok=True)
+    ports = free_ports(N_APPS)
+    apps = {}
+    for i, port in enumerate(ports):
+        a = {"command": [APP_PY, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", www]}
+        if with_health:
+            a["health"] = {"http": f"http://127.0.0.1:{port}/", "interval": "1s", "timeout": "2s", "failures": 3}
+        apps[f"web{i:03d}"] = a
+    dm = Daemon(d, write_config(d, apps)).start()
+    dm.wait_ping()
+    t_start = time.monotonic()
+    st = dm.wait_online(N_APPS, timeout=180)
+    log(f"fig1 {label}: {N_APPS} apps online after {time.monotonic() - t_start:.1f} s; settling {SETTLE:g} s")
+    time.sleep(SETTLE)
+    st = dm.wait_online(N_APPS, timeout=30)
+    restarts0 = sum(a["restarts"] for a in st["apps"])
+    app_pids = [a["pid"] for a in st["apps"]]
+    logdir = os.path.join(d, "logs")
+
+    def app_ticks():
+        t = 0
+        for p in app_pids:
+            try:
+                t += cpu_ticks(p)
+            except OSError:
+                pass
+        return t
+
+    g0, o0 = count_gets(logdir)
+    a0 = app_ticks()
+    c0, m0 = cpu_ticks(dm.pid), time.monotonic()
+    rss = [vm_rss_kb(dm.pid)]
+    end = m0 + IDLE
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(1.0, left))
+        dm.check_alive()
+        rss.append(vm_rss_kb(dm.pid))
+    c1, m1 = cpu_ticks(dm.pid), time.monotonic()
+    a1 = app_ticks()
+    g1, o1 = count_gets(logdir)
+    secs = m1 - m0
+    st = dm.status()
+    restarts1 = sum(a["restarts"] for a in st["apps"])
+    online1 = sum(1 for a in st["apps"] if a["state"] == "online")
+    err = dm.stderr_text()
+    health_lines = sum(1 for l in err.splitlines() if "health" in l.lower())
+    res = {
+        "cpu": (c1 - c0) / CLK_TCK / secs * 100, "ticks": c1 - c0, "secs": secs,
+        "rss_end": rss[-1], "rss_max": max(rss), "rss_min": min(rss),
+        "gets": g1 - g0, "gets_total": g1, "other_err_lines": o1,
+        "app_cpu": (a1 - a0) / CLK_TCK / secs * 100,
+        "restarts": restarts1 - restarts0, "restarts_total": restarts1, "online_end": online1,
+        "health_lines": health_lines,
+    }
+    log(f"fig1 {label}: citrusd {res['cpu']:.2f}% ({res['ticks']} ticks in {secs:.1f} s), "
+        f"RSS {res['rss_end']} kB (max {res['rss_max']}), GETs {res['gets']} ({res['gets'] / secs:.1f}/s), "
+        f"apps' CPU {res['app_cpu']:.1f}%, restarts in window {res['restarts']}, other err-log lines {o1}")
+    secs_stop, rc = dm.stop()
+    res["stop"] = (secs_stop, rc)
+    return res
+
+
+def fig1_probes():
+    base = idle_run(False)
+    hl = idle_run(True)
+    w = f"window {hl['secs']:.1f} s after all {N_APPS} online + {SETTLE:g} s settle; CLK_TCK {CLK_TCK}"
+    row("1. citrusd CPU, 100 apps with 1 s HTTP health probe", f"{hl['cpu']:.2f} % of one core",
+        f"{hl['ticks']} ticks of utime+stime; {w}; the 100 python servers together used {hl['app_cpu']:.1f} % "
+        f"(baseline {base['app_cpu']:.1f} %); extra over baseline {hl['cpu'] - base['cpu']:.2f} points")
+    row("1. baseline: same 100 apps, no health", f"{base['cpu']:.2f} % of one core",
+        f"{base['ticks']} ticks in {base['secs']:.1f} s; same settle")
+    row("1. citrusd VmRSS with health probes", f"{hl['rss_end'] / 1024:.1f} MiB",
+        f"at window end; min {hl['rss_min'] / 1024:.1f}, max {hl['rss_max'] / 1024:.1f} MiB over 1 s samples")
+    row("1. baseline VmRSS, no health", f"{base['rss_end'] / 1024:.1f} MiB",
+        f"min {base['rss_min'] / 1024:.1f}, max {base['rss_max'] / 1024:.1f} MiB")
+    row("1. probes served", f"{hl['gets'] / hl['secs']:.1f} /s",
+        f"{hl['gets']} 'GET / HTTP' lines added to the 100 err logs in {hl['secs']:.1f} s (expected ~{N_APPS}/s, "
+        f"a bit less since each sleep of 1 s starts after the previous probe); baseline: {base['gets']} in "
+        f"{base['secs']:.1f} s; other err-log lines (tracebacks etc.): {hl['other_err_lines']} with health, "
+        f"{base['other_err_lines']} without")
+    row("1. app restarts / health lines in citrusd log", f"{hl['restarts']} in window",
+        f"with health: {hl['restarts_total']} restarts since start, {hl['online_end']}/{N_APPS} online at end, "
+        f"{hl['health_lines']} citrusd stderr lines mentioning health; baseline: {base['restarts_total']} restarts; "
+        f"SIGTERM→exit {hl['stop'][0]:.2f} s (rc {hl['stop'][1]}) / {base['stop'][0]:.2f} s (rc {base['stop'][1]})")
+
+
+# ---------------------------------------------------------------------------------------------- #
+BASELINE_LOOP = r"""
+import json, math, sys, time
+n = int(sys.argv[1])
+late = []
+for _ in range(n):
+    target = math.floor(time.time()) + 1
+    time.sleep(max(0.0, target - time.time()))
+    late.append((time.time() - target) * 1000)
+print(json.dumps(late))
+"""
+
+
+def fig2_scheduler():
+    d = os.path.join(WORK, "f2")
+    cfg = write_config(d, {"idle": {"command": ["/bin/sleep", "100000"]}},
+                       jobs={"tick": {"schedule": "* * * * * *", "kind": "command", "command": ["/bin/true"]}})
+    dm = Daemon(d, cfg).start()
+    dm.wait_ping()
+    dm.wait_online(1, timeout=30)
+    # Window: scheduled times in (w0, w1], SCHED whole seconds.
+    w0 = int(time.time()) + 1           # a whole second
+    w1 = w0 + SCHED
+    while time.time() < w0:
+        time.sleep(0.05)
+    runs = {}                           # started_ms -> run
+    polls, max_gap, last_poll = 0, 0.0, None
+    c0, m0 = cpu_ticks(dm.pid), time.monotonic()
+    rss = []
+    while True:
+        now = time.time()
+        js = dm.jobs()
+        t = time.monotonic()
+        if last_poll is not None:
+            max_gap = max(max_gap, t - last_poll)
+        last_poll = t
+        polls += 1
+        for job in js["jobs"]:
+            if job["name"] != "tick":
+                continue
+            for r in job.get("runs") or []:
+                runs[r["started_ms"]] = r
+            if job.get("last_run"):
+                runs[job["last_run"]["started_ms"]] = job["last_run"]
+        if polls % 2 == 0:
+            rss.append(vm_rss_kb(dm.pid))
+        dm.check_alive()
+        if now > w1 + 2.5:
+            break
+        time.sleep(0.5)
+    c1, m1 = cpu_ticks(dm.pid), time.monotonic()
+    err = dm.stderr_text()
+    skipped = sum(1 for l in err.splitlines() if "skipped" in l)
+    dm.stop()
+    inwin = [r for r in runs.values() if r["trigger"] == "schedule" and r["scheduled_ms"] is not None
+             and w0 * 1000 < r["scheduled_ms"] <= w1 * 1000]
+    manual = sum(1 for r in runs.values() if r["trigger"] != "schedule")
+    delays = sorted(r["started_ms"] - r["scheduled_ms"] for r in inwin)
+    by_sched = {}
+    for r in inwin:
+        by_sched.setdefault(r["scheduled_ms"], []).append(r)
+    dup = sum(len(v) - 1 for v in by_sched.values())
+    expected = set(range((w0 + 1) * 1000, w1 * 1000 + 1, 1000))
+    off_grid = sorted(s for s in by_sched if s not in expected)
+    missing = sorted(s for s in expected if s not in by_sched)
+    not_ok = [r for r in inwin if r["outcome"] != "ok"]
+    durs = sorted(r["ended_ms"] - r["started_ms"] for r in inwin)
+    cpu = (c1 - c0) / CLK_TCK / (m1 - m0) * 100
+    log(f"fig2: {len(inwin)} runs for {len(expected)} expected seconds; delays {delays[:5]}…{delays[-5:] if delays else []}; "
+        f"missing {[(s // 1000 - w0) for s in missing]}; dup {dup}; polls {polls}, max gap {max_gap:.2f} s")
+
+    log(f"fig2 baseline: python sleep loop, {SCHED} s")
+    r = subprocess.run([sys.executable, "-c", BASELINE_LOOP, str(SCHED)], capture_output=True, text=True,
+                       env=CHILD_ENV, check=True)
+    late = sorted(json.loads(r.stdout))
+
+    if not delays:
+        raise RuntimeError(f"no scheduled runs seen in the window; citrusd stderr: {dm.stderr_tail()}")
+    row("2. job firing delay (started_ms − scheduled_ms), median", f"{statistics.median(delays):.0f} ms",
+        f"`* * * * * *` command job (/bin/true), window {SCHED} s; ms resolution (daemon's own stamps); "
+        f"run duration (ended−started) median {statistics.median(durs):.0f} ms, max {durs[-1]} ms")
+    row("2. job firing delay p95 / max", f"{p95(delays)} ms / {delays[-1]} ms",
+        f"min {delays[0]} ms; distribution: " + ", ".join(
+            f"{v} ms ×{delays.count(v)}" for v in sorted(set(delays))[:12]))
+    row("2. runs seen vs expected", f"{len(by_sched)} / {len(expected)}",
+        f"missed firings {len(missing)}"
+        + (f" (seconds {', '.join(str(s // 1000 - w0) for s in missing[:20])} of the window)" if missing else "")
+        + f"; duplicate runs for one scheduled second {dup}; off-grid scheduled_ms {len(off_grid)}; "
+        f"outcome ≠ ok {len(not_ok)}; manual runs {manual}; 'skipped' lines in citrusd log {skipped}; "
+        f"collected by {polls} polls of `--json jobs` (max gap {max_gap:.2f} s, history keeps 10); "
+        f"citrusd CPU meanwhile {cpu:.2f} % of one core, VmRSS max {max(rss) / 1024 if rss else 0:.1f} MiB")
+    row("2. baseline: python sleep-to-next-second lateness, median", f"{statistics.median(late):.2f} ms",
+        f"{len(late)} seconds, time.sleep() then time.time() − target; max {late[-1]:.2f} ms, p95 {p95(late):.2f} ms")
+
+
+# ---------------------------------------------------------------------------------------------- #
+FIGURES = [
+    ("1 probe cost", fig1_probes),
+    ("2 scheduler delay", fig2_scheduler),
+]
+
+
+def main():
+    load0 = os.getloadavg()
+    for name, fn in FIGURES:
+        log(f"=== figure {name}")
+        try:
+            fn()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            log(f"figure {name} FAILED: {type(e).__name__}: {e}")
+            FAILED.append(name)
+            row(f"{name.split()[0]}. {name.split(' ', 1)[1]}", "FAILED",
+                f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
+        finally:
+            for dm in list(LIVE):
+                try:
+                    dm.stop(timeout=30)
+                except Exception as e:
+                    log(f"stopping citrusd {dm.pid}: {e}")
+
+    def cell(s):
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    row("9. machine", f"{os.cpu_count()} cores",
+        f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (other work adds noise); "
+        f"kernel {os.uname().release}; apps run {APP_PY}")
+    row("9. leftover processes after citrusd exited", str(len(LEFTOVERS)),
+        "; ".join(LEFTOVERS) or "every supervised process was gone after each SIGTERM'd citrusd exited")
+    mode = "quick" if QUICK else "full"
+    print(f"\ncitrusd health/scheduler bench ({mode} run, idle window {IDLE:g} s, scheduler window {SCHED} s, "
+          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    print("| figure | value | notes |")
+    print("|---|---|---|")
+    for f, v, n in sorted(ROWS, key=lambda r: r[0].split(".")[0]):
+        print(f"| {cell(f)} | {cell(v)} | {cell(n)} |")
+    sys.stdout.flush()
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        for dm in list(LIVE):
+            try:
+                dm.stop(timeout=20)
+            except BaseException:
+                pass
+PYEOF
+
+log "running the figures (idle window ${IDLE_SECS}s, scheduler window ${SCHED_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
+B_CITRUSD=$CITRUSD B_CITRUSCTL=$CITRUSCTL B_WORK=$WORK B_TAG=$TAG B_QUICK=$QUICK \
+    B_IDLE=$IDLE_SECS B_SCHED=$SCHED_SECS B_APP_PYTHON=$APP_PYTHON \
+    python3 "$WORK/driver.py" &
+DRIVER_PID=$!
+rc=0
+wait "$DRIVER_PID" || rc=$?
+DRIVER_PID=""
+((rc == 0)) || log "some figures failed (driver exit $rc); see the table"
+exit "$rc"
