@@ -1,6 +1,6 @@
 //! The `citrusd` config file (TOML): loading, validation with positioned diagnostics for every
 //! problem at once, the effective per-app configuration (`[defaults]` merged, `--env` chosen),
-//! scheduled jobs and notifications.
+//! scheduled jobs, notifications and the fleet agent.
 //!
 //! Reading happens in three steps: toml parses the text into a spanned document; `schema` reads it
 //! section by section into layers of spanned values (unknown keys and bad values are recorded, not
@@ -10,6 +10,7 @@
 mod cron;
 mod diag;
 mod envfile;
+mod fleet;
 mod jobs;
 mod probe;
 mod schema;
@@ -29,6 +30,7 @@ use toml::Spanned;
 pub use cron::{CronSchedule, Timezone};
 pub use diag::{ConfigError, Diagnostic};
 pub use envfile::{read_env_file, EnvFileError};
+pub use fleet::{FleetConfig, Secret, SiteTemplates, UpdateConfig};
 pub use jobs::{glob_match, EventKind, JobConfig, JobKind, NotifyConfig};
 pub use probe::{HealthConfig, ProbeTarget, ReadyCheck, ReadyConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_signal, parse_size};
@@ -54,6 +56,8 @@ pub struct Config {
     pub jobs: BTreeMap<String, JobConfig>,
     /// `[notify]`, with defaults filled in.
     pub notify: NotifyConfig,
+    /// `[fleet]`, if the file has one.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// The `[defaults]` section as written (opaque).
@@ -167,12 +171,7 @@ pub fn validate_app_name(name: &str) -> Result<(), String> {
 
 /// Validates the name of an app or a job (`what`), as [`validate_app_name`] does.
 fn validate_name(what: &str, name: &str) -> Result<(), String> {
-    let well_formed = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !well_formed {
+    if !is_identifier(name) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         Err(format!(
             "invalid {what} name {name:?}: use 1 to 64 letters, digits, `_`, `.` or `-`, \
              starting with a letter or digit"
@@ -182,6 +181,13 @@ fn validate_name(what: &str, name: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// Whether `s` is 1 to 64 ASCII letters, digits, `_`, `.` or `-`.
+fn is_identifier(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 impl Config {
@@ -225,6 +231,10 @@ impl Config {
                 Some((job.name.clone(), config))
             })
             .collect();
+        let fleet = raw
+            .fleet
+            .as_ref()
+            .and_then(|fleet| fleet::resolve(fleet, base));
         Ok(Config {
             daemon: resolve_daemon(&raw.daemon, base),
             path: abs_path,
@@ -233,6 +243,7 @@ impl Config {
             apps,
             jobs,
             notify: jobs::resolve_notify(&raw.notify),
+            fleet,
         })
     }
 

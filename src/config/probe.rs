@@ -1,6 +1,7 @@
 //! Readiness and health probes (`ready`, `health`), and the URL parsing they share with
-//! `[notify].webhook`.
+//! `[notify].webhook` and `[fleet].engine_url`.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -24,10 +25,7 @@ pub enum ProbeTarget {
 impl ProbeTarget {
     /// For messages: `"http://127.0.0.1:1338/health"` or `"tcp 127.0.0.1:1338"`.
     pub fn describe(&self) -> String {
-        let authority = |host: &str, port: u16| match host.contains(':') {
-            true => format!("[{host}]:{port}"),
-            false => format!("{host}:{port}"),
-        };
+        let authority = |host: &str, port: u16| format!("{}:{port}", bracketed(host));
         match self {
             ProbeTarget::Http { host, port, path } => {
                 format!("http://{}{path}", authority(host, *port))
@@ -86,18 +84,13 @@ impl Scalar for HttpProbe {
     const EXPECTING: &'static str = "an http:// URL";
     fn from_text(s: &str) -> Result<Self, String> {
         let invalid = |why: &str| format!("invalid probe URL {s:?}: {why}");
-        let url = Url::parse(s, HTTP_HINT).map_err(|why| invalid(&why))?;
+        let url = Url::parse(s, HTTP_SCHEMES, HTTP_HINT).map_err(|why| invalid(&why))?;
         if url.scheme != "http" {
             return Err(invalid(
                 "https probes are not supported: probe the app's local plain-HTTP port",
             ));
         }
-        let path = match url.rest {
-            rest if rest.contains('#') => return Err(invalid("remove the #fragment")),
-            "" => "/".to_owned(),
-            rest if rest.starts_with('?') => format!("/{rest}"),
-            rest => rest.to_owned(),
-        };
+        let path = url.path().map_err(|why| invalid(&why))?;
         Ok(Self(ProbeTarget::Http {
             host: url.host,
             port: url.port,
@@ -127,7 +120,7 @@ pub(crate) struct WebhookUrl(pub String);
 impl Scalar for WebhookUrl {
     const EXPECTING: &'static str = "an https:// URL";
     fn from_text(s: &str) -> Result<Self, String> {
-        Url::parse(s, WEBHOOK_HINT)
+        Url::parse(s, HTTP_SCHEMES, WEBHOOK_HINT)
             .map(|_| Self(s.to_owned()))
             .map_err(|why| format!("invalid webhook URL {s:?}: {why}"))
     }
@@ -135,40 +128,79 @@ impl Scalar for WebhookUrl {
 
 scalar_deserialize!(HttpProbe, TcpProbe, WebhookUrl);
 
-/// `http[s]://HOST[:PORT]REST`, where `REST` is empty or starts with `/`, `?` or `#`.
-struct Url<'a> {
-    /// `http` or `https`.
-    scheme: String,
+/// URL schemes and their default ports.
+pub(super) type Schemes = &'static [(&'static str, u16)];
+
+const HTTP_SCHEMES: Schemes = &[("http", 80), ("https", 443)];
+
+/// `SCHEME://HOST[:PORT]REST`, where `REST` is empty or starts with `/`, `?` or `#`.
+pub(super) struct Url<'a> {
+    /// One of the schemes it was parsed with, lowercased.
+    pub scheme: &'static str,
     host: String,
     /// Given, or the scheme's.
     port: u16,
+    default_port: u16,
     rest: &'a str,
 }
 
 impl<'a> Url<'a> {
-    /// The error says what is wrong; `hint` is what a URL should look like.
-    fn parse(s: &'a str, hint: &str) -> Result<Url<'a>, String> {
+    /// Parses a URL with one of `schemes`. The error says what is wrong; `hint` is what a URL
+    /// should look like.
+    pub fn parse(s: &'a str, schemes: Schemes, hint: &str) -> Result<Url<'a>, String> {
         let (scheme, after) = s.split_once("://").ok_or(hint)?;
-        let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "http" => 80,
-            "https" => 443,
-            _ => return Err(format!("unsupported scheme `{scheme}`; {hint}")),
-        };
+        let &(scheme, default_port) = schemes
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(scheme))
+            .ok_or_else(|| format!("unsupported scheme `{scheme}`; {hint}"))?;
         check_chars(s)?;
         let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-        let (host, port) = host_port(&after[..end], Some(default_port))?;
+        let authority = &after[..end];
+        if authority.contains('@') {
+            return Err(format!(
+                "invalid host `{authority}`: remove the `user:password@`; credentials do not \
+                 belong in the URL"
+            ));
+        }
+        let (host, port) = host_port(authority, Some(default_port))?;
         Ok(Url {
             scheme,
             host,
             port,
+            default_port,
             rest: &after[end..],
+        })
+    }
+
+    /// `HOST[:PORT]`, the port left out if it is the scheme's default.
+    pub fn authority(&self) -> String {
+        match self.port == self.default_port {
+            true => bracketed(&self.host).into_owned(),
+            false => format!("{}:{}", bracketed(&self.host), self.port),
+        }
+    }
+
+    /// The path and query, `/` if there is no path; a `#fragment` is an error.
+    pub fn path(&self) -> Result<String, String> {
+        Ok(match self.rest {
+            rest if rest.contains('#') => return Err("remove the #fragment".to_owned()),
+            "" => "/".to_owned(),
+            rest if rest.starts_with('?') => format!("/{rest}"),
+            rest => rest.to_owned(),
         })
     }
 }
 
+/// A host as written in a URL: an IPv6 address in brackets.
+fn bracketed(host: &str) -> Cow<'_, str> {
+    match host.contains(':') {
+        true => Cow::Owned(format!("[{host}]")),
+        false => Cow::Borrowed(host),
+    }
+}
+
 /// Rejects whitespace and control characters.
-fn check_chars(s: &str) -> Result<(), String> {
+pub(super) fn check_chars(s: &str) -> Result<(), String> {
     match s.chars().find(|c| c.is_whitespace() || c.is_control()) {
         Some(c) => Err(format!("unexpected character {c:?}")),
         None => Ok(()),

@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use super::cron::{CronSchedule, Timezone};
 use super::diag::{suggest, Diagnostics};
+use super::fleet::{AgentId, EngineUrl, EnrollToken, GitName, SiteTemplate};
 use super::jobs::{EventKind, GlobPattern};
 use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
 use super::units::{
@@ -112,6 +113,13 @@ impl Section<'_> {
     /// Records a problem with the table as a whole.
     fn error(&self, diags: &mut Diagnostics<'_>, message: impl Into<String>) {
         diags.error(self.at.clone(), self.path, message);
+    }
+
+    /// Records that `key`, which `what` needs, is missing; `example` shows how to write it.
+    fn require(&self, diags: &mut Diagnostics<'_>, what: &str, key: &str, example: &str) {
+        if self.key(key).is_none() {
+            self.error(diags, format!("{what} has no `{key}`; add e.g. {example}"));
+        }
     }
 }
 
@@ -418,12 +426,7 @@ impl JobKindTag {
 }
 
 fn check_job(job: &JobLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
-    if section.key("schedule").is_none() {
-        section.error(
-            diags,
-            r#"job has no `schedule`; add e.g. schedule = "0 3 * * *""#,
-        );
-    }
+    section.require(diags, "job", "schedule", r#"schedule = "0 3 * * *""#);
     let Some(kind) = &job.kind else {
         if section.key("kind").is_none() {
             let message = format!("job has no `kind`; add one of: {}", names::<JobKindTag>());
@@ -464,43 +467,121 @@ layer!(
     }
 );
 
+layer!(
+    /// `[fleet]`.
+    FleetLayer {
+        engine_url: EngineUrl,
+        agent_id: AgentId,
+        key_file: PathBuf,
+        enroll_token: EnrollToken,
+        ca_file: PathBuf,
+        status_interval: PositiveDuration,
+        reconnect_delay: PositiveDuration,
+        sites: SitesLayer,
+        update: UpdateLayer,
+    }
+    check: check_fleet
+);
+
+fn check_fleet(fleet: &FleetLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let required = [
+        (
+            "engine_url",
+            r#"engine_url = "wss://engine.example.com/agent""#,
+        ),
+        ("agent_id", r#"agent_id = "web-1""#),
+        ("key_file", r#"key_file = "/etc/citrus/agent.key""#),
+    ];
+    for (key, example) in required {
+        section.require(diags, "[fleet]", key, example);
+    }
+    if let (Some(url), Some(ca_file)) = (value(&fleet.engine_url), &fleet.ca_file) {
+        if !url.tls {
+            diags.error(
+                ca_file.key.clone(),
+                format!("{}.ca_file", section.path),
+                "`ca_file` is for TLS, but `engine_url` is ws://; use wss://",
+            );
+        }
+    }
+}
+
+layer!(
+    /// `[fleet.sites]`.
+    SitesLayer {
+        create: SiteTemplate,
+        delete: SiteTemplate,
+    }
+);
+
+layer!(
+    /// `[fleet.update]`.
+    UpdateLayer {
+        repo: PathBuf,
+        remote: GitName,
+        branch: GitName,
+    }
+    check: check_update
+);
+
+fn check_update(_: &UpdateLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    section.require(diags, "[fleet.update]", "repo", r#"repo = "/opt/citrus""#);
+}
+
 /// An argv: an array of strings, or one string split shell-words style. Never empty.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct CommandValue(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for CommandValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Argv;
+        deserialize_argv(d, |argv| has_program(argv, r#"["node", "index.js"]"#)).map(Self)
+    }
+}
 
-        fn non_empty<E: de::Error>(argv: Vec<String>) -> Result<CommandValue, E> {
-            match argv.first() {
-                Some(program) if !program.trim().is_empty() => Ok(CommandValue(argv)),
-                _ => Err(E::custom(
-                    r#"command is empty; give the program and its arguments, e.g. ["node", "index.js"]"#,
-                )),
-            }
+/// Reads an argv written as [`CommandValue`] is, then checks it with `check` (whose `Err` is the
+/// message), so that every problem is reported at the value.
+pub(crate) fn deserialize_argv<'de, D: Deserializer<'de>>(
+    d: D,
+    check: fn(&[String]) -> Result<(), String>,
+) -> Result<Vec<String>, D::Error> {
+    struct Argv(fn(&[String]) -> Result<(), String>);
+
+    impl Argv {
+        fn checked<E: de::Error>(self, argv: Vec<String>) -> Result<Vec<String>, E> {
+            (self.0)(&argv).map_err(E::custom)?;
+            Ok(argv)
         }
+    }
 
-        impl<'de> Visitor<'de> for Argv {
-            type Value = CommandValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array of strings or a command string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<CommandValue, E> {
-                let argv = shell_words::split(v)
-                    .map_err(|e| E::custom(format!("cannot split command {v:?}: {e}")))?;
-                non_empty(argv)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CommandValue, A::Error> {
-                let mut argv = Vec::new();
-                while let Some(arg) = seq.next_element::<String>()? {
-                    argv.push(arg);
-                }
-                non_empty(argv)
-            }
+    impl<'de> Visitor<'de> for Argv {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of strings or a command string")
         }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            let argv = shell_words::split(v)
+                .map_err(|e| E::custom(format!("cannot split command {v:?}: {e}")))?;
+            self.checked(argv)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut argv = Vec::new();
+            while let Some(arg) = seq.next_element::<String>()? {
+                argv.push(arg);
+            }
+            self.checked(argv)
+        }
+    }
 
-        d.deserialize_any(Argv)
+    d.deserialize_any(Argv(check))
+}
+
+/// `Err` unless `argv` names a program; the message shows `example`.
+pub(crate) fn has_program(argv: &[String], example: &str) -> Result<(), String> {
+    match argv.first() {
+        Some(program) if !program.trim().is_empty() => Ok(()),
+        _ => Err(format!(
+            "command is empty; give the program and its arguments, e.g. {example}"
+        )),
     }
 }
 
@@ -543,6 +624,7 @@ pub(crate) struct RawConfig {
     pub apps: Vec<RawApp>,
     pub jobs: Vec<RawJob>,
     pub notify: NotifyLayer,
+    pub fleet: Option<FleetLayer>,
 }
 
 /// One `[apps.NAME]` table.
@@ -557,7 +639,7 @@ pub(crate) struct RawJob {
     pub layer: JobLayer,
 }
 
-const SECTIONS: &[&str] = &["daemon", "defaults", "apps", "jobs", "notify"];
+const SECTIONS: &[&str] = &["daemon", "defaults", "apps", "jobs", "notify", "fleet"];
 
 /// Reads the document into layers, recording every unknown key and bad value in `diags`.
 pub(crate) fn read(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> RawConfig {
@@ -571,6 +653,7 @@ pub(crate) fn read(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> RawConfig 
                 raw.defaults = read_table(diags, &key, key_span, value).unwrap_or_default();
             }
             "notify" => raw.notify = read_table(diags, &key, key_span, value).unwrap_or_default(),
+            "fleet" => raw.fleet = read_table(diags, &key, key_span, value),
             "apps" => {
                 for named in named_tables(diags, "app", &key, value) {
                     if !named

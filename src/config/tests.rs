@@ -384,7 +384,7 @@ fn unknown_keys_suggest() {
         1,
         2,
         "deploy",
-        "expected one of: daemon, defaults, apps, jobs, notify",
+        "expected one of: daemon, defaults, apps, jobs, notify, fleet",
     );
     assert_error(
         "[apps.a]\ncommand = \"y\"\nenv_fil = \".env\"\n",
@@ -1332,4 +1332,376 @@ max_agee = "1d"
         .map(|&(line, column, key)| (line, column, key.to_owned()))
         .collect();
     assert_eq!(summary, expected);
+}
+
+const FLEET: &str = r#"
+[fleet]
+engine_url = "WSS://engine.example.com:443/agent"
+agent_id = "3f1c9a7e-5b2d-4c8e-9f00-1a2b3c4d5e6f"
+key_file = "/etc/citrus/agent.key"
+enroll_token = "tok-SECRET-123"
+ca_file = "engine-ca.pem"
+status_interval = "30s"
+reconnect_delay = "2s"
+
+[fleet.sites]
+create = ["ee", "site", "create", "{domain}", "--type=wp", "--cache"]
+delete = "ee site delete {domain} --yes"
+
+[fleet.update]
+repo = "src/citrus"
+remote = "upstream"
+branch = "stable"
+"#;
+
+#[test]
+fn fleet_round_trip() {
+    let config = parse(FLEET).unwrap();
+    assert_eq!(
+        config.fleet,
+        Some(FleetConfig {
+            engine_url: "wss://engine.example.com/agent".into(),
+            enroll_url: "https://engine.example.com/agent/enroll".into(),
+            agent_id: "3f1c9a7e-5b2d-4c8e-9f00-1a2b3c4d5e6f".into(),
+            key_file: "/etc/citrus/agent.key".into(),
+            enroll_token: Some(Secret::new("tok-SECRET-123")),
+            ca_file: Some("/etc/citrus/engine-ca.pem".into()),
+            status_interval: Duration::from_secs(30),
+            reconnect_delay: Duration::from_secs(2),
+            sites: SiteTemplates {
+                create: Some(strings(&[
+                    "ee",
+                    "site",
+                    "create",
+                    "{domain}",
+                    "--type=wp",
+                    "--cache"
+                ])),
+                delete: Some(strings(&["ee", "site", "delete", "{domain}", "--yes"])),
+            },
+            update: Some(UpdateConfig {
+                repo: "/etc/citrus/src/citrus".into(),
+                remote: "upstream".into(),
+                branch: "stable".into(),
+            }),
+        })
+    );
+}
+
+#[test]
+fn fleet_defaults() {
+    assert_eq!(parse("").unwrap().fleet, None);
+    let text = "[fleet]\nengine_url = \"ws://10.0.0.5:8080\"\nagent_id = \"web-1\"\n\
+                key_file = \"agent.key\"\n[fleet.update]\nrepo = \"/opt/citrus\"\n";
+    assert_eq!(
+        parse(text).unwrap().fleet,
+        Some(FleetConfig {
+            engine_url: "ws://10.0.0.5:8080/".into(),
+            enroll_url: "http://10.0.0.5:8080/agent/enroll".into(),
+            agent_id: "web-1".into(),
+            key_file: "/etc/citrus/agent.key".into(),
+            enroll_token: None,
+            ca_file: None,
+            status_interval: Duration::from_secs(60),
+            reconnect_delay: Duration::from_secs(5),
+            sites: SiteTemplates::default(),
+            update: Some(UpdateConfig {
+                repo: "/opt/citrus".into(),
+                remote: "origin".into(),
+                branch: "main".into(),
+            }),
+        })
+    );
+}
+
+/// `[fleet]` (line 1) with `rest` (from line 2), then whichever of the required keys `rest` does
+/// not set. `rest` must stay in `[fleet]`.
+fn fleet(rest: &str) -> String {
+    let mut text = format!("[fleet]\n{rest}");
+    for line in [
+        "engine_url = \"wss://e.example.com/agent\"\n",
+        "agent_id = \"web-1\"\n",
+        "key_file = \"agent.key\"\n",
+    ] {
+        let (key, _) = line.split_once(" = ").unwrap();
+        if !rest.contains(&format!("{key} = ")) {
+            text.push_str(line);
+        }
+    }
+    text
+}
+
+#[test]
+fn fleet_enroll_url() {
+    let cases = [
+        (
+            "wss://e.example.com:8443/agent",
+            "https://e.example.com:8443/agent/enroll",
+        ),
+        (
+            "ws://127.0.0.1:8080/x/agent",
+            "http://127.0.0.1:8080/agent/enroll",
+        ),
+        ("wss://e.example.com", "https://e.example.com/agent/enroll"),
+        (
+            "ws://e.example.com:80/a?b=1",
+            "http://e.example.com/agent/enroll",
+        ),
+        ("wss://[::1]:9000/agent", "https://[::1]:9000/agent/enroll"),
+    ];
+    for (engine_url, enroll_url) in cases {
+        let text = fleet(&format!("engine_url = \"{engine_url}\"\n"));
+        let fleet = parse(&text).unwrap().fleet.unwrap();
+        assert_eq!(fleet.enroll_url, enroll_url, "{engine_url}");
+    }
+}
+
+#[test]
+fn fleet_debug_hides_the_token() {
+    let config = parse(FLEET).unwrap();
+    let token = config
+        .fleet
+        .as_ref()
+        .unwrap()
+        .enroll_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.expose(), "tok-SECRET-123");
+    assert_eq!(
+        format!("{token:?} {token}"),
+        "Secret(<redacted>) <redacted>"
+    );
+    let shown = format!("{:?}", config.fleet);
+    assert!(
+        shown.contains("enroll_token: Some(Secret(<redacted>))"),
+        "{shown}"
+    );
+    for shown in [shown, format!("{config:#?}")] {
+        assert!(!shown.contains("SECRET"), "{shown}");
+    }
+}
+
+#[test]
+fn site_templates_render() {
+    let template = strings(&["wp", "--url=https://{domain}/", "{domain}{domain}", "-x"]);
+    assert_eq!(
+        SiteTemplates::render(&template, "a b.example.com"),
+        [
+            "wp",
+            "--url=https://a b.example.com/",
+            "a b.example.coma b.example.com",
+            "-x"
+        ]
+    );
+}
+
+#[test]
+fn fleet_errors() {
+    let engine = |url: &str| fleet(&format!("engine_url = \"{url}\"\n"));
+    assert_error(
+        &engine("https://e.example.com/agent"),
+        2,
+        14,
+        "fleet.engine_url",
+        "invalid engine URL \"https://e.example.com/agent\": unsupported scheme `https`; \
+         use ws:// or wss://",
+    );
+    assert_error(
+        &engine("http://e.example.com/agent"),
+        2,
+        14,
+        "fleet.engine_url",
+        "use ws:// or wss://",
+    );
+    assert_error(
+        &engine("not a url"),
+        2,
+        14,
+        "fleet.engine_url",
+        "invalid engine URL \"not a url\": use ws:// or wss://, e.g. \"wss://",
+    );
+    assert_error(
+        &engine("wss:///agent"),
+        2,
+        14,
+        "fleet.engine_url",
+        "the host is missing",
+    );
+    assert_error(
+        &engine("wss://agent:pw@e.example.com/agent"),
+        2,
+        14,
+        "fleet.engine_url",
+        "remove the `user:password@`",
+    );
+    assert_error(
+        &engine("wss://e.example.com/agent#x"),
+        2,
+        14,
+        "fleet.engine_url",
+        "remove the #fragment",
+    );
+    let long = "a".repeat(65);
+    for id in ["web 1", "", "web/1", long.as_str()] {
+        assert_error(
+            &fleet(&format!("agent_id = \"{id}\"\n")),
+            2,
+            12,
+            "fleet.agent_id",
+            "use 1 to 64 letters, digits, `_`, `.` or `-`",
+        );
+    }
+    assert!(parse(&fleet(&format!("agent_id = \"{}\"\n", &long[1..]))).is_ok());
+    assert_error(
+        "[fleet]\nagent_id = \"a\"\nkey_file = \"k\"\n",
+        1,
+        2,
+        "fleet",
+        "[fleet] has no `engine_url`; add e.g. engine_url = \"wss://",
+    );
+    assert_error(
+        "[fleet.sites]\n[fleet]\nengine_url = \"wss://e\"\nkey_file = \"k\"\n",
+        2,
+        2,
+        "fleet",
+        "[fleet] has no `agent_id`",
+    );
+    let missing: Vec<String> = errors("[fleet]\n")
+        .into_iter()
+        .map(|d| format!("{}:{} {} {}", d.line, d.column, d.key, d.message))
+        .collect();
+    assert_eq!(missing.len(), 3, "{missing:#?}");
+    for (found, key) in missing.iter().zip(["engine_url", "agent_id", "key_file"]) {
+        assert!(
+            found.starts_with(&format!("1:2 fleet [fleet] has no `{key}`")),
+            "{found}"
+        );
+    }
+    assert_error(
+        &fleet("status_interval = \"0s\"\n"),
+        2,
+        19,
+        "fleet.status_interval",
+        "invalid duration \"0s\": must be more than zero",
+    );
+    assert_error(
+        &fleet("reconnect_delay = 5\n"),
+        2,
+        19,
+        "fleet.reconnect_delay",
+        "expected a string with a unit, e.g. \"5s\"",
+    );
+    assert_error(
+        &fleet("sites = { create = [\"ee\", \"site\", \"create\"] }\n"),
+        2,
+        20,
+        "fleet.sites.create",
+        "the template does not use {domain}; put it where the site's domain goes",
+    );
+    for empty in ["[]", "\"\"", "[\"\", \"{domain}\"]"] {
+        assert_error(
+            &fleet(&format!("sites = {{ delete = {empty} }}\n")),
+            2,
+            20,
+            "fleet.sites.delete",
+            "command is empty; give the program and its arguments, e.g. [\"ee\", \"site\"",
+        );
+    }
+    assert_error(
+        &fleet("engine_uri = \"wss://e\"\n"),
+        2,
+        1,
+        "fleet.engine_uri",
+        "unknown key `engine_uri`; did you mean `engine_url`?",
+    );
+    assert_error(
+        &fleet("sites = { creat = [\"x\", \"{domain}\"] }\n"),
+        2,
+        11,
+        "fleet.sites.creat",
+        "unknown key `creat`; did you mean `create`?",
+    );
+    assert_error(
+        &fleet("sites = { rename = [\"x\"] }\n"),
+        2,
+        11,
+        "fleet.sites.rename",
+        "unknown key `rename`; expected one of: create, delete",
+    );
+    assert_error(
+        &fleet("update = { repo = \"/opt/citrus\", branh = \"main\" }\n"),
+        2,
+        34,
+        "fleet.update.branh",
+        "unknown key `branh`; did you mean `branch`?",
+    );
+    assert_error(
+        &fleet("update = { remote = \"origin\" }\n"),
+        2,
+        1,
+        "fleet.update",
+        "[fleet.update] has no `repo`; add e.g. repo = \"/opt/citrus\"",
+    );
+    assert_error(
+        &fleet("update = { repo = \"r\", branch = \"--upload-pack=x\" }\n"),
+        2,
+        33,
+        "fleet.update.branch",
+        "invalid git name \"--upload-pack=x\": it cannot start with `-`",
+    );
+    assert_error(
+        &fleet("update = { repo = \"r\", remote = \"\" }\n"),
+        2,
+        33,
+        "fleet.update.remote",
+        "invalid git name \"\": it is empty",
+    );
+    for (token, why) in [("sec ret", "' '"), ("sec\\tret", "'\\t'")] {
+        let found = errors(&fleet(&format!("enroll_token = \"{token}\"\n")));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let shown = found[0].to_string();
+        assert!(
+            shown.ends_with(&format!(
+                ":2:16: fleet.enroll_token: invalid enroll token: unexpected character {why}"
+            )),
+            "{shown}"
+        );
+        assert!(!shown.contains("sec"), "{shown}");
+    }
+    assert_error(
+        &fleet("enroll_token = \"\"\n"),
+        2,
+        16,
+        "fleet.enroll_token",
+        "the enroll token is empty",
+    );
+    assert_error(
+        &fleet("engine_url = \"ws://e:8080/agent\"\nca_file = \"ca.pem\"\n"),
+        3,
+        1,
+        "fleet.ca_file",
+        "`ca_file` is for TLS, but `engine_url` is ws://; use wss://",
+    );
+    assert_error(
+        "fleet = 1\n",
+        1,
+        9,
+        "fleet",
+        "expected a table, found integer",
+    );
+}
+
+#[test]
+fn fleet_sub_tables_report_unknown_keys() {
+    let text = "[fleet]\nengine_url = \"wss://e\"\nagent_id = \"a\"\nkey_file = \"k\"\n\
+                [fleet.sites]\ndeleet = [\"x\", \"{domain}\"]\n\
+                [fleet.update]\nrepo = \"/opt/citrus\"\nremot = \"origin\"\n";
+    let found: Vec<String> = errors(text).iter().map(Diagnostic::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            format!("{FILE}:6:1: fleet.sites.deleet: unknown key `deleet`; did you mean `delete`?"),
+            format!("{FILE}:9:1: fleet.update.remot: unknown key `remot`; did you mean `remote`?"),
+        ]
+    );
 }

@@ -96,6 +96,8 @@ pub enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
+    /// The fleet agent: connection state, engine URL, agent id, connected since, last error, queued reports.
+    Fleet,
     /// Write the daemon's state file now.
     Save,
     /// Check that the daemon answers.
@@ -311,6 +313,14 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                     run.outcome.as_str(),
                     run.summary
                 )));
+            }
+        }
+        Command::Fleet => {
+            let f: crate::fleet::agent::FleetStatus = client.get("/v1/fleet").await?;
+            if json {
+                print_json(&f);
+            } else {
+                print!("{}", table::fleet(&f));
             }
         }
         Command::Save => {

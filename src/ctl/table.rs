@@ -173,6 +173,24 @@ pub fn jobs(jobs: &[JobInfo]) -> String {
     )
 }
 
+/// `citrusctl fleet`.
+pub fn fleet(f: &crate::fleet::agent::FleetStatus) -> String {
+    let rows = [
+        ("state", f.state.clone()),
+        ("engine", f.engine_url.clone()),
+        ("agent id", f.agent_id.clone()),
+        ("connected since", when(f.connected_since_ms)),
+        (
+            "last error",
+            f.last_error.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("queued reports", f.queued_reports.to_string()),
+        ("dropped reports", f.dropped_reports.to_string()),
+        ("protocol", f.protocol.to_string()),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<16} {v}\n")).collect()
+}
+
 /// The outcome of `job run`.
 pub fn job_run(name: &str, run: &JobRun) -> String {
     let mut out = format!(

@@ -116,6 +116,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/apps/{name}", get(describe).delete(delete_app))
         .route("/v1/apps/{name}/logs", get(logs))
         .route("/v1/apps/{name}/{action}", post(action))
+        .route("/v1/fleet", get(fleet))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{name}/run", post(run_job))
         .route("/v1/reload-config", post(reload_config))
@@ -236,6 +237,17 @@ async fn add_app(
 async fn delete_app(State(d): Shared, Path(name): Path<String>) -> ApiResult<ActionReply> {
     d.supervisor.delete(&name).await?;
     Ok(Json(ActionReply { apps: Vec::new() }))
+}
+
+async fn fleet(State(d): Shared) -> ApiResult<crate::fleet::agent::FleetStatus> {
+    match &d.agent {
+        Some(agent) => Ok(Json(agent.status())),
+        None => Err(HttpError::new(
+            ErrorCode::Failed,
+            "this citrusd has no fleet agent",
+            Some("add a [fleet] section (engine_url, agent_id, key_file) to the config and restart citrusd"),
+        )),
+    }
 }
 
 async fn jobs(State(d): Shared) -> Json<JobsReply> {

@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigError};
 use crate::control::ReloadPlan;
+use crate::fleet::agent::Agent;
 use crate::health::events::Notifier;
 use crate::health::jobs::Jobs;
 use crate::health::sdnotify;
@@ -49,6 +50,8 @@ pub struct Daemon {
     pub supervisor: Arc<Supervisor>,
     pub jobs: Arc<Jobs>,
     pub events: Arc<Notifier>,
+    /// The fleet agent, when `[fleet]` is configured.
+    pub agent: Option<Arc<Agent>>,
     pub config_path: PathBuf,
     pub env: Option<String>,
     pub started: Instant,
@@ -154,6 +157,7 @@ pub async fn run(
     let notify_dir = daemon_cfg.state_dir.join("notify");
     create_dir(&notify_dir, 0o711)?;
     let jobs_config = config.jobs.clone();
+    let fleet_config = config.fleet.clone();
     let shared = Arc::new(Shared {
         reaper: reaper.clone(),
         marker: marker.clone(),
@@ -164,6 +168,15 @@ pub async fn run(
     let config_path = config.path.clone();
     let supervisor = Supervisor::new(shared, config, store, &persisted)?;
     supervisor.save()?;
+    let agent = fleet_config.map(|fleet| {
+        Agent::start(
+            fleet,
+            supervisor.clone(),
+            reaper.clone(),
+            marker.clone(),
+            &daemon_cfg.state_dir,
+        )
+    });
     let jobs = Jobs::start(
         supervisor.clone(),
         events.clone(),
@@ -176,6 +189,7 @@ pub async fn run(
         supervisor: supervisor.clone(),
         jobs: jobs.clone(),
         events,
+        agent,
         config_path,
         env,
         started: Instant::now(),

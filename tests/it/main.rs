@@ -2,6 +2,8 @@
 
 mod config_errors;
 mod control;
+mod engine;
+mod fleet;
 mod jobs;
 mod logs;
 mod persistence;

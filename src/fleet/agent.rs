@@ -1,0 +1,687 @@
+//! The agent's connection loop and command handling.
+//!
+//! Theory of operation. One task owns the WebSocket. Before connecting it makes sure there is a
+//! key (exchanging the single-use `enroll_token` at the engine once, writing `key_file` 0600
+//! atomically). It connects with the agent headers, sends `agent_connected`, then `select!`s over
+//! incoming frames, the status timer and the outbox. Commands run in tasks of their own and put
+//! their reports in the persisted outbox, which the connection drains in order, so a report made
+//! while disconnected (or before a citrusd restart) is sent after the next connect. A broken
+//! connection is retried after a full-jitter backoff: a random delay up to
+//! `reconnect_delay * 2^attempt`, capped at 60 s, so a fleet does not stampede a restarted engine.
+//! Nothing is ever run through a shell: site commands are argv templates with the validated
+//! domain as one element.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::outbox::Outbox;
+use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus};
+use super::system;
+use crate::config::{FleetConfig, Secret, SiteTemplates};
+use crate::state::write_atomic;
+use crate::supervisor::reaper::Reaper;
+use crate::supervisor::spawn::{self, Marker, Spec};
+use crate::supervisor::{Supervisor, Target};
+
+/// Backoff never waits longer than this between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Output kept in a report: the last 64 KiB.
+const OUTPUT_TAIL: usize = 64 * 1024;
+
+/// What `citrusctl fleet` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// `connecting`, `connected`, `enrolling`, `waiting` (backoff) or `stopped`.
+    pub state: String,
+    pub engine_url: String,
+    pub agent_id: String,
+    pub connected_since_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub queued_reports: usize,
+    pub dropped_reports: u64,
+    pub protocol: u32,
+}
+
+/// The running agent.
+pub struct Agent {
+    config: FleetConfig,
+    supervisor: Arc<Supervisor>,
+    reaper: Arc<Reaper>,
+    marker: Marker,
+    outbox: Outbox,
+    status: Mutex<FleetStatus>,
+    /// Domains with a site operation in progress.
+    busy_domains: Mutex<HashSet<String>>,
+    /// Set after a key rotation was acknowledged: reconnect with the new key.
+    reconnect: tokio::sync::Notify,
+    /// Ourselves, for the tasks commands run in.
+    me: std::sync::Weak<Agent>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A uniformly random duration in `[0, max]` (full jitter).
+fn jitter(max: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let r = if n == 8 {
+        u64::from_ne_bytes(bytes)
+    } else {
+        now_ms().wrapping_mul(0x9e3779b97f4a7c15)
+    };
+    let ms = max.as_millis().max(1) as u64;
+    Duration::from_millis(r % (ms + 1))
+}
+
+/// Why a connection attempt or a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("the engine refused this agent's credentials (HTTP 401); check agent_id and key_file")]
+    Unauthorized,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Agent {
+    /// Starts the agent's connection task.
+    pub fn start(
+        config: FleetConfig,
+        supervisor: Arc<Supervisor>,
+        reaper: Arc<Reaper>,
+        marker: Marker,
+        state_dir: &std::path::Path,
+    ) -> Arc<Agent> {
+        let outbox = Outbox::open(state_dir.join("fleet-outbox.json"));
+        let status = FleetStatus {
+            state: "connecting".into(),
+            engine_url: config.engine_url.clone(),
+            agent_id: config.agent_id.clone(),
+            connected_since_ms: None,
+            last_error: None,
+            queued_reports: outbox.len(),
+            dropped_reports: 0,
+            protocol: wire::PROTOCOL_VERSION,
+        };
+        let agent = Arc::new_cyclic(|me| Agent {
+            me: me.clone(),
+            config,
+            supervisor,
+            reaper,
+            marker,
+            outbox,
+            status: Mutex::new(status),
+            busy_domains: Mutex::new(HashSet::new()),
+            reconnect: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(agent.clone().run());
+        agent
+    }
+
+    /// The connection state for `citrusctl fleet`.
+    pub fn status(&self) -> FleetStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.queued_reports = self.outbox.len();
+        s.dropped_reports = self.outbox.dropped();
+        s
+    }
+
+    fn set_state(&self, state: &str, error: Option<String>) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.state = state.into();
+        if state != "connected" {
+            s.connected_since_ms = None;
+        }
+        if let Some(e) = error {
+            s.last_error = Some(e);
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = match self.ensure_key().await {
+                Ok(key) => self.session(&key).await,
+                Err(e) => Err(LinkError::Other(e)),
+            };
+            match result {
+                // A clean end (key rotated, engine closed politely): reconnect at once.
+                Ok(()) => {
+                    attempt = 0;
+                    continue;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    match e {
+                        LinkError::Unauthorized => tracing::error!("{msg}"),
+                        LinkError::Other(_) => tracing::warn!("fleet: {msg}"),
+                    }
+                    self.set_state("waiting", Some(msg));
+                }
+            }
+            let cap = self
+                .config
+                .reconnect_delay
+                .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+                .min(MAX_BACKOFF);
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(jitter(cap)).await;
+        }
+    }
+
+    /// The agent key: read from `key_file`, or obtained once with the enrolment token.
+    async fn ensure_key(&self) -> Result<Secret, String> {
+        let path = &self.config.key_file;
+        match std::fs::read_to_string(path) {
+            Ok(k) if !k.trim().is_empty() => return Ok(Secret::new(k.trim())),
+            Ok(_) => return Err(format!("key_file {} is empty", path.display())),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("cannot read key_file {}: {e}", path.display()))
+            }
+            Err(_) => {}
+        }
+        let Some(token) = &self.config.enroll_token else {
+            return Err(format!(
+                "no key_file at {} and no enroll_token to obtain one",
+                path.display()
+            ));
+        };
+        self.set_state("enrolling", None);
+        #[derive(Deserialize)]
+        struct Enrolled {
+            key: String,
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        let resp = client
+            .post(&self.config.enroll_url)
+            .json(&serde_json::json!({ "agentId": self.config.agent_id, "token": token.expose() }))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "enrolment at {} failed: {}",
+                    self.config.enroll_url,
+                    e.without_url()
+                )
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!(
+                "enrolment refused by the engine ({status}): {}",
+                body.chars().take(300).collect::<String>()
+            ));
+        }
+        let enrolled: Enrolled = resp
+            .json()
+            .await
+            .map_err(|e| format!("enrolment answer unreadable: {}", e.without_url()))?;
+        if enrolled.key.trim().is_empty() {
+            return Err("enrolment answered an empty key".into());
+        }
+        write_atomic(path, enrolled.key.trim().as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write key_file {}: {e}", path.display()))?;
+        tracing::info!(key_file = %path.display(), "enrolled with the engine; key saved");
+        Ok(Secret::new(enrolled.key.trim()))
+    }
+
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(ca) = &self.config.ca_file {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
+            for cert in certs {
+                let cert =
+                    cert.map_err(|e| format!("bad certificate in ca_file {}: {e}", ca.display()))?;
+                roots.add(cert).map_err(|e| {
+                    format!("unusable certificate in ca_file {}: {e}", ca.display())
+                })?;
+            }
+        }
+        Ok(Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ))
+    }
+
+    /// One connection, until it ends.
+    async fn session(&self, key: &Secret) -> Result<(), LinkError> {
+        self.set_state("connecting", None);
+        let url = &self.config.engine_url;
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| LinkError::Other(format!("bad engine_url {url}: {e}")))?;
+        let h = req.headers_mut();
+        let header =
+            |v: &str| HeaderValue::from_str(v).map_err(|e| LinkError::Other(e.to_string()));
+        h.insert(wire::HEADER_CLIENT_TYPE, header(wire::CLIENT_TYPE_AGENT)?);
+        h.insert(wire::HEADER_AGENT_ID, header(&self.config.agent_id)?);
+        h.insert(wire::HEADER_AGENT_KEY, header(key.expose())?);
+        h.insert(
+            wire::HEADER_PROTOCOL,
+            header(&wire::PROTOCOL_VERSION.to_string())?,
+        );
+        let connector = if url.starts_with("wss://") {
+            Some(tokio_tungstenite::Connector::Rustls(
+                self.tls().map_err(LinkError::Other)?,
+            ))
+        } else {
+            None
+        };
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(wire::MAX_FRAME))
+            .max_frame_size(Some(wire::MAX_FRAME));
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(ws_config),
+            false,
+            connector,
+        );
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(30), connect)
+            .await
+            .map_err(|_| LinkError::Other(format!("connecting to {url} timed out")))?
+            .map_err(|e| match e {
+                tungstenite::Error::Http(resp) if resp.status() == 401 => LinkError::Unauthorized,
+                other => LinkError::Other(format!("cannot connect to {url}: {other}")),
+            })?;
+        let (mut tx, mut rx) = ws.split();
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = "connected".into();
+            s.connected_since_ms = Some(now_ms());
+            s.last_error = None;
+        }
+        tracing::info!(engine = %url, "connected to the engine");
+        let hello = AgentMessage::AgentConnected {
+            agent_id: self.config.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_version: self.git_version(),
+        };
+        let send_err =
+            |e: tungstenite::Error| LinkError::Other(format!("connection to {url} lost: {e}"));
+        tx.send(Message::text(to_frame(&hello)))
+            .await
+            .map_err(send_err)?;
+        tx.send(Message::text(to_frame(&self.status_update())))
+            .await
+            .map_err(send_err)?;
+        let mut status_timer = tokio::time::interval(self.config.status_interval);
+        status_timer.reset();
+        loop {
+            // Drain the outbox first: in order, removing only what was sent.
+            while let Some(frame) = self.outbox.front() {
+                tx.send(Message::text(frame)).await.map_err(send_err)?;
+                self.outbox.sent();
+            }
+            tokio::select! {
+                frame = rx.next() => match frame {
+                    Some(Ok(Message::Text(text))) => self.on_frame(text.as_str()),
+                    Some(Ok(Message::Binary(_))) => {
+                        self.outbox.push(to_frame(&wire::ProtocolError::NotText.reply()));
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        return Err(LinkError::Other(format!("the engine at {url} closed the connection")));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(LinkError::Other(format!("connection to {url} failed: {e}"))),
+                },
+                _ = status_timer.tick() => {
+                    tx.send(Message::text(to_frame(&self.status_update()))).await.map_err(send_err)?;
+                }
+                _ = self.outbox.ready.notified() => {}
+                _ = self.reconnect.notified() => {
+                    // Flush acknowledgements, then come back with the new key.
+                    while let Some(frame) = self.outbox.front() {
+                        tx.send(Message::text(frame)).await.map_err(send_err)?;
+                        self.outbox.sent();
+                    }
+                    let _ = tx.send(Message::Close(None)).await;
+                    tracing::info!("key rotated: reconnecting with the new key");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn git_version(&self) -> Option<String> {
+        let repo = &self.config.update.as_ref()?.repo;
+        let head = std::fs::read_to_string(repo.join(".git/HEAD")).ok()?;
+        let head = head.trim();
+        let id = match head.strip_prefix("ref: ") {
+            Some(r) => std::fs::read_to_string(repo.join(".git").join(r))
+                .ok()?
+                .trim()
+                .to_string(),
+            None => head.to_string(),
+        };
+        Some(id.chars().take(12).collect())
+    }
+
+    fn status_update(&self) -> AgentMessage {
+        let (load, cores) = system::cpu();
+        let (total, used, free) = system::memory();
+        AgentMessage::StatusUpdate {
+            status: wire::HostStatus {
+                hostname: system::hostname(),
+                uptime: system::uptime(),
+                git_version: self.git_version(),
+                cpu: wire::CpuStatus { load, cores },
+                memory: wire::MemoryStatus { total, used, free },
+                disk: system::filesystems()
+                    .into_iter()
+                    .map(|(fs, size, used, available)| wire::DiskStatus {
+                        fs,
+                        size,
+                        used,
+                        available,
+                    })
+                    .collect(),
+                apps: self.supervisor.status(None).unwrap_or_default(),
+                timestamp: now_ms(),
+            },
+        }
+    }
+
+    /// Parses a frame and starts its command; anything unusable is answered with an error.
+    fn on_frame(&self, text: &str) {
+        match wire::parse_engine(text) {
+            Ok(msg) => {
+                tracing::info!(id = msg.id(), kind = msg.type_name(), "engine command");
+                self.dispatch(msg);
+            }
+            Err(e) => {
+                tracing::warn!("unusable message from the engine: {e}");
+                self.outbox.push(to_frame(&e.reply()));
+            }
+        }
+    }
+
+    fn report(&self, msg: AgentMessage) {
+        self.outbox.push(to_frame(&msg));
+    }
+
+    fn dispatch(&self, msg: EngineMessage) {
+        match msg {
+            EngineMessage::CreateSite { id, domain, .. } => self.site(
+                id,
+                domain,
+                wire::SiteAction::Create,
+                self.config.sites.create.clone(),
+            ),
+            EngineMessage::DeleteSite { id, domain } => self.site(
+                id,
+                domain,
+                wire::SiteAction::Delete,
+                self.config.sites.delete.clone(),
+            ),
+            EngineMessage::RotateKey { id, new_key } => {
+                let result = if new_key.trim().is_empty() {
+                    Err("refused: the new key is empty".to_string())
+                } else {
+                    write_atomic(&self.config.key_file, new_key.trim().as_bytes(), 0o600).map_err(
+                        |e| {
+                            format!(
+                                "cannot write key_file {}: {e}",
+                                self.config.key_file.display()
+                            )
+                        },
+                    )
+                };
+                let ok = result.is_ok();
+                self.report(AgentMessage::KeyRotation {
+                    id,
+                    status: if ok {
+                        OperationStatus::Completed
+                    } else {
+                        OperationStatus::Failed
+                    },
+                    error: result.err(),
+                });
+                if ok {
+                    self.reconnect.notify_one();
+                }
+            }
+            EngineMessage::AppControl { id, app, action } => self.app_control(id, app, action),
+            EngineMessage::UpdateAgent { id } => self.report(AgentMessage::UpdateOperation {
+                id,
+                status: OperationStatus::Failed,
+                git_version: self.git_version(),
+                output: None,
+                error: Some(
+                    "this agent version cannot update itself yet (update_agent is not supported)"
+                        .into(),
+                ),
+            }),
+            EngineMessage::RollbackAgent { id, commit_id } => {
+                let error = match wire::validate_commit(&commit_id) {
+                    Err(e) => format!("refused: {e}"),
+                    Ok(_) => {
+                        "this agent version cannot roll back yet (rollback_agent is not supported)"
+                            .into()
+                    }
+                };
+                self.report(AgentMessage::RollbackOperation {
+                    id,
+                    status: OperationStatus::Failed,
+                    commit_id,
+                    git_version: self.git_version(),
+                    output: None,
+                    error: Some(error),
+                })
+            }
+            EngineMessage::DeployApp { id, app, .. } => {
+                self.report(AgentMessage::DeployOperation {
+                    id,
+                    app,
+                    status: OperationStatus::Failed,
+                    output: None,
+                    error: Some("deployments are not supported by this agent version yet".into()),
+                })
+            }
+        }
+    }
+
+    fn site(
+        &self,
+        id: String,
+        domain: String,
+        op: wire::SiteAction,
+        template: Option<Vec<String>>,
+    ) {
+        let failed = |domain: String, error: String| AgentMessage::SiteOperation {
+            id: id.clone(),
+            operation: op,
+            status: OperationStatus::Failed,
+            domain,
+            output: None,
+            error: Some(error),
+        };
+        let domain = match wire::validate_domain(&domain) {
+            Ok(d) => d,
+            Err(e) => return self.report(failed(domain, format!("refused: {e}"))),
+        };
+        let Some(template) = template else {
+            let which = if op == wire::SiteAction::Create {
+                "create"
+            } else {
+                "delete"
+            };
+            return self.report(failed(
+                domain,
+                format!("no [fleet.sites] {which} template is configured on this host"),
+            ));
+        };
+        if !self
+            .busy_domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domain.clone())
+        {
+            return self.report(failed(
+                domain.clone(),
+                format!("refused: an operation on {domain} is already running on this host"),
+            ));
+        }
+        self.report(AgentMessage::SiteOperation {
+            id: id.clone(),
+            operation: op,
+            status: OperationStatus::Starting,
+            domain: domain.clone(),
+            output: None,
+            error: None,
+        });
+        let argv = SiteTemplates::render(&template, &domain);
+        let agent = self.handle();
+        tokio::spawn(async move {
+            let (ok, output, error) = agent.run_argv(&argv).await;
+            agent
+                .busy_domains
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&domain);
+            agent.report(AgentMessage::SiteOperation {
+                id,
+                operation: op,
+                status: if ok {
+                    OperationStatus::Completed
+                } else {
+                    OperationStatus::Failed
+                },
+                domain,
+                output: Some(output),
+                error,
+            });
+        });
+    }
+
+    fn app_control(&self, id: String, app: String, action: wire::AppAction) {
+        self.report(AgentMessage::AppOperation {
+            id: id.clone(),
+            app: app.clone(),
+            action,
+            status: OperationStatus::Starting,
+            output: None,
+            error: None,
+        });
+        let agent = self.handle();
+        tokio::spawn(async move {
+            let target = Target::App(app.clone());
+            let result = match action {
+                wire::AppAction::Start => agent.supervisor.start(&target).await,
+                wire::AppAction::Stop => agent.supervisor.stop(&target).await,
+                wire::AppAction::Restart => agent.supervisor.restart(&target).await,
+            };
+            agent.report(AgentMessage::AppOperation {
+                id,
+                app,
+                action,
+                status: if result.is_ok() {
+                    OperationStatus::Completed
+                } else {
+                    OperationStatus::Failed
+                },
+                output: None,
+                error: result.err().map(|e| e.to_string()),
+            });
+        });
+    }
+
+    /// Runs an argv (no shell) to completion; returns success, the last 64 KiB of output and an error.
+    async fn run_argv(&self, argv: &[String]) -> (bool, String, Option<String>) {
+        let env = std::collections::BTreeMap::new();
+        let inherit = vec!["PATH".to_string()];
+        let spec = Spec {
+            command: argv,
+            cwd: Some(std::path::Path::new("/")),
+            user: None,
+            inherit_env: &inherit,
+            env_file: None,
+            env: &env,
+            extra: vec![(
+                Marker::SUPERVISOR_VAR.to_string(),
+                self.marker.supervisor_id.clone(),
+            )],
+        };
+        let child = match spawn::command(&spec).and_then(|mut c| {
+            self.reaper
+                .spawn(&mut c)
+                .map_err(|e| spawn::exec_error(argv, e))
+        }) {
+            Ok(c) => c,
+            Err(e) => return (false, String::new(), Some(e.to_string())),
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let readers = [
+            read_into(child.stdout, out.clone()),
+            read_into(child.stderr, out.clone()),
+        ];
+        let status = child.exit.await.ok();
+        for r in readers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        let bytes = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
+        let start = bytes.len().saturating_sub(OUTPUT_TAIL);
+        let output = String::from_utf8_lossy(&bytes[start..]).into_owned();
+        match status {
+            Some(s) if s.success() => (true, output, None),
+            Some(s) => (false, output, Some(format!("{} exited with {s}", argv[0]))),
+            None => (false, output, Some(format!("{} vanished", argv[0]))),
+        }
+    }
+
+    fn handle(&self) -> Arc<Agent> {
+        self.me
+            .upgrade()
+            .expect("the agent lives in the Arc made by `start`")
+    }
+}
+
+fn to_frame(msg: &AgentMessage) -> String {
+    serde_json::to_string(msg).expect("wire types serialise")
+}
+
+fn read_into(fd: std::os::fd::OwnedFd, out: Arc<Mutex<Vec<u8>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
+            return;
+        };
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = rx.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+            o.extend_from_slice(&buf[..n]);
+            if o.len() > 2 * OUTPUT_TAIL {
+                let cut = o.len() - OUTPUT_TAIL;
+                o.drain(..cut);
+            }
+        }
+    })
+}

@@ -1,0 +1,249 @@
+//! A stand-in engine for agent tests: a WebSocket endpoint on 127.0.0.1 that checks the agent
+//! headers (401 before the upgrade for a wrong key), records every frame, sends commands, serves
+//! `POST /agent/enroll` on the same port, and can be stopped and started again on the same port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{wait_for, DEADLINE};
+
+#[derive(Default)]
+struct State {
+    /// Keys accepted in `x-agent-key`.
+    keys: Vec<String>,
+    /// Enrolment tokens → the key they are exchanged for (removed when used).
+    tokens: HashMap<String, String>,
+    frames: Vec<serde_json::Value>,
+    /// Header maps of accepted connections.
+    connects: Vec<HashMap<String, String>>,
+    refused: u32,
+    current: Option<mpsc::UnboundedSender<String>>,
+}
+
+/// The fake engine.
+pub struct Engine {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    rt: tokio::runtime::Runtime,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts an engine that accepts `key`.
+    pub fn start(key: &str) -> Engine {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            keys: vec![key.to_string()],
+            ..State::default()
+        }));
+        let mut engine = Engine {
+            addr,
+            state,
+            rt,
+            server: None,
+        };
+        engine.serve(listener);
+        engine
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let state = self.state.clone();
+        self.server = Some(self.rt.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(handle(stream, state.clone()));
+            }
+        }));
+    }
+
+    /// `ws://127.0.0.1:PORT/agent`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/agent", self.addr)
+    }
+
+    /// Drops the listener and every connection.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+        }
+        self.state.lock().unwrap().current = None;
+        // Aborting the accept loop drops its JoinSet, which aborts the connections.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    /// Listens again on the same port.
+    pub fn restart(&mut self) {
+        let listener = self.rt.block_on(TcpListener::bind(self.addr)).unwrap();
+        self.serve(listener);
+    }
+
+    /// Replaces the accepted keys.
+    pub fn accept_keys(&self, keys: &[&str]) {
+        self.state.lock().unwrap().keys = keys.iter().map(|k| k.to_string()).collect();
+    }
+
+    /// Adds a single-use enrolment token.
+    pub fn add_token(&self, token: &str, key: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(token.into(), key.into());
+    }
+
+    /// How many connections were refused with 401.
+    pub fn refused(&self) -> u32 {
+        self.state.lock().unwrap().refused
+    }
+
+    /// Headers of the accepted connections so far.
+    pub fn connects(&self) -> Vec<HashMap<String, String>> {
+        self.state.lock().unwrap().connects.clone()
+    }
+
+    /// Sends a frame to the connected agent (waits for a connection).
+    #[track_caller]
+    pub fn send(&self, frame: &str) {
+        let tx = wait_for("a connected agent", DEADLINE, || {
+            self.state
+                .lock()
+                .unwrap()
+                .current
+                .clone()
+                .ok_or_else(|| "not connected".to_string())
+        });
+        tx.send(frame.to_string()).unwrap();
+    }
+
+    /// Waits for a frame matching `pred` and returns it.
+    #[track_caller]
+    pub fn wait_frame(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, DEADLINE, || {
+            let s = self.state.lock().unwrap();
+            s.frames.iter().find(|f| pred(f)).cloned().ok_or_else(|| {
+                let last: Vec<_> = s.frames.iter().rev().take(5).collect();
+                format!("{} frames, last: {last:?}", s.frames.len())
+            })
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn handle(stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut head = [0u8; 4];
+    if stream.peek(&mut head).await.is_ok() && &head == b"POST" {
+        return enroll(stream, state).await;
+    }
+    let check = state.clone();
+    // The callback's signature is tungstenite's; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let headers: HashMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let mut s = check.lock().unwrap();
+        let key = headers.get("x-agent-key").cloned().unwrap_or_default();
+        if !s.keys.contains(&key) {
+            s.refused += 1;
+            let mut r = ErrorResponse::new(Some("bad credentials".into()));
+            *r.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::UNAUTHORIZED;
+            return Err(r);
+        }
+        s.connects.push(headers);
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    let (mut tx, mut rx) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    state.lock().unwrap().current = Some(out_tx);
+    loop {
+        tokio::select! {
+            frame = rx.next() => match frame {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(v) = serde_json::from_str(t.as_str()) {
+                        state.lock().unwrap().frames.push(v);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+            out = out_rx.recv() => match out {
+                Some(text) => if tx.send(Message::text(text)).await.is_err() { return },
+                None => return,
+            },
+        }
+    }
+}
+
+async fn enroll(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let body = loop {
+        let Ok(n) = stream.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break buf[end + 4..end + 4 + len].to_vec();
+            }
+        }
+    };
+    let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let token = req["token"].as_str().unwrap_or_default().to_string();
+    let key = state.lock().unwrap().tokens.remove(&token);
+    let (status, body) = match key {
+        Some(k) => {
+            state.lock().unwrap().keys.push(k.clone());
+            ("200 OK", serde_json::json!({ "key": k }).to_string())
+        }
+        None => ("403 Forbidden", r#"{"error":{"code":"token_used","message":"enrolment token already used or expired"}}"#.to_string()),
+    };
+    let resp = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    let _ = stream.write_all(resp.as_bytes()).await;
+}

@@ -1,0 +1,404 @@
+//! The fleet agent against a stand-in engine on 127.0.0.1: enrolment, headers, status updates,
+//! reconnects with backoff, commands (sites through argv templates, key rotation, app control),
+//! error replies, one operation per domain, reports kept across disconnects and restarts.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use citrus::control::AppState;
+
+use crate::engine::Engine;
+use crate::support::{wait_for, Daemon, DEADLINE};
+
+const AGENT_ID: &str = "3f1c2b7e-0000-4000-8000-000000000001";
+const KEY: &str = "k-0123456789abcdef";
+
+/// A daemon with one app and a `[fleet]` section towards `engine`; `sites` adds the recorder
+/// templates. The key file holds `key` unless it is None.
+fn agent(engine: &Engine, key: Option<&str>, extra: &str) -> Daemon {
+    let d = Daemon::prepare(
+        &format!(
+            "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n\
+             [fleet]\nengine_url = \"{}\"\nagent_id = \"{AGENT_ID}\"\nkey_file = \"agent.key\"\nstatus_interval = \"300ms\"\nreconnect_delay = \"100ms\"\n{extra}\n\
+             [fleet.sites]\ncreate = [\"./record.sh\", \"create\", \"{{domain}}\", \"--type=wp\"]\ndelete = [\"./record.sh\", \"delete\", \"{{domain}}\", \"--yes\"]\n",
+            engine.url()
+        ),
+        &[],
+    );
+    let record = d.dir.path().join("record.sh");
+    // Site commands run in /, so the templates name the recorder by its absolute path.
+    let text = fs::read_to_string(&d.config)
+        .unwrap()
+        .replace("./record.sh", &record.display().to_string());
+    fs::write(&d.config, text).unwrap();
+    fs::write(&record, "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done >> \"$(dirname \"$0\")/argv.log\"\necho \"made $2\"\n").unwrap();
+    fs::set_permissions(&record, fs::Permissions::from_mode(0o755)).unwrap();
+    if let Some(k) = key {
+        fs::write(d.dir.path().join("agent.key"), k).unwrap();
+    }
+    d
+}
+
+fn ty(v: &serde_json::Value, t: &str) -> bool {
+    v["type"] == t
+}
+
+#[test]
+fn connects_with_headers_reports_status_and_comes_back_after_an_engine_restart() {
+    let mut engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    let hello = engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    assert_eq!(hello["agentId"], AGENT_ID);
+    assert!(hello["version"].is_string());
+    let headers = &engine.connects()[0];
+    assert_eq!(headers["x-client-type"], "agent");
+    assert_eq!(headers["x-agent-id"], AGENT_ID);
+    assert_eq!(headers["x-citrus-protocol"], "1");
+    d.wait_state("api", AppState::Online);
+    let status = engine.wait_frame("a status_update listing the app", |v| {
+        ty(v, "status_update")
+            && v["status"]["apps"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["name"] == "api"))
+    });
+    let s = &status["status"];
+    for key in [
+        "hostname",
+        "uptime",
+        "gitVersion",
+        "cpu",
+        "memory",
+        "disk",
+        "apps",
+        "timestamp",
+    ] {
+        assert!(s.get(key).is_some(), "status.{key} missing: {s}");
+    }
+    assert!(s["cpu"]["cores"].as_u64().unwrap() >= 1);
+    assert!(s["memory"]["total"].as_u64().unwrap() > 0);
+    assert!(s["disk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["fs"].is_string() && d["size"].is_u64()));
+    d.ctl(&["fleet"])
+        .code(0)
+        .stdout_has(&["connected", AGENT_ID, &engine.url()]);
+
+    engine.stop();
+    wait_for("the agent to notice", DEADLINE, || {
+        let r = d.ctl(&["--json", "fleet"]);
+        if r.stdout.contains("\"connected\"") {
+            Err(r.stdout)
+        } else {
+            Ok(())
+        }
+    });
+    engine.restart();
+    wait_for("a second connection", DEADLINE, || {
+        if engine.connects().len() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{}", engine.connects().len()))
+        }
+    });
+    d.ctl(&["fleet"]).code(0).stdout_has(&["connected"]);
+}
+
+#[test]
+fn a_wrong_key_is_logged_and_retried_with_backoff_without_hammering() {
+    let engine = Engine::start("the-right-key");
+    let d = agent(&engine, Some("a-wrong-key"), "").launch();
+    let t0 = Instant::now();
+    wait_for("a few refusals", DEADLINE, || {
+        if engine.refused() >= 3 {
+            Ok(())
+        } else {
+            Err(engine.refused().to_string())
+        }
+    });
+    // Backoff from 100 ms doubling (full jitter): nowhere near one attempt per millisecond.
+    std::thread::sleep(Duration::from_secs(2));
+    let attempts = engine.refused();
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert!(
+        f64::from(attempts) / elapsed < 10.0,
+        "{attempts} attempts in {elapsed:.1}s"
+    );
+    let fleet = d.ctl(&["fleet"]);
+    fleet.code(0).stdout_has(&["401"]);
+    assert!(d.stderr().contains("401"));
+    assert!(
+        !d.stderr().contains("a-wrong-key"),
+        "the key must never be logged"
+    );
+}
+
+#[test]
+fn sites_run_through_argv_templates_and_hostile_domains_run_nothing() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.send(r#"{"type":"create_site","id":"op-1","domain":"Shop.Example.com","options":{"cache":true}}"#);
+    let done = engine.wait_frame("create completed", |v| {
+        ty(v, "site_operation") && v["id"] == "op-1" && v["status"] == "completed"
+    });
+    assert_eq!(done["domain"], "shop.example.com");
+    assert!(done["output"]
+        .as_str()
+        .unwrap()
+        .contains("made shop.example.com"));
+    engine.wait_frame("create starting", |v| {
+        v["id"] == "op-1" && v["status"] == "starting"
+    });
+    let argv = fs::read_to_string(d.dir.path().join("argv.log")).unwrap();
+    assert_eq!(argv, "create\nshop.example.com\n--type=wp\n");
+
+    for (i, hostile) in [
+        "a.com; touch /tmp/x",
+        "-rf",
+        "../x",
+        "",
+        &"a".repeat(300),
+        "$(reboot).com",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("bad-{i}");
+        let frame =
+            serde_json::json!({"type": "create_site", "id": id, "domain": hostile}).to_string();
+        engine.send(&frame);
+        // Refused before anything runs: an error reply naming the field.
+        let r = engine.wait_frame("a refusal", |v| v["id"] == id.as_str());
+        assert_eq!(r["type"], "error", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("domain"), "{r}");
+    }
+    assert_eq!(
+        fs::read_to_string(d.dir.path().join("argv.log")).unwrap(),
+        argv,
+        "nothing ran for hostile domains"
+    );
+    engine.send(r#"{"type":"delete_site","id":"op-2","domain":"shop.example.com"}"#);
+    engine.wait_frame("delete completed", |v| {
+        v["id"] == "op-2" && v["status"] == "completed"
+    });
+    assert!(fs::read_to_string(d.dir.path().join("argv.log"))
+        .unwrap()
+        .ends_with("delete\nshop.example.com\n--yes\n"));
+}
+
+#[test]
+fn one_operation_per_domain_at_a_time() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    // A slow recorder: the first operation is still running when the second arrives.
+    fs::write(
+        d.dir.path().join("record.sh"),
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" >> \"$(dirname \"$0\")/argv.log\"\nsleep 1\necho done\n",
+    )
+    .unwrap();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.send(r#"{"type":"create_site","id":"first","domain":"busy.example.com"}"#);
+    engine.wait_frame("first starting", |v| {
+        v["id"] == "first" && v["status"] == "starting"
+    });
+    engine.send(r#"{"type":"create_site","id":"second","domain":"busy.example.com"}"#);
+    let second = engine.wait_frame("second refused", |v| v["id"] == "second");
+    assert_eq!(second["status"], "failed");
+    assert!(
+        second["error"]
+            .as_str()
+            .unwrap()
+            .contains("already running"),
+        "{second}"
+    );
+    engine.wait_frame("first completed", |v| {
+        v["id"] == "first" && v["status"] == "completed"
+    });
+    assert_eq!(
+        fs::read_to_string(d.dir.path().join("argv.log"))
+            .unwrap()
+            .matches("busy.example.com")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn malformed_unknown_and_incomplete_messages_get_error_replies_and_the_link_stays_up() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.send("this is not json");
+    engine.send(r#"{"type":"launch_missiles","id":"u-1"}"#);
+    engine.send(r#"{"type":"create_site","id":"m-1"}"#);
+    engine.wait_frame("malformed reply", |v| ty(v, "error") && v["id"].is_null());
+    let unknown = engine.wait_frame("unknown-type reply", |v| ty(v, "error") && v["id"] == "u-1");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap()
+            .contains("launch_missiles"),
+        "{unknown}"
+    );
+    let missing = engine.wait_frame("missing-field reply", |v| {
+        ty(v, "error") && v["id"] == "m-1"
+    });
+    assert!(
+        missing["error"].as_str().unwrap().contains("domain"),
+        "{missing}"
+    );
+    // Same connection, still working.
+    engine.send(r#"{"type":"app_control","id":"a-1","app":"api","action":"restart"}"#);
+    engine.wait_frame("restart done", |v| {
+        ty(v, "app_operation") && v["id"] == "a-1" && v["status"] == "completed"
+    });
+    assert_eq!(engine.connects().len(), 1);
+    d.ctl(&["ping"]).code(0);
+}
+
+#[test]
+fn commit_ids_are_validated_and_unsupported_operations_say_so() {
+    let engine = Engine::start(KEY);
+    let _d = agent(&engine, Some(KEY), "").launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    for (id, commit) in [("r-1", "HEAD~1"), ("r-2", "--upload-pack=x")] {
+        engine.send(
+            &serde_json::json!({"type": "rollback_agent", "id": id, "commitId": commit})
+                .to_string(),
+        );
+        let r = engine.wait_frame("rollback refused", |v| v["id"] == id);
+        assert_eq!(r["type"], "error", "{r}");
+        assert!(r["error"].as_str().unwrap().contains("commitId"), "{r}");
+    }
+    // Self-update is not in this release: the engine is told so, nothing pretends.
+    engine.send(r#"{"type":"update_agent","id":"up-1"}"#);
+    let up = engine.wait_frame("update refused", |v| v["id"] == "up-1");
+    assert_eq!(
+        (up["type"].as_str(), up["status"].as_str()),
+        (Some("update_operation"), Some("failed"))
+    );
+    assert!(
+        up["error"].as_str().unwrap().contains("not supported"),
+        "{up}"
+    );
+}
+
+#[test]
+fn key_rotation_is_written_0600_acknowledged_and_used_on_reconnect() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.send(r#"{"type":"rotate_key","id":"rk-0","newKey":"  "}"#);
+    let empty = engine.wait_frame("empty key refused", |v| v["id"] == "rk-0");
+    assert_eq!(empty["type"], "error", "{empty}");
+    assert!(
+        empty["error"].as_str().unwrap().contains("newKey"),
+        "{empty}"
+    );
+    // Two-phase: the engine accepts both keys until the agent acknowledges.
+    engine.accept_keys(&[KEY, "k-new-key"]);
+    engine.send(r#"{"type":"rotate_key","id":"rk-1","newKey":"k-new-key"}"#);
+    let ack = engine.wait_frame("rotation acknowledged", |v| {
+        ty(v, "key_rotation") && v["id"] == "rk-1"
+    });
+    assert_eq!(ack["status"], "completed");
+    let key_file = d.dir.path().join("agent.key");
+    assert_eq!(fs::read_to_string(&key_file).unwrap(), "k-new-key");
+    assert_eq!(
+        fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    engine.accept_keys(&["k-new-key"]);
+    wait_for("a reconnect with the new key", DEADLINE, || {
+        let c = engine.connects();
+        if c.last().is_some_and(|h| h["x-agent-key"] == "k-new-key") {
+            Ok(())
+        } else {
+            Err(format!("{}", c.len()))
+        }
+    });
+}
+
+#[test]
+fn reports_made_while_disconnected_are_delivered_after_reconnect_even_across_a_restart() {
+    let mut engine = Engine::start(KEY);
+    let mut d = agent(&engine, Some(KEY), "").launch();
+    fs::write(
+        d.dir.path().join("record.sh"),
+        "#!/bin/sh\nsleep 1\necho finished $2\n",
+    )
+    .unwrap();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.send(r#"{"type":"create_site","id":"q-1","domain":"late.example.com"}"#);
+    engine.wait_frame("starting", |v| {
+        v["id"] == "q-1" && v["status"] == "starting"
+    });
+    engine.stop();
+    // The operation completes while the engine is away; the report is queued and persisted.
+    wait_for("a queued report", DEADLINE, || {
+        let r = d.ctl(&["--json", "fleet"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+        if v["queued_reports"].as_u64().unwrap_or(0) >= 1 {
+            Ok(())
+        } else {
+            Err(r.stdout)
+        }
+    });
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    engine.restart();
+    d.spawn();
+    d.wait_ready();
+    let done = engine.wait_frame("the queued report", |v| {
+        v["id"] == "q-1" && v["status"] == "completed"
+    });
+    assert!(done["output"]
+        .as_str()
+        .unwrap()
+        .contains("finished late.example.com"));
+}
+
+#[test]
+fn enrolment_exchanges_the_token_once_for_a_key_written_0600() {
+    let engine = Engine::start("unused");
+    engine.add_token("tok-single-use-123", "k-from-enrolment");
+    let d = agent(&engine, None, "enroll_token = \"tok-single-use-123\"").launch();
+    wait_for("a connection with the enrolled key", DEADLINE, || {
+        let c = engine.connects();
+        if c.iter().any(|h| h["x-agent-key"] == "k-from-enrolment") {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    });
+    let key_file = d.dir.path().join("agent.key");
+    assert_eq!(fs::read_to_string(&key_file).unwrap(), "k-from-enrolment");
+    assert_eq!(
+        fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !d.stderr().contains("tok-single-use-123"),
+        "the token must never be logged"
+    );
+}
+
+#[test]
+fn an_engine_url_that_does_not_resolve_is_reported_and_citrusd_carries_on() {
+    let d = Daemon::start(
+        "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n[fleet]\nengine_url = \"ws://engine.invalid/agent\"\nagent_id = \"a1\"\nkey_file = \"agent.key\"\nreconnect_delay = \"100ms\"\n",
+    );
+    fs::write(d.dir.path().join("agent.key"), KEY).unwrap();
+    wait_for("a connection error", DEADLINE, || {
+        let r = d.ctl(&["fleet"]);
+        if r.stdout.contains("engine.invalid") && r.stdout.contains("cannot connect") {
+            Ok(())
+        } else {
+            Err(r.stdout)
+        }
+    });
+    d.wait_state("api", AppState::Online);
+}
