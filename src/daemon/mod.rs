@@ -177,6 +177,14 @@ pub async fn run(
             &daemon_cfg.state_dir,
         )
     });
+    if let Some(agent) = &agent {
+        let agent = Arc::downgrade(agent);
+        events.forward(Box::new(move |kind, app, message| {
+            if let Some(agent) = agent.upgrade() {
+                agent.event(kind.as_str(), app, message);
+            }
+        }));
+    }
     let jobs = Jobs::start(
         supervisor.clone(),
         events.clone(),

@@ -422,6 +422,15 @@ impl Agent {
         }
     }
 
+    /// Queues a notification event for the engine.
+    pub fn event(&self, kind: &str, app: Option<&str>, message: &str) {
+        self.report(AgentMessage::Event {
+            kind: kind.to_string(),
+            app: app.map(str::to_string),
+            message: message.to_string(),
+        });
+    }
+
     fn report(&self, msg: AgentMessage) {
         self.outbox.push(to_frame(&msg));
     }

@@ -14,10 +14,14 @@ struct Inner {
     events: Vec<EventKind>,
 }
 
+/// Another destination for every event (the fleet agent forwards them to the engine).
+pub type Forward = Box<dyn Fn(EventKind, Option<&str>, &str) + Send + Sync>;
+
 /// Where events go; reconfigured on config reload.
 pub struct Notifier {
     host: String,
     inner: RwLock<Inner>,
+    forward: RwLock<Option<Forward>>,
 }
 
 fn webhook_config(url: &str) -> WebhookConfig {
@@ -37,6 +41,7 @@ impl Notifier {
             .map(|url| (url.clone(), Webhook::start(webhook_config(url))));
         Notifier {
             host,
+            forward: RwLock::new(None),
             inner: RwLock::new(Inner {
                 webhook,
                 events: config.events.clone(),
@@ -56,8 +61,22 @@ impl Notifier {
         inner.events = config.events.clone();
     }
 
-    /// Logs the event and queues it for the webhook when it is one of `[notify] events`.
+    /// Sends every event to `forward` as well.
+    pub fn forward(&self, forward: Forward) {
+        *self.forward.write().unwrap_or_else(|e| e.into_inner()) = Some(forward);
+    }
+
+    /// Logs the event, forwards it, and queues it for the webhook when it is one of
+    /// `[notify] events`.
     pub fn emit(&self, kind: EventKind, app: Option<&str>, message: &str) {
+        if let Some(f) = self
+            .forward
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            f(kind, app, message);
+        }
         tracing::warn!(event = kind.as_str(), app = app.unwrap_or("-"), "{message}");
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         if let Some((_, webhook)) = inner

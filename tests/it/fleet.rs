@@ -402,3 +402,19 @@ fn an_engine_url_that_does_not_resolve_is_reported_and_citrusd_carries_on() {
     });
     d.wait_state("api", AppState::Online);
 }
+
+#[test]
+fn events_are_forwarded_to_the_engine() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    d.ctl(&["start", "--name", "crashy", "--", "false"]).code(0);
+    let event = engine.wait_frame("an errored event", |v| {
+        ty(v, "event") && v["kind"] == "errored"
+    });
+    assert_eq!(event["app"], "crashy");
+    assert!(
+        event["message"].as_str().unwrap().contains("cannot start")
+            || event["message"].as_str().unwrap().contains("max_restarts")
+    );
+}
