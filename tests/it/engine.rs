@@ -35,6 +35,8 @@ pub struct Engine {
     state: Arc<Mutex<State>>,
     rt: tokio::runtime::Runtime,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// With TLS (`wss://localhost`): the acceptor and the self-signed certificate in PEM.
+    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
 }
 
 impl Engine {
@@ -56,34 +58,78 @@ impl Engine {
             state,
             rt,
             server: None,
+            tls: None,
         };
         engine.serve(listener);
         engine
     }
 
+    /// An engine speaking `wss://` with a self-signed certificate for `localhost`.
+    pub fn start_tls(key: &str) -> Engine {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let pem = cert.cert.pem();
+        let der =
+            rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], der)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut engine = Engine::start(key);
+        engine.stop();
+        engine.tls = Some((acceptor, pem));
+        engine.restart();
+        engine
+    }
+
+    /// The self-signed certificate (PEM) of a TLS engine.
+    pub fn cert_pem(&self) -> &str {
+        &self.tls.as_ref().expect("a TLS engine").1
+    }
+
     fn serve(&mut self, listener: TcpListener) {
         let state = self.state.clone();
+        let tls = self.tls.as_ref().map(|(a, _)| a.clone());
         self.server = Some(self.rt.spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(handle(stream, state.clone()));
+                let state = state.clone();
+                match &tls {
+                    None => {
+                        conns.spawn(handle(stream, state));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        conns.spawn(async move {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                websocket(tls, state).await;
+                            }
+                        });
+                    }
+                }
             }
         }));
     }
 
-    /// `ws://127.0.0.1:PORT/agent`.
+    /// `ws://127.0.0.1:PORT/agent`, or `wss://localhost:PORT/agent` with TLS.
     pub fn url(&self) -> String {
-        format!("ws://{}/agent", self.addr)
+        match self.tls {
+            None => format!("ws://{}/agent", self.addr),
+            Some(_) => format!("wss://localhost:{}/agent", self.addr.port()),
+        }
     }
 
     /// Drops the listener and every connection.
     pub fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.abort();
+            // Wait until the task (and with it the listener and the connections) is gone.
+            let _ = self.rt.block_on(s);
         }
         self.state.lock().unwrap().current = None;
-        // Aborting the accept loop drops its JoinSet, which aborts the connections.
-        std::thread::sleep(Duration::from_millis(1));
     }
 
     /// Listens again on the same port.
@@ -158,6 +204,13 @@ async fn handle(stream: TcpStream, state: Arc<Mutex<State>>) {
     if stream.peek(&mut head).await.is_ok() && &head == b"POST" {
         return enroll(stream, state).await;
     }
+    websocket(stream, state).await;
+}
+
+async fn websocket<S>(stream: S, state: Arc<Mutex<State>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let check = state.clone();
     // The callback's signature is tungstenite's; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]

@@ -418,3 +418,31 @@ fn events_are_forwarded_to_the_engine() {
             || event["message"].as_str().unwrap().contains("max_restarts")
     );
 }
+
+#[test]
+fn wss_with_a_ca_file() {
+    let engine = Engine::start_tls(KEY);
+    let d = agent(&engine, Some(KEY), "ca_file = \"engine-ca.pem\"");
+    std::fs::write(d.dir.path().join("engine-ca.pem"), engine.cert_pem()).unwrap();
+    let d = d.launch();
+    let hello = engine.wait_frame("agent_connected over TLS", |v| ty(v, "agent_connected"));
+    assert_eq!(hello["agentId"], AGENT_ID);
+    d.ctl(&["fleet"])
+        .code(0)
+        .stdout_has(&["connected", "wss://localhost"]);
+}
+
+#[test]
+fn wss_refuses_an_engine_it_cannot_verify() {
+    let engine = Engine::start_tls(KEY);
+    let d = agent(&engine, Some(KEY), "").launch();
+    wait_for("a certificate error", DEADLINE, || {
+        let r = d.ctl(&["fleet"]);
+        if r.stdout.to_lowercase().contains("certificate") {
+            Ok(())
+        } else {
+            Err(r.stdout)
+        }
+    });
+    assert!(engine.connects().is_empty());
+}
