@@ -375,6 +375,24 @@ def free_ports(n):
     raise RuntimeError(f"cannot find {n} free ports")
 
 
+def get_latency(port, n=20):
+    """Median ms from connect to the status line of a GET like citrusd's probe, from python."""
+    ts = []
+    for _ in range(n):
+        t = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        ts.append((time.monotonic() - t) * 1000)
+        time.sleep(0.05)
+    return statistics.median(ts)
+
+
 def count_gets(logdir):
     """'GET / HTTP' lines across <log_dir>/*-err.log, and other (traceback/error) lines."""
     gets = other = 0
@@ -392,7 +410,7 @@ def count_gets(logdir):
 
 # ---------------------------------------------------------------------------------------------- #
 def idle_run(with_health):
-    label = "health" if with_health else "nohealth"
+    label = "probed" if with_health else "unprobed"
     d = os.path.join(WORK, f"f1-{label}")
     www = os.path.join(WORK, "www")  # empty dir: the servers answer / with a tiny listing
     os.makedirs(www, exist_ok=True)
@@ -403,11 +421,11 @@ def idle_run(with_health):
         if with_health:
             a["health"] = {"http": f"http://127.0.0.1:{port}/", "interval": "1s", "timeout": "2s", "failures": 3}
         apps[f"web{i:03d}"] = a
+    t_start = time.monotonic()
     dm = Daemon(d, write_config(d, apps)).start()
     dm.wait_ping()
-    t_start = time.monotonic()
     st = dm.wait_online(N_APPS, timeout=180)
-    log(f"fig1 {label}: {N_APPS} apps online after {time.monotonic() - t_start:.1f} s; settling {SETTLE:g} s")
+    log(f"fig1 {label}: {N_APPS} apps online {time.monotonic() - t_start:.1f} s after citrusd was started; settling {SETTLE:g} s")
     time.sleep(SETTLE)
     st = dm.wait_online(N_APPS, timeout=30)
     restarts0 = sum(a["restarts"] for a in st["apps"])
@@ -425,6 +443,7 @@ def idle_run(with_health):
 
     g0, o0 = count_gets(logdir)
     a0 = app_ticks()
+    fds0 = len(os.listdir(f"/proc/{dm.pid}/fd"))
     c0, m0 = cpu_ticks(dm.pid), time.monotonic()
     rss = [vm_rss_kb(dm.pid)]
     end = m0 + IDLE
@@ -436,21 +455,24 @@ def idle_run(with_health):
         dm.check_alive()
         rss.append(vm_rss_kb(dm.pid))
     c1, m1 = cpu_ticks(dm.pid), time.monotonic()
+    fds1 = len(os.listdir(f"/proc/{dm.pid}/fd"))
     a1 = app_ticks()
     g1, o1 = count_gets(logdir)
     secs = m1 - m0
+    lat = get_latency(ports[0]) if with_health else None
     st = dm.status()
     restarts1 = sum(a["restarts"] for a in st["apps"])
     online1 = sum(1 for a in st["apps"] if a["state"] == "online")
     err = dm.stderr_text()
-    health_lines = sum(1 for l in err.splitlines() if "health" in l.lower())
+    health_lines = sum(1 for l in err.splitlines()
+                       if "health probe" in l or "health_failed" in l or "unhealthy" in l.lower())
     res = {
         "cpu": (c1 - c0) / CLK_TCK / secs * 100, "ticks": c1 - c0, "secs": secs,
         "rss_end": rss[-1], "rss_max": max(rss), "rss_min": min(rss),
         "gets": g1 - g0, "gets_total": g1, "other_err_lines": o1,
         "app_cpu": (a1 - a0) / CLK_TCK / secs * 100,
         "restarts": restarts1 - restarts0, "restarts_total": restarts1, "online_end": online1,
-        "health_lines": health_lines,
+        "health_lines": health_lines, "fds": (fds0, fds1), "lat": lat,
     }
     log(f"fig1 {label}: citrusd {res['cpu']:.2f}% ({res['ticks']} ticks in {secs:.1f} s), "
         f"RSS {res['rss_end']} kB (max {res['rss_max']}), GETs {res['gets']} ({res['gets'] / secs:.1f}/s), "
@@ -474,13 +496,16 @@ def fig1_probes():
     row("1. baseline VmRSS, no health", f"{base['rss_end'] / 1024:.1f} MiB",
         f"min {base['rss_min'] / 1024:.1f}, max {base['rss_max'] / 1024:.1f} MiB")
     row("1. probes served", f"{hl['gets'] / hl['secs']:.1f} /s",
-        f"{hl['gets']} 'GET / HTTP' lines added to the 100 err logs in {hl['secs']:.1f} s (expected ~{N_APPS}/s, "
-        f"a bit less since each sleep of 1 s starts after the previous probe); baseline: {base['gets']} in "
+        f"{hl['gets']} 'GET / HTTP' lines added to the 100 err logs in {hl['secs']:.1f} s (expected ~{N_APPS}/s; "
+        f"citrusd sleeps 1 s after each probe, so a slow answer lowers the rate a little); baseline: {base['gets']} in "
         f"{base['secs']:.1f} s; other err-log lines (tracebacks etc.): {hl['other_err_lines']} with health, "
-        f"{base['other_err_lines']} without")
+        f"{base['other_err_lines']} without"
+        + (f"; mean time between two probes of one app {N_APPS * hl['secs'] / hl['gets'] * 1000:.0f} ms" if hl["gets"] else "")
+        + (f" (a GET to one server from python, connect → status line: median {hl['lat']:.1f} ms over 20)" if hl["lat"] is not None else ""))
     row("1. app restarts / health lines in citrusd log", f"{hl['restarts']} in window",
         f"with health: {hl['restarts_total']} restarts since start, {hl['online_end']}/{N_APPS} online at end, "
-        f"{hl['health_lines']} citrusd stderr lines mentioning health; baseline: {base['restarts_total']} restarts; "
+        f"{hl['health_lines']} citrusd stderr lines about failed probes; citrusd open fds at window start/end "
+        f"{hl['fds'][0]}/{hl['fds'][1]} (baseline {base['fds'][0]}/{base['fds'][1]}); baseline: {base['restarts_total']} restarts; "
         f"SIGTERM→exit {hl['stop'][0]:.2f} s (rc {hl['stop'][1]}) / {base['stop'][0]:.2f} s (rc {base['stop'][1]})")
 
 

@@ -94,6 +94,9 @@ pub struct UpdateConfig {
     pub remote: String,
     /// The branch to pull.
     pub branch: String,
+    /// How long a re-executed citrusd has to reconnect to the engine after an update before it
+    /// goes back to the previous version on its own (default 2 minutes).
+    pub confirm_timeout: Duration,
 }
 
 const DOMAIN: &str = "{domain}";
@@ -229,5 +232,6 @@ fn resolve_update(update: &UpdateLayer, base: &Path) -> Option<UpdateConfig> {
         repo: base.join(value(&update.repo)?),
         remote: name(&update.remote, "origin"),
         branch: name(&update.branch, "main"),
+        confirm_timeout: value(&update.confirm_timeout).map_or(Duration::from_secs(120), |d| d.0),
     })
 }

@@ -520,6 +520,7 @@ layer!(
         repo: PathBuf,
         remote: GitName,
         branch: GitName,
+        confirm_timeout: PositiveDuration,
     }
     check: check_update
 );

@@ -1383,6 +1383,7 @@ fn fleet_round_trip() {
                 repo: "/etc/citrus/src/citrus".into(),
                 remote: "upstream".into(),
                 branch: "stable".into(),
+                confirm_timeout: Duration::from_secs(120),
             }),
         })
     );
@@ -1409,6 +1410,7 @@ fn fleet_defaults() {
                 repo: "/opt/citrus".into(),
                 remote: "origin".into(),
                 branch: "main".into(),
+                confirm_timeout: Duration::from_secs(120),
             }),
         })
     );

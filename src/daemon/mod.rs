@@ -6,11 +6,13 @@ pub mod api;
 pub mod orphans;
 pub mod socket;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -22,9 +24,10 @@ use crate::health::events::Notifier;
 use crate::health::jobs::Jobs;
 use crate::health::sdnotify;
 use crate::state::{DirLock, StateError, StateStore};
+use crate::supervisor::handoff;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::Marker;
-use crate::supervisor::{Shared, Supervisor, SupervisorError};
+use crate::supervisor::{Adoption, Shared, Supervisor, SupervisorError};
 use crate::sys;
 
 /// Why citrusd could not start or had to stop.
@@ -140,7 +143,35 @@ pub async fn run(
     let marker = Marker {
         supervisor_id: supervisor_id(&daemon_cfg.state_dir),
     };
-    let leftovers = orphans::stop_previous_run(&marker, &config).await;
+    // Children handed over by a citrusd that re-executed itself: registered with the reaper
+    // before anything is reaped or awaited.
+    let handoff = handoff::take().unwrap_or_default();
+    let mut adopt = HashMap::new();
+    for inst in &handoff.instances {
+        let exit = reaper.adopt(inst.pid);
+        // SAFETY: the previous citrusd passed these descriptors open across exec for us alone.
+        let (out, err) = unsafe {
+            (
+                OwnedFd::from_raw_fd(inst.out_fd),
+                OwnedFd::from_raw_fd(inst.err_fd),
+            )
+        };
+        adopt.insert(
+            (inst.app.clone(), inst.index),
+            Adoption {
+                pid: inst.pid,
+                out,
+                err,
+                exit,
+                uptime: Duration::from_millis(inst.uptime_ms),
+                restarts: inst.restarts,
+                unstable_restarts: inst.unstable_restarts,
+                memory_restarts: inst.memory_restarts,
+            },
+        );
+    }
+    let kept: Vec<i32> = handoff.instances.iter().map(|i| i.pid).collect();
+    let leftovers = orphans::stop_previous_run(&marker, &config, &kept).await;
     if leftovers > 0 {
         tracing::warn!(
             count = leftovers,
@@ -166,7 +197,7 @@ pub async fn run(
         events: events.clone(),
     });
     let config_path = config.path.clone();
-    let supervisor = Supervisor::new(shared, config, store, &persisted)?;
+    let supervisor = Supervisor::new(shared, config, store, &persisted, adopt).await?;
     supervisor.save()?;
     let agent = fleet_config.map(|fleet| {
         Agent::start(
@@ -175,6 +206,7 @@ pub async fn run(
             reaper.clone(),
             marker.clone(),
             &daemon_cfg.state_dir,
+            handoff.update.clone(),
         )
     });
     if let Some(agent) = &agent {

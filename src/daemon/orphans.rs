@@ -22,7 +22,9 @@ struct Orphan {
 }
 
 /// Stops every process left by a previous run of this supervisor; returns how many there were.
-pub async fn stop_previous_run(marker: &Marker, config: &Config) -> usize {
+/// Processes of `kept` groups (instances handed over across a re-exec) and our own children are
+/// not orphans.
+pub async fn stop_previous_run(marker: &Marker, config: &Config, kept: &[i32]) -> usize {
     let me = std::process::id() as i32;
     let wanted = [marker.supervisor_entry()];
     let mut orphans = Vec::new();
@@ -44,6 +46,9 @@ pub async fn stop_previous_run(marker: &Marker, config: &Config) -> usize {
         let Some(stat) = procfs::stat(pid) else {
             continue;
         };
+        if stat.ppid == me || kept.contains(&stat.pgrp) {
+            continue;
+        }
         orphans.push(Orphan {
             pid,
             fd,

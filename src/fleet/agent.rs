@@ -29,6 +29,7 @@ use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus
 use super::system;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
 use crate::state::write_atomic;
+use crate::supervisor::handoff::{self, Handoff, PendingUpdate};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{self, Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
@@ -66,6 +67,9 @@ pub struct Agent {
     reconnect: tokio::sync::Notify,
     /// Ourselves, for the tasks commands run in.
     me: std::sync::Weak<Agent>,
+    state_dir: std::path::PathBuf,
+    /// An update this process was re-executed for, confirmed at the first connect.
+    pending: Mutex<Option<PendingUpdate>>,
 }
 
 fn now_ms() -> u64 {
@@ -105,6 +109,7 @@ impl Agent {
         reaper: Arc<Reaper>,
         marker: Marker,
         state_dir: &std::path::Path,
+        pending: Option<PendingUpdate>,
     ) -> Arc<Agent> {
         let outbox = Outbox::open(state_dir.join("fleet-outbox.json"));
         let status = FleetStatus {
@@ -117,8 +122,11 @@ impl Agent {
             dropped_reports: 0,
             protocol: wire::PROTOCOL_VERSION,
         };
+        let watch = pending.clone().filter(|p| p.reverted.is_none());
         let agent = Arc::new_cyclic(|me| Agent {
             me: me.clone(),
+            state_dir: state_dir.to_path_buf(),
+            pending: Mutex::new(pending),
             config,
             supervisor,
             reaper,
@@ -129,7 +137,91 @@ impl Agent {
             reconnect: tokio::sync::Notify::new(),
         });
         tokio::spawn(agent.clone().run());
+        if let Some(p) = watch {
+            tokio::spawn(agent.clone().confirm_or_revert(p));
+        }
         agent
+    }
+
+    /// After a re-exec for an update: if the new version has not reached the engine by the
+    /// deadline, go back to the previous commit and re-execute again.
+    async fn confirm_or_revert(self: Arc<Self>, p: PendingUpdate) {
+        let wait = Duration::from_millis(p.deadline_ms.saturating_sub(now_ms()));
+        tokio::time::sleep(wait).await;
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return;
+        }
+        let Some(update) = self.config.update.clone() else {
+            return;
+        };
+        let reason = format!(
+            "the new version did not reach the engine within {}; went back to {}",
+            crate::config::format_duration(update.confirm_timeout),
+            &p.previous[..p.previous.len().min(12)]
+        );
+        tracing::error!("{reason}");
+        let previous = p.previous.clone();
+        let back =
+            tokio::task::spawn_blocking(move || super::update::reset_to(&update.repo, &previous))
+                .await;
+        if let Ok(Err(e)) | Err(e) = back.map_err(|e| e.to_string()) {
+            tracing::error!("cannot go back to the previous version: {e}");
+            return;
+        }
+        let handoff = Handoff {
+            instances: self.supervisor.handoff(),
+            update: Some(PendingUpdate {
+                reverted: Some(reason),
+                deadline_ms: u64::MAX,
+                ..p
+            }),
+        };
+        let e = handoff::exec(&handoff, &self.state_dir);
+        tracing::error!("cannot re-execute citrusd: {e}");
+    }
+
+    /// At the first connect after an update's re-exec: the update is done (or was reverted).
+    fn confirm_update(&self) {
+        let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let (status, error) = match p.reverted {
+            None => (OperationStatus::Completed, None),
+            Some(reason) => (OperationStatus::Failed, Some(reason)),
+        };
+        let git_version = self.git_version();
+        let output = Some(format!(
+            "running {}",
+            git_version.clone().unwrap_or_default()
+        ));
+        self.report(if p.kind == "rollback" {
+            AgentMessage::RollbackOperation {
+                id: p.id,
+                status,
+                commit_id: p.commit_id.unwrap_or_default(),
+                git_version,
+                output,
+                error,
+            }
+        } else {
+            AgentMessage::UpdateOperation {
+                id: p.id,
+                status,
+                git_version,
+                output,
+                error,
+            }
+        });
     }
 
     /// The connection state for `citrusctl fleet`.
@@ -331,6 +423,7 @@ impl Agent {
         tx.send(Message::text(to_frame(&self.status_update())))
             .await
             .map_err(send_err)?;
+        self.confirm_update();
         let mut status_timer = tokio::time::interval(self.config.status_interval);
         status_timer.reset();
         loop {
@@ -477,33 +570,8 @@ impl Agent {
                 }
             }
             EngineMessage::AppControl { id, app, action } => self.app_control(id, app, action),
-            EngineMessage::UpdateAgent { id } => self.report(AgentMessage::UpdateOperation {
-                id,
-                status: OperationStatus::Failed,
-                git_version: self.git_version(),
-                output: None,
-                error: Some(
-                    "this agent version cannot update itself yet (update_agent is not supported)"
-                        .into(),
-                ),
-            }),
-            EngineMessage::RollbackAgent { id, commit_id } => {
-                let error = match wire::validate_commit(&commit_id) {
-                    Err(e) => format!("refused: {e}"),
-                    Ok(_) => {
-                        "this agent version cannot roll back yet (rollback_agent is not supported)"
-                            .into()
-                    }
-                };
-                self.report(AgentMessage::RollbackOperation {
-                    id,
-                    status: OperationStatus::Failed,
-                    commit_id,
-                    git_version: self.git_version(),
-                    output: None,
-                    error: Some(error),
-                })
-            }
+            EngineMessage::UpdateAgent { id } => self.update(id, None),
+            EngineMessage::RollbackAgent { id, commit_id } => self.update(id, Some(commit_id)),
             EngineMessage::DeployApp { id, app, .. } => {
                 self.report(AgentMessage::DeployOperation {
                     id,
@@ -514,6 +582,104 @@ impl Agent {
                 })
             }
         }
+    }
+
+    /// `update_agent` (commit None) or `rollback_agent`: move the checkout with git2, then
+    /// re-execute citrusd keeping the apps; the new process confirms once it reaches the engine.
+    fn update(&self, id: String, commit: Option<String>) {
+        let kind = if commit.is_some() {
+            "rollback"
+        } else {
+            "update"
+        };
+        let (task_id, task_commit) = (id.clone(), commit.clone());
+        let report = move |status: OperationStatus,
+                           output: Option<String>,
+                           error: Option<String>,
+                           git_version: Option<String>| match &commit {
+            Some(c) => AgentMessage::RollbackOperation {
+                id: id.clone(),
+                status,
+                commit_id: c.clone(),
+                git_version,
+                output,
+                error,
+            },
+            None => AgentMessage::UpdateOperation {
+                id: id.clone(),
+                status,
+                git_version,
+                output,
+                error,
+            },
+        };
+        let Some(update) = self.config.update.clone() else {
+            let msg = "no [fleet.update] repo is configured on this host".to_string();
+            return self.report(report(OperationStatus::Failed, None, Some(msg), None));
+        };
+        self.report(report(
+            OperationStatus::Starting,
+            None,
+            None,
+            self.git_version(),
+        ));
+        let agent = self.handle();
+        tokio::spawn(async move {
+            let repo = update.repo.clone();
+            let (remote, branch) = (update.remote.clone(), update.branch.clone());
+            let (id, commit) = (task_id, task_commit);
+            let target = commit.clone();
+            let moved = tokio::task::spawn_blocking(move || match &target {
+                Some(c) => super::update::reset_to(&repo, c),
+                None => super::update::pull(&repo, &remote, &branch),
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let moved = match moved {
+                Ok(m) => m,
+                Err(e) => {
+                    return agent.report(report(
+                        OperationStatus::Failed,
+                        None,
+                        Some(e),
+                        agent.git_version(),
+                    ))
+                }
+            };
+            let short = |c: &str| c.chars().take(12).collect::<String>();
+            let output = format!("{} -> {}", short(&moved.previous), short(&moved.current));
+            if moved.previous == moved.current {
+                let out = Some(format!("already at {}", short(&moved.current)));
+                return agent.report(report(
+                    OperationStatus::Completed,
+                    out,
+                    None,
+                    agent.git_version(),
+                ));
+            }
+            tracing::info!(kind, "checkout moved {output}: re-executing citrusd");
+            let handoff = Handoff {
+                instances: agent.supervisor.handoff(),
+                update: Some(PendingUpdate {
+                    id,
+                    kind: kind.to_string(),
+                    commit_id: commit,
+                    previous: moved.previous.clone(),
+                    deadline_ms: now_ms() + update.confirm_timeout.as_millis() as u64,
+                    reverted: None,
+                }),
+            };
+            let e = handoff::exec(&handoff, &agent.state_dir);
+            // Still here: the exec failed. Put the checkout back and say why.
+            let _ = super::update::reset_to(&update.repo, &moved.previous);
+            let error = Some(format!("cannot re-execute citrusd: {e}"));
+            agent.report(report(
+                OperationStatus::Failed,
+                Some(output),
+                error,
+                agent.git_version(),
+            ));
+        });
     }
 
     fn site(

@@ -6,3 +6,4 @@ pub mod agent;
 pub mod outbox;
 pub mod protocol;
 pub mod system;
+pub mod update;

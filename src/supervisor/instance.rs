@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -69,6 +69,20 @@ pub struct InstanceStatus {
     pub last_error: Option<String>,
     /// The app's own `STATUS=` line (sd_notify).
     pub status_text: Option<String>,
+    /// Descriptors (duplicates) of the running child's stdout and stderr pipes, for a handoff.
+    pub pipes: Option<(i32, i32)>,
+}
+
+/// A child handed over by the previous citrusd (see `handoff`), given back to its instance.
+pub struct Adoption {
+    pub pid: i32,
+    pub out: OwnedFd,
+    pub err: OwnedFd,
+    pub exit: oneshot::Receiver<ExitStatus>,
+    pub uptime: Duration,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub memory_restarts: u32,
 }
 
 /// The out and err log files of an instance.
@@ -131,6 +145,7 @@ impl InstanceHandle {
         shared: Arc<Shared>,
         app: Arc<AppConfig>,
         index: u32,
+        adopt: Option<Adoption>,
     ) -> io::Result<InstanceHandle> {
         let (out, err) = log_paths(&shared.log_dir, &app, index);
         let settings = log_settings(&app);
@@ -149,9 +164,10 @@ impl InstanceHandle {
             recent_exits: VecDeque::new(),
             last_error: None,
             status_text: None,
+            pipes: None,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let actor = Actor {
+        let mut actor = Actor {
             shared,
             app,
             index,
@@ -164,6 +180,9 @@ impl InstanceHandle {
             pending: Vec::new(),
             notify: None,
         };
+        if let Some(a) = adopt {
+            actor.adopt(a)?;
+        }
         tokio::spawn(actor.run(rx));
         Ok(InstanceHandle {
             index,
@@ -245,6 +264,8 @@ struct Run {
     watchdog: Option<(Duration, Instant)>,
     /// The readiness or liveness probe task of this run.
     probe: Option<AbortOnDrop>,
+    /// Duplicates of the output pipes' read ends, kept for a handoff.
+    _pipes: (OwnedFd, OwnedFd),
 }
 
 enum RunEvent {
@@ -356,11 +377,15 @@ async fn wait_ready(
     }
 }
 
-/// Probes every `interval`; after `failures` failures in a row, tells the actor and stops.
+/// Probes every `interval` (fixed rate; a slow probe does not push the next one back); after
+/// `failures` failures in a row, tells the actor and stops.
 async fn watch_health(health: HealthConfig, pid: i32, me: mpsc::WeakUnboundedSender<Command>) {
     let mut failed = 0;
+    let mut every = tokio::time::interval(health.interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.reset();
     loop {
-        tokio::time::sleep(health.interval).await;
+        every.tick().await;
         match probe::check(&health.target, health.timeout).await {
             Ok(()) => failed = 0,
             Err(e) => {
@@ -607,6 +632,47 @@ impl Actor {
         Ok(listener.path().to_string_lossy().into_owned())
     }
 
+    /// Takes back a child the previous citrusd handed over: online, same pid, logs continue.
+    fn adopt(&mut self, a: Adoption) -> io::Result<()> {
+        for fd in [&a.out, &a.err] {
+            // The handoff cleared close-on-exec; set it again so later children do not inherit.
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+        }
+        let pipes = (a.out.try_clone()?, a.err.try_clone()?);
+        let raw = (pipes.0.as_raw_fd(), pipes.1.as_raw_fd());
+        drain(a.out, self.logs.out.clone());
+        drain(a.err, self.logs.err.clone());
+        let started = Instant::now()
+            .checked_sub(a.uptime)
+            .unwrap_or_else(Instant::now);
+        self.run = Some(Run {
+            pid: a.pid,
+            started,
+            exit: a.exit,
+            ready: None,
+            ready_deadline: None,
+            watchdog: None,
+            probe: None,
+            _pipes: pipes,
+        });
+        self.event(&format!("citrusd re-executed: pid {} kept", a.pid));
+        self.set(|s| {
+            s.state = AppState::Online;
+            s.pid = Some(a.pid);
+            s.since = Some(started);
+            s.restarts = a.restarts;
+            s.unstable_restarts = a.unstable_restarts;
+            s.memory_restarts = a.memory_restarts;
+            s.pipes = Some(raw);
+        });
+        // Liveness checks and the watchdog resume as after a readiness.
+        self.become_online();
+        Ok(())
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         self.set(|s| {
             s.state = AppState::Starting;
@@ -634,6 +700,12 @@ impl Actor {
             Ok(child) => child,
             Err(e) => return self.cannot_start(e.to_string()),
         };
+        let pipes = match (child.stdout.try_clone(), child.stderr.try_clone()) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.cannot_start(format!("cannot duplicate the output pipes: {e}"))
+            }
+        };
         drain(child.stdout, self.logs.out.clone());
         drain(child.stderr, self.logs.err.clone());
         self.event(&format!(
@@ -650,7 +722,10 @@ impl Actor {
             ready_deadline: None,
             watchdog: None,
             probe: None,
+            _pipes: pipes,
         };
+        let raw = (run._pipes.0.as_raw_fd(), run._pipes.1.as_raw_fd());
+        self.set(|s| s.pipes = Some(raw));
         match ready {
             None => {}
             Some(r) => match r.check {
@@ -761,6 +836,7 @@ impl Actor {
         self.set(|s| {
             s.pid = None;
             s.since = None;
+            s.pipes = None;
             s.last_exit = Some(exit.clone());
             s.recent_exits.push_back(exit);
             while s.recent_exits.len() > RECENT_EXITS {

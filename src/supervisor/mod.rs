@@ -8,6 +8,7 @@
 //! the apps of one level are handled concurrently, so stopping 100 independent apps takes as long
 //! as the slowest, not the sum. Desired state changes are persisted before the operation runs.
 
+pub mod handoff;
 pub mod instance;
 pub mod kill;
 pub mod lifecycle;
@@ -26,7 +27,7 @@ use crate::config::{validate_app_name, AppConfig, Config};
 use crate::control::{AddApp, AppState, AppStatus, ReloadPlan};
 use crate::state::{Desired, PersistedApp, PersistedState, RuntimeApp, StateError, StateStore};
 use crate::sys::procfs;
-pub use instance::{InstanceHandle, InstanceStatus, Shared};
+pub use instance::{Adoption, InstanceHandle, InstanceStatus, Shared};
 
 /// Errors of supervisor operations; the control API maps each to a status and exit code.
 #[derive(Debug, thiserror::Error)]
@@ -170,12 +171,14 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Creates the supervisor with the config's apps and the persisted run-time apps; nothing is
-    /// started yet (see [`Supervisor::boot`]).
-    pub fn new(
+    /// started yet (see [`Supervisor::boot`]) except the children in `adopt`, handed over by the
+    /// previous citrusd. Children no app claims any more are stopped.
+    pub async fn new(
         shared: Arc<Shared>,
         config: Config,
         store: StateStore,
         persisted: &PersistedState,
+        mut adopt: HashMap<(String, u32), Adoption>,
     ) -> Result<Arc<Supervisor>, SupervisorError> {
         let config = Arc::new(config);
         let mut apps = BTreeMap::new();
@@ -191,7 +194,13 @@ impl Supervisor {
                 });
             apps.insert(
                 name.clone(),
-                Self::make_app(&shared, Arc::new(app.clone()), false, desired)?,
+                Self::make_app_adopting(
+                    &shared,
+                    Arc::new(app.clone()),
+                    false,
+                    desired,
+                    &mut adopt,
+                )?,
             );
         }
         for (name, p) in &persisted.apps {
@@ -203,8 +212,20 @@ impl Supervisor {
             let app = config.runtime_app(name, rt.command.clone(), rt.instances, rt.cwd.clone());
             apps.insert(
                 name.clone(),
-                Self::make_app(&shared, Arc::new(app), true, p.desired)?,
+                Self::make_app_adopting(&shared, Arc::new(app), true, p.desired, &mut adopt)?,
             );
+        }
+        for ((app, index), orphan) in adopt {
+            tracing::warn!(app = %app, index, pid = orphan.pid, "handed-over app is gone from the config: stopping it");
+            let stop = kill::GroupStop {
+                reaper: &shared.reaper,
+                pgid: orphan.pid,
+                marker: shared.marker.instance_entries(&app, index),
+                signal: nix::sys::signal::Signal::SIGTERM,
+                timeout: Duration::from_secs(5),
+            };
+            let mut exit = orphan.exit;
+            let _ = stop.run(Some(&mut exit), || {}).await;
         }
         Ok(Arc::new(Supervisor {
             shared,
@@ -221,8 +242,22 @@ impl Supervisor {
         runtime: bool,
         desired: Desired,
     ) -> Result<App, SupervisorError> {
+        Self::make_app_adopting(shared, config, runtime, desired, &mut HashMap::new())
+    }
+
+    /// As `make_app`, giving instances their children back from `adopt` (after a re-exec).
+    fn make_app_adopting(
+        shared: &Arc<Shared>,
+        config: Arc<AppConfig>,
+        runtime: bool,
+        desired: Desired,
+        adopt: &mut HashMap<(String, u32), Adoption>,
+    ) -> Result<App, SupervisorError> {
         let instances = (0..config.instances)
-            .map(|i| InstanceHandle::spawn(shared.clone(), config.clone(), i).map(Arc::new))
+            .map(|i| {
+                let child = adopt.remove(&(config.name.clone(), i));
+                InstanceHandle::spawn(shared.clone(), config.clone(), i, child).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 SupervisorError::Failed(format!("cannot open the logs of {}: {e}", config.name))
@@ -760,6 +795,30 @@ impl Supervisor {
         } else {
             Err(SupervisorError::Failed(errors.join("\n")))
         }
+    }
+
+    /// The running instances, for a handoff to a re-executed citrusd. Synchronous on purpose:
+    /// nothing may act on the children between this snapshot and the `exec`.
+    pub fn handoff(&self) -> Vec<handoff::AdoptedInstance> {
+        self.instances(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let s = v.status;
+                let (pid, (out_fd, err_fd)) = (s.pid?, s.pipes?);
+                Some(handoff::AdoptedInstance {
+                    app: v.name,
+                    index: v.handle.index,
+                    pid,
+                    out_fd,
+                    err_fd,
+                    uptime_ms: s.since.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    restarts: s.restarts,
+                    unstable_restarts: s.unstable_restarts,
+                    memory_restarts: s.memory_restarts,
+                })
+            })
+            .collect()
     }
 
     /// Reopens every log file (SIGUSR1).

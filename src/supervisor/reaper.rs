@@ -104,6 +104,17 @@ impl Reaper {
         }
     }
 
+    /// Registers a child this process did not spawn (handed over across `exec`). Must be called
+    /// before the reaper task first runs, so the child's exit cannot be collected as an orphan.
+    pub fn adopt(&self, pid: i32) -> oneshot::Receiver<ExitStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, tx);
+        rx
+    }
+
     /// Reaps every exited child: registered ones get their status, orphans are just collected.
     pub fn reap_all(&self) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());

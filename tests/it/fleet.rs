@@ -260,7 +260,7 @@ fn malformed_unknown_and_incomplete_messages_get_error_replies_and_the_link_stay
 }
 
 #[test]
-fn commit_ids_are_validated_and_unsupported_operations_say_so() {
+fn commit_ids_are_validated_and_an_update_needs_a_repo() {
     let engine = Engine::start(KEY);
     let _d = agent(&engine, Some(KEY), "").launch();
     engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
@@ -273,7 +273,7 @@ fn commit_ids_are_validated_and_unsupported_operations_say_so() {
         assert_eq!(r["type"], "error", "{r}");
         assert!(r["error"].as_str().unwrap().contains("commitId"), "{r}");
     }
-    // Self-update is not in this release: the engine is told so, nothing pretends.
+    // Without [fleet.update] there is nothing to update from: said, nothing runs.
     engine.send(r#"{"type":"update_agent","id":"up-1"}"#);
     let up = engine.wait_frame("update refused", |v| v["id"] == "up-1");
     assert_eq!(
@@ -281,7 +281,7 @@ fn commit_ids_are_validated_and_unsupported_operations_say_so() {
         (Some("update_operation"), Some("failed"))
     );
     assert!(
-        up["error"].as_str().unwrap().contains("not supported"),
+        up["error"].as_str().unwrap().contains("[fleet.update]"),
         "{up}"
     );
 }
@@ -445,4 +445,178 @@ fn wss_refuses_an_engine_it_cannot_verify() {
         }
     });
     assert!(engine.connects().is_empty());
+}
+
+/// Runs git in `dir`; returns trimmed stdout.
+#[track_caller]
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=citrus-test",
+            "-c",
+            "user.email=test@citrus.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare remote with commit A checked out at `checkout`, and commit B pushed after it.
+/// Returns (A, B).
+fn repos(root: &std::path::Path) -> (String, String) {
+    git(root, &["init", "--bare", "-b", "main", "remote.git"]);
+    git(root, &["clone", "-q", "remote.git", "checkout"]);
+    let checkout = root.join("checkout");
+    fs::write(checkout.join("VERSION"), "a\n").unwrap();
+    git(&checkout, &["add", "VERSION"]);
+    git(&checkout, &["commit", "-q", "-m", "A"]);
+    git(&checkout, &["push", "-q", "origin", "main"]);
+    let a = git(&checkout, &["rev-parse", "HEAD"]);
+    git(root, &["clone", "-q", "remote.git", "other"]);
+    let other = root.join("other");
+    fs::write(other.join("VERSION"), "b\n").unwrap();
+    git(&other, &["commit", "-q", "-am", "B"]);
+    git(&other, &["push", "-q", "origin", "main"]);
+    let b = git(&other, &["rev-parse", "HEAD"]);
+    (a, b)
+}
+
+fn with_update(d: &Daemon, extra: &str) {
+    let mut text = fs::read_to_string(&d.config).unwrap();
+    text.push_str(&format!(
+        "[fleet.update]\nrepo = \"checkout\"\n{extra}\n[apps.tick]\ncommand = [\"sh\", \"-c\", \"while :; do echo tick; sleep 0.05; done\"]\n"
+    ));
+    fs::write(&d.config, text).unwrap();
+}
+
+#[test]
+fn update_and_rollback_move_the_checkout_and_reexec_citrusd_keeping_the_apps() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "");
+    let (a, b) = repos(d.dir.path());
+    with_update(&d, "");
+    let d = d.launch();
+    let citrusd = d.pid();
+    let api = d.wait_state("api", AppState::Online)[0].pid.unwrap();
+    let tick = d.wait_state("tick", AppState::Online)[0].pid.unwrap();
+    let hello = engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    assert_eq!(hello["gitVersion"], a[..12]);
+
+    engine.send(r#"{"type":"update_agent","id":"up-1"}"#);
+    engine.wait_frame("update starting", |v| {
+        v["id"] == "up-1" && v["status"] == "starting"
+    });
+    let done = engine.wait_frame("update confirmed by the new process", |v| {
+        ty(v, "update_operation") && v["id"] == "up-1" && v["status"] != "starting"
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["gitVersion"], b[..12]);
+    assert_eq!(
+        git(&d.dir.path().join("checkout"), &["rev-parse", "HEAD"]),
+        b
+    );
+    assert!(
+        engine.connects().len() >= 2,
+        "the re-executed citrusd reconnects"
+    );
+    // Same citrusd process (exec keeps the pid), same app processes.
+    assert_eq!(d.pid(), citrusd);
+    assert!(d.stderr().contains("re-executing citrusd"));
+    d.ctl(&["ping"]).code(0);
+    assert_eq!(d.app("api")[0].pid.unwrap(), api);
+    assert_eq!(d.app("tick")[0].pid.unwrap(), tick);
+    // The app's output still reaches its log through the handed-over pipe.
+    let before = d.log("tick-out.log").len();
+    wait_for("more ticks after the re-exec", DEADLINE, || {
+        let n = d.log("tick-out.log").len();
+        if n > before + 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} bytes"))
+        }
+    });
+
+    let frame = serde_json::json!({"type": "rollback_agent", "id": "rb-1", "commitId": &a[..10]})
+        .to_string();
+    engine.send(&frame);
+    let rolled = engine.wait_frame("rollback confirmed", |v| {
+        ty(v, "rollback_operation") && v["id"] == "rb-1" && v["status"] != "starting"
+    });
+    assert_eq!(rolled["status"], "completed", "{rolled}");
+    assert_eq!(rolled["gitVersion"], a[..12]);
+    assert_eq!(
+        git(&d.dir.path().join("checkout"), &["rev-parse", "HEAD"]),
+        a
+    );
+    assert_eq!(d.app("api")[0].pid.unwrap(), api);
+    assert_eq!(d.pid(), citrusd);
+}
+
+#[test]
+fn a_failed_fetch_is_reported_from_git2_and_nothing_moves() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "");
+    let (a, _) = repos(d.dir.path());
+    with_update(&d, "remote = \"nosuch\"");
+    let d = d.launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.send(r#"{"type":"update_agent","id":"up-x"}"#);
+    let failed = engine.wait_frame("update failed", |v| {
+        v["id"] == "up-x" && v["status"] == "failed"
+    });
+    assert!(
+        failed["error"].as_str().unwrap().contains("nosuch"),
+        "{failed}"
+    );
+    assert_eq!(
+        git(&d.dir.path().join("checkout"), &["rev-parse", "HEAD"]),
+        a
+    );
+    assert_eq!(engine.connects().len(), 1, "no re-exec");
+}
+
+#[test]
+fn an_update_that_does_not_reach_the_engine_goes_back_on_its_own() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "");
+    let (a, _) = repos(d.dir.path());
+    with_update(&d, "confirm_timeout = \"1s\"");
+    let d = d.launch();
+    let api = d.wait_state("api", AppState::Online)[0].pid.unwrap();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    // The new version will not get in: the engine refuses every key from now on.
+    engine.accept_keys(&[]);
+    engine.send(r#"{"type":"update_agent","id":"up-2"}"#);
+    wait_for("the checkout back at A", DEADLINE, || {
+        let head = git(&d.dir.path().join("checkout"), &["rev-parse", "HEAD"]);
+        if head == a && d.stderr().contains("did not reach the engine") {
+            Ok(())
+        } else {
+            Err(head)
+        }
+    });
+    engine.accept_keys(&[KEY]);
+    let failed = engine.wait_frame("the update reported failed", |v| {
+        ty(v, "update_operation") && v["id"] == "up-2" && v["status"] == "failed"
+    });
+    assert!(
+        failed["error"].as_str().unwrap().contains("went back"),
+        "{failed}"
+    );
+    assert_eq!(
+        d.app("api")[0].pid.unwrap(),
+        api,
+        "the apps kept running through both re-execs"
+    );
 }

@@ -1,0 +1,120 @@
+//! Handing the running apps over to a re-executed citrusd (self-update and rollback).
+//!
+//! `exec` keeps the process id, so the apps stay citrusd's children; what would be lost is what
+//! lives in memory and in close-on-exec descriptors. Right before `exec` citrusd writes a handoff
+//! file (mode 0600, atomically) naming every running instance with its pid, counters and the
+//! read ends of its output pipes (duplicated without close-on-exec), and points `CITRUS_HANDOFF`
+//! at it. The new process registers those pids with its reaper before reaping anything, keeps
+//! them out of the orphan cleanup, and gives each instance actor its child back instead of
+//! spawning one: same pids, logs continue. The control socket and the state-dir lock are
+//! close-on-exec and are simply taken again.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::write_atomic;
+
+/// The environment variable naming the handoff file.
+pub const ENV: &str = "CITRUS_HANDOFF";
+
+/// One running instance handed over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdoptedInstance {
+    pub app: String,
+    pub index: u32,
+    pub pid: i32,
+    pub out_fd: i32,
+    pub err_fd: i32,
+    pub uptime_ms: u64,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub memory_restarts: u32,
+}
+
+/// An update waiting for the new version to confirm it (by reconnecting to the engine).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingUpdate {
+    /// The engine's command id.
+    pub id: String,
+    /// `"update"` or `"rollback"`.
+    pub kind: String,
+    /// For a rollback: the commit asked for.
+    pub commit_id: Option<String>,
+    /// The commit to go back to when the new version does not confirm.
+    pub previous: String,
+    /// Wall-clock deadline (ms since the epoch) for the confirmation.
+    pub deadline_ms: u64,
+    /// Set when this process is the automatic return to `previous`.
+    pub reverted: Option<String>,
+}
+
+/// What one citrusd hands to the next.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub instances: Vec<AdoptedInstance>,
+    pub update: Option<PendingUpdate>,
+}
+
+/// Reads (and removes) the handoff this process was started with, if any.
+pub fn take() -> Option<Handoff> {
+    let path = PathBuf::from(std::env::var_os(ENV)?);
+    // SAFETY: called once at start-up before any other thread reads the environment.
+    unsafe { std::env::remove_var(ENV) };
+    let bytes = std::fs::read(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    match serde_json::from_slice(&bytes) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::error!(path = %path.display(), "unreadable handoff ({e}); starting apps afresh");
+            None
+        }
+    }
+}
+
+/// Writes `handoff` into `state_dir` and re-executes citrusd with the same arguments. Returns only
+/// on failure.
+pub fn exec(handoff: &Handoff, state_dir: &Path) -> io::Error {
+    let path = state_dir.join("handoff.json");
+    let json = serde_json::to_vec(handoff).expect("handoff serialises");
+    if let Err(e) = write_atomic(&path, &json, 0o600) {
+        return e;
+    }
+    for inst in &handoff.instances {
+        for fd in [inst.out_fd, inst.err_fd] {
+            // SAFETY: fcntl on descriptors the instance actors own and keep open until exec.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let cstr =
+        |b: &[u8]| CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let program = match cstr(exe.as_os_str().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let args: Result<Vec<CString>, io::Error> =
+        std::env::args_os().map(|a| cstr(a.as_bytes())).collect();
+    let args = match args {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    // SAFETY: citrusd is single-threaded apart from blocking-pool threads, which exec ends.
+    unsafe { std::env::set_var(ENV, &path) };
+    tracing::info!(exe = %exe.display(), instances = handoff.instances.len(), "re-executing citrusd");
+    match nix::unistd::execv(&program, &args) {
+        Err(e) => io::Error::from(e),
+        Ok(never) => match never {},
+    }
+}
