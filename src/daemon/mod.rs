@@ -277,6 +277,9 @@ pub async fn run(
     }
     tracing::info!("shutting down: stopping every app");
     tell_systemd("STOPPING=1");
+    if let Some(agent) = &daemon.agent {
+        agent.stop().await;
+    }
     jobs.stop();
     server.abort();
     supervisor.shutdown().await;

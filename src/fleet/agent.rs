@@ -65,6 +65,8 @@ pub struct Agent {
     busy_domains: Mutex<HashSet<String>>,
     /// Set after a key rotation was acknowledged: reconnect with the new key.
     reconnect: tokio::sync::Notify,
+    /// Set at citrusd's shutdown: close the WebSocket politely and stop.
+    stopping: tokio::sync::watch::Sender<bool>,
     /// Ourselves, for the tasks commands run in.
     me: std::sync::Weak<Agent>,
     state_dir: std::path::PathBuf,
@@ -135,6 +137,7 @@ impl Agent {
             status: Mutex::new(status),
             busy_domains: Mutex::new(HashSet::new()),
             reconnect: tokio::sync::Notify::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(agent.clone().run());
         if let Some(p) = watch {
@@ -247,9 +250,37 @@ impl Agent {
         }
     }
 
+    /// Closes the connection with a Close frame (1001, going away) and ends the agent; waits at
+    /// most 2 s. Called at citrusd's shutdown, before the apps are stopped.
+    pub async fn stop(&self) {
+        let mut rx = self.stopping.subscribe();
+        self.stopping.send_replace(true);
+        let stopped = async {
+            loop {
+                if self.status().state == "stopped" {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
+    }
+
+    fn stopped(&self) {
+        self.set_state("stopped", None);
+        // Wake `stop`, which waits on this channel.
+        self.stopping.send_replace(true);
+    }
+
     async fn run(self: Arc<Self>) {
         let mut attempt: u32 = 0;
+        let mut stop = self.stopping.subscribe();
         loop {
+            if *stop.borrow_and_update() {
+                return self.stopped();
+            }
             let result = match self.ensure_key().await {
                 Ok(key) => self.session(&key).await,
                 Err(e) => Err(LinkError::Other(e)),
@@ -275,7 +306,10 @@ impl Agent {
                 .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
                 .min(MAX_BACKOFF);
             attempt = attempt.saturating_add(1);
-            tokio::time::sleep(jitter(cap)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(cap)) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
 
@@ -364,6 +398,7 @@ impl Agent {
     /// One connection, until it ends.
     async fn session(&self, key: &Secret) -> Result<(), LinkError> {
         self.set_state("connecting", None);
+        let mut stop = self.stopping.subscribe();
         let url = &self.config.engine_url;
         let mut req = url
             .as_str()
@@ -448,6 +483,15 @@ impl Agent {
                     tx.send(Message::text(to_frame(&self.status_update()))).await.map_err(send_err)?;
                 }
                 _ = self.outbox.ready.notified() => {}
+                _ = stop.changed() => {
+                    let bye = tungstenite::protocol::CloseFrame {
+                        code: tungstenite::protocol::frame::coding::CloseCode::Away,
+                        reason: "citrusd is shutting down".into(),
+                    };
+                    let _ = tx.send(Message::Close(Some(bye))).await;
+                    tracing::info!("closed the engine connection (shutting down)");
+                    return Ok(());
+                }
                 _ = self.reconnect.notified() => {
                     // Flush acknowledgements, then come back with the new key.
                     while let Some(frame) = self.outbox.front() {

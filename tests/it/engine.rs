@@ -249,6 +249,12 @@ where
                         state.lock().unwrap().frames.push(v);
                     }
                 }
+                Some(Ok(Message::Close(close))) => {
+                    // Recorded as a pseudo-frame so tests can wait for it.
+                    let code = close.map(|c| u16::from(c.code));
+                    state.lock().unwrap().frames.push(serde_json::json!({"type": "(close)", "code": code}));
+                    return;
+                }
                 Some(Ok(_)) => {}
                 _ => return,
             },

@@ -620,3 +620,14 @@ fn an_update_that_does_not_reach_the_engine_goes_back_on_its_own() {
         "the apps kept running through both re-execs"
     );
 }
+
+#[test]
+fn sigterm_closes_the_engine_connection_politely() {
+    let engine = Engine::start(KEY);
+    let mut d = agent(&engine, Some(KEY), "").launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let close = engine.wait_frame("a Close frame", |v| ty(v, "(close)"));
+    assert_eq!(close["code"], 1001, "going away");
+    assert_eq!(d.wait_exit(), 0);
+}
