@@ -80,6 +80,33 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Starts of a new version that has not confirmed its update yet after which it is taken as
+/// crash-looping and the previous commit is restored at once.
+const MAX_UNCONFIRMED_STARTS: u32 = 3;
+
+/// The update in flight, kept in `<state_dir>/fleet-update.json` until it is confirmed, so a
+/// restart of the new version (a crash, systemd) does not forget it.
+#[derive(Serialize, Deserialize)]
+struct StoredUpdate {
+    update: PendingUpdate,
+    starts: u32,
+}
+
+fn update_file(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("fleet-update.json")
+}
+
+fn store_update(state_dir: &std::path::Path, update: &PendingUpdate, starts: u32) {
+    let stored = StoredUpdate {
+        update: update.clone(),
+        starts,
+    };
+    let json = serde_json::to_vec(&stored).expect("serialises");
+    if let Err(e) = write_atomic(&update_file(state_dir), &json, 0o600) {
+        tracing::error!("cannot record the update in progress: {e}");
+    }
+}
+
 /// A uniformly random duration in `[0, max]` (full jitter).
 fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 8];
@@ -124,7 +151,26 @@ impl Agent {
             dropped_reports: 0,
             protocol: wire::PROTOCOL_VERSION,
         };
-        let watch = pending.clone().filter(|p| p.reverted.is_none());
+        // The update in flight is recorded in the state dir before the checkout moves, so it
+        // survives any restart of the new version; each start is counted.
+        let stored: Option<StoredUpdate> = std::fs::read(update_file(state_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let (pending, starts) = match (stored, pending) {
+            (Some(s), _) => (Some(s.update), s.starts + 1),
+            (None, p) => (p, 1),
+        };
+        if let Some(p) = &pending {
+            store_update(state_dir, p, starts);
+        }
+        let mut watch = pending.clone().filter(|p| p.reverted.is_none());
+        if let Some(p) = watch.as_mut().filter(|_| starts > MAX_UNCONFIRMED_STARTS) {
+            tracing::error!(
+                starts,
+                "the new version keeps restarting without confirming its update"
+            );
+            p.deadline_ms = 0;
+        }
         let agent = Arc::new_cyclic(|me| Agent {
             me: me.clone(),
             state_dir: state_dir.to_path_buf(),
@@ -176,13 +222,15 @@ impl Agent {
             tracing::error!("cannot go back to the previous version: {e}");
             return;
         }
+        let update = PendingUpdate {
+            reverted: Some(reason),
+            deadline_ms: u64::MAX,
+            ..p
+        };
+        store_update(&self.state_dir, &update, 0);
         let handoff = Handoff {
             instances: self.supervisor.handoff(),
-            update: Some(PendingUpdate {
-                reverted: Some(reason),
-                deadline_ms: u64::MAX,
-                ..p
-            }),
+            update: Some(update),
         };
         let e = handoff::exec(&handoff, &self.state_dir);
         tracing::error!("cannot re-execute citrusd: {e}");
@@ -198,6 +246,8 @@ impl Agent {
         else {
             return;
         };
+        // Confirmed (or reported reverted): nothing is in flight any more.
+        let _ = std::fs::remove_file(update_file(&self.state_dir));
         let (status, error) = match p.reverted {
             None => (OperationStatus::Completed, None),
             Some(reason) => (OperationStatus::Failed, Some(reason)),
@@ -672,6 +722,21 @@ impl Agent {
             let repo = update.repo.clone();
             let (remote, branch) = (update.remote.clone(), update.branch.clone());
             let (id, commit) = (task_id, task_commit);
+            let previous = match super::update::head(&update.repo) {
+                Ok(h) => h,
+                Err(e) => {
+                    return agent.report(report(OperationStatus::Failed, None, Some(e), None));
+                }
+            };
+            let pending = PendingUpdate {
+                id,
+                kind: kind.to_string(),
+                commit_id: commit.clone(),
+                previous: previous.clone(),
+                deadline_ms: now_ms() + update.confirm_timeout.as_millis() as u64,
+                reverted: None,
+            };
+            store_update(&agent.state_dir, &pending, 0);
             let target = commit.clone();
             let moved = tokio::task::spawn_blocking(move || match &target {
                 Some(c) => super::update::reset_to(&repo, c),
@@ -682,17 +747,19 @@ impl Agent {
             let moved = match moved {
                 Ok(m) => m,
                 Err(e) => {
+                    let _ = std::fs::remove_file(update_file(&agent.state_dir));
                     return agent.report(report(
                         OperationStatus::Failed,
                         None,
                         Some(e),
                         agent.git_version(),
-                    ))
+                    ));
                 }
             };
             let short = |c: &str| c.chars().take(12).collect::<String>();
             let output = format!("{} -> {}", short(&moved.previous), short(&moved.current));
             if moved.previous == moved.current {
+                let _ = std::fs::remove_file(update_file(&agent.state_dir));
                 let out = Some(format!("already at {}", short(&moved.current)));
                 return agent.report(report(
                     OperationStatus::Completed,
@@ -704,17 +771,11 @@ impl Agent {
             tracing::info!(kind, "checkout moved {output}: re-executing citrusd");
             let handoff = Handoff {
                 instances: agent.supervisor.handoff(),
-                update: Some(PendingUpdate {
-                    id,
-                    kind: kind.to_string(),
-                    commit_id: commit,
-                    previous: moved.previous.clone(),
-                    deadline_ms: now_ms() + update.confirm_timeout.as_millis() as u64,
-                    reverted: None,
-                }),
+                update: Some(pending),
             };
             let e = handoff::exec(&handoff, &agent.state_dir);
             // Still here: the exec failed. Put the checkout back and say why.
+            let _ = std::fs::remove_file(update_file(&agent.state_dir));
             let _ = super::update::reset_to(&update.repo, &moved.previous);
             let error = Some(format!("cannot re-execute citrusd: {e}"));
             agent.report(report(

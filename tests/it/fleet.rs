@@ -631,3 +631,56 @@ fn sigterm_closes_the_engine_connection_politely() {
     assert_eq!(close["code"], 1001, "going away");
     assert_eq!(d.wait_exit(), 0);
 }
+
+#[test]
+fn an_unconfirmed_update_survives_a_crash_of_the_new_version_and_still_goes_back() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "");
+    let (a, b) = repos(d.dir.path());
+    with_update(&d, "confirm_timeout = \"2s\"");
+    let mut d = d.launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.accept_keys(&[]);
+    engine.send(r#"{"type":"update_agent","id":"up-3"}"#);
+    let checkout = d.dir.path().join("checkout");
+    wait_for("the checkout at B", DEADLINE, || {
+        let head = git(&checkout, &["rev-parse", "HEAD"]);
+        if head == b {
+            Ok(())
+        } else {
+            Err(head)
+        }
+    });
+    // The new version dies before it could confirm; it is started again (as systemd would).
+    d.kill9();
+    d.spawn();
+    d.wait_ready();
+    wait_for("the checkout back at A", DEADLINE, || {
+        let head = git(&checkout, &["rev-parse", "HEAD"]);
+        if head == a {
+            Ok(())
+        } else {
+            Err(head)
+        }
+    });
+    engine.accept_keys(&[KEY]);
+    let failed = engine.wait_frame("the update reported failed", |v| {
+        ty(v, "update_operation") && v["id"] == "up-3" && v["status"] == "failed"
+    });
+    assert!(
+        failed["error"].as_str().unwrap().contains("went back"),
+        "{failed}"
+    );
+    let record = d.dir.path().join("state/fleet-update.json");
+    wait_for("the update record cleared", DEADLINE, || {
+        if record.exists() {
+            Err(format!(
+                "{}\n{}",
+                fs::read_to_string(&record).unwrap_or_default(),
+                d.stderr()
+            ))
+        } else {
+            Ok(())
+        }
+    });
+}
