@@ -17,8 +17,6 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -29,6 +27,7 @@ use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus
 use super::system;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
 use crate::state::write_atomic;
+use crate::supervisor::capture::OutputTail;
 use crate::supervisor::handoff::{self, Handoff, PendingUpdate};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{self, Marker, Spec};
@@ -916,18 +915,11 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return (false, String::new(), Some(e.to_string())),
         };
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let readers = [
-            read_into(child.stdout, out.clone()),
-            read_into(child.stderr, out.clone()),
-        ];
+        let tail = OutputTail::new(OUTPUT_TAIL);
+        let readers = tail.capture([child.stdout, child.stderr]);
         let status = child.exit.await.ok();
-        for r in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
-        }
-        let bytes = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
-        let start = bytes.len().saturating_sub(OUTPUT_TAIL);
-        let output = String::from_utf8_lossy(&bytes[start..]).into_owned();
+        readers.finish(Duration::from_secs(5)).await;
+        let output = tail.text();
         match status {
             Some(s) if s.success() => (true, output, None),
             Some(s) => (false, output, Some(format!("{} exited with {s}", argv[0]))),
@@ -944,24 +936,4 @@ impl Agent {
 
 fn to_frame(msg: &AgentMessage) -> String {
     serde_json::to_string(msg).expect("wire types serialise")
-}
-
-fn read_into(fd: std::os::fd::OwnedFd, out: Arc<Mutex<Vec<u8>>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
-            return;
-        };
-        let mut buf = vec![0u8; 8192];
-        while let Ok(n) = rx.read(&mut buf).await {
-            if n == 0 {
-                return;
-            }
-            let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-            o.extend_from_slice(&buf[..n]);
-            if o.len() > 2 * OUTPUT_TAIL {
-                let cut = o.len() - OUTPUT_TAIL;
-                o.drain(..cut);
-            }
-        }
-    })
 }

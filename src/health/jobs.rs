@@ -15,8 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::events::Notifier;
@@ -24,6 +22,7 @@ use super::{cleanup, disk};
 use crate::config::{format_size, EventKind, JobConfig, JobKind};
 use crate::control::{JobInfo, JobOutcome, JobRun};
 use crate::state::write_atomic;
+use crate::supervisor::capture::OutputTail;
 use crate::supervisor::kill::GroupStop;
 use crate::supervisor::reaper::{ExitStatus, Reaper};
 use crate::supervisor::spawn::{self, Marker, Spec};
@@ -517,11 +516,8 @@ impl Jobs {
             Ok(child) => child,
             Err(e) => return Report::new(JobOutcome::Failed, format!("cannot start: {e}")),
         };
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let readers = [
-            collect(child.stdout, tail.clone()),
-            collect(child.stderr, tail.clone()),
-        ];
+        let tail = OutputTail::new(OUTPUT_TAIL);
+        let readers = tail.capture([child.stdout, child.stderr]);
         let mut exit = child.exit;
         let stop = GroupStop {
             reaper: &self.reaper,
@@ -564,10 +560,8 @@ impl Jobs {
             }
         };
         // The pipes close when the group is gone; never wait long for stragglers.
-        for reader in readers {
-            let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
-        }
-        report.output = tail.lock().unwrap_or_else(|e| e.into_inner()).text();
+        readers.finish(Duration::from_secs(1)).await;
+        report.output = tail.text();
         report
     }
 }
@@ -607,54 +601,4 @@ async fn cleanup_report(dirs: Vec<PathBuf>, pattern: String, max_age: Duration) 
     };
     r.output = output.join("\n");
     r
-}
-
-/// The last `OUTPUT_TAIL` bytes a command wrote (stdout and stderr interleaved).
-#[derive(Default)]
-struct Tail(VecDeque<u8>);
-
-impl Tail {
-    fn push(&mut self, data: &[u8]) {
-        self.0.extend(data);
-        let excess = self.0.len().saturating_sub(OUTPUT_TAIL);
-        self.0.drain(..excess);
-    }
-
-    fn text(&self) -> String {
-        let bytes: Vec<u8> = self.0.iter().copied().collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-fn collect(fd: std::os::fd::OwnedFd, tail: Arc<Mutex<Tail>>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
-            return;
-        };
-        let mut buf = vec![0u8; 8192];
-        while let Ok(n) = rx.read(&mut buf).await {
-            if n == 0 {
-                return;
-            }
-            tail.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(&buf[..n]);
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_bytes() {
-        let mut t = Tail::default();
-        t.push(&[b'a'; 3000]);
-        t.push(&[b'b'; 3000]);
-        let text = t.text();
-        assert_eq!(text.len(), OUTPUT_TAIL);
-        assert!(text.ends_with(&"b".repeat(3000)));
-        assert!(text.starts_with('a'));
-    }
 }

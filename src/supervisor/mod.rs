@@ -8,6 +8,7 @@
 //! the apps of one level are handled concurrently, so stopping 100 independent apps takes as long
 //! as the slowest, not the sum. Desired state changes are persisted before the operation runs.
 
+pub mod capture;
 pub mod handoff;
 pub mod instance;
 pub mod kill;
