@@ -1,24 +1,67 @@
-# bench/common.sh — sourced by the bench scripts after they define REPO, log, die and BENCH_NAME.
-# Builds the release binaries (CITRUSD, CITRUSCTL), makes the temp dir WORK with the process tag
-# TAG, and installs the cleanup trap: citrusd first (graceful), then every process carrying
-# BENCH_TAG=$TAG, then the temp dir. A script that runs a driver sets DRIVER_PID for the trap, and
-# appends every citrusd pid it starts to $WORK/citrusd.pids.
+# bench/common.sh — the bash side shared by the bench scripts. A script sets BENCH_NAME (temp dir
+# prefix) and QUICK_IDLE_SECS (idle window with --quick), then sources this file with its arguments:
+#   source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$@"
+# That sets `set -euo pipefail`, defines log/die/usage (usage prints the script's header comment),
+# parses --quick/--help into QUICK, sets IDLE_SECS (BENCH_IDLE_SECS, else QUICK_IDLE_SECS or 60),
+# REPO, and checks for python3 (>= 3.8) and cargo.
+#
+# bench_setup then builds the release binaries (CITRUSD, CITRUSCTL), makes the temp dir WORK with
+# the process tag TAG, and installs the cleanup trap: citrusd first (graceful), then every process
+# carrying BENCH_TAG=$TAG, then the temp dir. run_driver runs $WORK/driver.py (which imports
+# bench/benchlib.py) with the B_* settings benchlib reads, sets DRIVER_PID for the trap meanwhile,
+# and exits with the driver's code. Drivers append every citrusd pid they start to $WORK/citrusd.pids.
 
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-[[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
-log "building: cargo build --release --bins (target dir $TARGET_DIR)"
-TIME=()
-[[ -x /usr/bin/time ]] && TIME=(/usr/bin/time -f 'cargo build: %e s wall, %M KB max RSS')
-(cd "$REPO" && "${TIME[@]}" cargo build --release --bins >&2) || die "cargo build --release --bins failed"
-CITRUSD=$TARGET_DIR/release/citrusd
-CITRUSCTL=$TARGET_DIR/release/citrusctl
-[[ -x $CITRUSD && -x $CITRUSCTL ]] || die "built binaries not found at $CITRUSD / $CITRUSCTL"
+set -euo pipefail
 
-# --- temp dir, cleanup ---------------------------------------------------------------------------
-BASE_TMP=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
-WORK=$(mktemp -d "$BASE_TMP/$BENCH_NAME.XXXXXX") || die "cannot create a temp dir under $BASE_TMP"
-TAG=$(basename "$WORK")-$$-$RANDOM
-DRIVER_PID=""
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $arg" ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    IDLE_SECS=${BENCH_IDLE_SECS:-$QUICK_IDLE_SECS}
+else
+    IDLE_SECS=${BENCH_IDLE_SECS:-60}
+fi
+[[ $IDLE_SECS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_IDLE_SECS must be a number of seconds, got '$IDLE_SECS'"
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[[ -f $REPO/Cargo.toml ]] || die "cannot find Cargo.toml in $REPO (the script lives in <repo>/bench/)"
+
+# --- tools ---------------------------------------------------------------------------------------
+for tool in python3 cargo; do
+    command -v "$tool" >/dev/null || die "$tool not found in PATH"
+done
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 is required"
+
+# --- build, temp dir, cleanup --------------------------------------------------------------------
+bench_setup() {
+    TARGET_DIR=${CARGO_TARGET_DIR:-target}
+    [[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
+    log "building: cargo build --release --bins (target dir $TARGET_DIR)"
+    TIME=()
+    [[ -x /usr/bin/time ]] && TIME=(/usr/bin/time -f 'cargo build: %e s wall, %M KB max RSS')
+    (cd "$REPO" && "${TIME[@]}" cargo build --release --bins >&2) || die "cargo build --release --bins failed"
+    CITRUSD=$TARGET_DIR/release/citrusd
+    CITRUSCTL=$TARGET_DIR/release/citrusctl
+    [[ -x $CITRUSD && -x $CITRUSCTL ]] || die "built binaries not found at $CITRUSD / $CITRUSCTL"
+
+    BASE_TMP=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
+    WORK=$(mktemp -d "$BASE_TMP/$BENCH_NAME.XXXXXX") || die "cannot create a temp dir under $BASE_TMP"
+    TAG=$(basename "$WORK")-$$-$RANDOM
+    DRIVER_PID=""
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    log "temp dir $WORK (tag $TAG)"
+}
 
 # Pids of live processes whose environment carries BENCH_TAG=$TAG (never ourselves).
 tagged_pids() {
@@ -73,7 +116,16 @@ cleanup() {
     rm -rf "$WORK"
     exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-log "temp dir $WORK (tag $TAG)"
+
+# run_driver FAILED_WHAT [VAR=value ...]: runs python3 $WORK/driver.py in the background with the
+# common B_* settings plus the given ones, waits, and exits with its code.
+run_driver() {
+    local what=$1 rc=0; shift
+    env B_CITRUSD="$CITRUSD" B_CITRUSCTL="$CITRUSCTL" B_WORK="$WORK" B_TAG="$TAG" B_QUICK="$QUICK" \
+        B_IDLE="$IDLE_SECS" B_BENCH_DIR="$REPO/bench" "$@" python3 "$WORK/driver.py" &
+    DRIVER_PID=$!
+    wait "$DRIVER_PID" || rc=$?
+    DRIVER_PID=""
+    ((rc == 0)) || log "some $what failed (driver exit $rc); see the table"
+    exit "$rc"
+}

@@ -30,40 +30,13 @@
 #
 # Needs: bash, python3 (>= 3.8), cargo, /usr/bin/time (optional: times the build).
 
-set -euo pipefail
-
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,31s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
-
-QUICK=0
-for arg in "$@"; do
-    case "$arg" in
-        --quick) QUICK=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument: $arg" ;;
-    esac
-done
-if [[ $QUICK == 1 ]]; then
-    IDLE_SECS=${BENCH_IDLE_SECS:-10}
-else
-    IDLE_SECS=${BENCH_IDLE_SECS:-60}
-fi
-[[ $IDLE_SECS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_IDLE_SECS must be a number of seconds, got '$IDLE_SECS'"
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[[ -f $REPO/Cargo.toml ]] || die "cannot find Cargo.toml in $REPO (the script lives in <repo>/bench/)"
-
-# --- tools ---------------------------------------------------------------------------------------
-for tool in python3 cargo; do
-    command -v "$tool" >/dev/null || die "$tool not found in PATH"
-done
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 is required"
+BENCH_NAME=citrus-bench-fleet
+QUICK_IDLE_SECS=10
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$@"
 
 # --- build ---------------------------------------------------------------------------------------
-BENCH_NAME=citrus-bench-fleet
-# shellcheck source=bench/common.sh
-source "$REPO/bench/common.sh"
+bench_setup
 
 # --- stand-in engine -----------------------------------------------------------------------------
 cat >"$WORK/engine.py" <<'PYEOF'
@@ -326,49 +299,19 @@ PYEOF
 
 # --- driver --------------------------------------------------------------------------------------
 cat >"$WORK/driver.py" <<'PYEOF'
-import json, os, signal, subprocess, sys, time
+import json, os, subprocess, sys, time
 
-E = os.environ
-CITRUSD, CITRUSCTL, ENGINE = E["B_CITRUSD"], E["B_CITRUSCTL"], E["B_ENGINE"]
-WORK, TAG = E["B_WORK"], E["B_TAG"]
-QUICK = E["B_QUICK"] == "1"
-IDLE = float(E["B_IDLE"])
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.environ["B_BENCH_DIR"])
+import benchlib
+from benchlib import (CHILD_ENV, CLK_TCK, IDLE, QUICK, WORK, cpu_ticks, log, mono_ns,
+                      proc_status, row)
+
+ENGINE = os.environ["B_ENGINE"]
 SETTLE = 2.0 if QUICK else 5.0
 NAPPS = 10
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 AGENT_ID = "bench-agent-1"
-ROWS = []          # (figure, value, notes)
-LIVE = []          # daemons to stop on the way out
-LEFTOVERS = []
-CHILD_ENV = dict(os.environ, BENCH_TAG=TAG)
-for k in list(CHILD_ENV):
-    if k.startswith("B_"):
-        del CHILD_ENV[k]
 ENGINE_PROC = None
-
-
-def on_term(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, on_term)
-
-
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def mono_ns():
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def row(fig, value, notes=""):
-    ROWS.append((fig, value, notes))
-
-
-def toml_str(s):
-    return json.dumps(str(s))
 
 
 # ---------------------------------------------------------------------------------------------- #
@@ -386,6 +329,7 @@ class Engine:
         self.proc = subprocess.Popen([sys.executable, ENGINE, self.key_file, port_file, self.counts_file],
                                      stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog,
                                      env=CHILD_ENV)
+        benchlib.SKIP_PIDS.add(self.proc.pid)  # not supervised by citrusd: no leftover
         deadline = time.monotonic() + 10
         while not os.path.exists(port_file):
             if self.proc.poll() is not None:
@@ -442,13 +386,7 @@ def engine_selftest(engine):
         s.sendall((f"GET /agent HTTP/1.1\r\nHost: 127.0.0.1:{engine.port}\r\nUpgrade: websocket\r\n"
                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
                    f"x-agent-id: selftest\r\nx-agent-key: {key}\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-        return s, nonce, head.decode("latin-1")
+        return s, nonce, benchlib.recv_until(s, b"\r\n\r\n").decode("latin-1")
 
     def frame(op, payload, fin=True):
         mask = os.urandom(4)
@@ -505,173 +443,21 @@ def engine_selftest(engine):
 
 
 def write_config(d, fleet=None):
-    os.makedirs(d, exist_ok=True)
-    out = ["[daemon]", 'state_dir = "state"', 'log_dir = "logs"', "",
-           "[defaults]", f"env = {{ BENCH_TAG = {toml_str(TAG)} }}"]
-    for i in range(1, NAPPS + 1):
-        out += ["", f"[apps.s{i:02d}]", 'command = ["/bin/sleep", "100000"]']
-    if fleet:
-        out += ["", "[fleet]"] + [f"{k} = {toml_str(v)}" for k, v in fleet.items()]
-    path = os.path.join(d, "citrusd.toml")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
-    return path
+    return benchlib.write_config(d, benchlib.sleepers(NAPPS, "s{:02d}", 1), defaults={},
+                                 sections={"fleet": fleet} if fleet else None)
 
 
-class Daemon:
-    def __init__(self, d, cfg):
-        self.dir, self.cfg = d, cfg
-        self.sock = os.path.join(d, "ctl.sock")
-        self.proc = None
-
-    def start(self):
-        self.errlog = open(os.path.join(self.dir, "citrusd.stderr"), "ab")
-        self.proc = subprocess.Popen([CITRUSD, "--config", self.cfg, "--socket", self.sock],
-                                     stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog,
-                                     env=CHILD_ENV)
-        LIVE.append(self)
-        with open(os.path.join(WORK, "citrusd.pids"), "a") as f:
-            f.write(f"{self.proc.pid}\n")
-        return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def stderr_tail(self, n=800):
-        try:
-            with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:
-                return f.read()[-n:].decode(errors="replace").strip()
-        except OSError:
-            return "?"
-
-    def stderr_text(self):
-        try:
-            with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def check_alive(self):
-        rc = self.proc.poll()
-        if rc is not None:
-            raise RuntimeError(f"citrusd exited early with {rc}; stderr: {self.stderr_tail()}")
-
-    def ctl(self, *args, check=True):
-        r = subprocess.run([CITRUSCTL, "--socket", self.sock, *args], capture_output=True, env=CHILD_ENV)
-        if check and r.returncode != 0:
-            raise RuntimeError(f"citrusctl {' '.join(args)} -> exit {r.returncode}: "
-                               f"{r.stderr.decode(errors='replace').strip()}")
-        return r
-
-    def wait_ping(self, timeout=15):
-        deadline = time.monotonic() + timeout
-        while self.ctl("ping", check=False).returncode != 0:
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"citrusd did not answer ping within {timeout}s; stderr: {self.stderr_tail()}")
-            time.sleep(0.02)
-
-    def wait_online(self, n, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            st = json.loads(self.ctl("status", "--json").stdout)
-            states = {}
-            for a in st["apps"]:
-                states[a["state"]] = states.get(a["state"], 0) + 1
-            if states.get("online", 0) == n and len(st["apps"]) == n:
-                return st
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"apps not all online after {timeout}s: {states}")
-            time.sleep(0.05)
-
-    def wait_connected(self, timeout=30):
-        deadline = time.monotonic() + timeout
-        while True:
-            f = json.loads(self.ctl("fleet", "--json").stdout)
-            if f.get("state") == "connected":
-                return f
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agent not connected after {timeout}s: {f}; stderr: {self.stderr_tail()}")
-            time.sleep(0.1)
-
-    def stop(self, timeout=30):
-        if self.proc is None or self.proc.poll() is not None:
-            if self in LIVE:
-                LIVE.remove(self)
-            return None, self.proc.returncode if self.proc else None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
-            raise RuntimeError(f"citrusd did not exit within {timeout}s of SIGTERM")
-        finally:
-            if self in LIVE:
-                LIVE.remove(self)
-            self.errlog.close()
-        secs = time.monotonic() - t0
-        check_leftovers(f"citrusd {os.path.basename(self.dir)} exited (rc {rc})")
-        return secs, rc
-
-
-def tagged_pids():
-    skip = {os.getpid(), ENGINE_PROC.proc.pid if ENGINE_PROC else -1}
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) in skip:
-            continue
-        try:
-            with open(f"/proc/{p}/environ", "rb") as f:
-                if f"BENCH_TAG={TAG}".encode() in f.read().split(b"\0"):
-                    found.append(int(p))
-        except OSError:
-            pass
-    return found
-
-
-def cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
-    except OSError:
-        return "?"
-
-
-def check_leftovers(what):
-    time.sleep(0.2)
-    pids = tagged_pids()
-    if not pids:
-        return
-    desc = {}
-    for p in pids:
-        desc[cmdline(p)] = desc.get(cmdline(p), 0) + 1
-    LEFTOVERS.append(f"{what}: {len(pids)} left ({desc})")
-    log(f"warning: {LEFTOVERS[-1]}; killing them")
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
+class Daemon(benchlib.Daemon):
+    STOP_TIMEOUT = 30
+    STOP_TIME_INCLUDES_CHECK = False
 
 
 # ---------------------------------------------------------------------------------------------- #
 def sample(pid):
     """(mono_ns, utime+stime ticks, VmRSS bytes, VmHWM bytes, threads, sum of task schedstat ns)."""
     t = mono_ns()
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()   # fields[0] is field 3 (state)
-    ticks = int(fields[11]) + int(fields[12])       # fields 14 and 15
-    status = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            status[k] = v.strip()
+    ticks = cpu_ticks(pid)                          # fields 14 and 15
+    status = proc_status(pid)
     kb = lambda k: int(status[k].split()[0]) * 1024
     sched = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -799,11 +585,7 @@ def main():
             failed.append(name)
             row(f"{name}", "FAILED", f"{type(e).__name__}: {e}".replace("\n", " ")[:500])
         finally:
-            for dm in list(LIVE):
-                try:
-                    dm.stop()
-                except Exception as e:
-                    log(f"stopping citrusd {dm.pid}: {e}")
+            benchlib.stop_live()
     final = engine.counts(fresh_after_ns=mono_ns())
     engine.stop()
 
@@ -886,46 +668,16 @@ def main():
     row("machine", f"{os.cpu_count()} cores",
         f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (other work on the machine adds noise); "
         f"kernel {os.uname().release}; CLK_TCK {CLK_TCK}; settle {SETTLE:g} s after connect before each window")
-    row("leftover processes after citrusd exited", str(len(LEFTOVERS)),
-        "; ".join(LEFTOVERS) or "every supervised process was gone after each SIGTERM'd citrusd exited")
-
-    def cell(s):
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
+    benchlib.leftover_row()
     mode = "quick" if QUICK else "full"
-    print(f"\ncitrusd fleet agent bench ({mode} run, idle window {IDLE:g} s, {NAPPS} apps, "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    print("| figure | value | notes |")
-    print("|---|---|---|")
-    for f, v, n in ROWS:
-        print(f"| {cell(f)} | {cell(v)} | {cell(n)} |")
-    sys.stdout.flush()
+    benchlib.print_table(f"citrusd fleet agent bench ({mode} run, idle window {IDLE:g} s, {NAPPS} apps, "
+                         f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M:%S')})")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        for dm in list(LIVE):
-            try:
-                dm.stop(timeout=20)
-            except BaseException:
-                pass
-        if ENGINE_PROC:
-            try:
-                ENGINE_PROC.stop()
-            except BaseException:
-                pass
+    benchlib.run_main(main, lambda: ENGINE_PROC and ENGINE_PROC.stop())
 PYEOF
 
 log "running (idle window ${IDLE_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
-B_CITRUSD=$CITRUSD B_CITRUSCTL=$CITRUSCTL B_ENGINE=$WORK/engine.py B_WORK=$WORK B_TAG=$TAG \
-    B_QUICK=$QUICK B_IDLE=$IDLE_SECS \
-    python3 "$WORK/driver.py" &
-DRIVER_PID=$!
-rc=0
-wait "$DRIVER_PID" || rc=$?
-DRIVER_PID=""
-((rc == 0)) || log "some runs failed (driver exit $rc); see the table"
-exit "$rc"
+run_driver runs B_ENGINE="$WORK/engine.py"

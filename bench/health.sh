@@ -26,47 +26,23 @@
 #
 # Needs: bash, python3 (>= 3.8), cargo, /usr/bin/time (optional: times the build).
 
-set -euo pipefail
-
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,28s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
-
-QUICK=0
-for arg in "$@"; do
-    case "$arg" in
-        --quick) QUICK=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument: $arg" ;;
-    esac
-done
+BENCH_NAME=citrus-health
+QUICK_IDLE_SECS=10
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$@"
 if [[ $QUICK == 1 ]]; then
-    IDLE_SECS=${BENCH_IDLE_SECS:-10}
     SCHED_SECS=${BENCH_SCHED_SECS:-10}
 else
-    IDLE_SECS=${BENCH_IDLE_SECS:-60}
     SCHED_SECS=${BENCH_SCHED_SECS:-60}
 fi
-[[ $IDLE_SECS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_IDLE_SECS must be a number of seconds, got '$IDLE_SECS'"
 [[ $SCHED_SECS =~ ^[0-9]+$ && $SCHED_SECS -ge 2 ]] || die "BENCH_SCHED_SECS must be a whole number of seconds >= 2, got '$SCHED_SECS'"
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[[ -f $REPO/Cargo.toml ]] || die "cannot find Cargo.toml in $REPO (the script lives in <repo>/bench/)"
-
-# --- tools ---------------------------------------------------------------------------------------
-for tool in python3 cargo; do
-    command -v "$tool" >/dev/null || die "$tool not found in PATH"
-done
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 is required"
 
 # 100 apps need ~4 fds each in citrusd (2 pipes + 2 log files), plus the probes' sockets.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "ulimit -n = $(ulimit -n)"
 
 # --- build ---------------------------------------------------------------------------------------
-BENCH_NAME=citrus-health
-# shellcheck source=bench/common.sh
-source "$REPO/bench/common.sh"
+bench_setup
 
 # citrusd gives apps only PATH from its environment, so a pyenv shim found through PATH may not
 # work there: use the real interpreter.
@@ -75,215 +51,23 @@ APP_PYTHON=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))
 
 # --- driver --------------------------------------------------------------------------------------
 cat >"$WORK/driver.py" <<'PYEOF'
-import json, os, random, signal, socket, statistics, subprocess, sys, time
+import json, os, random, socket, statistics, subprocess, sys, time
 
-E = os.environ
-CITRUSD, CITRUSCTL = E["B_CITRUSD"], E["B_CITRUSCTL"]
-WORK, TAG = E["B_WORK"], E["B_TAG"]
-QUICK = E["B_QUICK"] == "1"
-IDLE = float(E["B_IDLE"])
-SCHED = int(E["B_SCHED"])
-APP_PY = E["B_APP_PYTHON"]
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.environ["B_BENCH_DIR"])
+import benchlib
+from benchlib import (CHILD_ENV, CLK_TCK, FAILED, IDLE, QUICK, WORK, cpu_ticks, log,
+                      p95, row, vm_rss_kb, write_config)
+
+SCHED = int(os.environ["B_SCHED"])
+APP_PY = os.environ["B_APP_PYTHON"]
 N_APPS = 100
 SETTLE = 3.0 if QUICK else 10.0   # after all apps are online, before the idle window
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-ROWS = []          # (figure, value, notes)
-FAILED = []
-LIVE = []          # daemons to stop on the way out
-LEFTOVERS = []     # processes that outlived their citrusd
-CHILD_ENV = dict(os.environ, BENCH_TAG=TAG)
-for k in list(CHILD_ENV):
-    if k.startswith("B_"):
-        del CHILD_ENV[k]
 
 
-def on_term(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, on_term)
-
-
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def row(fig, value, notes=""):
-    ROWS.append((fig, value, notes))
-
-
-def p95(xs):
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, -(-95 * len(s) // 100) - 1))]  # nearest rank
-
-
-def toml_val(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_val(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_val(x)}" for k, x in v.items()) + " }"
-    return json.dumps(str(v))
-
-
-def write_config(d, apps, jobs=None):
-    """apps/jobs: {name: {key: value}}; str (quoted), list (array), int/bool, dict (inline table)."""
-    os.makedirs(d, exist_ok=True)
-    out = ["[daemon]", 'state_dir = "state"', 'log_dir = "logs"', "",
-           "[defaults]", 'restart_delay = "0s"', 'min_uptime = "1s"', "max_restarts = 1000",
-           'kill_timeout = "2s"', f"env = {{ BENCH_TAG = {toml_val(TAG)} }}"]
-    for section, table in (("apps", apps), ("jobs", jobs or {})):
-        for name, keys in table.items():
-            out += ["", f"[{section}.{name}]"] + [f"{k} = {toml_val(v)}" for k, v in keys.items()]
-    path = os.path.join(d, "citrusd.toml")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
-    return path
-
-
-class Daemon:
-    def __init__(self, d, cfg):
-        self.dir, self.cfg = d, cfg
-        self.sock = os.path.join(d, "ctl.sock")
-        self.proc = None
-
-    def start(self):
-        self.errlog = open(os.path.join(self.dir, "citrusd.stderr"), "ab")
-        self.proc = subprocess.Popen(
-            [CITRUSD, "--config", self.cfg, "--socket", self.sock],
-            stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog, env=CHILD_ENV)
-        LIVE.append(self)
-        with open(os.path.join(WORK, "citrusd.pids"), "a") as f:
-            f.write(f"{self.proc.pid}\n")
-        return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def check_alive(self):
-        rc = self.proc.poll()
-        if rc is not None:
-            raise RuntimeError(f"citrusd exited early with {rc}; stderr: {self.stderr_tail()}")
-
-    def stderr_text(self):
-        try:
-            with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stderr_tail(self, n=600):
-        return self.stderr_text()[-n:].strip()
-
-    def ctl(self, *args, check=True):
-        r = subprocess.run([CITRUSCTL, "--socket", self.sock, *args], capture_output=True, env=CHILD_ENV)
-        if check and r.returncode != 0:
-            raise RuntimeError(f"citrusctl {' '.join(args)} -> exit {r.returncode}: "
-                               f"{r.stderr.decode(errors='replace').strip()}")
-        return r
-
-    def ping(self):
-        return self.ctl("ping", check=False).returncode == 0
-
-    def status(self):
-        return json.loads(self.ctl("status", "--json").stdout)
-
-    def jobs(self):
-        return json.loads(self.ctl("--json", "jobs").stdout)
-
-    def wait_ping(self, timeout=15):
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"citrusd did not answer ping within {timeout}s; stderr: {self.stderr_tail()}")
-            time.sleep(0.02)
-
-    def wait_online(self, n, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.status()
-            online = sum(1 for a in st["apps"] if a["state"] == "online")
-            if online == n and len(st["apps"]) == n:
-                return st
-            self.check_alive()
-            if time.monotonic() > deadline:
-                states = {}
-                for a in st["apps"]:
-                    states[a["state"]] = states.get(a["state"], 0) + 1
-                raise TimeoutError(f"only {online}/{n} apps online after {timeout}s: {states}")
-            time.sleep(0.2)
-
-    def stop(self, timeout=60):
-        """SIGTERM, wait; returns (seconds to exit, exit code)."""
-        if self.proc is None or self.proc.poll() is not None:
-            if self in LIVE:
-                LIVE.remove(self)
-            return None, self.proc.returncode if self.proc else None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log(f"citrusd {self.pid} still running {timeout}s after SIGTERM: SIGKILL")
-            self.proc.kill()
-            rc = self.proc.wait()
-            raise RuntimeError(f"citrusd did not exit within {timeout}s of SIGTERM")
-        finally:
-            if self in LIVE:
-                LIVE.remove(self)
-            self.errlog.close()
-        check_leftovers(f"citrusd {os.path.basename(self.dir)} exited (rc {rc})")
-        return time.monotonic() - t0, rc
-
-
-def tagged_pids():
-    me = os.getpid()
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == me:
-            continue
-        try:
-            with open(f"/proc/{p}/environ", "rb") as f:
-                if f"BENCH_TAG={TAG}".encode() in f.read().split(b"\0"):
-                    found.append(int(p))
-        except OSError:
-            pass
-    return found
-
-
-def check_leftovers(what):
-    """After a citrusd exited: every process it supervised should be gone."""
-    time.sleep(0.3)
-    pids = tagged_pids()
-    if not pids:
-        return
-    LEFTOVERS.append(f"{what}: {len(pids)} tagged process(es) still alive")
-    log(f"leftovers: {LEFTOVERS[-1]}; killing them")
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def cpu_ticks(pid):
-    """utime + stime (fields 14 + 15 of /proc/PID/stat), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return int(rest[11]) + int(rest[12])  # rest[0] is field 3
-
-
-def vm_rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+class Daemon(benchlib.Daemon):
+    ONLINE_POLL = 0.2
+    LEFTOVER_SETTLE = 0.3
 
 
 def free_ports(n):
@@ -312,12 +96,7 @@ def get_latency(port, n=20):
         t = time.monotonic()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            buf = b""
-            while b"\n" not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                buf += chunk
+            benchlib.recv_until(s, b"\n")
         ts.append((time.monotonic() - t) * 1000)
         time.sleep(0.05)
     return statistics.median(ts)
@@ -543,61 +322,21 @@ FIGURES = [
 
 def main():
     load0 = os.getloadavg()
-    for name, fn in FIGURES:
-        log(f"=== figure {name}")
-        try:
-            fn()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:
-            log(f"figure {name} FAILED: {type(e).__name__}: {e}")
-            FAILED.append(name)
-            row(f"{name.split()[0]}. {name.split(' ', 1)[1]}", "FAILED",
-                f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
-        finally:
-            for dm in list(LIVE):
-                try:
-                    dm.stop(timeout=30)
-                except Exception as e:
-                    log(f"stopping citrusd {dm.pid}: {e}")
-
-    def cell(s):
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
+    benchlib.run_figures(FIGURES)
     row("9. machine", f"{os.cpu_count()} cores",
         f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (other work adds noise); "
         f"kernel {os.uname().release}; apps run {APP_PY}")
-    row("9. leftover processes after citrusd exited", str(len(LEFTOVERS)),
-        "; ".join(LEFTOVERS) or "every supervised process was gone after each SIGTERM'd citrusd exited")
+    benchlib.leftover_row("9. leftover processes after citrusd exited")
     mode = "quick" if QUICK else "full"
-    print(f"\ncitrusd health/scheduler bench ({mode} run, idle window {IDLE:g} s, scheduler window {SCHED} s, "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    print("| figure | value | notes |")
-    print("|---|---|---|")
-    for f, v, n in sorted(ROWS, key=lambda r: r[0].split(".")[0]):
-        print(f"| {cell(f)} | {cell(v)} | {cell(n)} |")
-    sys.stdout.flush()
+    benchlib.print_table(f"citrusd health/scheduler bench ({mode} run, idle window {IDLE:g} s, scheduler window {SCHED} s, "
+                         f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M:%S')})",
+                         key=lambda r: r[0].split(".")[0])
     return 1 if FAILED else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        for dm in list(LIVE):
-            try:
-                dm.stop(timeout=20)
-            except BaseException:
-                pass
+    benchlib.run_main(main)
 PYEOF
 
 log "running the figures (idle window ${IDLE_SECS}s, scheduler window ${SCHED_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
-B_CITRUSD=$CITRUSD B_CITRUSCTL=$CITRUSCTL B_WORK=$WORK B_TAG=$TAG B_QUICK=$QUICK \
-    B_IDLE=$IDLE_SECS B_SCHED=$SCHED_SECS B_APP_PYTHON=$APP_PYTHON \
-    python3 "$WORK/driver.py" &
-DRIVER_PID=$!
-rc=0
-wait "$DRIVER_PID" || rc=$?
-DRIVER_PID=""
-((rc == 0)) || log "some figures failed (driver exit $rc); see the table"
-exit "$rc"
+run_driver figures B_SCHED="$SCHED_SECS" B_APP_PYTHON="$APP_PYTHON"

@@ -19,42 +19,18 @@
 # Needs: bash, python3, cc/gcc, cargo, hyperfine (installed with apt-get when missing and root;
 # otherwise figure 3 is skipped with a note), /usr/bin/time (optional: times the build).
 
-set -euo pipefail
-
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
-
-QUICK=0
-for arg in "$@"; do
-    case "$arg" in
-        --quick) QUICK=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument: $arg" ;;
-    esac
-done
-if [[ $QUICK == 1 ]]; then
-    IDLE_SECS=${BENCH_IDLE_SECS:-5}
-else
-    IDLE_SECS=${BENCH_IDLE_SECS:-60}
-fi
-[[ $IDLE_SECS =~ ^[0-9]+([.][0-9]+)?$ ]] || die "BENCH_IDLE_SECS must be a number of seconds, got '$IDLE_SECS'"
-
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-[[ -f $REPO/Cargo.toml ]] || die "cannot find Cargo.toml in $REPO (the script lives in <repo>/bench/)"
+BENCH_NAME=citrus-bench
+QUICK_IDLE_SECS=5
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$@"
 
 # --- tools ---------------------------------------------------------------------------------------
-for tool in python3 cargo; do
-    command -v "$tool" >/dev/null || die "$tool not found in PATH"
-done
 CC=${CC:-}
 if [[ -z $CC ]]; then
     if command -v cc >/dev/null; then CC=cc
     elif command -v gcc >/dev/null; then CC=gcc
     else die "no C compiler (cc/gcc) found; install gcc"; fi
 fi
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 3.8 is required"
-
 HYPERFINE=$(command -v hyperfine || true)
 HYPERFINE_NOTE=""
 if [[ -z $HYPERFINE ]]; then
@@ -77,9 +53,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "ulimit -n = $(ulimit -n), ulimit -u = $(ulimit -u)"
 
 # --- build ---------------------------------------------------------------------------------------
-BENCH_NAME=citrus-bench
-# shellcheck source=bench/common.sh
-source "$REPO/bench/common.sh"
+bench_setup
 
 # --- C stamp helper ------------------------------------------------------------------------------
 cat >"$WORK/stamp.c" <<'EOF'
@@ -117,233 +91,23 @@ APP_PYTHON=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))
 
 # --- driver --------------------------------------------------------------------------------------
 cat >"$WORK/driver.py" <<'PYEOF'
-import json, os, re, shlex, signal, statistics, subprocess, sys, time
+import json, os, re, shlex, signal, subprocess, sys, time
 from datetime import datetime, timezone
 
-E = os.environ
-CITRUSD, CITRUSCTL, HELPER = E["B_CITRUSD"], E["B_CITRUSCTL"], E["B_HELPER"]
-WORK, TAG, REPO = E["B_WORK"], E["B_TAG"], E["B_REPO"]
-QUICK = E["B_QUICK"] == "1"
-IDLE = float(E["B_IDLE"])
-HYPERFINE, HF_NOTE = E["B_HYPERFINE"], E["B_HF_NOTE"]
-APP_PY = E["B_APP_PYTHON"]
-HELPER_LINK = E["B_HELPER_LINK"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-MONO = time.CLOCK_MONOTONIC
-ROWS = []          # (figure, value, notes)
-FAILED = []
-LIVE = []          # daemons to stop on the way out
-CHILD_ENV = dict(os.environ, BENCH_TAG=TAG)
-for k in list(CHILD_ENV):
-    if k.startswith("B_"):
-        del CHILD_ENV[k]
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.environ["B_BENCH_DIR"])
+import benchlib
+from benchlib import (CHILD_ENV, CITRUSCTL, CLK_TCK, FAILED, IDLE, QUICK, WORK, cpu_ticks, fmt_ms, log,
+                      median, mono_ns, ms, open_fds, p95, proc_status, row, sleepers, write_config)
+
+HELPER, REPO = os.environ["B_HELPER"], os.environ["B_REPO"]
+HYPERFINE, HF_NOTE = os.environ["B_HYPERFINE"], os.environ["B_HF_NOTE"]
+APP_PY = os.environ["B_APP_PYTHON"]
+HELPER_LINK = os.environ["B_HELPER_LINK"]
 
 
-def on_term(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, on_term)
-
-
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def mono_ns():
-    return time.clock_gettime_ns(MONO)
-
-
-def row(fig, value, notes=""):
-    ROWS.append((fig, value, notes))
-
-
-def median(xs):
-    return statistics.median(xs)
-
-
-def p95(xs):
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, -(-95 * len(s) // 100) - 1))]  # nearest rank
-
-
-def ms(ns):
-    return ns / 1e6
-
-
-def fmt_ms(x):
-    return f"{x:.2f} ms" if x < 100 else f"{x:.0f} ms"
-
-
-def toml_str(s):
-    return json.dumps(str(s))
-
-
-def write_config(d, apps, daemon=None, defaults=None):
-    """apps: {name: {key: value}}; values are str (quoted), list (argv), int/bool."""
-    os.makedirs(d, exist_ok=True)
-
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int):
-            return str(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(toml_str(x) for x in v) + "]"
-        return toml_str(v)
-
-    out = ["[daemon]", 'state_dir = "state"', 'log_dir = "logs"']
-    out += [f"{k} = {val(v)}" for k, v in (daemon or {}).items()]
-    dflt = {"restart_delay": "0s", "min_uptime": "1s", "max_restarts": 1000, "kill_timeout": "2s"}
-    dflt.update(defaults or {})
-    out += ["", "[defaults]"] + [f"{k} = {val(v)}" for k, v in dflt.items()]
-    out += [f"env = {{ BENCH_TAG = {toml_str(TAG)} }}"]
-    for name, keys in apps.items():
-        out += ["", f"[apps.{name}]"] + [f"{k} = {val(v)}" for k, v in keys.items()]
-    path = os.path.join(d, "citrusd.toml")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
-    return path
-
-
-def sleepers(n):
-    return {f"s{i:04d}": {"command": ["/bin/sleep", "100000"]} for i in range(n)}
-
-
-class Daemon:
-    def __init__(self, d, cfg):
-        self.dir, self.cfg = d, cfg
-        self.sock = os.path.join(d, "ctl.sock")
-        self.proc = None
-
-    def start(self):
-        self.errlog = open(os.path.join(self.dir, "citrusd.stderr"), "ab")
-        self.t_exec = mono_ns()
-        self.proc = subprocess.Popen(
-            [CITRUSD, "--config", self.cfg, "--socket", self.sock],
-            stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog, env=CHILD_ENV)
-        LIVE.append(self)
-        with open(os.path.join(WORK, "citrusd.pids"), "a") as f:
-            f.write(f"{self.proc.pid}\n")
-        return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def check_alive(self):
-        rc = self.proc.poll()
-        if rc is not None:
-            raise RuntimeError(f"citrusd exited early with {rc}; stderr: {self.stderr_tail()}")
-
-    def stderr_tail(self, n=600):
-        try:
-            with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:
-                return f.read()[-n:].decode(errors="replace").strip()
-        except OSError:
-            return "?"
-
-    def ctl(self, *args, check=True):
-        r = subprocess.run([CITRUSCTL, "--socket", self.sock, *args], capture_output=True, env=CHILD_ENV)
-        if check and r.returncode != 0:
-            raise RuntimeError(f"citrusctl {' '.join(args)} -> exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
-        return r
-
-    def ping(self):
-        return self.ctl("ping", check=False).returncode == 0
-
-    def status(self):
-        return json.loads(self.ctl("status", "--json").stdout)
-
-    def wait_ping(self, timeout=15):
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"citrusd did not answer ping within {timeout}s; stderr: {self.stderr_tail()}")
-            time.sleep(0.005)
-
-    def wait_online(self, n, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            st = self.status()
-            online = sum(1 for a in st["apps"] if a["state"] == "online")
-            if online == n:
-                return st
-            self.check_alive()
-            if time.monotonic() > deadline:
-                states = {}
-                for a in st["apps"]:
-                    states[a["state"]] = states.get(a["state"], 0) + 1
-                raise TimeoutError(f"only {online}/{n} apps online after {timeout}s: {states}")
-            time.sleep(0.05)
-
-    def stop(self, timeout=60):
-        """SIGTERM, wait; returns (seconds to exit, exit code)."""
-        if self.proc is None or self.proc.poll() is not None:
-            if self in LIVE:
-                LIVE.remove(self)
-            return None, self.proc.returncode if self.proc else None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log(f"citrusd {self.pid} still running {timeout}s after SIGTERM: SIGKILL")
-            self.proc.kill()
-            rc = self.proc.wait()
-            raise RuntimeError(f"citrusd did not exit within {timeout}s of SIGTERM")
-        finally:
-            if self in LIVE:
-                LIVE.remove(self)
-            self.errlog.close()
-        check_leftovers(f"citrusd {self.dir} exited (rc {rc})")
-        return time.monotonic() - t0, rc
-
-
-LEFTOVERS = []     # processes that outlived their citrusd
-
-
-def tagged_pids():
-    me = os.getpid()
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == me:
-            continue
-        try:
-            with open(f"/proc/{p}/environ", "rb") as f:
-                if f"BENCH_TAG={TAG}".encode() in f.read().split(b"\0"):
-                    found.append(int(p))
-        except OSError:
-            pass
-    return found
-
-
-def cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
-    except OSError:
-        return "?"
-
-
-def check_leftovers(what):
-    """After a citrusd exited: every process it supervised should be gone."""
-    time.sleep(0.2)
-    pids = tagged_pids()
-    if not pids:
-        return
-    desc = {}
-    for p in pids:
-        c = cmdline(p)
-        desc[c] = desc.get(c, 0) + 1
-    log(f"LEFTOVER after {what}: {len(pids)} process(es) still running: {desc}")
-    LEFTOVERS.append(f"{what}: {len(pids)} x {desc}")
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
+class Daemon(benchlib.Daemon):
+    PING_POLL = 0.005
 
 
 def read_lines(path):
@@ -369,13 +133,8 @@ def wait_lines(path, n, timeout, daemon=None):
 
 
 def rss_cpu(pid):
-    with open(f"/proc/{pid}/status") as f:
-        st = dict(l.split(":", 1) for l in f if ":" in l)
-    with open(f"/proc/{pid}/stat") as f:
-        s = f.read()
-    fields = s[s.rindex(")") + 2:].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return int(st["VmRSS"].split()[0]) * 1024, ticks, int(st["Threads"]), len(os.listdir(f"/proc/{pid}/fd"))
+    st = proc_status(pid)
+    return int(st["VmRSS"].split()[0]) * 1024, cpu_ticks(pid), int(st["Threads"]), open_fds(pid)
 
 
 LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z \[citrus\] (.*)$")
@@ -760,65 +519,22 @@ FIGURES = [
 
 def main():
     load0 = os.getloadavg()
-    for name, fn in FIGURES:
-        log(f"=== figure {name}")
-        try:
-            fn()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as e:
-            log(f"figure {name} FAILED: {type(e).__name__}: {e}")
-            FAILED.append(name)
-            row(f"{name.split()[0]}. {name.split(' ', 1)[1]}", "FAILED", f"{type(e).__name__}: {e}".replace("\n", " ")[:400])
-        finally:
-            for dm in list(LIVE):
-                try:
-                    dm.stop(timeout=30)
-                except Exception as e:
-                    log(f"stopping citrusd {dm.pid}: {e}")
-
-    def cell(s):
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
+    benchlib.run_figures(FIGURES)
     import resource
     row("machine", f"{os.cpu_count()} cores", f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
         f"(other work on the machine adds noise); ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
         f"kernel {os.uname().release}; helper {HELPER_LINK}")
-    row("leftover processes after citrusd exited", str(len(LEFTOVERS)),
-        "; ".join(LEFTOVERS) or "every supervised process was gone after each SIGTERM'd citrusd exited")
+    benchlib.leftover_row()
     mode = "quick" if QUICK else "full"
-    print(f"\ncitrusd supervisor bench ({mode} run, idle window {IDLE:g} s, {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    print("| figure | value | notes |")
-    print("|---|---|---|")
-    def order(r):
-        m = re.match(r"(\d+)", r[0])
-        return int(m.group(1)) if m else 99
-    for f, v, n in sorted(ROWS, key=order):
-        print(f"| {cell(f)} | {cell(v)} | {cell(n)} |")
-    sys.stdout.flush()
+    benchlib.print_table(f"citrusd supervisor bench ({mode} run, idle window {IDLE:g} s, {os.cpu_count()} cores, "
+                         f"{time.strftime('%Y-%m-%d %H:%M:%S')})", key=benchlib.figure_order)
     return 1 if FAILED else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    finally:
-        for dm in list(LIVE):
-            try:
-                dm.stop(timeout=20)
-            except BaseException:
-                pass
+    benchlib.run_main(main)
 PYEOF
 
 log "running the figures (idle window ${IDLE_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
-B_CITRUSD=$CITRUSD B_CITRUSCTL=$CITRUSCTL B_HELPER=$WORK/stamp B_WORK=$WORK B_TAG=$TAG \
-    B_REPO=$REPO B_QUICK=$QUICK B_IDLE=$IDLE_SECS B_HYPERFINE=$HYPERFINE B_HF_NOTE=$HYPERFINE_NOTE \
-    B_APP_PYTHON=$APP_PYTHON B_HELPER_LINK=$HELPER_LINK \
-    python3 "$WORK/driver.py" &
-DRIVER_PID=$!
-rc=0
-wait "$DRIVER_PID" || rc=$?
-DRIVER_PID=""
-((rc == 0)) || log "some figures failed (driver exit $rc); see the table"
-exit "$rc"
+run_driver figures B_HELPER="$WORK/stamp" B_REPO="$REPO" B_HYPERFINE="$HYPERFINE" \
+    B_HF_NOTE="$HYPERFINE_NOTE" B_APP_PYTHON="$APP_PYTHON" B_HELPER_LINK="$HELPER_LINK"
