@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,7 @@ use crate::supervisor::handoff::{self, Handoff, PendingUpdate};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{self, Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
+use crate::sys::now_ms;
 
 /// Backoff never waits longer than this between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -71,12 +72,6 @@ pub struct Agent {
     state_dir: std::path::PathBuf,
     /// An update this process was re-executed for, confirmed at the first connect.
     pending: Mutex<Option<PendingUpdate>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Starts of a new version that has not confirmed its update yet after which it is taken as
@@ -902,10 +897,7 @@ impl Agent {
             inherit_env: &inherit,
             env_file: None,
             env: &env,
-            extra: vec![(
-                Marker::SUPERVISOR_VAR.to_string(),
-                self.marker.supervisor_id.clone(),
-            )],
+            extra: vec![self.marker.supervisor_var()],
         };
         let child = match spawn::command(&spec).and_then(|mut c| {
             self.reaper

@@ -27,6 +27,7 @@ use crate::supervisor::kill::GroupStop;
 use crate::supervisor::reaper::{ExitStatus, Reaper};
 use crate::supervisor::spawn::{self, Marker, Spec};
 use crate::supervisor::Supervisor;
+use crate::sys::{now_ms, unix_ms as ms};
 
 /// Runs kept per job (in memory and in jobs.json).
 const HISTORY: usize = 10;
@@ -88,16 +89,6 @@ pub struct Jobs {
     store: PathBuf,
     table: Mutex<BTreeMap<String, Entry>>,
     write: Mutex<()>,
-}
-
-fn now_ms() -> u64 {
-    ms(SystemTime::now())
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Jobs {
@@ -490,15 +481,8 @@ impl Jobs {
         else {
             unreachable!("command jobs only")
         };
-        let marker = vec![
-            self.marker.supervisor_entry(),
-            format!("CITRUS_JOB={}", job.name),
-        ];
-        let extra = marker
-            .iter()
-            .filter_map(|e| e.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let extra = self.marker.job_vars(&job.name);
+        let marker = spawn::entries(&extra);
         let spec = Spec {
             command,
             cwd: Some(cwd),

@@ -338,13 +338,6 @@ async fn sleep_opt(deadline: Option<Instant>) {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn human(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
@@ -831,7 +824,7 @@ impl Actor {
         let exit = LastExit {
             code: status.code,
             signal: status.signal.map(sys::signal_name),
-            at_ms: now_ms(),
+            at_ms: sys::now_ms(),
         };
         self.set(|s| {
             s.pid = None;

@@ -20,22 +20,45 @@ pub struct Marker {
     pub supervisor_id: String,
 }
 
+/// An environment variable: (name, value).
+pub type EnvVar = (String, String);
+
 impl Marker {
     pub const SUPERVISOR_VAR: &'static str = "CITRUS_SUPERVISOR";
 
-    /// The `KEY=VALUE` entries found in the environment of every process of this instance.
-    pub fn instance_entries(&self, app: &str, index: u32) -> Vec<String> {
+    /// The variable every process this supervisor ever started carries.
+    pub fn supervisor_var(&self) -> EnvVar {
+        (Self::SUPERVISOR_VAR.into(), self.supervisor_id.clone())
+    }
+
+    /// The variables every process of instance `index` of `app` carries.
+    pub fn instance_vars(&self, app: &str, index: u32) -> Vec<EnvVar> {
         vec![
-            format!("{}={}", Self::SUPERVISOR_VAR, self.supervisor_id),
-            format!("CITRUS_APP={app}"),
-            format!("CITRUS_INSTANCE={index}"),
+            self.supervisor_var(),
+            ("CITRUS_APP".into(), app.into()),
+            ("CITRUS_INSTANCE".into(), index.to_string()),
         ]
     }
 
-    /// The entry shared by every process this supervisor ever started.
-    pub fn supervisor_entry(&self) -> String {
-        format!("{}={}", Self::SUPERVISOR_VAR, self.supervisor_id)
+    /// The variables every process of job `job` carries.
+    pub fn job_vars(&self, job: &str) -> Vec<EnvVar> {
+        vec![self.supervisor_var(), ("CITRUS_JOB".into(), job.into())]
     }
+
+    /// [`Marker::instance_vars`] as `KEY=VALUE`, the way `/proc/PID/environ` shows them.
+    pub fn instance_entries(&self, app: &str, index: u32) -> Vec<String> {
+        entries(&self.instance_vars(app, index))
+    }
+
+    /// [`Marker::supervisor_var`] as `KEY=VALUE`.
+    pub fn supervisor_entry(&self) -> String {
+        entries(&[self.supervisor_var()]).remove(0)
+    }
+}
+
+/// Variables as the `KEY=VALUE` entries of `/proc/PID/environ`.
+pub fn entries(vars: &[EnvVar]) -> Vec<String> {
+    vars.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
 /// Why an instance could not be spawned; shown as the app's `last_error`.
@@ -111,20 +134,13 @@ pub struct Spec<'a> {
     pub env_file: Option<&'a Path>,
     pub env: &'a BTreeMap<String, String>,
     /// Set last, over everything else: citrusd's own variables and markers.
-    pub extra: Vec<(String, String)>,
+    pub extra: Vec<EnvVar>,
 }
 
 impl<'a> Spec<'a> {
     /// The spec of instance `index` of `app`, with its markers.
     pub fn instance(app: &'a AppConfig, index: u32, marker: &Marker) -> Spec<'a> {
-        let mut extra: Vec<(String, String)> = marker
-            .instance_entries(&app.name, index)
-            .into_iter()
-            .filter_map(|e| {
-                e.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
+        let mut extra = marker.instance_vars(&app.name, index);
         extra.push(("NODE_APP_INSTANCE".into(), index.to_string()));
         Spec {
             command: &app.command,

@@ -121,6 +121,17 @@ pub fn signal_name(signo: i32) -> String {
         .unwrap_or_else(|_| signo.to_string())
 }
 
+/// Milliseconds since the Unix epoch (0 before it): the times on the wire and in state files.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// [`unix_ms`] of now.
+pub fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
 /// FNV-1a 64: a stable hash (unlike `DefaultHasher`, identical across Rust releases), used to derive
 /// the supervisor id that marks our apps' environments from the state directory's path.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
