@@ -206,7 +206,6 @@ pub async fn run(
             reaper.clone(),
             marker.clone(),
             &daemon_cfg.state_dir,
-            handoff.update.clone(),
         )
     });
     if let Some(agent) = &agent {

@@ -25,10 +25,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::outbox::Outbox;
 use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus};
 use super::system;
+use super::update::PendingUpdate;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
 use crate::state::write_atomic;
 use crate::supervisor::capture::OutputTail;
-use crate::supervisor::handoff::{self, Handoff, PendingUpdate};
+use crate::supervisor::handoff::{self, Handoff};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{self, Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
@@ -132,7 +133,6 @@ impl Agent {
         reaper: Arc<Reaper>,
         marker: Marker,
         state_dir: &std::path::Path,
-        pending: Option<PendingUpdate>,
     ) -> Arc<Agent> {
         let outbox = Outbox::open(state_dir.join("fleet-outbox.json"));
         let status = FleetStatus {
@@ -150,9 +150,9 @@ impl Agent {
         let stored: Option<StoredUpdate> = std::fs::read(update_file(state_dir))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let (pending, starts) = match (stored, pending) {
-            (Some(s), _) => (Some(s.update), s.starts + 1),
-            (None, p) => (p, 1),
+        let (pending, starts) = match stored {
+            Some(s) => (Some(s.update), s.starts + 1),
+            None => (None, 0),
         };
         if let Some(p) = &pending {
             store_update(state_dir, p, starts);
@@ -224,7 +224,6 @@ impl Agent {
         store_update(&self.state_dir, &update, 0);
         let handoff = Handoff {
             instances: self.supervisor.handoff(),
-            update: Some(update),
         };
         let e = handoff::exec(&handoff, &self.state_dir);
         tracing::error!("cannot re-execute citrusd: {e}");
@@ -765,7 +764,6 @@ impl Agent {
             tracing::info!(kind, "checkout moved {output}: re-executing citrusd");
             let handoff = Handoff {
                 instances: agent.supervisor.handoff(),
-                update: Some(pending),
             };
             let e = handoff::exec(&handoff, &agent.state_dir);
             // Still here: the exec failed. Put the checkout back and say why.

@@ -1,10 +1,30 @@
 //! The agent's self-update through git2 on `[fleet.update].repo`: fetch and hard-reset to
 //! `remote/branch`, or hard-reset to a given commit. Failures come from git2's results (with
-//! their class and code), never from reading a command's output.
+//! their class and code), never from reading a command's output. An update in flight is a
+//! [`PendingUpdate`], which the agent records in the state directory until the new version
+//! confirms it.
 
 use std::path::Path;
 
 use git2::{Repository, ResetType};
+use serde::{Deserialize, Serialize};
+
+/// An update waiting for the new version to confirm it (by reconnecting to the engine).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingUpdate {
+    /// The engine's command id.
+    pub id: String,
+    /// `"update"` or `"rollback"`.
+    pub kind: String,
+    /// For a rollback: the commit asked for.
+    pub commit_id: Option<String>,
+    /// The commit to go back to when the new version does not confirm.
+    pub previous: String,
+    /// Wall-clock deadline (ms since the epoch) for the confirmation.
+    pub deadline_ms: u64,
+    /// Set when this process is the automatic return to `previous`.
+    pub reverted: Option<String>,
+}
 
 /// Where HEAD was and where it is now.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -35,28 +35,10 @@ pub struct AdoptedInstance {
     pub memory_restarts: u32,
 }
 
-/// An update waiting for the new version to confirm it (by reconnecting to the engine).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PendingUpdate {
-    /// The engine's command id.
-    pub id: String,
-    /// `"update"` or `"rollback"`.
-    pub kind: String,
-    /// For a rollback: the commit asked for.
-    pub commit_id: Option<String>,
-    /// The commit to go back to when the new version does not confirm.
-    pub previous: String,
-    /// Wall-clock deadline (ms since the epoch) for the confirmation.
-    pub deadline_ms: u64,
-    /// Set when this process is the automatic return to `previous`.
-    pub reverted: Option<String>,
-}
-
 /// What one citrusd hands to the next.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Handoff {
     pub instances: Vec<AdoptedInstance>,
-    pub update: Option<PendingUpdate>,
 }
 
 /// Reads (and removes) the handoff this process was started with, if any.
