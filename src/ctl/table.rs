@@ -56,50 +56,24 @@ pub fn status(apps: &[AppStatus]) -> String {
         "CPU",
         "LAST EXIT",
     ];
-    let rows: Vec<[String; 9]> = apps
+    let rows: Vec<Vec<String>> = apps
         .iter()
         .map(|a| {
-            [
+            let running = |text: String| if a.pid.is_some() { text } else { "-".into() };
+            vec![
                 a.name.clone(),
                 a.instance.to_string(),
                 a.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 a.state.as_str().to_string(),
                 uptime(a.uptime_ms),
                 a.restarts.to_string(),
-                if a.pid.is_some() {
-                    size(a.memory_bytes)
-                } else {
-                    "-".into()
-                },
-                if a.pid.is_some() {
-                    format!("{:.1}%", a.cpu_percent)
-                } else {
-                    "-".into()
-                },
+                running(size(a.memory_bytes)),
+                running(format!("{:.1}%", a.cpu_percent)),
                 a.last_exit.as_ref().map(exit).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    let line = |out: &mut String, cells: &[&str]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&mut out, &header);
-    for r in &rows {
-        line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    out
+    columns(&header, &rows)
 }
 
 /// Left-aligned columns separated by two spaces.
