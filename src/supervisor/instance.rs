@@ -981,18 +981,14 @@ fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
             // Up to 16 reads per wake, then yield so one flat-out writer cannot starve the rest.
             let eof = SCRATCH.with(|buf| {
                 let mut buf = buf.borrow_mut();
+                // One lock for the whole burst: nothing awaits in between.
+                let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
+                let limit = file.chunk_limit().min(buf.len());
                 for _ in 0..16 {
-                    let limit = log
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .chunk_limit()
-                        .min(buf.len());
                     match rx.try_read(&mut buf[..limit]) {
                         Ok(0) => return Some(true),
                         Ok(n) => {
-                            log.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .write_output(&buf[..n]);
+                            file.write_output(&buf[..n]);
                             if n >= 64 * 1024 && !grown {
                                 spawn::grow_pipe(&rx, BIG_PIPE);
                                 grown = true;
