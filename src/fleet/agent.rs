@@ -568,7 +568,7 @@ impl Agent {
         let (total, used, free) = system::memory();
         AgentMessage::StatusUpdate {
             status: wire::HostStatus {
-                hostname: system::hostname(),
+                hostname: crate::sys::hostname(),
                 uptime: system::uptime(),
                 git_version: self.git_version(),
                 cpu: wire::CpuStatus { load, cores },

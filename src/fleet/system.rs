@@ -1,4 +1,4 @@
-//! Host figures for `status_update`: hostname, uptime, CPU load and cores, memory, filesystems.
+//! Host figures for `status_update`: uptime, CPU load and cores, memory, filesystems.
 //! Read from `/proc` and statvfs; the CPU load is the busy share since the previous sample.
 
 use std::sync::Mutex;
@@ -7,14 +7,6 @@ use crate::health::disk;
 
 /// CPU counters of the previous sample: (busy, total) jiffies.
 static LAST_CPU: Mutex<Option<(u64, u64)>> = Mutex::new(None);
-
-/// The machine's hostname.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
 
 /// Seconds since boot.
 pub fn uptime() -> u64 {

@@ -24,29 +24,19 @@ pub struct Notifier {
     forward: RwLock<Option<Forward>>,
 }
 
-fn webhook_config(url: &str) -> WebhookConfig {
-    WebhookConfig::new(url)
-}
-
 impl Notifier {
     /// A notifier for `config`; starts the webhook sender (on the current runtime) if one is set.
     pub fn new(config: &NotifyConfig) -> Notifier {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
-        let webhook = config
-            .webhook
-            .as_ref()
-            .map(|url| (url.clone(), Webhook::start(webhook_config(url))));
-        Notifier {
-            host,
+        let notifier = Notifier {
+            host: crate::sys::hostname(),
             forward: RwLock::new(None),
             inner: RwLock::new(Inner {
-                webhook,
-                events: config.events.clone(),
+                webhook: None,
+                events: Vec::new(),
             }),
-        }
+        };
+        notifier.configure(config);
+        notifier
     }
 
     /// Applies a reloaded `[notify]`.
@@ -56,7 +46,7 @@ impl Notifier {
             inner.webhook = config
                 .webhook
                 .as_ref()
-                .map(|url| (url.clone(), Webhook::start(webhook_config(url))));
+                .map(|url| (url.clone(), Webhook::start(WebhookConfig::new(url))));
         }
         inner.events = config.events.clone();
     }

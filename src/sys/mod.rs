@@ -121,6 +121,14 @@ pub fn signal_name(signo: i32) -> String {
         .unwrap_or_else(|_| signo.to_string())
 }
 
+/// The machine's hostname (`localhost` when it cannot be read).
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Milliseconds since the Unix epoch (0 before it): the times on the wire and in state files.
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::SystemTime::UNIX_EPOCH)
