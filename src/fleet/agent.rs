@@ -549,18 +549,11 @@ impl Agent {
         }
     }
 
+    /// The checkout's HEAD (12 hex digits), read through git2 like the updates themselves.
     fn git_version(&self) -> Option<String> {
         let repo = &self.config.update.as_ref()?.repo;
-        let head = std::fs::read_to_string(repo.join(".git/HEAD")).ok()?;
-        let head = head.trim();
-        let id = match head.strip_prefix("ref: ") {
-            Some(r) => std::fs::read_to_string(repo.join(".git").join(r))
-                .ok()?
-                .trim()
-                .to_string(),
-            None => head.to_string(),
-        };
-        Some(id.chars().take(12).collect())
+        let head = super::update::head(repo).ok()?;
+        Some(head.chars().take(12).collect())
     }
 
     fn status_update(&self) -> AgentMessage {

@@ -84,3 +84,48 @@ pub fn reset_to(path: &Path, commit: &str) -> Result<Moved, String> {
     let current = head_of(&repo).map_err(|e| err("read HEAD", path, e))?;
     Ok(Moved { previous, current })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@citrus.invalid"])
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn head_follows_a_branch_that_lives_only_in_packed_refs() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "A"]);
+        git(dir.path(), &["pack-refs", "--all", "--prune"]);
+        assert!(!dir.path().join(".git/refs/heads/main").exists());
+        assert_eq!(
+            head(dir.path()).unwrap(),
+            git(dir.path(), &["rev-parse", "HEAD"])
+        );
+    }
+
+    #[test]
+    fn reset_to_an_unknown_commit_is_a_git2_error_and_head_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "A"]);
+        let before = head(dir.path()).unwrap();
+        let err = reset_to(dir.path(), "0123456789abcdef").unwrap_err();
+        assert!(err.contains("find commit 0123456789abcdef"), "{err}");
+        assert_eq!(head(dir.path()).unwrap(), before);
+    }
+}
