@@ -41,26 +41,7 @@ pub struct Engine {
 impl Engine {
     /// Starts an engine that accepts `key`.
     pub fn start(key: &str) -> Engine {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State {
-            keys: vec![key.to_string()],
-            ..State::default()
-        }));
-        let mut engine = Engine {
-            addr,
-            state,
-            rt,
-            server: None,
-            tls: None,
-        };
-        engine.serve(listener);
-        engine
+        Self::start_with(key, None)
     }
 
     /// An engine speaking `wss://` with a self-signed certificate for `localhost`.
@@ -77,10 +58,29 @@ impl Engine {
             .with_single_cert(vec![cert.cert.der().clone()], der)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let mut engine = Engine::start(key);
-        engine.stop();
-        engine.tls = Some((acceptor, pem));
-        engine.restart();
+        Self::start_with(key, Some((acceptor, pem)))
+    }
+
+    fn start_with(key: &str, tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> Engine {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(bind_outside_ephemeral_range());
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            keys: vec![key.to_string()],
+            ..State::default()
+        }));
+        let mut engine = Engine {
+            addr,
+            state,
+            rt,
+            server: None,
+            tls,
+        };
+        engine.serve(listener);
         engine
     }
 
@@ -196,6 +196,31 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Binds 127.0.0.1 on a free port below the kernel's ephemeral range. The engine stops and
+/// listens again on its port; an ephemeral port could meanwhile become the source port of
+/// another test's connection, and the second bind would fail.
+async fn bind_outside_ephemeral_range() -> TcpListener {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    let (first, span) = (
+        low.saturating_sub(12_000).max(1024),
+        12_000u32.min(u32::from(low) - 1024),
+    );
+    // Spread parallel tests over the range: start from a per-process, per-call offset.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ NEXT.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..span {
+        let port = first + ((seed.wrapping_add(i)) % span) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+            return l;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 async fn handle(stream: TcpStream, state: Arc<Mutex<State>>) {
