@@ -9,6 +9,7 @@
 
 mod cron;
 mod diag;
+mod engine;
 mod envfile;
 mod fleet;
 mod jobs;
@@ -29,6 +30,7 @@ use toml::Spanned;
 
 pub use cron::{CronSchedule, Timezone};
 pub use diag::{ConfigError, Diagnostic};
+pub use engine::{Database, DigitalOceanConfig, EngineConfig, InstallConfig, LocalAgentConfig};
 pub use envfile::{read_env_file, EnvFileError};
 pub use fleet::{FleetConfig, Secret, SiteTemplates, UpdateConfig};
 pub use jobs::{glob_match, EventKind, JobConfig, JobKind, NotifyConfig};

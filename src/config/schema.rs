@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use super::cron::{CronSchedule, Timezone};
 use super::diag::{suggest, Diagnostics};
+use super::engine::{ApiBase, DatabaseUrl, PublicUrl, Sha256Hex};
 use super::fleet::{AgentId, EngineUrl, EnrollToken, GitName, SiteTemplate};
 use super::jobs::{EventKind, GlobPattern};
 use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
@@ -617,6 +618,75 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmpty<T> {
     }
 }
 
+layer!(
+    /// The whole of `engine.toml` (citrus-engine's config).
+    EngineLayer {
+        listen: SocketAddr,
+        public_url: PublicUrl,
+        database_url: DatabaseUrl,
+        admin_token_file: PathBuf,
+        agent_connect_timeout: PositiveDuration,
+        enroll_token_ttl: PositiveDuration,
+        status_history_retention: PositiveDuration,
+        status_interval: PositiveDuration,
+        command_timeout: PositiveDuration,
+        max_frame: Bounded<u64, 1024, { 64 << 20 }>,
+        auth_max_failures: AtLeastOne,
+        auth_failure_window: PositiveDuration,
+        digitalocean: DigitalOceanLayer,
+        install: InstallLayer,
+        local_agent: LocalAgentLayer,
+    }
+);
+
+layer!(
+    /// `[digitalocean]` in `engine.toml`.
+    DigitalOceanLayer {
+        api_base: ApiBase,
+        region: String,
+        size: String,
+        image: String,
+        backups: bool,
+        ipv6: bool,
+        monitoring: bool,
+        tags: Vec<String>,
+        poll_interval: PositiveDuration,
+    }
+);
+
+layer!(
+    /// `[install]` in `engine.toml`: where cloud-init fetches citrusd from.
+    InstallLayer {
+        citrusd_url: ApiBase,
+        citrusd_sha256: Sha256Hex,
+    }
+);
+
+layer!(
+    /// `[local_agent]` in `engine.toml`: the agent of the host the engine runs on.
+    LocalAgentLayer {
+        id: AgentId,
+        name: String,
+        key_file: PathBuf,
+    }
+    check: check_local_agent
+);
+
+fn check_local_agent(_: &LocalAgentLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let required = [
+        ("id", r#"id = "local""#),
+        ("key_file", r#"key_file = "../.citrus/agent.key""#),
+    ];
+    for (key, example) in required {
+        section.require(diags, "[local_agent]", key, example);
+    }
+}
+
+/// Reads `engine.toml`'s document, recording every unknown key and bad value in `diags`.
+pub(crate) fn read_engine(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> EngineLayer {
+    read_layer(diags, "", 0..0, root)
+}
+
 /// The whole file, section by section.
 #[derive(Default)]
 pub(crate) struct RawConfig {
@@ -770,7 +840,10 @@ fn read_layer<L: Layer>(
     for (key, value) in table {
         let key_span = key.span();
         let key = key.into_inner();
-        let key_path = format!("{path}.{key}");
+        let key_path = match path {
+            "" => key.to_string(),
+            _ => format!("{path}.{key}"),
+        };
         if layer.set(diags, &key_path, &key, key_span.clone(), value) {
             section.keys.push((key.into_owned(), key_span));
         } else {

@@ -4,6 +4,8 @@ mod config_errors;
 mod control;
 mod engine;
 mod fleet;
+mod hub;
+mod hub_support;
 mod jobs;
 mod logs;
 mod persistence;

@@ -1,0 +1,461 @@
+//! The admin HTTP API (SPEC 4) behind `Authorization: Bearer <admin token>`, agent enrolment
+//! (`POST /agent/enroll`), and JSON errors a person can act on: `{"success": false, "error"}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::store::{OperationRow, StoreError};
+use super::{auth, now, provision, Engine};
+use crate::fleet::protocol::{parse_engine, EngineMessage, ProtocolError};
+
+/// An error answer: a status and one message saying what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 after too many failed attempts.
+    pub fn too_many(wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed attempts from this address; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+        }
+    }
+
+    /// 500 for a store failure (logged; the message names what failed).
+    pub fn internal(e: StoreError) -> Self {
+        tracing::error!("{e}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+
+    fn not_found(what: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no {what} with id {id:?}"))
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, Json(json!({"success": false, "error": self.message}))).into_response();
+        if let Some(wait) = self.retry_after {
+            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The admin routes, behind the bearer-token check.
+pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
+    Router::new()
+        .route("/admin/stats", get(stats))
+        .route("/admin/agents", get(list_agents).post(create_agent))
+        .route("/admin/agents/{id}", get(get_agent))
+        .route("/admin/agents/{id}/history", get(agent_history))
+        .route("/admin/agents/{id}/operations", get(agent_operations))
+        .route("/admin/agents/{id}/commands", post(command))
+        .route("/admin/agents/{id}/rotate-key", post(rotate_key))
+        .route("/admin/operations/{id}", get(get_operation))
+        .route("/admin/servers", get(list_servers))
+        .route("/admin/servers/deploy-with-agent", post(provision::deploy_with_agent))
+        .route("/admin/servers/{id}", get(get_server).delete(provision::delete_server))
+        .route_layer(middleware::from_fn_with_state(engine, require_admin))
+}
+
+/// Checks `Authorization: Bearer <admin token>` in constant time; failures count against the
+/// caller's address.
+async fn require_admin(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ip = peer.ip();
+    if let Some(wait) = engine.limiter.blocked(ip) {
+        return ApiError::too_many(wait).into_response();
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refusal = match given {
+        None => "missing `Authorization: Bearer <admin token>` header (the token is in the engine's admin_token_file or CITRUS_ADMIN_TOKEN)",
+        Some(token) if auth::matches(token.trim(), &engine.admin_token_hash) => {
+            return next.run(request).await
+        }
+        Some(_) => "wrong admin token",
+    };
+    engine.limiter.failed(ip);
+    ApiError::new(StatusCode::UNAUTHORIZED, refusal).into_response()
+}
+
+/// A JSON body, with a clear message when it is not one.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            axum::body::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+async fn stats(State(engine): State<Arc<Engine>>) -> ApiResult {
+    let (total, online) = engine.store.agent_counts().await?;
+    let hub = &engine.hub;
+    Ok(Json(json!({
+        "agents": {"total": total, "online": online, "connected": hub.connected()},
+        "statusUpdates": hub.status_stored.load(std::sync::atomic::Ordering::Relaxed),
+        "statusReceived": hub.status_received.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response())
+}
+
+async fn list_agents(State(engine): State<Arc<Engine>>) -> ApiResult {
+    let agents = engine.store.list_agents().await?;
+    Ok(Json(json!({ "agents": agents })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NameBody {
+    pub name: Option<String>,
+}
+
+/// Checks a server or agent name: a hostname label set (DigitalOcean's droplet name rule).
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.']);
+    match ok {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "invalid name {name:?}: use 1 to 63 letters, digits, '-' or '.', not starting with '-' or '.'"
+        ))),
+    }
+}
+
+/// `POST /admin/agents {name?}`: an agent for a host not provisioned here; answers its
+/// single-use enrolment token (put it in that host's `[fleet] enroll_token`).
+async fn create_agent(State(engine): State<Arc<Engine>>, Body(body): Body<NameBody>) -> ApiResult {
+    let id = auth::new_uuid();
+    let name = body.name.unwrap_or_else(|| format!("agent-{}", &id[..8]));
+    check_name(&name)?;
+    let (token, expires_at) = engine.new_enroll_token(&id, &name).await?;
+    let agent = engine.store.get_agent(&id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "agent": agent, "enrollToken": token, "expiresAt": expires_at})),
+    )
+        .into_response())
+}
+
+async fn get_agent(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult {
+    let agent = engine
+        .store
+        .get_agent(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent", &id))?;
+    let (status, status_at) = match engine.store.latest_status(&id).await? {
+        Some((status, at)) => (status, Some(at)),
+        None => (Value::Null, None),
+    };
+    let server = engine.store.server_of_agent(&id).await?;
+    Ok(Json(json!({"agent": agent, "status": status, "statusAt": status_at, "server": server}))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    since: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn agent_history(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult {
+    engine
+        .store
+        .get_agent(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent", &id))?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let points = engine.store.history(&id, q.since.unwrap_or(0), limit).await?;
+    Ok(Json(json!({ "points": points })).into_response())
+}
+
+async fn agent_operations(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult {
+    let operations = engine.store.list_operations(Some(&id), 100).await?;
+    Ok(Json(json!({ "operations": operations })).into_response())
+}
+
+/// `POST /admin/agents/{id}/commands {type, …}`: validates the command exactly as the agent
+/// will (a hostile domain never leaves the engine), records the operation and sends it.
+async fn command(
+    State(engine): State<Arc<Engine>>,
+    Path(agent): Path<String>,
+    Body(body): Body<Map<String, Value>>,
+) -> ApiResult {
+    let kind = match body.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        Some(_) => return Err(ApiError::bad_request("field `type` must be a string")),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "missing field `type`; one of: {}",
+                EngineMessage::TYPES.join(", ")
+            )))
+        }
+    };
+    if kind == "rotate_key" {
+        return Err(ApiError::bad_request(format!(
+            "rotate keys with POST /admin/agents/{agent}/rotate-key: the engine makes the key"
+        )));
+    }
+    if body.contains_key("id") {
+        return Err(ApiError::bad_request("do not set `id`: the engine gives each operation its id"));
+    }
+    let id = auth::new_uuid();
+    let mut object = body;
+    object.insert("id".into(), Value::String(id.clone()));
+    let message = parse_engine(&Value::Object(object).to_string()).map_err(|e| match e {
+        ProtocolError::UnknownType { ty, .. } => ApiError::bad_request(format!(
+            "unknown command type {ty:?}; one of: {}",
+            EngineMessage::TYPES
+                .iter()
+                .filter(|t| **t != "rotate_key")
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        other => ApiError::bad_request(other.to_string()),
+    })?;
+    let record = serde_json::to_value(&message).expect("EngineMessage serialises to JSON");
+    let operation = engine.dispatch(&agent, &id, &kind, &record, &message).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "operation": operation }))).into_response())
+}
+
+/// `POST /admin/agents/{id}/rotate-key`: two-phase rotation (SPEC 3). The new key is sent to
+/// the agent only; the old key works until the agent acknowledges.
+async fn rotate_key(State(engine): State<Arc<Engine>>, Path(agent): Path<String>) -> ApiResult {
+    let key = auth::new_key();
+    let id = auth::new_uuid();
+    if engine.store.get_agent(&agent).await?.is_none() {
+        return Err(ApiError::not_found("agent", &agent));
+    }
+    if !engine.hub.is_connected(&agent) {
+        return Err(offline(&agent));
+    }
+    engine.store.set_pending_key(&agent, &auth::hash(&key)).await?;
+    let message = EngineMessage::RotateKey {
+        id: id.clone(),
+        new_key: key,
+    };
+    // What is recorded leaves the key out.
+    let record = json!({"type": "rotate_key", "id": id});
+    let operation = engine
+        .dispatch(&agent, &id, "rotate_key", &record, &message)
+        .await;
+    if operation.is_err() {
+        engine.store.clear_pending_key(&agent).await?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "operation": operation? }))).into_response())
+}
+
+pub(super) fn offline(agent: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!("agent {agent} is offline: commands go only to connected agents; see GET /admin/agents"),
+    )
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<String>,
+}
+
+/// `GET /admin/operations/{id}[?wait=5s]`: with `wait`, answers once the operation is final or
+/// the wait (at most 60 s) is over.
+async fn get_operation(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult {
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(text) => crate::config::parse_duration(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid `wait`: {e}")))?
+            .min(Duration::from_secs(60)),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let notify = engine.hub.waiter(&id);
+    let result: Result<OperationRow, ApiError> = async {
+        loop {
+            let changed = notify.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let operation: OperationRow = engine
+                .store
+                .get_operation(&id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("operation", &id))?;
+            if operation.is_final() || tokio::time::Instant::now() >= deadline {
+                return Ok(operation);
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+    .await;
+    engine.hub.release_waiter(&id, notify);
+    let operation = result?;
+    Ok(Json(json!({ "operation": operation })).into_response())
+}
+
+async fn list_servers(State(engine): State<Arc<Engine>>) -> ApiResult {
+    let servers = engine.store.list_servers().await?;
+    Ok(Json(json!({ "servers": servers })).into_response())
+}
+
+async fn get_server(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult {
+    let server = engine
+        .store
+        .get_server(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("server", &id))?;
+    let agent = engine.store.get_agent(&server.agent_id).await?;
+    Ok(Json(json!({ "server": server, "agent": agent })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct EnrollBody {
+    agent_id: String,
+    token: String,
+}
+
+/// `POST /agent/enroll {agentId, token}` → `{key}`: exchanges a single-use enrolment token for
+/// the agent key, once. A refusal is also noted on the agent's server, so the admin sees why.
+pub(super) async fn enroll(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(body): Body<EnrollBody>,
+) -> ApiResult {
+    let ip = peer.ip();
+    if let Some(wait) = engine.limiter.blocked(ip) {
+        return Err(ApiError::too_many(wait));
+    }
+    let at = now();
+    let refuse = |status: StatusCode, why: String| refuse_enrolment(&engine, ip, &body.agent_id, at, status, why);
+    let Some(state) = engine.store.enroll_state(&body.agent_id).await? else {
+        return refuse(StatusCode::UNAUTHORIZED, "unknown agent id or wrong token".into()).await;
+    };
+    let Some(token_hash) = state.token_hash.as_deref() else {
+        return refuse(StatusCode::UNAUTHORIZED, "this agent has no enrolment token".into()).await;
+    };
+    if !auth::matches(&body.token, token_hash) {
+        return refuse(StatusCode::UNAUTHORIZED, "unknown agent id or wrong token".into()).await;
+    }
+    if let Some(used) = state.enrolled_at {
+        let why = format!("the token was already used (at {}); it is single-use", iso(used));
+        return refuse(StatusCode::FORBIDDEN, why).await;
+    }
+    if let Some(expires) = state.expires_at.filter(|&e| e <= at) {
+        let why = format!(
+            "the token expired at {}; deploy a new server or create a new agent",
+            iso(expires)
+        );
+        return refuse(StatusCode::FORBIDDEN, why).await;
+    }
+    let key = auth::new_key();
+    if !engine
+        .store
+        .complete_enrolment(&body.agent_id, token_hash, &auth::hash(&key), at)
+        .await?
+    {
+        return refuse(StatusCode::FORBIDDEN, "the token was already used; it is single-use".into()).await;
+    }
+    tracing::info!(agent = %body.agent_id, %ip, "agent enrolled");
+    Ok(Json(json!({ "key": key })).into_response())
+}
+
+async fn refuse_enrolment(
+    engine: &Engine,
+    ip: std::net::IpAddr,
+    agent: &str,
+    at: i64,
+    status: StatusCode,
+    why: String,
+) -> ApiResult {
+    engine.limiter.failed(ip);
+    tracing::warn!(agent, %ip, "enrolment refused: {why}");
+    if let Ok(Some(server)) = engine.store.server_of_agent(agent).await {
+        let note = format!("enrolment refused from {ip}: {why}");
+        if let Err(e) = engine.store.note_server_error(&server.id, &note, at).await {
+            tracing::error!("{e}");
+        }
+    }
+    Err(ApiError::new(status, format!("enrolment refused: {why}")))
+}
+
+/// A Unix-ms time as RFC 3339 UTC.
+pub(super) fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}

@@ -1,0 +1,499 @@
+//! The agents' WebSocket endpoint (`GET /agent`, SPEC 3): authentication before the upgrade,
+//! one task per connection, online/offline, status updates batched into the store, operation
+//! reports, and commands sent to connected agents.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, Notify};
+
+use super::api::ApiError;
+use crate::control::AppState;
+use super::store::{HistoryPoint, StatusRecord};
+use super::{auth, now, Engine};
+use crate::fleet::protocol::{
+    AgentMessage, EngineMessage, HostStatus, OperationStatus, CLIENT_TYPE_AGENT,
+    HEADER_AGENT_ID, HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, PROTOCOL_VERSION,
+};
+
+/// Close code for "going away" (engine shutting down, connection replaced).
+const CLOSE_AWAY: u16 = 1001;
+/// Close code for "policy violation" (silent agent).
+const CLOSE_POLICY: u16 = 1008;
+
+/// Connected agents and the waiters on operations.
+pub struct Hub {
+    conns: Mutex<HashMap<String, Conn>>,
+    next_conn: AtomicU64,
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Status updates received (not yet necessarily stored).
+    pub status_received: AtomicU64,
+    /// Status updates stored.
+    pub status_stored: AtomicU64,
+}
+
+struct Conn {
+    id: u64,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+/// Why a command was not sent.
+#[derive(Debug, thiserror::Error)]
+#[error("agent {0} is not connected")]
+pub struct NotConnected(pub String);
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            waiters: Mutex::new(HashMap::new()),
+            status_received: AtomicU64::new(0),
+            status_stored: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Hub {
+    /// Whether the agent has a connection now.
+    pub fn is_connected(&self, agent: &str) -> bool {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).contains_key(agent)
+    }
+
+    /// Number of open connections.
+    pub fn connected(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Sends a command to the agent's connection.
+    pub fn send(&self, agent: &str, message: &EngineMessage) -> Result<(), NotConnected> {
+        let text = serde_json::to_string(message).expect("EngineMessage serialises to JSON");
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = conns.get(agent).ok_or_else(|| NotConnected(agent.to_owned()))?;
+        conn.tx
+            .send(Message::Text(text.into()))
+            .map_err(|_| NotConnected(agent.to_owned()))
+    }
+
+    /// Closes the agent's connection, if any, with `code` and `reason`.
+    pub fn disconnect(&self, agent: &str, code: u16, reason: &str) {
+        if let Some(conn) = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(agent) {
+            let _ = conn.tx.send(close(code, reason));
+        }
+    }
+
+    /// Closes every connection (engine shutdown).
+    pub fn close_all(&self, reason: &str) {
+        for conn in self.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            let _ = conn.tx.send(close(CLOSE_AWAY, reason));
+        }
+    }
+
+    fn register(&self, agent: &str, tx: mpsc::UnboundedSender<Message>) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let old = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(agent.to_owned(), Conn { id, tx });
+        if let Some(old) = old {
+            let _ = old.tx.send(close(CLOSE_AWAY, "replaced by a newer connection of this agent"));
+        }
+        id
+    }
+
+    /// Removes the connection if it is still the agent's current one; `true` if it was.
+    fn unregister(&self, agent: &str, conn: u64) -> bool {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        match conns.get(agent) {
+            Some(current) if current.id == conn => {
+                conns.remove(agent);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The notifier of changes to operation `id`; drop it with [`Hub::release_waiter`].
+    pub fn waiter(&self, id: &str) -> Arc<Notify> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the notifier of `id` when nobody else holds it.
+    pub fn release_waiter(&self, id: &str, notify: Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        drop(notify);
+        if waiters.get(id).is_some_and(|n| Arc::strong_count(n) == 1) {
+            waiters.remove(id);
+        }
+    }
+
+    /// Wakes whoever waits on operation `id`.
+    pub fn operation_changed(&self, id: &str) {
+        if let Some(notify) = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `GET /agent`: checks the agent's headers, then upgrades to a WebSocket.
+pub async fn upgrade(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let agent = match authenticate(&engine, peer, &headers).await {
+        Ok(agent) => agent,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("GET /agent is a WebSocket endpoint: {rejection}"),
+            )
+            .into_response()
+        }
+    };
+    let max = engine.config.max_frame;
+    ws.max_frame_size(max)
+        .max_message_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| serve(engine, agent, socket))
+}
+
+/// The agent id, if the headers carry a known id and its key (or the pending key of a rotation,
+/// which then becomes its key).
+async fn authenticate(
+    engine: &Engine,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    let ip = peer.ip();
+    if let Some(wait) = engine.limiter.blocked(ip) {
+        return Err(ApiError::too_many(wait));
+    }
+    if header(headers, HEADER_CLIENT_TYPE) != Some(CLIENT_TYPE_AGENT) {
+        engine.limiter.failed(ip);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("missing or wrong {HEADER_CLIENT_TYPE} header: agents send `{HEADER_CLIENT_TYPE}: {CLIENT_TYPE_AGENT}`"),
+        ));
+    }
+    if let Some(version) = header(headers, HEADER_PROTOCOL) {
+        if version != PROTOCOL_VERSION.to_string() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported protocol version {version:?}: this engine speaks {PROTOCOL_VERSION}; update citrusd"),
+            ));
+        }
+    }
+    let (Some(id), Some(key)) = (header(headers, HEADER_AGENT_ID), header(headers, HEADER_AGENT_KEY))
+    else {
+        engine.limiter.failed(ip);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("missing {HEADER_AGENT_ID} or {HEADER_AGENT_KEY} header"),
+        ));
+    };
+    let keys = engine.store.agent_keys(id).await.map_err(ApiError::internal)?;
+    let refused = || {
+        engine.limiter.failed(ip);
+        tracing::warn!(agent = id, %ip, "agent authentication refused");
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown agent id or wrong agent key (enrol the agent, or check its key_file)",
+        )
+    };
+    let Some(keys) = keys else {
+        return Err(refused());
+    };
+    let current = keys.key_hash.as_deref().is_some_and(|h| auth::matches(key, h));
+    let pending = !current
+        && keys
+            .pending_key_hash
+            .as_deref()
+            .is_some_and(|h| auth::matches(key, h));
+    if pending {
+        // The agent has the new key: its acknowledgement was lost, the rotation is done.
+        engine
+            .store
+            .promote_pending_key(id)
+            .await
+            .map_err(ApiError::internal)?;
+        tracing::info!(agent = id, "key rotation completed (agent connected with the new key)");
+    }
+    if !(current || pending) {
+        return Err(refused());
+    }
+    Ok(id.to_owned())
+}
+
+/// One agent connection, until it closes.
+async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let conn = engine.hub.register(&agent, tx.clone());
+    let at = now();
+    if let Err(e) = engine.store.set_online(&agent, at).await {
+        tracing::error!(agent = %agent, "{e}");
+    }
+    super::provision::agent_connected(&engine, &agent).await;
+    tracing::info!(agent = %agent, "agent connected");
+
+    let writer = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            let closing = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    // An agent sends a status every interval: three missed ones and it is offline.
+    let silence = engine.config.status_interval.saturating_mul(3);
+    let reason = loop {
+        let frame = match tokio::time::timeout(silence, stream.next()).await {
+            Err(_) => {
+                let _ = tx.send(close(CLOSE_POLICY, "no status for 3 intervals"));
+                break format!("silent for {}", crate::config::format_duration(silence));
+            }
+            Ok(None) => break "connection closed".to_owned(),
+            Ok(Some(Err(e))) => break format!("connection error: {e}"),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame {
+            Message::Text(text) => handle_frame(&engine, &agent, text.as_str()).await,
+            Message::Binary(_) => {
+                tracing::warn!(agent = %agent, "binary frame ignored: messages are JSON text frames")
+            }
+            Message::Close(_) => break "closed by the agent".to_owned(),
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    };
+    drop(tx);
+    if engine.hub.unregister(&agent, conn) {
+        if let Err(e) = engine.store.set_offline(&agent, now()).await {
+            tracing::error!(agent = %agent, "{e}");
+        }
+        tracing::info!(agent = %agent, "agent offline: {reason}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+/// Handles one text frame from an agent. A frame that cannot be used is logged and dropped:
+/// it never ends the connection.
+async fn handle_frame(engine: &Engine, agent: &str, text: &str) {
+    let message: AgentMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(agent, "unusable frame from agent: {e}");
+            return;
+        }
+    };
+    let result = match message {
+        AgentMessage::AgentConnected {
+            agent_id,
+            version,
+            git_version,
+        } => {
+            if agent_id != agent {
+                tracing::warn!(agent, said = %agent_id, "agent_connected names another agent id");
+            }
+            engine
+                .store
+                .set_version(agent, &version, git_version.as_deref())
+                .await
+        }
+        AgentMessage::StatusUpdate { status } => {
+            engine.hub.status_received.fetch_add(1, Ordering::Relaxed);
+            let record = StatusRecord {
+                agent_id: agent.to_owned(),
+                point: history_point(&status),
+                json: text_of_status(&status),
+            };
+            if engine.status_tx.send(record).await.is_err() {
+                tracing::warn!(agent, "status dropped: the engine is shutting down");
+            }
+            Ok(())
+        }
+        AgentMessage::SiteOperation {
+            id,
+            status,
+            output,
+            error,
+            ..
+        }
+        | AgentMessage::UpdateOperation {
+            id,
+            status,
+            output,
+            error,
+            ..
+        }
+        | AgentMessage::RollbackOperation {
+            id,
+            status,
+            output,
+            error,
+            ..
+        }
+        | AgentMessage::AppOperation {
+            id,
+            status,
+            output,
+            error,
+            ..
+        }
+        | AgentMessage::DeployOperation {
+            id,
+            status,
+            output,
+            error,
+            ..
+        } => report(engine, agent, &id, status, output.as_deref(), error.as_deref()).await,
+        AgentMessage::KeyRotation { id, status, error } => {
+            let keys = match status {
+                OperationStatus::Completed => engine.store.promote_pending_key(agent).await.map(|_| ()),
+                OperationStatus::Failed => engine.store.clear_pending_key(agent).await,
+                OperationStatus::Starting => Ok(()),
+            };
+            match keys {
+                Ok(()) => report(engine, agent, &id, status, None, error.as_deref()).await,
+                Err(e) => Err(e),
+            }
+        }
+        AgentMessage::Event { kind, app, message } => {
+            tracing::info!(agent, kind = %kind, app = ?app, "event: {message}");
+            Ok(())
+        }
+        AgentMessage::Error { id, error } => {
+            tracing::warn!(agent, id = ?id, "agent refused a message: {error}");
+            match id {
+                Some(id) => {
+                    let error = format!("refused by the agent: {error}");
+                    report(engine, agent, &id, OperationStatus::Failed, None, Some(&error)).await
+                }
+                None => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(agent, "{e}");
+    }
+}
+
+async fn report(
+    engine: &Engine,
+    agent: &str,
+    id: &str,
+    status: OperationStatus,
+    output: Option<&str>,
+    error: Option<&str>,
+) -> Result<(), super::store::StoreError> {
+    let status = match status {
+        OperationStatus::Starting => "starting",
+        OperationStatus::Completed => "completed",
+        OperationStatus::Failed => "failed",
+    };
+    if engine
+        .store
+        .report_operation(id, agent, status, output, error, now())
+        .await?
+    {
+        engine.hub.operation_changed(id);
+    }
+    Ok(())
+}
+
+fn text_of_status(status: &HostStatus) -> String {
+    serde_json::to_string(status).expect("HostStatus serialises to JSON")
+}
+
+/// The figures of a status kept in history.
+fn history_point(status: &HostStatus) -> HistoryPoint {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    HistoryPoint {
+        at: now(),
+        cpu_load: if status.cpu.load.is_finite() { status.cpu.load } else { 0.0 },
+        memory_used: clamp(status.memory.used),
+        memory_total: clamp(status.memory.total),
+        disk_used: clamp(status.disk.iter().map(|d| d.used).sum()),
+        disk_size: clamp(status.disk.iter().map(|d| d.size).sum()),
+        apps_online: status.apps.iter().filter(|a| a.state == AppState::Online).count() as i64,
+        apps_total: status.apps.len() as i64,
+    }
+}
+
+/// Stores status updates in batches: whatever arrived while the previous batch was written.
+/// Ends when `stop` turns true, after storing what was queued.
+pub async fn status_writer(
+    engine: Arc<Engine>,
+    mut rx: mpsc::Receiver<StatusRecord>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(1024);
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, 5000) => n == 0,
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            while batch.len() < 100_000 {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+        }
+        if !batch.is_empty() {
+            store_batch(&engine, &batch).await;
+            batch.clear();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn store_batch(engine: &Engine, batch: &[StatusRecord]) {
+    {
+        match engine.store.record_statuses(batch).await {
+            Ok(()) => {
+                engine
+                    .hub
+                    .status_stored
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!("{} status updates lost: {e}", batch.len()),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! `citrus-engine`, the fleet hub (SPEC 4): the agents' WebSocket endpoint, enrolment, the admin
+//! API, the store, and DigitalOcean provisioning with cloud-init.
+
+pub mod api;
+pub mod auth;
+pub mod cloud_init;
+pub mod digitalocean;
+pub mod hub;
+pub mod provision;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{format_duration, EngineConfig};
+use crate::fleet::protocol::EngineMessage;
+use crate::state::write_atomic;
+use api::ApiError;
+use store::{OperationRow, StatusRecord, Store, StoreError};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no admin token: set admin_token_file in {config} or CITRUS_ADMIN_TOKEN in the environment")]
+    NoAdminToken { config: String },
+    #[error("cannot {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is empty: put the {what} in it, or delete it to have one generated")]
+    EmptyFile { what: &'static str, path: String },
+    #[error("cannot listen on {addr}: {source} (is another engine running? change `listen` or --listen)")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("DigitalOcean client: {0}")]
+    DigitalOcean(#[from] digitalocean::DoError),
+}
+
+/// Unix milliseconds now.
+pub fn now() -> i64 {
+    crate::sys::now_ms() as i64
+}
+
+/// What every handler and task shares.
+pub struct Engine {
+    pub config: EngineConfig,
+    pub store: Store,
+    pub hub: hub::Hub,
+    pub limiter: auth::FailureLimiter,
+    /// SHA-256 of the admin token.
+    admin_token_hash: String,
+    /// `None` without `DO_API_TOKEN`: provisioning is refused with a message saying so.
+    pub digitalocean: Option<digitalocean::Client>,
+    /// Wakes the provisioning loop.
+    pub provision_wake: Notify,
+    status_tx: mpsc::Sender<StatusRecord>,
+}
+
+impl Engine {
+    /// Creates an agent with a single-use enrolment token; returns the token and its expiry.
+    pub async fn new_enroll_token(&self, id: &str, name: &str) -> Result<(String, i64), StoreError> {
+        let token = auth::random_hex(32);
+        let expires_at = now() + self.config.enroll_token_ttl.as_millis() as i64;
+        self.store
+            .insert_agent(id, name, None, Some((&auth::hash(&token), expires_at)), now())
+            .await?;
+        Ok((token, expires_at))
+    }
+
+    /// Records operation `id` and sends `message` to the agent. An offline agent gets nothing
+    /// (409) and nothing is recorded.
+    pub async fn dispatch(
+        &self,
+        agent: &str,
+        id: &str,
+        kind: &str,
+        record: &serde_json::Value,
+        message: &EngineMessage,
+    ) -> Result<OperationRow, ApiError> {
+        if self.store.get_agent(agent).await?.is_none() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                format!("no agent with id {agent:?}"),
+            ));
+        }
+        if !self.hub.is_connected(agent) {
+            return Err(api::offline(agent));
+        }
+        self.store
+            .insert_operation(id, agent, kind, record, now())
+            .await?;
+        if self.hub.send(agent, message).is_err() {
+            let error = "the agent disconnected before the command was sent";
+            self.store
+                .report_operation(id, agent, "failed", None, Some(error), now())
+                .await?;
+        }
+        tracing::info!(agent, operation = id, kind, "command sent");
+        let operation = self.store.get_operation(id).await?;
+        operation.ok_or_else(|| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "operation vanished"))
+    }
+}
+
+/// Reads a secret file, or creates it with a new random secret (0600, atomically).
+fn read_or_create_secret(path: &Path, what: &'static str) -> Result<String, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Err(EngineError::EmptyFile {
+            what,
+            path: path.display().to_string(),
+        }),
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = auth::new_key();
+            let file_err = |source| EngineError::File {
+                what: "write",
+                path: path.display().to_string(),
+                source,
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(file_err)?;
+            }
+            write_atomic(path, secret.as_bytes(), 0o600).map_err(file_err)?;
+            tracing::info!(file = %path.display(), "generated a new {what}");
+            Ok(secret)
+        }
+        Err(source) => Err(EngineError::File {
+            what: "read",
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+fn admin_token(config: &EngineConfig) -> Result<String, EngineError> {
+    if let Some(file) = &config.admin_token_file {
+        return read_or_create_secret(file, "admin token");
+    }
+    match std::env::var("CITRUS_ADMIN_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+        _ => Err(EngineError::NoAdminToken {
+            config: config.path.display().to_string(),
+        }),
+    }
+}
+
+/// A bound engine, ready to serve.
+pub struct Bound {
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    status_rx: mpsc::Receiver<StatusRecord>,
+}
+
+impl Bound {
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Opens the store (migrating it), registers the local agent, and binds the listener.
+pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
+    let admin_token_hash = auth::hash(&admin_token(&config)?);
+    let store = Store::open(&config.database).await?;
+    store.all_offline().await?;
+    if let Some(local) = &config.local_agent {
+        let key = read_or_create_secret(&local.key_file, "agent key")?;
+        store
+            .upsert_agent_key(&local.id, &local.name, &auth::hash(&key), now())
+            .await?;
+    }
+    let digitalocean = match std::env::var("DO_API_TOKEN") {
+        Ok(token) if !token.trim().is_empty() => Some(digitalocean::Client::new(
+            &config.digitalocean.api_base,
+            token.trim().to_owned(),
+        )?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| EngineError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let (status_tx, status_rx) = mpsc::channel(20_000);
+    let engine = Arc::new(Engine {
+        limiter: auth::FailureLimiter::new(config.auth_max_failures, config.auth_failure_window),
+        config,
+        store,
+        hub: hub::Hub::default(),
+        admin_token_hash,
+        digitalocean,
+        provision_wake: Notify::new(),
+        status_tx,
+    });
+    Ok(Bound {
+        engine,
+        listener,
+        status_rx,
+    })
+}
+
+/// The whole HTTP surface.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/agent", get(hub::upgrade))
+        .route("/agent/enroll", post(api::enroll))
+        .route("/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .merge(api::admin_routes(engine.clone()))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "no such route; the admin API is under /admin/ (see the README)",
+            )
+        })
+        .with_state(engine)
+}
+
+impl Bound {
+    /// Serves until `shutdown` resolves; then closes agent connections (1001) and flushes the
+    /// status updates received.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), EngineError> {
+        let Bound {
+            engine,
+            listener,
+            status_rx,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let writer = tokio::spawn(hub::status_writer(engine.clone(), status_rx, stop_rx));
+        let tasks = [
+            tokio::spawn(provision::run(engine.clone())),
+            tokio::spawn(timeout_operations(engine.clone())),
+            tokio::spawn(prune_history(engine.clone())),
+        ];
+        tracing::info!(
+            listen = %listener.local_addr().map_err(EngineError::Serve)?,
+            public_url = %engine.config.public_url,
+            "citrus-engine ready"
+        );
+        let closer = engine.clone();
+        let on_shutdown = async move {
+            shutdown.await;
+            closer.hub.close_all("citrus-engine is shutting down");
+        };
+        let app = router(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(on_shutdown)
+            .await;
+        for task in tasks {
+            task.abort();
+        }
+        // Connections are gone: the writer stores what is queued, then ends.
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+        served.map_err(EngineError::Serve)
+    }
+}
+
+/// Fails operations with no final report within `command_timeout` (also those left over from a
+/// previous run of the engine).
+async fn timeout_operations(engine: Arc<Engine>) {
+    let timeout = engine.config.command_timeout;
+    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let reason = format!("no answer from the agent within {}", format_duration(timeout));
+    loop {
+        let at = now();
+        match engine
+            .store
+            .fail_stale_operations(at - timeout.as_millis() as i64, &reason, at)
+            .await
+        {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(operation = %id, "operation timed out");
+                    engine.hub.operation_changed(&id);
+                }
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Deletes status history older than `status_history_retention`.
+async fn prune_history(engine: Arc<Engine>) {
+    let retention = engine.config.status_history_retention;
+    let every = (retention / 10).clamp(Duration::from_millis(500), Duration::from_secs(3600));
+    loop {
+        match engine
+            .store
+            .prune_history(now() - retention.as_millis() as i64)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("pruned {n} status history points"),
+            Err(e) => tracing::error!("{e}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,308 @@
+//! Servers provisioned on DigitalOcean with an agent (SPEC 4): `deploy-with-agent`, the durable
+//! loop `creating → provisioning → initializing → active | failed`, and deletion.
+//!
+//! The droplet is created right after the server is recorded, by a task holding the enrolment
+//! token in memory only (the store keeps its hash). Everything after that is driven by the
+//! server's row, so a restarted engine picks up where it was; a server still `creating` when the
+//! engine starts lost its token with the old process and fails with a message saying so.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::api::{check_name, ApiError, Body, NameBody};
+use super::cloud_init::{self, CloudInit};
+use super::digitalocean::{CreateDroplet, DoError};
+use super::store::{ServerRow, ServerUpdate};
+use super::{auth, now, Engine};
+use crate::config::format_duration;
+
+/// Servers whose droplet is being created by this process.
+fn creating() -> &'static Mutex<HashSet<String>> {
+    static CREATING: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    CREATING.get_or_init(Default::default)
+}
+
+fn lock_creating() -> std::sync::MutexGuard<'static, HashSet<String>> {
+    creating().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The agents' WebSocket URL derived from `public_url`.
+pub fn agent_url(public_url: &str) -> String {
+    let ws = public_url
+        .strip_prefix("https://")
+        .map(|rest| format!("wss://{rest}"))
+        .or_else(|| public_url.strip_prefix("http://").map(|rest| format!("ws://{rest}")))
+        .unwrap_or_else(|| public_url.to_owned());
+    format!("{ws}/agent")
+}
+
+/// `POST /admin/servers/deploy-with-agent {name?}` → 202 with the server in `creating`.
+pub(super) async fn deploy_with_agent(
+    State(engine): State<Arc<Engine>>,
+    Body(body): Body<NameBody>,
+) -> Result<axum::response::Response, ApiError> {
+    let Some(_) = &engine.digitalocean else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DigitalOcean is not configured: start the engine with DO_API_TOKEN in its environment",
+        ));
+    };
+    let Some(install) = engine.config.install.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no [install] section in {}: cloud-init needs citrusd_url and citrusd_sha256",
+                engine.config.path.display()
+            ),
+        ));
+    };
+    let server_id = auth::new_uuid();
+    let agent_id = auth::new_uuid();
+    let name = body
+        .name
+        .unwrap_or_else(|| format!("citrus-{}", &server_id[..8]));
+    check_name(&name)?;
+    let engine_url = agent_url(&engine.config.public_url);
+    let at = now();
+    let (token, _) = engine.new_enroll_token(&agent_id, &name).await?;
+    // Render before anything is created: a bad input fails the request, not a droplet.
+    let user_data = cloud_init::render(&CloudInit {
+        engine_url: &engine_url,
+        agent_id: &agent_id,
+        enroll_token: &token,
+        citrusd_url: &install.citrusd_url,
+        citrusd_sha256: &install.citrusd_sha256,
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cloud-init: {e}")))?;
+    let d = &engine.config.digitalocean;
+    let server = ServerRow {
+        id: server_id.clone(),
+        name: name.clone(),
+        agent_id: agent_id.clone(),
+        status: "creating".into(),
+        droplet_id: None,
+        ip: None,
+        region: d.region.clone(),
+        size: d.size.clone(),
+        image: d.image.clone(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    engine.store.insert_server(&server).await?;
+    let request = CreateDroplet {
+        name: name.clone(),
+        region: d.region.clone(),
+        size: d.size.clone(),
+        image: d.image.clone(),
+        backups: d.backups,
+        ipv6: d.ipv6,
+        monitoring: d.monitoring,
+        tags: d.tags.clone(),
+        user_data,
+    };
+    lock_creating().insert(server_id.clone());
+    tokio::spawn(create_droplet(engine.clone(), server_id.clone(), request));
+    tracing::info!(server = %server_id, agent = %agent_id, name = %name, "deploying a server");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "success": true,
+            "message": format!("server {name} is being created; follow GET /admin/servers/{server_id}"),
+            "server": {"id": server_id, "name": name, "status": "creating", "agent": {"id": agent_id}},
+        })),
+    )
+        .into_response())
+}
+
+async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDroplet) {
+    let result = match &engine.digitalocean {
+        Some(client) => client.create_droplet(&request).await,
+        None => unreachable!("checked before the task started"),
+    };
+    let moved = match result {
+        Ok(droplet) => {
+            tracing::info!(server = %server, droplet = droplet.id, "droplet created");
+            let update = ServerUpdate {
+                droplet_id: i64::try_from(droplet.id).ok(),
+                ..Default::default()
+            };
+            engine
+                .store
+                .move_server(&server, &["creating"], "provisioning", update, now())
+                .await
+        }
+        Err(e) => {
+            let error = format!("creating the droplet failed: {e}");
+            tracing::error!(server = %server, "{error}");
+            let update = ServerUpdate {
+                error: Some(&error),
+                ..Default::default()
+            };
+            engine
+                .store
+                .move_server(&server, &["creating"], "failed", update, now())
+                .await
+        }
+    };
+    if let Err(e) = moved {
+        tracing::error!(server = %server, "{e}");
+    }
+    lock_creating().remove(&server);
+    engine.provision_wake.notify_one();
+}
+
+/// Called when an agent connects: its server, if still on the way, is `active`.
+pub async fn agent_connected(engine: &Engine, agent: &str) {
+    let result = async {
+        let Some(server) = engine.store.server_of_agent(agent).await? else {
+            return Ok(());
+        };
+        let from = ["provisioning", "initializing"];
+        if engine
+            .store
+            .move_server(&server.id, &from, "active", ServerUpdate::default(), now())
+            .await?
+        {
+            tracing::info!(server = %server.id, "server active: its agent connected");
+        }
+        Ok::<_, super::store::StoreError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(agent, "{e}");
+    }
+}
+
+/// The provisioning loop: every `poll_interval`, or when woken, moves each unfinished server.
+pub async fn run(engine: Arc<Engine>) {
+    let every = engine.config.digitalocean.poll_interval;
+    loop {
+        match engine.store.servers_in_progress().await {
+            Ok(servers) => {
+                for server in servers {
+                    if let Err(e) = step(&engine, &server).await {
+                        tracing::error!(server = %server.id, "{e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = engine.provision_wake.notified() => {}
+        }
+    }
+}
+
+async fn fail(engine: &Engine, server: &ServerRow, error: &str) -> Result<(), super::store::StoreError> {
+    tracing::error!(server = %server.id, "server failed: {error}");
+    let update = ServerUpdate {
+        error: Some(error),
+        ..Default::default()
+    };
+    let from = ["creating", "provisioning", "initializing"];
+    engine
+        .store
+        .move_server(&server.id, &from, "failed", update, now())
+        .await?;
+    Ok(())
+}
+
+async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::StoreError> {
+    let timeout = engine.config.agent_connect_timeout;
+    if now() - server.created_at > timeout.as_millis() as i64 {
+        let error = format!(
+            "no agent connected within {} (agent_connect_timeout); see /var/log/citrus-init.log on the droplet",
+            format_duration(timeout)
+        );
+        return fail(engine, server, &error).await;
+    }
+    if engine.hub.is_connected(&server.agent_id) {
+        agent_connected(engine, &server.agent_id).await;
+        return Ok(());
+    }
+    match server.status.as_str() {
+        "creating" if !lock_creating().contains(&server.id) => {
+            let error = "the engine restarted before the droplet was created (the enrolment \
+                         token lived only in that process); delete this server and deploy again";
+            fail(engine, server, error).await
+        }
+        "provisioning" => {
+            let (Some(client), Some(droplet)) = (&engine.digitalocean, server.droplet_id) else {
+                return fail(engine, server, "DigitalOcean is not configured (DO_API_TOKEN) to follow the droplet").await;
+            };
+            match client.get_droplet(droplet as u64).await {
+                Ok(d) if d.status == "active" => {
+                    let update = ServerUpdate {
+                        ip: d.public_ipv4.as_deref(),
+                        ..Default::default()
+                    };
+                    engine
+                        .store
+                        .move_server(&server.id, &["provisioning"], "initializing", update, now())
+                        .await?;
+                    tracing::info!(server = %server.id, ip = ?d.public_ipv4, "droplet active; waiting for its agent");
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) if permanent(&e) => fail(engine, server, &format!("following droplet {droplet} failed: {e}")).await,
+                Err(e) => {
+                    let note = format!("following droplet {droplet}: {e} (retrying)");
+                    engine.store.note_server_error(&server.id, &note, now()).await
+                }
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An answer that retrying will not change.
+fn permanent(e: &DoError) -> bool {
+    matches!(e.status(), Some(400..=428 | 430..=499))
+}
+
+/// `DELETE /admin/servers/{id}`: destroys the droplet, then forgets the server and its agent.
+pub(super) async fn delete_server(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let Some(server) = engine.store.get_server(&id).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no server with id {id:?}")));
+    };
+    if lock_creating().contains(&id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the droplet is being created right now; retry in a few seconds",
+        ));
+    }
+    if let Some(droplet) = server.droplet_id {
+        let Some(client) = &engine.digitalocean else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DigitalOcean is not configured: start the engine with DO_API_TOKEN to destroy the droplet",
+            ));
+        };
+        client.delete_droplet(droplet as u64).await.map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, format!("destroying droplet {droplet} failed: {e}"))
+        })?;
+    }
+    engine.hub.disconnect(&server.agent_id, 1000, "server deleted");
+    engine.store.delete_server(&id).await?;
+    engine.store.delete_agent(&server.agent_id).await?;
+    tracing::info!(server = %id, droplet = ?server.droplet_id, "server deleted");
+    Ok(Json(json!({
+        "success": true,
+        "message": match server.droplet_id {
+            Some(d) => format!("server {} deleted; droplet {d} destroyed", server.name),
+            None => format!("server {} deleted (it had no droplet)", server.name),
+        },
+    }))
+    .into_response())
+}

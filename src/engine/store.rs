@@ -1,0 +1,902 @@
+//! The engine's store: agents, servers, agent status and its history, operations. One schema
+//! (`migrations/engine/`) for SQLite (the embedded default) and PostgreSQL, through sqlx's
+//! `Any` driver; migrations run at open. Times are Unix milliseconds.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+
+use crate::config::Database;
+
+/// A store failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the database directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the database ({what}): {source}")]
+    Open { what: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error while {what}: {source}")]
+    Query {
+        what: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// The schema, embedded in the binary.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/engine/0001_init.sql"),
+)];
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sqlx::SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A connected, migrated store.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// An agent as the admin API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub enrolled: bool,
+    pub version: Option<String>,
+    pub git_version: Option<String>,
+    pub connected_at: Option<i64>,
+    pub last_seen_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// The key hashes an agent may authenticate with.
+#[derive(Clone, Debug, Default)]
+pub struct AgentKeys {
+    pub key_hash: Option<String>,
+    pub pending_key_hash: Option<String>,
+}
+
+/// An agent's enrolment token state.
+#[derive(Clone, Debug)]
+pub struct EnrollState {
+    pub token_hash: Option<String>,
+    pub expires_at: Option<i64>,
+    pub enrolled_at: Option<i64>,
+}
+
+/// One point of status history.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPoint {
+    pub at: i64,
+    pub cpu_load: f64,
+    pub memory_used: i64,
+    pub memory_total: i64,
+    pub disk_used: i64,
+    pub disk_size: i64,
+    pub apps_online: i64,
+    pub apps_total: i64,
+}
+
+/// A status update to store: the JSON as received and its history figures.
+#[derive(Clone, Debug)]
+pub struct StatusRecord {
+    pub agent_id: String,
+    pub json: String,
+    pub point: HistoryPoint,
+}
+
+/// An operation: a command sent to an agent and its outcome.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationRow {
+    pub id: String,
+    pub agent_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub command: serde_json::Value,
+    pub status: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl OperationRow {
+    /// `completed` or `failed`.
+    pub fn is_final(&self) -> bool {
+        is_final(&self.status)
+    }
+}
+
+/// Whether an operation status is final.
+pub fn is_final(status: &str) -> bool {
+    matches!(status, "completed" | "failed")
+}
+
+/// A provisioned server.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRow {
+    pub id: String,
+    pub name: String,
+    pub agent_id: String,
+    pub status: String,
+    pub droplet_id: Option<i64>,
+    pub ip: Option<String>,
+    pub region: String,
+    pub size: String,
+    pub image: String,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const AGENT_COLUMNS: &str = "id, name, status, key_hash, version, git_version, connected_at, \
+                             last_seen_at, created_at";
+const OPERATION_COLUMNS: &str =
+    "id, agent_id, type, command, status, output, error, created_at, updated_at";
+const SERVER_COLUMNS: &str = "id, name, agent_id, status, droplet_id, ip, region, size, image, \
+                              error, created_at, updated_at";
+
+fn agent(row: &AnyRow) -> std::result::Result<AgentRow, sqlx::Error> {
+    Ok(AgentRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        enrolled: row.try_get::<Option<String>, _>("key_hash")?.is_some(),
+        version: row.try_get("version")?,
+        git_version: row.try_get("git_version")?,
+        connected_at: row.try_get("connected_at")?,
+        last_seen_at: row.try_get("last_seen_at")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn operation(row: &AnyRow) -> std::result::Result<OperationRow, sqlx::Error> {
+    let command: String = row.try_get("command")?;
+    Ok(OperationRow {
+        id: row.try_get("id")?,
+        agent_id: row.try_get("agent_id")?,
+        kind: row.try_get("type")?,
+        command: serde_json::from_str(&command).unwrap_or(serde_json::Value::String(command)),
+        status: row.try_get("status")?,
+        output: row.try_get("output")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn server(row: &AnyRow) -> std::result::Result<ServerRow, sqlx::Error> {
+    Ok(ServerRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        agent_id: row.try_get("agent_id")?,
+        status: row.try_get("status")?,
+        droplet_id: row.try_get("droplet_id")?,
+        ip: row.try_get("ip")?,
+        region: row.try_get("region")?,
+        size: row.try_get("size")?,
+        image: row.try_get("image")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn history_point(row: &AnyRow) -> std::result::Result<HistoryPoint, sqlx::Error> {
+    Ok(HistoryPoint {
+        at: row.try_get("at")?,
+        cpu_load: row.try_get("cpu_load")?,
+        memory_used: row.try_get("memory_used")?,
+        memory_total: row.try_get("memory_total")?,
+        disk_used: row.try_get("disk_used")?,
+        disk_size: row.try_get("disk_size")?,
+        apps_online: row.try_get("apps_online")?,
+        apps_total: row.try_get("apps_total")?,
+    })
+}
+
+/// `sqlite://` URL of `path`, percent-encoding what a URL cannot hold as is.
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                url.push(*b as char)
+            }
+            _ => url.push_str(&format!("%{b:02X}")),
+        }
+    }
+    url.push_str("?mode=rwc");
+    url
+}
+
+impl Store {
+    /// Connects (creating an SQLite file and its directory if needed) and migrates.
+    pub async fn open(database: &Database) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (url, what, connections) = match database {
+            Database::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                (sqlite_url(path), format!("SQLite file {}", path.display()), 4)
+            }
+            Database::Postgres(url) => (url.clone(), "PostgreSQL".to_owned(), 8),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(connections)
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open { what, source })?;
+        migrator().run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- agents ------------------------------------------------------------------------
+
+    /// Inserts an agent, `offline`, with its key hash or an enrolment token (hash, expiry).
+    pub async fn insert_agent(
+        &self,
+        id: &str,
+        name: &str,
+        key_hash: Option<&str>,
+        enroll: Option<(&str, i64)>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, name, key_hash, enroll_token_hash, enroll_expires_at, status, \
+             created_at) VALUES ($1, $2, $3, $4, $5, 'offline', $6)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(key_hash)
+        .bind(enroll.map(|(hash, _)| hash))
+        .bind(enroll.map(|(_, expires)| expires))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("inserting an agent"))?;
+        Ok(())
+    }
+
+    /// Creates the agent or replaces its key hash (the engine host's own agent).
+    pub async fn upsert_agent_key(&self, id: &str, name: &str, key_hash: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, name, key_hash, status, created_at, enrolled_at) \
+             VALUES ($1, $2, $3, 'offline', $4, $4) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, key_hash = excluded.key_hash, \
+             pending_key_hash = NULL",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(key_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("saving the local agent"))?;
+        Ok(())
+    }
+
+    /// The agent's key hashes; `None` for an unknown agent.
+    pub async fn agent_keys(&self, id: &str) -> Result<Option<AgentKeys>> {
+        let row = sqlx::query("SELECT key_hash, pending_key_hash FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading an agent's key"))?;
+        row.map(|row| {
+            Ok(AgentKeys {
+                key_hash: row.try_get("key_hash")?,
+                pending_key_hash: row.try_get("pending_key_hash")?,
+            })
+        })
+        .transpose()
+        .map_err(ctx("reading an agent's key"))
+    }
+
+    /// The agent's enrolment state; `None` for an unknown agent.
+    pub async fn enroll_state(&self, id: &str) -> Result<Option<EnrollState>> {
+        let row = sqlx::query(
+            "SELECT enroll_token_hash, enroll_expires_at, enrolled_at FROM agents WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(ctx("reading an enrolment"))?;
+        row.map(|row| {
+            Ok(EnrollState {
+                token_hash: row.try_get("enroll_token_hash")?,
+                expires_at: row.try_get("enroll_expires_at")?,
+                enrolled_at: row.try_get("enrolled_at")?,
+            })
+        })
+        .transpose()
+        .map_err(ctx("reading an enrolment"))
+    }
+
+    /// Burns the token and sets the key, if the token is still unused and unexpired; `false`
+    /// if someone else used it first.
+    pub async fn complete_enrolment(
+        &self,
+        id: &str,
+        token_hash: &str,
+        key_hash: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE agents SET key_hash = $1, enrolled_at = $2 WHERE id = $3 \
+             AND enroll_token_hash = $4 AND enrolled_at IS NULL AND enroll_expires_at > $2",
+        )
+        .bind(key_hash)
+        .bind(now)
+        .bind(id)
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("completing an enrolment"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks the agent online (with what it said of itself).
+    pub async fn set_online(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE agents SET status = 'online', connected_at = $1, last_seen_at = $1 WHERE id = $2",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("marking an agent online"))?;
+        Ok(())
+    }
+
+    /// Records the agent's `agent_connected` message.
+    pub async fn set_version(&self, id: &str, version: &str, git: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE agents SET version = $1, git_version = $2 WHERE id = $3")
+            .bind(version)
+            .bind(git)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording an agent's version"))?;
+        Ok(())
+    }
+
+    /// Marks the agent offline.
+    pub async fn set_offline(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE agents SET status = 'offline', last_seen_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("marking an agent offline"))?;
+        Ok(())
+    }
+
+    /// At start: no agent is connected yet.
+    pub async fn all_offline(&self) -> Result<()> {
+        sqlx::query("UPDATE agents SET status = 'offline' WHERE status <> 'offline'")
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("resetting agent states"))?;
+        Ok(())
+    }
+
+    /// Every agent, oldest first.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("listing agents"))?;
+        rows.iter()
+            .map(agent)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(ctx("listing agents"))
+    }
+
+    /// One agent.
+    pub async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading an agent"))?;
+        row.as_ref()
+            .map(agent)
+            .transpose()
+            .map_err(ctx("reading an agent"))
+    }
+
+    /// Number of agents, and of those online.
+    pub async fn agent_counts(&self) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, \
+             COALESCE(SUM(CASE WHEN status = 'online' THEN 1 ELSE 0 END), 0) AS online FROM agents",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx("counting agents"))?;
+        let total: i64 = row.try_get("total").map_err(ctx("counting agents"))?;
+        let online: i64 = row.try_get("online").map_err(ctx("counting agents"))?;
+        Ok((total, online))
+    }
+
+    /// Starts a key rotation: `hash` is accepted beside the current key.
+    pub async fn set_pending_key(&self, id: &str, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET pending_key_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("starting a key rotation"))?;
+        Ok(())
+    }
+
+    /// Ends a key rotation: the pending key becomes the key; the old one is refused from now.
+    pub async fn promote_pending_key(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE agents SET key_hash = pending_key_hash, pending_key_hash = NULL \
+             WHERE id = $1 AND pending_key_hash IS NOT NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("finishing a key rotation"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Abandons a key rotation.
+    pub async fn clear_pending_key(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET pending_key_hash = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("abandoning a key rotation"))?;
+        Ok(())
+    }
+
+    /// Removes an agent, its status and history.
+    pub async fn delete_agent(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(ctx("deleting an agent"))?;
+        for sql in [
+            "DELETE FROM agent_status_history WHERE agent_id = $1",
+            "DELETE FROM agent_status WHERE agent_id = $1",
+            "DELETE FROM agents WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("deleting an agent"))?;
+        }
+        tx.commit().await.map_err(ctx("deleting an agent"))
+    }
+
+    // ---- status ------------------------------------------------------------------------
+
+    /// Stores a batch of status updates in one transaction: the latest status of each agent
+    /// (the last one in the batch wins) and every history point.
+    pub async fn record_statuses(&self, batch: &[StatusRecord]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let what = "storing status updates";
+        let mut latest: std::collections::HashMap<&str, &StatusRecord> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for record in batch {
+            latest.insert(&record.agent_id, record);
+        }
+        let mut tx = self.pool.begin().await.map_err(ctx(what))?;
+        // Multi-row statements: one round trip per chunk instead of one per row.
+        let latest: Vec<&StatusRecord> = latest.into_values().collect();
+        for chunk in latest.chunks(200) {
+            let mut sql = String::from("INSERT INTO agent_status (agent_id, status, received_at) VALUES ");
+            for i in 0..chunk.len() {
+                let n = i * 3;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+            }
+            sql.push_str(
+                " ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status, \
+                 received_at = excluded.received_at",
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for record in chunk {
+                query = query
+                    .bind(record.agent_id.as_str())
+                    .bind(record.json.as_str())
+                    .bind(record.point.at);
+            }
+            query.execute(&mut *tx).await.map_err(ctx(what))?;
+        }
+        for chunk in batch.chunks(100) {
+            let mut sql = String::from(
+                "INSERT INTO agent_status_history (agent_id, at, cpu_load, memory_used, \
+                 memory_total, disk_used, disk_size, apps_online, apps_total) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let n = i * 9;
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for k in 1..=9 {
+                    if k > 1 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("${}", n + k));
+                }
+                sql.push(')');
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for record in chunk {
+                let p = &record.point;
+                query = query
+                    .bind(record.agent_id.as_str())
+                    .bind(p.at)
+                    .bind(p.cpu_load)
+                    .bind(p.memory_used)
+                    .bind(p.memory_total)
+                    .bind(p.disk_used)
+                    .bind(p.disk_size)
+                    .bind(p.apps_online)
+                    .bind(p.apps_total);
+            }
+            query.execute(&mut *tx).await.map_err(ctx(what))?;
+        }
+        tx.commit().await.map_err(ctx(what))
+    }
+
+    /// The agent's latest status (JSON) and when it came.
+    pub async fn latest_status(&self, id: &str) -> Result<Option<(serde_json::Value, i64)>> {
+        let what = "reading an agent's status";
+        let row = sqlx::query("SELECT status, received_at FROM agent_status WHERE agent_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx(what))?;
+        let Some(row) = row else { return Ok(None) };
+        let json: String = row.try_get("status").map_err(ctx(what))?;
+        let at: i64 = row.try_get("received_at").map_err(ctx(what))?;
+        Ok(Some((
+            serde_json::from_str(&json).unwrap_or(serde_json::Value::Null),
+            at,
+        )))
+    }
+
+    /// The agent's history since `since`, oldest first, at most `limit` points (the newest).
+    pub async fn history(&self, id: &str, since: i64, limit: i64) -> Result<Vec<HistoryPoint>> {
+        let what = "reading status history";
+        let rows = sqlx::query(
+            "SELECT at, cpu_load, memory_used, memory_total, disk_used, disk_size, apps_online, \
+             apps_total FROM agent_status_history WHERE agent_id = $1 AND at >= $2 \
+             ORDER BY at DESC LIMIT $3",
+        )
+        .bind(id)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(what))?;
+        let mut points = rows
+            .iter()
+            .map(history_point)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(ctx(what))?;
+        points.reverse();
+        Ok(points)
+    }
+
+    /// Deletes history older than `before`; returns how many points went.
+    pub async fn prune_history(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM agent_status_history WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("pruning status history"))?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- operations --------------------------------------------------------------------
+
+    /// Records a command about to be sent, as `sent`.
+    pub async fn insert_operation(
+        &self,
+        id: &str,
+        agent_id: &str,
+        kind: &str,
+        command: &serde_json::Value,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO operations (id, agent_id, type, command, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'sent', $5, $5)",
+        )
+        .bind(id)
+        .bind(agent_id)
+        .bind(kind)
+        .bind(command.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("recording an operation"))?;
+        Ok(())
+    }
+
+    /// Applies an agent's report to its operation, unless the operation is already final (a
+    /// report repeated after a reconnect changes nothing). Output and error are kept when the
+    /// report has none. Returns whether the operation changed.
+    pub async fn report_operation(
+        &self,
+        id: &str,
+        agent_id: &str,
+        status: &str,
+        output: Option<&str>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE operations SET status = $1, output = COALESCE($2, output), \
+             error = COALESCE($3, error), updated_at = $4 \
+             WHERE id = $5 AND agent_id = $6 AND status NOT IN ('completed', 'failed') \
+             AND (status <> $1 OR $1 = 'starting')",
+        )
+        .bind(status)
+        .bind(output)
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .bind(agent_id)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("recording an operation report"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Fails every unfinished operation created before `before`; returns their ids.
+    pub async fn fail_stale_operations(&self, before: i64, reason: &str, now: i64) -> Result<Vec<String>> {
+        let what = "timing out operations";
+        let rows = sqlx::query(
+            "SELECT id FROM operations WHERE status NOT IN ('completed', 'failed') AND created_at < $1",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(what))?;
+        let mut failed = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("id").map_err(ctx(what))?;
+            let done = sqlx::query(
+                "UPDATE operations SET status = 'failed', error = $1, updated_at = $2 \
+                 WHERE id = $3 AND status NOT IN ('completed', 'failed')",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(&id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx(what))?;
+            if done.rows_affected() == 1 {
+                failed.push(id);
+            }
+        }
+        Ok(failed)
+    }
+
+    /// One operation.
+    pub async fn get_operation(&self, id: &str) -> Result<Option<OperationRow>> {
+        let sql = format!("SELECT {OPERATION_COLUMNS} FROM operations WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading an operation"))?;
+        row.as_ref()
+            .map(operation)
+            .transpose()
+            .map_err(ctx("reading an operation"))
+    }
+
+    /// The newest operations, of one agent or of all, newest first.
+    pub async fn list_operations(&self, agent_id: Option<&str>, limit: i64) -> Result<Vec<OperationRow>> {
+        let what = "listing operations";
+        let rows = match agent_id {
+            Some(agent) => {
+                let sql = format!(
+                    "SELECT {OPERATION_COLUMNS} FROM operations WHERE agent_id = $1 \
+                     ORDER BY created_at DESC LIMIT $2"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(agent)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {OPERATION_COLUMNS} FROM operations ORDER BY created_at DESC LIMIT $1"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(ctx(what))?;
+        rows.iter()
+            .map(operation)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(ctx(what))
+    }
+
+    // ---- servers -----------------------------------------------------------------------
+
+    /// Inserts a server in `creating`.
+    pub async fn insert_server(&self, s: &ServerRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO servers (id, name, agent_id, status, region, size, image, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(&s.agent_id)
+        .bind(&s.status)
+        .bind(&s.region)
+        .bind(&s.size)
+        .bind(&s.image)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("inserting a server"))?;
+        Ok(())
+    }
+
+    /// Every server, oldest first.
+    pub async fn list_servers(&self) -> Result<Vec<ServerRow>> {
+        self.servers_where("1 = 1", None).await
+    }
+
+    /// Servers the provisioning loop still has to move.
+    pub async fn servers_in_progress(&self) -> Result<Vec<ServerRow>> {
+        self.servers_where("status IN ('creating', 'provisioning', 'initializing')", None)
+            .await
+    }
+
+    /// One server.
+    pub async fn get_server(&self, id: &str) -> Result<Option<ServerRow>> {
+        Ok(self.servers_where("id = $1", Some(id)).await?.pop())
+    }
+
+    /// The server whose agent is `agent_id`.
+    pub async fn server_of_agent(&self, agent_id: &str) -> Result<Option<ServerRow>> {
+        Ok(self.servers_where("agent_id = $1", Some(agent_id)).await?.pop())
+    }
+
+    async fn servers_where(&self, condition: &str, arg: Option<&str>) -> Result<Vec<ServerRow>> {
+        let sql = format!(
+            "SELECT {SERVER_COLUMNS} FROM servers WHERE {condition} ORDER BY created_at, id"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(arg) = arg {
+            query = query.bind(arg);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("reading servers"))?;
+        rows.iter()
+            .map(server)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(ctx("reading servers"))
+    }
+
+    /// Moves a server to `status` if it is in one of `from`, with an error message (or none)
+    /// and, when given, its droplet and IP. Returns whether it moved.
+    pub async fn move_server(
+        &self,
+        id: &str,
+        from: &[&str],
+        status: &str,
+        update: ServerUpdate<'_>,
+        now: i64,
+    ) -> Result<bool> {
+        let mut sql = String::from(
+            "UPDATE servers SET status = $1, updated_at = $2, error = $3, \
+             droplet_id = COALESCE($4, droplet_id), ip = COALESCE($5, ip) WHERE id = $6",
+        );
+        if !from.is_empty() {
+            let list: Vec<String> = from.iter().map(|s| format!("'{s}'")).collect();
+            sql.push_str(&format!(" AND status IN ({})", list.join(", ")));
+        }
+        debug_assert!(from.iter().all(|s| s.bytes().all(|b| b.is_ascii_lowercase())));
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status)
+            .bind(now)
+            .bind(update.error)
+            .bind(update.droplet_id)
+            .bind(update.ip)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("updating a server"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets a server's `error` without moving it.
+    pub async fn note_server_error(&self, id: &str, error: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE servers SET error = $1, updated_at = $2 WHERE id = $3")
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("updating a server"))?;
+        Ok(())
+    }
+
+    /// Removes a server.
+    pub async fn delete_server(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("deleting a server"))?;
+        Ok(())
+    }
+}
+
+/// Optional fields of [`Store::move_server`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerUpdate<'a> {
+    pub error: Option<&'a str>,
+    pub droplet_id: Option<i64>,
+    pub ip: Option<&'a str>,
+}

@@ -1,0 +1,301 @@
+//! citrus-engine with real agents: authentication before the upgrade, online/offline, status
+//! and history, commands and their reports, key rotation, and the admin API's refusals.
+
+use serde_json::{json, Value};
+
+use crate::hub_support::{agent_headers, raw_connect, EngineProc, ADMIN_TOKEN, ENGINE};
+use crate::support::{wait_for, Daemon, DEADLINE};
+
+/// A citrusd whose agent enrols at `engine` with `token` and creates sites with `echo`.
+fn agent_daemon(engine: &EngineProc, id: &str, token: &str) -> Daemon {
+    Daemon::start(&format!(
+        "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n\
+         [fleet]\nengine_url = \"{}\"\nagent_id = \"{id}\"\nkey_file = \"agent.key\"\n\
+         enroll_token = \"{token}\"\nstatus_interval = \"300ms\"\nreconnect_delay = \"100ms\"\n\
+         [fleet.sites]\ncreate = [\"echo\", \"created\", \"{{domain}}\"]\n",
+        engine.ws_url()
+    ))
+}
+
+#[test]
+fn invalid_config_exits_2_naming_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:1\"\nstatus_intervall = \"5s\"\n").unwrap();
+    let out = std::process::Command::new(ENGINE)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("engine.toml:2:1: status_intervall: unknown key `status_intervall`; did you mean `status_interval`?"),
+        "{stderr}"
+    );
+    // No admin token anywhere: refused at start with the fix.
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let out = std::process::Command::new(ENGINE)
+        .arg("--config")
+        .arg(&path)
+        .env_remove("CITRUS_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CITRUS_ADMIN_TOKEN"), "{stderr}");
+}
+
+#[test]
+fn admin_api_refuses_missing_or_wrong_token_with_json_errors() {
+    let engine = EngineProc::start("auth_max_failures = 3\n");
+    let (status, body) = engine.call("GET", "/admin/agents", None, None);
+    assert_eq!(status, 401);
+    assert_eq!(body["success"], false);
+    assert!(body["error"].as_str().unwrap().contains("Authorization: Bearer"), "{body}");
+    let (status, body) = engine.call("GET", "/admin/agents", Some("nope"), None);
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "wrong admin token");
+    // Third failure from this address: refused for the window, even with the right token.
+    engine.call("GET", "/admin/servers", Some("nope"), None);
+    let (status, body) = engine.call("GET", "/admin/agents", Some(ADMIN_TOKEN), None);
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("too many failed attempts"));
+}
+
+#[test]
+fn admin_api_errors_for_bad_requests() {
+    let engine = EngineProc::start("");
+    let (status, body) = engine.admin("GET", "/admin/agents/nope", None);
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("no agent with id \"nope\""));
+    let (status, body) = engine.admin("GET", "/admin/operations/nope", None);
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = engine.admin("POST", "/admin/agents", Some(json!({"name": "a b"})));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("invalid name"), "{body}");
+    let (status, body) = engine.admin("POST", "/admin/agents", Some(json!({"nmae": "x"})));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("unknown field `nmae`"), "{body}");
+    let (status, body) = engine.admin("GET", "/nowhere", None);
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("/admin/"), "{body}");
+    // Provisioning without DigitalOcean configured says how to configure it.
+    let (status, body) = engine.admin("POST", "/admin/servers/deploy-with-agent", Some(json!({})));
+    assert_eq!(status, 503);
+    assert!(body["error"].as_str().unwrap().contains("DO_API_TOKEN"), "{body}");
+}
+
+#[test]
+fn agent_handshake_is_refused_before_the_upgrade_and_rate_limited() {
+    let engine = EngineProc::start("auth_max_failures = 4\n");
+    let (id, key) = engine.enrolled_agent("raw");
+    let rt = &engine.rt;
+    let url = engine.ws_url();
+    // Wrong key, unknown id, missing key header: 401 before any upgrade.
+    assert_eq!(raw_connect(rt, &url, &agent_headers(&id, "wrong")).err(), Some(401));
+    assert_eq!(raw_connect(rt, &url, &agent_headers("ghost", &key)).err(), Some(401));
+    let missing = [("x-client-type", "agent"), ("x-agent-id", id.as_str())];
+    assert_eq!(raw_connect(rt, &url, &missing).err(), Some(401));
+    // The right key works while under the limit; the 4th failure blocks the address.
+    let ok = raw_connect(rt, &url, &agent_headers(&id, &key)).expect("accepted");
+    drop(ok);
+    assert_eq!(raw_connect(rt, &url, &agent_headers(&id, "wrong")).err(), Some(401));
+    assert_eq!(raw_connect(rt, &url, &agent_headers(&id, &key)).err(), Some(429));
+    assert!(engine.stderr().contains("agent authentication refused"));
+    assert!(!engine.stderr().contains(&key), "the key must never be logged");
+}
+
+#[test]
+fn enrolment_token_is_single_use() {
+    let engine = EngineProc::start("");
+    let (id, token) = engine.create_agent("once");
+    let (status, body) = engine.enroll(&id, "not-the-token");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = engine.enroll(&id, &token);
+    assert_eq!(status, 200, "{body}");
+    let key = body["key"].as_str().unwrap();
+    assert_eq!(key.len(), 64);
+    let (status, body) = engine.enroll(&id, &token);
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("already used"), "{body}");
+    let (status, body) = engine.call("POST", "/agent/enroll", None, Some(json!({"agentId": id})));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    // Expired tokens are refused.
+    let short = EngineProc::start("enroll_token_ttl = \"200ms\"\n");
+    let (status, body) = short.admin("POST", "/admin/agents", Some(json!({"name": "late"})));
+    assert_eq!(status, 201);
+    let expires = body["expiresAt"].as_u64().unwrap();
+    wait_for("the token's expiry", DEADLINE, || match citrus::sys::now_ms() > expires {
+        true => Ok(()),
+        false => Err("not yet".into()),
+    });
+    let id = body["agent"]["id"].as_str().unwrap();
+    let (status, body) = short.enroll(id, body["enrollToken"].as_str().unwrap());
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("expired"), "{body}");
+}
+
+#[test]
+fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
+    let engine = EngineProc::start("command_timeout = \"20s\"\n");
+    let (id, token) = engine.create_agent("web-1");
+    let daemon = agent_daemon(&engine, &id, &token);
+    let agent = engine.wait_agent_status(&id, "online");
+    assert_eq!(agent["agent"]["enrolled"], true);
+    let old_key = std::fs::read_to_string(daemon.dir.path().join("agent.key")).unwrap();
+
+    // Latest status and history are kept.
+    let agent = wait_for("a stored status", DEADLINE, || {
+        let agent = engine.agent(&id);
+        match agent["status"]["apps"][0]["name"] == "api" {
+            true => Ok(agent),
+            false => Err(agent.to_string()),
+        }
+    });
+    assert!(agent["status"]["hostname"].is_string());
+    assert!(agent["agent"]["version"].is_string(), "{agent}");
+    let history = engine.get(&format!("/admin/agents/{id}/history"));
+    assert!(!history["points"].as_array().unwrap().is_empty());
+    assert_eq!(history["points"][0]["appsTotal"], 1);
+
+    // A command round trip with its output.
+    let (status, body) = engine.command(&id, json!({"type": "create_site", "domain": "Shop.Example.com"}));
+    assert_eq!(status, 202, "{body}");
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+    assert!(op["output"].as_str().unwrap().contains("created shop.example.com"), "{op}");
+    assert_eq!(op["command"]["domain"], "shop.example.com");
+
+    // Refused before anything is sent: a hostile domain, an unknown type, a missing field.
+    let (status, body) = engine.command(&id, json!({"type": "create_site", "domain": "a.com; rm -rf /"}));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("domain"), "{body}");
+    let (status, body) = engine.command(&id, json!({"type": "launch_missiles"}));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("unknown command type \"launch_missiles\""), "{body}");
+    let (status, body) = engine.command(&id, json!({"type": "rollback_agent", "commitId": "HEAD~1"}));
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = engine.command(&id, json!({"domain": "x.com"}));
+    assert_eq!(status, 400);
+    let ops = engine.get(&format!("/admin/agents/{id}/operations"));
+    assert_eq!(ops["operations"].as_array().unwrap().len(), 1, "refused commands are not recorded");
+
+    // Key rotation: the agent acknowledges, reconnects with the new key; the old one is refused.
+    let (status, body) = engine.admin("POST", &format!("/admin/agents/{id}/rotate-key"), None);
+    assert_eq!(status, 202, "{body}");
+    assert!(!body.to_string().contains("newKey"));
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+    let new_key = wait_for("the new key file", DEADLINE, || {
+        let key = std::fs::read_to_string(daemon.dir.path().join("agent.key")).unwrap();
+        if key != old_key { Ok(key) } else { Err("old key".into()) }
+    });
+    engine.wait_agent_status(&id, "online");
+    let rt = &engine.rt;
+    assert_eq!(raw_connect(rt, &engine.ws_url(), &agent_headers(&id, old_key.trim())).err(), Some(401));
+    let stderr = engine.stderr();
+    assert!(!stderr.contains(new_key.trim()) && !stderr.contains(old_key.trim()));
+
+    // Commands still work on the new connection.
+    let (status, body) = engine.command(&id, json!({"type": "app_control", "app": "api", "action": "restart"}));
+    assert_eq!(status, 202, "{body}");
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+
+    // Agent gone: offline, and commands are refused with 409.
+    drop(daemon);
+    engine.wait_agent_status(&id, "offline");
+    let (status, body) = engine.command(&id, json!({"type": "update_agent"}));
+    assert_eq!(status, 409);
+    assert!(body["error"].as_str().unwrap().contains("offline"), "{body}");
+    let stats = engine.get("/admin/stats");
+    assert!(stats["statusUpdates"].as_u64().unwrap() >= 1, "{stats}");
+}
+
+#[test]
+fn silent_agent_goes_offline_and_unanswered_commands_time_out() {
+    let engine = EngineProc::start("status_interval = \"300ms\"\ncommand_timeout = \"1s\"\n");
+    let (id, key) = engine.enrolled_agent("mute");
+    let rt = &engine.rt;
+    let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
+    engine.wait_agent_status(&id, "online");
+    // A command the agent never answers fails after command_timeout.
+    let (status, body) = engine.command(&id, json!({"type": "delete_site", "domain": "old.example.com"}));
+    assert_eq!(status, 202, "{body}");
+    let frame = ws.recv(rt, DEADLINE).unwrap().unwrap();
+    let sent: Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(sent["type"], "delete_site");
+    assert_eq!(sent["id"], body["operation"]["id"]);
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "failed");
+    assert!(op["error"].as_str().unwrap().contains("no answer from the agent within 1s"), "{op}");
+    // A report after the timeout changes nothing.
+    let late = json!({"type": "site_operation", "id": op["id"], "operation": "delete", "status": "completed", "domain": "old.example.com"});
+    ws.send(rt, late.to_string());
+    // Three missed status intervals: the engine closes and marks the agent offline.
+    engine.wait_agent_status(&id, "offline");
+    let op = engine.get(&format!("/admin/operations/{}", op["id"].as_str().unwrap()))["operation"].clone();
+    assert_eq!(op["status"], "failed");
+    assert!(matches!(ws.recv(rt, DEADLINE), Some(Err(_))), "connection closed");
+}
+
+#[test]
+fn malformed_and_oversized_frames_never_take_the_engine_down() {
+    let engine = EngineProc::start("max_frame = 4096\n");
+    let (id, key) = engine.enrolled_agent("noisy");
+    let rt = &engine.rt;
+    let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
+    engine.wait_agent_status(&id, "online");
+    for junk in ["not json", "[1,2]", r#"{"type":"nonsense"}"#, r#"{"type":"status_update"}"#] {
+        assert!(ws.send(rt, junk.to_string()));
+    }
+    // Still connected and still served.
+    let (status, body) = engine.command(&id, json!({"type": "update_agent"}));
+    assert_eq!(status, 202, "{body}");
+    let frame = ws.recv(rt, DEADLINE).unwrap().unwrap();
+    assert!(frame.contains("update_agent"));
+    // A frame over max_frame closes that connection only.
+    ws.send(rt, format!("{{\"type\":\"event\",\"kind\":\"x\",\"message\":\"{}\"}}", "x".repeat(8000)));
+    assert!(matches!(ws.recv(rt, DEADLINE), Some(Err(_))));
+    engine.wait_agent_status(&id, "offline");
+    let again = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key));
+    assert!(again.is_ok());
+    engine.wait_agent_status(&id, "online");
+}
+
+#[test]
+fn status_history_is_pruned_after_the_retention() {
+    let engine = EngineProc::start("status_history_retention = \"1s\"\n");
+    let (id, token) = engine.create_agent("hist");
+    let daemon = agent_daemon(&engine, &id, &token);
+    engine.wait_agent_status(&id, "online");
+    let count = || engine.get(&format!("/admin/agents/{id}/history"))["points"].as_array().unwrap().len();
+    wait_for("history points", DEADLINE, || if count() >= 2 { Ok(()) } else { Err("few".into()) });
+    drop(daemon);
+    engine.wait_agent_status(&id, "offline");
+    wait_for("history to be pruned", DEADLINE, || match count() {
+        0 => Ok(()),
+        n => Err(format!("{n} points left")),
+    });
+    // The latest status stays.
+    assert!(engine.agent(&id)["status"]["hostname"].is_string());
+}
+
+#[test]
+fn operations_and_agents_survive_an_engine_restart() {
+    let mut engine = EngineProc::start("");
+    let (id, token) = engine.create_agent("durable");
+    let _daemon = agent_daemon(&engine, &id, &token);
+    engine.wait_agent_status(&id, "online");
+    let (_, body) = engine.command(&id, json!({"type": "create_site", "domain": "a.example.com"}));
+    let op_id = body["operation"]["id"].as_str().unwrap().to_owned();
+    engine.wait_operation(&op_id);
+    assert_eq!(engine.stop(), 0);
+    engine.spawn();
+    // The agent reconnects with its key (kept in its key file) and the store kept everything.
+    engine.wait_agent_status(&id, "online");
+    let op = engine.get(&format!("/admin/operations/{op_id}"))["operation"].clone();
+    assert_eq!(op["status"], "completed");
+}
