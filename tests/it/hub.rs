@@ -299,3 +299,161 @@ fn operations_and_agents_survive_an_engine_restart() {
     let op = engine.get(&format!("/admin/operations/{op_id}"))["operation"].clone();
     assert_eq!(op["status"], "completed");
 }
+
+/// A throwaway PostgreSQL server started by `.ci/postgres`; stopped on drop.
+struct Postgres {
+    url: String,
+    dir: String,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+        let out = std::process::Command::new(script).arg("start").output().unwrap();
+        assert!(
+            out.status.success(),
+            "cannot start PostgreSQL with .ci/postgres (needs root and Debian's postgresql package): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (url, dir) = line.trim().split_once(' ').unwrap();
+        Postgres {
+            url: url.to_owned(),
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
+        let _ = std::process::Command::new(script).args(["stop", &self.dir]).status();
+    }
+}
+
+#[test]
+fn postgresql_store_has_the_same_schema_and_behaviour() {
+    let pg = Postgres::start();
+    let mut engine = EngineProc::start(&format!(
+        "database_url = \"{}\"\nstatus_history_retention = \"1h\"\n",
+        pg.url
+    ));
+    let (id, key) = engine.enrolled_agent("pg-agent");
+    let rt = &engine.rt;
+    let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
+    engine.wait_agent_status(&id, "online");
+    let status = json!({"type": "status_update", "status": {
+        "hostname": "pg-host", "uptime": 5, "gitVersion": null,
+        "cpu": {"load": 12.5, "cores": 2},
+        "memory": {"total": 1000, "used": 400, "free": 600},
+        "disk": [{"fs": "/", "size": 100, "used": 40, "available": 60}],
+        "apps": [], "timestamp": 1
+    }});
+    assert!(ws.send(rt, status.to_string()));
+    wait_for("the status in PostgreSQL", DEADLINE, || {
+        let agent = engine.agent(&id);
+        match agent["status"]["hostname"] == "pg-host" {
+            true => Ok(()),
+            false => Err(agent.to_string()),
+        }
+    });
+    let history = engine.get(&format!("/admin/agents/{id}/history"));
+    assert_eq!(history["points"][0]["cpuLoad"], 12.5);
+    assert_eq!(history["points"][0]["diskUsed"], 40);
+    let (status, body) = engine.command(&id, json!({"type": "create_site", "domain": "pg.example.com"}));
+    assert_eq!(status, 202, "{body}");
+    let sent: Value = serde_json::from_str(&ws.recv(rt, DEADLINE).unwrap().unwrap()).unwrap();
+    let op_id = sent["id"].as_str().unwrap().to_owned();
+    let report = json!({"type": "site_operation", "id": op_id, "operation": "create", "status": "completed", "domain": "pg.example.com", "output": "done"});
+    ws.send(rt, report.to_string());
+    let op = engine.wait_operation(&op_id);
+    assert_eq!(op["status"], "completed");
+    assert_eq!(op["output"], "done");
+    drop(ws);
+    // Migrations at the second start find the schema in place; the data is all there.
+    assert_eq!(engine.stop(), 0);
+    engine.spawn();
+    let agent = engine.agent(&id);
+    assert_eq!(agent["agent"]["status"], "offline");
+    assert_eq!(agent["status"]["hostname"], "pg-host");
+    assert_eq!(engine.get(&format!("/admin/operations/{op_id}"))["operation"]["output"], "done");
+}
+
+#[test]
+fn example_configs_load_and_point_the_local_agent_at_the_engine() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let citrusd = citrus::config::Config::load(&root.join("config/citrusd.toml"), None).unwrap();
+    let engine = citrus::config::EngineConfig::load(&root.join("config/engine.toml")).unwrap();
+    let fleet = citrusd.fleet.expect("the example runs the local agent");
+    let local = engine.local_agent.expect("the engine knows the local agent");
+    assert_eq!(fleet.agent_id, local.id);
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        std::path::absolute(a).unwrap().components().collect::<Vec<_>>()
+            == std::path::absolute(b).unwrap().components().collect::<Vec<_>>()
+    };
+    let normal = |p: &std::path::Path| {
+        let mut out = std::path::PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    assert!(same(&normal(&fleet.key_file), &normal(&local.key_file)));
+    assert_eq!(fleet.engine_url, format!("ws://{}/agent", engine.listen));
+    assert!(citrusd.apps.contains_key("engine"));
+}
+
+#[test]
+fn citrusd_supervises_the_engine_and_its_own_agent_comes_online() {
+    let port = crate::hub_support::stable_port();
+    let engine_toml = format!(
+        "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://engine/engine.db\"\n\
+         admin_token_file = \"engine/admin.token\"\nstatus_interval = \"1s\"\n\
+         [local_agent]\nid = \"local\"\nkey_file = \"state/agent.key\"\n"
+    );
+    let mut daemon = Daemon::prepare(
+        &format!(
+            "[apps.engine]\ncommand = [\"{ENGINE}\", \"--config\", \"engine.toml\"]\n\
+             ready = {{ http = \"http://127.0.0.1:{port}/health\" }}\n\
+             [fleet]\nengine_url = \"ws://127.0.0.1:{port}/agent\"\nagent_id = \"local\"\n\
+             key_file = \"state/agent.key\"\nstatus_interval = \"300ms\"\nreconnect_delay = \"100ms\"\n"
+        ),
+        &[],
+    );
+    std::fs::write(daemon.dir.path().join("engine.toml"), engine_toml).unwrap();
+    daemon.extra_env.push(("CITRUS_LOG".into(), "citrus=info".into()));
+    let daemon = daemon.launch();
+    daemon.wait_state("engine", citrus::control::AppState::Online);
+    let token_file = daemon.dir.path().join("engine/admin.token");
+    let token = wait_for("the admin token file", DEADLINE, || {
+        std::fs::read_to_string(&token_file).map_err(|e| e.to_string())
+    });
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let key_mode = std::fs::metadata(daemon.dir.path().join("state/agent.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = reqwest::Client::new();
+    let agent = wait_for("the local agent online with its status", DEADLINE, || {
+        let body: Value = rt.block_on(async {
+            let resp = client
+                .get(format!("http://127.0.0.1:{port}/admin/agents/local"))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            resp.json().await.map_err(|e| e.to_string())
+        })?;
+        match body["agent"]["status"] == "online" && body["status"]["apps"][0]["name"] == "engine" {
+            true => Ok(body),
+            false => Err(body.to_string()),
+        }
+    });
+    assert_eq!(agent["agent"]["name"], "local");
+}
