@@ -80,6 +80,10 @@ pub struct DigitalOceanConfig {
     pub tags: Vec<String>,
     /// How often a droplet being created is polled.
     pub poll_interval: Duration,
+    /// Per-request timeout of DigitalOcean's API.
+    pub timeout: Duration,
+    /// Tries per request (429, 5xx and connection failures are retried).
+    pub attempts: u32,
 }
 
 impl Default for DigitalOceanConfig {
@@ -94,6 +98,8 @@ impl Default for DigitalOceanConfig {
             monitoring: true,
             tags: vec!["citrus-host".into()],
             poll_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            attempts: 4,
         }
     }
 }
@@ -156,7 +162,8 @@ impl From<super::units::PositiveDuration> for Duration {
 
 fn resolve(layer: &EngineLayer, path: PathBuf, base: &Path) -> EngineConfig {
     let listen = or(&layer.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let public_url = value(&layer.public_url).map_or_else(|| format!("http://{listen}"), |u| u.0.clone());
+    let public_url =
+        value(&layer.public_url).map_or_else(|| format!("http://{listen}"), |u| u.0.clone());
     let database = match value(&layer.database_url) {
         Some(DatabaseUrl::Sqlite(file)) => Database::Sqlite(base.join(file)),
         Some(DatabaseUrl::Postgres(url)) => Database::Postgres(url.clone()),
@@ -207,6 +214,8 @@ fn resolve_do(layer: &DigitalOceanLayer) -> DigitalOceanConfig {
         monitoring: or(&layer.monitoring, d.monitoring),
         tags: or(&layer.tags, d.tags),
         poll_interval: duration(&layer.poll_interval, d.poll_interval),
+        timeout: duration(&layer.timeout, d.timeout),
+        attempts: value(&layer.attempts).map_or(d.attempts, |n| n.0),
     }
 }
 
@@ -226,7 +235,9 @@ impl Scalar for PublicUrl {
             .path()
             .map_err(|why| format!("invalid public URL {s:?}: {why}"))?;
         if s.contains(['?', '#']) {
-            return Err(format!("invalid public URL {s:?}: no query or fragment, {hint}"));
+            return Err(format!(
+                "invalid public URL {s:?}: no query or fragment, {hint}"
+            ));
         }
         let path = path.trim_end_matches('/');
         Ok(Self(format!("{}://{}{path}", url.scheme, url.authority())))
@@ -242,7 +253,10 @@ impl Scalar for ApiBase {
     fn from_text(s: &str) -> Result<Self, String> {
         Url::parse(s, HTTP_SCHEMES, r#"e.g. "https://api.digitalocean.com/v2""#)
             .map_err(|why| format!("invalid URL {s:?}: {why}"))?;
-        if let Some(c) = s.chars().find(|c| matches!(c, '\'' | '"' | '`' | '$' | '\\')) {
+        if let Some(c) = s
+            .chars()
+            .find(|c| matches!(c, '\'' | '"' | '`' | '$' | '\\'))
+        {
             return Err(format!("invalid URL {s:?}: unexpected character {c:?}"));
         }
         Ok(Self(s.trim_end_matches('/').to_owned()))
@@ -286,7 +300,10 @@ impl Scalar for DatabaseUrl {
     fn from_text(s: &str) -> Result<Self, String> {
         let hint = r#"use "sqlite://state/engine.db" or "postgres://user@host/db""#;
         check_chars(s).map_err(|why| format!("invalid database URL: {why}"))?;
-        if let Some(file) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
+        if let Some(file) = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+        {
             let file = file.split('?').next().unwrap_or_default();
             if file.is_empty() || file == ":memory:" {
                 return Err(format!(
@@ -300,7 +317,9 @@ impl Scalar for DatabaseUrl {
         }
         // The URL may hold a password: do not echo it.
         let scheme = s.split(':').next().unwrap_or_default();
-        Err(format!("unsupported database URL scheme `{scheme}`; {hint}"))
+        Err(format!(
+            "unsupported database URL scheme `{scheme}`; {hint}"
+        ))
     }
 }
 
@@ -363,7 +382,10 @@ key_file = "../keys/agent.key"
         .unwrap();
         assert_eq!(c.public_url, "https://engine.example.com");
         assert_eq!(c.database, Database::Sqlite("/etc/citrus/db/e.db".into()));
-        assert_eq!(c.admin_token_file.unwrap(), Path::new("/etc/citrus/admin.token"));
+        assert_eq!(
+            c.admin_token_file.unwrap(),
+            Path::new("/etc/citrus/admin.token")
+        );
         assert_eq!(c.status_interval, Duration::from_secs(5));
         assert_eq!(c.max_frame, 65536);
         assert_eq!(c.digitalocean.api_base, "http://127.0.0.1:9/v2");
@@ -389,8 +411,9 @@ key_file = "../keys/agent.key"
 
     #[test]
     fn errors_name_line_and_key() {
-        let err = parse("listen = \"nope\"\nstatus_intervall = \"5s\"\n[digitalocean]\nregoin = \"x\"\n")
-            .unwrap_err();
+        let err =
+            parse("listen = \"nope\"\nstatus_intervall = \"5s\"\n[digitalocean]\nregoin = \"x\"\n")
+                .unwrap_err();
         assert!(err.contains("engine.toml:1:10: listen:"), "{err}");
         assert!(
             err.contains("2:1: status_intervall: unknown key `status_intervall`; did you mean `status_interval`?"),
@@ -398,7 +421,10 @@ key_file = "../keys/agent.key"
         );
         assert!(err.contains("4:1: digitalocean.regoin"), "{err}");
         let err = parse(r#"database_url = "mysql://u:pw@h/db""#).unwrap_err();
-        assert!(err.contains("unsupported database URL scheme `mysql`"), "{err}");
+        assert!(
+            err.contains("unsupported database URL scheme `mysql`"),
+            "{err}"
+        );
         assert!(!err.contains("pw@"), "{err}");
         let err = parse("[install]\ncitrusd_sha256 = \"abc\"").unwrap_err();
         assert!(err.contains("64 hex digits"), "{err}");

@@ -651,6 +651,8 @@ layer!(
         monitoring: bool,
         tags: Vec<String>,
         poll_interval: PositiveDuration,
+        timeout: PositiveDuration,
+        attempts: Bounded<u32, 1, 10>,
     }
 );
 

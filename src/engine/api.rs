@@ -66,8 +66,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(json!({"success": false, "error": self.message}))).into_response();
+        let mut response = (
+            self.status,
+            Json(json!({"success": false, "error": self.message})),
+        )
+            .into_response();
         if let Some(wait) = self.retry_after {
             if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -97,8 +100,14 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
         .route("/admin/agents/{id}/rotate-key", post(rotate_key))
         .route("/admin/operations/{id}", get(get_operation))
         .route("/admin/servers", get(list_servers))
-        .route("/admin/servers/deploy-with-agent", post(provision::deploy_with_agent))
-        .route("/admin/servers/{id}", get(get_server).delete(provision::delete_server))
+        .route(
+            "/admin/servers/deploy-with-agent",
+            post(provision::deploy_with_agent),
+        )
+        .route(
+            "/admin/servers/{id}",
+            get(get_server).delete(provision::delete_server),
+        )
         .route_layer(middleware::from_fn_with_state(engine, require_admin))
 }
 
@@ -197,7 +206,9 @@ async fn create_agent(State(engine): State<Arc<Engine>>, Body(body): Body<NameBo
     let agent = engine.store.get_agent(&id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"success": true, "agent": agent, "enrollToken": token, "expiresAt": expires_at})),
+        Json(
+            json!({"success": true, "agent": agent, "enrollToken": token, "expiresAt": expires_at}),
+        ),
     )
         .into_response())
 }
@@ -213,8 +224,10 @@ async fn get_agent(State(engine): State<Arc<Engine>>, Path(id): Path<String>) ->
         None => (Value::Null, None),
     };
     let server = engine.store.server_of_agent(&id).await?;
-    Ok(Json(json!({"agent": agent, "status": status, "statusAt": status_at, "server": server}))
-        .into_response())
+    Ok(
+        Json(json!({"agent": agent, "status": status, "statusAt": status_at, "server": server}))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -234,7 +247,10 @@ async fn agent_history(
         .await?
         .ok_or_else(|| ApiError::not_found("agent", &id))?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let points = engine.store.history(&id, q.since.unwrap_or(0), limit).await?;
+    let points = engine
+        .store
+        .history(&id, q.since.unwrap_or(0), limit)
+        .await?;
     Ok(Json(json!({ "points": points })).into_response())
 }
 
@@ -266,7 +282,9 @@ async fn command(
         )));
     }
     if body.contains_key("id") {
-        return Err(ApiError::bad_request("do not set `id`: the engine gives each operation its id"));
+        return Err(ApiError::bad_request(
+            "do not set `id`: the engine gives each operation its id",
+        ));
     }
     let id = auth::new_uuid();
     let mut object = body;
@@ -284,8 +302,14 @@ async fn command(
         other => ApiError::bad_request(other.to_string()),
     })?;
     let record = serde_json::to_value(&message).expect("EngineMessage serialises to JSON");
-    let operation = engine.dispatch(&agent, &id, &kind, &record, &message).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "operation": operation }))).into_response())
+    let operation = engine
+        .dispatch(&agent, &id, &kind, &record, &message)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "operation": operation })),
+    )
+        .into_response())
 }
 
 /// `POST /admin/agents/{id}/rotate-key`: two-phase rotation (SPEC 3). The new key is sent to
@@ -299,7 +323,10 @@ async fn rotate_key(State(engine): State<Arc<Engine>>, Path(agent): Path<String>
     if !engine.hub.is_connected(&agent) {
         return Err(offline(&agent));
     }
-    engine.store.set_pending_key(&agent, &auth::hash(&key)).await?;
+    engine
+        .store
+        .set_pending_key(&agent, &auth::hash(&key))
+        .await?;
     let message = EngineMessage::RotateKey {
         id: id.clone(),
         new_key: key,
@@ -312,13 +339,19 @@ async fn rotate_key(State(engine): State<Arc<Engine>>, Path(agent): Path<String>
     if operation.is_err() {
         engine.store.clear_pending_key(&agent).await?;
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "operation": operation? }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "operation": operation? })),
+    )
+        .into_response())
 }
 
 pub(super) fn offline(agent: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
-        format!("agent {agent} is offline: commands go only to connected agents; see GET /admin/agents"),
+        format!(
+            "agent {agent} is offline: commands go only to connected agents; see GET /admin/agents"
+        ),
     )
 }
 
@@ -401,18 +434,35 @@ pub(super) async fn enroll(
         return Err(ApiError::too_many(wait));
     }
     let at = now();
-    let refuse = |status: StatusCode, why: String| refuse_enrolment(&engine, ip, &body.agent_id, at, status, why);
+    let refuse = |status: StatusCode, why: String| {
+        refuse_enrolment(&engine, ip, &body.agent_id, at, status, why)
+    };
     let Some(state) = engine.store.enroll_state(&body.agent_id).await? else {
-        return refuse(StatusCode::UNAUTHORIZED, "unknown agent id or wrong token".into()).await;
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unknown agent id or wrong token".into(),
+        )
+        .await;
     };
     let Some(token_hash) = state.token_hash.as_deref() else {
-        return refuse(StatusCode::UNAUTHORIZED, "this agent has no enrolment token".into()).await;
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "this agent has no enrolment token".into(),
+        )
+        .await;
     };
     if !auth::matches(&body.token, token_hash) {
-        return refuse(StatusCode::UNAUTHORIZED, "unknown agent id or wrong token".into()).await;
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unknown agent id or wrong token".into(),
+        )
+        .await;
     }
     if let Some(used) = state.enrolled_at {
-        let why = format!("the token was already used (at {}); it is single-use", iso(used));
+        let why = format!(
+            "the token was already used (at {}); it is single-use",
+            iso(used)
+        );
         return refuse(StatusCode::FORBIDDEN, why).await;
     }
     if let Some(expires) = state.expires_at.filter(|&e| e <= at) {
@@ -428,7 +478,11 @@ pub(super) async fn enroll(
         .complete_enrolment(&body.agent_id, token_hash, &auth::hash(&key), at)
         .await?
     {
-        return refuse(StatusCode::FORBIDDEN, "the token was already used; it is single-use".into()).await;
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the token was already used; it is single-use".into(),
+        )
+        .await;
     }
     tracing::info!(agent = %body.agent_id, %ip, "agent enrolled");
     Ok(Json(json!({ "key": key })).into_response())

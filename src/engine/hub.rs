@@ -16,12 +16,12 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::api::ApiError;
-use crate::control::AppState;
 use super::store::{HistoryPoint, StatusRecord};
 use super::{auth, now, Engine};
+use crate::control::AppState;
 use crate::fleet::protocol::{
-    AgentMessage, EngineMessage, HostStatus, OperationStatus, CLIENT_TYPE_AGENT,
-    HEADER_AGENT_ID, HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, PROTOCOL_VERSION,
+    AgentMessage, EngineMessage, HostStatus, OperationStatus, CLIENT_TYPE_AGENT, HEADER_AGENT_ID,
+    HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, PROTOCOL_VERSION,
 };
 
 /// Close code for "going away" (engine shutting down, connection replaced).
@@ -65,7 +65,10 @@ impl Default for Hub {
 impl Hub {
     /// Whether the agent has a connection now.
     pub fn is_connected(&self, agent: &str) -> bool {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).contains_key(agent)
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(agent)
     }
 
     /// Number of open connections.
@@ -77,7 +80,9 @@ impl Hub {
     pub fn send(&self, agent: &str, message: &EngineMessage) -> Result<(), NotConnected> {
         let text = serde_json::to_string(message).expect("EngineMessage serialises to JSON");
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = conns.get(agent).ok_or_else(|| NotConnected(agent.to_owned()))?;
+        let conn = conns
+            .get(agent)
+            .ok_or_else(|| NotConnected(agent.to_owned()))?;
         conn.tx
             .send(Message::Text(text.into()))
             .map_err(|_| NotConnected(agent.to_owned()))
@@ -85,14 +90,24 @@ impl Hub {
 
     /// Closes the agent's connection, if any, with `code` and `reason`.
     pub fn disconnect(&self, agent: &str, code: u16, reason: &str) {
-        if let Some(conn) = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(agent) {
+        if let Some(conn) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent)
+        {
             let _ = conn.tx.send(close(code, reason));
         }
     }
 
     /// Closes every connection (engine shutdown).
     pub fn close_all(&self, reason: &str) {
-        for conn in self.conns.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        for conn in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
             let _ = conn.tx.send(close(CLOSE_AWAY, reason));
         }
     }
@@ -105,7 +120,10 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner())
             .insert(agent.to_owned(), Conn { id, tx });
         if let Some(old) = old {
-            let _ = old.tx.send(close(CLOSE_AWAY, "replaced by a newer connection of this agent"));
+            let _ = old.tx.send(close(
+                CLOSE_AWAY,
+                "replaced by a newer connection of this agent",
+            ));
         }
         id
     }
@@ -143,7 +161,12 @@ impl Hub {
 
     /// Wakes whoever waits on operation `id`.
     pub fn operation_changed(&self, id: &str) {
-        if let Some(notify) = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(notify) = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
             notify.notify_waiters();
         }
     }
@@ -215,15 +238,21 @@ async fn authenticate(
             ));
         }
     }
-    let (Some(id), Some(key)) = (header(headers, HEADER_AGENT_ID), header(headers, HEADER_AGENT_KEY))
-    else {
+    let (Some(id), Some(key)) = (
+        header(headers, HEADER_AGENT_ID),
+        header(headers, HEADER_AGENT_KEY),
+    ) else {
         engine.limiter.failed(ip);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("missing {HEADER_AGENT_ID} or {HEADER_AGENT_KEY} header"),
         ));
     };
-    let keys = engine.store.agent_keys(id).await.map_err(ApiError::internal)?;
+    let keys = engine
+        .store
+        .agent_keys(id)
+        .await
+        .map_err(ApiError::internal)?;
     let refused = || {
         engine.limiter.failed(ip);
         tracing::warn!(agent = id, %ip, "agent authentication refused");
@@ -235,7 +264,10 @@ async fn authenticate(
     let Some(keys) = keys else {
         return Err(refused());
     };
-    let current = keys.key_hash.as_deref().is_some_and(|h| auth::matches(key, h));
+    let current = keys
+        .key_hash
+        .as_deref()
+        .is_some_and(|h| auth::matches(key, h));
     let pending = !current
         && keys
             .pending_key_hash
@@ -248,7 +280,10 @@ async fn authenticate(
             .promote_pending_key(id)
             .await
             .map_err(ApiError::internal)?;
-        tracing::info!(agent = id, "key rotation completed (agent connected with the new key)");
+        tracing::info!(
+            agent = id,
+            "key rotation completed (agent connected with the new key)"
+        );
     }
     if !(current || pending) {
         return Err(refused());
@@ -379,10 +414,22 @@ async fn handle_frame(engine: &Engine, agent: &str, text: &str) {
             output,
             error,
             ..
-        } => report(engine, agent, &id, status, output.as_deref(), error.as_deref()).await,
+        } => {
+            report(
+                engine,
+                agent,
+                &id,
+                status,
+                output.as_deref(),
+                error.as_deref(),
+            )
+            .await
+        }
         AgentMessage::KeyRotation { id, status, error } => {
             let keys = match status {
-                OperationStatus::Completed => engine.store.promote_pending_key(agent).await.map(|_| ()),
+                OperationStatus::Completed => {
+                    engine.store.promote_pending_key(agent).await.map(|_| ())
+                }
                 OperationStatus::Failed => engine.store.clear_pending_key(agent).await,
                 OperationStatus::Starting => Ok(()),
             };
@@ -400,7 +447,15 @@ async fn handle_frame(engine: &Engine, agent: &str, text: &str) {
             match id {
                 Some(id) => {
                     let error = format!("refused by the agent: {error}");
-                    report(engine, agent, &id, OperationStatus::Failed, None, Some(&error)).await
+                    report(
+                        engine,
+                        agent,
+                        &id,
+                        OperationStatus::Failed,
+                        None,
+                        Some(&error),
+                    )
+                    .await
                 }
                 None => Ok(()),
             }
@@ -443,12 +498,20 @@ fn history_point(status: &HostStatus) -> HistoryPoint {
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     HistoryPoint {
         at: now(),
-        cpu_load: if status.cpu.load.is_finite() { status.cpu.load } else { 0.0 },
+        cpu_load: if status.cpu.load.is_finite() {
+            status.cpu.load
+        } else {
+            0.0
+        },
         memory_used: clamp(status.memory.used),
         memory_total: clamp(status.memory.total),
         disk_used: clamp(status.disk.iter().map(|d| d.used).sum()),
         disk_size: clamp(status.disk.iter().map(|d| d.size).sum()),
-        apps_online: status.apps.iter().filter(|a| a.state == AppState::Online).count() as i64,
+        apps_online: status
+            .apps
+            .iter()
+            .filter(|a| a.state == AppState::Online)
+            .count() as i64,
         apps_total: status.apps.len() as i64,
     }
 }

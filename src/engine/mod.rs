@@ -30,7 +30,9 @@ use store::{OperationRow, StatusRecord, Store, StoreError};
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no admin token: set admin_token_file in {config} or CITRUS_ADMIN_TOKEN in the environment")]
+    #[error(
+        "no admin token: set admin_token_file in {config} or CITRUS_ADMIN_TOKEN in the environment"
+    )]
     NoAdminToken { config: String },
     #[error("cannot {what} {path}: {source}")]
     File {
@@ -73,11 +75,21 @@ pub struct Engine {
 
 impl Engine {
     /// Creates an agent with a single-use enrolment token; returns the token and its expiry.
-    pub async fn new_enroll_token(&self, id: &str, name: &str) -> Result<(String, i64), StoreError> {
+    pub async fn new_enroll_token(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<(String, i64), StoreError> {
         let token = auth::random_hex(32);
         let expires_at = now() + self.config.enroll_token_ttl.as_millis() as i64;
         self.store
-            .insert_agent(id, name, None, Some((&auth::hash(&token), expires_at)), now())
+            .insert_agent(
+                id,
+                name,
+                None,
+                Some((&auth::hash(&token), expires_at)),
+                now(),
+            )
             .await?;
         Ok((token, expires_at))
     }
@@ -112,7 +124,12 @@ impl Engine {
         }
         tracing::info!(agent, operation = id, kind, "command sent");
         let operation = self.store.get_operation(id).await?;
-        operation.ok_or_else(|| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "operation vanished"))
+        operation.ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "operation vanished",
+            )
+        })
     }
 }
 
@@ -184,10 +201,13 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
             .await?;
     }
     let digitalocean = match std::env::var("DO_API_TOKEN") {
-        Ok(token) if !token.trim().is_empty() => Some(digitalocean::Client::new(
-            &config.digitalocean.api_base,
-            token.trim().to_owned(),
-        )?),
+        Ok(token) if !token.trim().is_empty() => {
+            let d = &config.digitalocean;
+            let client = digitalocean::Client::new(&d.api_base, token.trim().to_owned())?
+                .with_timeout(d.timeout)
+                .with_retry(d.attempts, Duration::from_secs(1));
+            Some(client)
+        }
         _ => None,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -219,7 +239,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/agent", get(hub::upgrade))
         .route("/agent/enroll", post(api::enroll))
-        .route("/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .merge(api::admin_routes(engine.clone()))
         .fallback(|| async {
             ApiError::new(
@@ -233,7 +256,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
 impl Bound {
     /// Serves until `shutdown` resolves; then closes agent connections (1001) and flushes the
     /// status updates received.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), EngineError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), EngineError> {
         let Bound {
             engine,
             listener,
@@ -275,7 +301,10 @@ impl Bound {
 async fn timeout_operations(engine: Arc<Engine>) {
     let timeout = engine.config.command_timeout;
     let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let reason = format!("no answer from the agent within {}", format_duration(timeout));
+    let reason = format!(
+        "no answer from the agent within {}",
+        format_duration(timeout)
+    );
     loop {
         let at = now();
         match engine

@@ -37,7 +37,11 @@ pub fn agent_url(public_url: &str) -> String {
     let ws = public_url
         .strip_prefix("https://")
         .map(|rest| format!("wss://{rest}"))
-        .or_else(|| public_url.strip_prefix("http://").map(|rest| format!("ws://{rest}")))
+        .or_else(|| {
+            public_url
+                .strip_prefix("http://")
+                .map(|rest| format!("ws://{rest}"))
+        })
         .unwrap_or_else(|| public_url.to_owned());
     format!("{ws}/agent")
 }
@@ -79,7 +83,12 @@ pub(super) async fn deploy_with_agent(
         citrusd_url: &install.citrusd_url,
         citrusd_sha256: &install.citrusd_sha256,
     })
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cloud-init: {e}")))?;
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cloud-init: {e}"),
+        )
+    })?;
     let d = &engine.config.digitalocean;
     let server = ServerRow {
         id: server_id.clone(),
@@ -201,7 +210,11 @@ pub async fn run(engine: Arc<Engine>) {
     }
 }
 
-async fn fail(engine: &Engine, server: &ServerRow, error: &str) -> Result<(), super::store::StoreError> {
+async fn fail(
+    engine: &Engine,
+    server: &ServerRow,
+    error: &str,
+) -> Result<(), super::store::StoreError> {
     tracing::error!(server = %server.id, "server failed: {error}");
     let update = ServerUpdate {
         error: Some(error),
@@ -236,7 +249,12 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
         }
         "provisioning" => {
             let (Some(client), Some(droplet)) = (&engine.digitalocean, server.droplet_id) else {
-                return fail(engine, server, "DigitalOcean is not configured (DO_API_TOKEN) to follow the droplet").await;
+                return fail(
+                    engine,
+                    server,
+                    "DigitalOcean is not configured (DO_API_TOKEN) to follow the droplet",
+                )
+                .await;
             };
             match client.get_droplet(droplet as u64).await {
                 Ok(d) if d.status == "active" => {
@@ -252,10 +270,20 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
                     Ok(())
                 }
                 Ok(_) => Ok(()),
-                Err(e) if permanent(&e) => fail(engine, server, &format!("following droplet {droplet} failed: {e}")).await,
+                Err(e) if permanent(&e) => {
+                    fail(
+                        engine,
+                        server,
+                        &format!("following droplet {droplet} failed: {e}"),
+                    )
+                    .await
+                }
                 Err(e) => {
                     let note = format!("following droplet {droplet}: {e} (retrying)");
-                    engine.store.note_server_error(&server.id, &note, now()).await
+                    engine
+                        .store
+                        .note_server_error(&server.id, &note, now())
+                        .await
                 }
             }
         }
@@ -274,7 +302,10 @@ pub(super) async fn delete_server(
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let Some(server) = engine.store.get_server(&id).await? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no server with id {id:?}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no server with id {id:?}"),
+        ));
     };
     if lock_creating().contains(&id) {
         return Err(ApiError::new(
@@ -290,10 +321,15 @@ pub(super) async fn delete_server(
             ));
         };
         client.delete_droplet(droplet as u64).await.map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, format!("destroying droplet {droplet} failed: {e}"))
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("destroying droplet {droplet} failed: {e}"),
+            )
         })?;
     }
-    engine.hub.disconnect(&server.agent_id, 1000, "server deleted");
+    engine
+        .hub
+        .disconnect(&server.agent_id, 1000, "server deleted");
     engine.store.delete_server(&id).await?;
     engine.store.delete_agent(&server.agent_id).await?;
     tracing::info!(server = %id, droplet = ?server.droplet_id, "server deleted");

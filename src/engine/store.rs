@@ -258,7 +258,11 @@ impl Store {
                         source,
                     })?;
                 }
-                (sqlite_url(path), format!("SQLite file {}", path.display()), 4)
+                (
+                    sqlite_url(path),
+                    format!("SQLite file {}", path.display()),
+                    4,
+                )
             }
             Database::Postgres(url) => (url.clone(), "PostgreSQL".to_owned(), 8),
         };
@@ -304,7 +308,13 @@ impl Store {
     }
 
     /// Creates the agent or replaces its key hash (the engine host's own agent).
-    pub async fn upsert_agent_key(&self, id: &str, name: &str, key_hash: &str, now: i64) -> Result<()> {
+    pub async fn upsert_agent_key(
+        &self,
+        id: &str,
+        name: &str,
+        key_hash: &str,
+        now: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO agents (id, name, key_hash, status, created_at, enrolled_at) \
              VALUES ($1, $2, $3, 'offline', $4, $4) \
@@ -536,7 +546,8 @@ impl Store {
         // Multi-row statements: one round trip per chunk instead of one per row.
         let latest: Vec<&StatusRecord> = latest.into_values().collect();
         for chunk in latest.chunks(200) {
-            let mut sql = String::from("INSERT INTO agent_status (agent_id, status, received_at) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO agent_status (agent_id, status, received_at) VALUES ");
             for i in 0..chunk.len() {
                 let n = i * 3;
                 if i > 0 {
@@ -702,7 +713,12 @@ impl Store {
     }
 
     /// Fails every unfinished operation created before `before`; returns their ids.
-    pub async fn fail_stale_operations(&self, before: i64, reason: &str, now: i64) -> Result<Vec<String>> {
+    pub async fn fail_stale_operations(
+        &self,
+        before: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
         let what = "timing out operations";
         let rows = sqlx::query(
             "SELECT id FROM operations WHERE status NOT IN ('completed', 'failed') AND created_at < $1",
@@ -746,7 +762,11 @@ impl Store {
     }
 
     /// The newest operations, of one agent or of all, newest first.
-    pub async fn list_operations(&self, agent_id: Option<&str>, limit: i64) -> Result<Vec<OperationRow>> {
+    pub async fn list_operations(
+        &self,
+        agent_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OperationRow>> {
         let what = "listing operations";
         let rows = match agent_id {
             Some(agent) => {
@@ -806,8 +826,11 @@ impl Store {
 
     /// Servers the provisioning loop still has to move.
     pub async fn servers_in_progress(&self) -> Result<Vec<ServerRow>> {
-        self.servers_where("status IN ('creating', 'provisioning', 'initializing')", None)
-            .await
+        self.servers_where(
+            "status IN ('creating', 'provisioning', 'initializing')",
+            None,
+        )
+        .await
     }
 
     /// One server.
@@ -817,7 +840,10 @@ impl Store {
 
     /// The server whose agent is `agent_id`.
     pub async fn server_of_agent(&self, agent_id: &str) -> Result<Option<ServerRow>> {
-        Ok(self.servers_where("agent_id = $1", Some(agent_id)).await?.pop())
+        Ok(self
+            .servers_where("agent_id = $1", Some(agent_id))
+            .await?
+            .pop())
     }
 
     async fn servers_where(&self, condition: &str, arg: Option<&str>) -> Result<Vec<ServerRow>> {
@@ -856,7 +882,9 @@ impl Store {
             let list: Vec<String> = from.iter().map(|s| format!("'{s}'")).collect();
             sql.push_str(&format!(" AND status IN ({})", list.join(", ")));
         }
-        debug_assert!(from.iter().all(|s| s.bytes().all(|b| b.is_ascii_lowercase())));
+        debug_assert!(from
+            .iter()
+            .all(|s| s.bytes().all(|b| b.is_ascii_lowercase())));
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(status)
             .bind(now)

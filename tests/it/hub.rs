@@ -21,7 +21,11 @@ fn agent_daemon(engine: &EngineProc, id: &str, token: &str) -> Daemon {
 fn invalid_config_exits_2_naming_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("engine.toml");
-    std::fs::write(&path, "listen = \"127.0.0.1:1\"\nstatus_intervall = \"5s\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:1\"\nstatus_intervall = \"5s\"\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(ENGINE)
         .arg("--config")
         .arg(&path)
@@ -52,7 +56,13 @@ fn admin_api_refuses_missing_or_wrong_token_with_json_errors() {
     let (status, body) = engine.call("GET", "/admin/agents", None, None);
     assert_eq!(status, 401);
     assert_eq!(body["success"], false);
-    assert!(body["error"].as_str().unwrap().contains("Authorization: Bearer"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{body}"
+    );
     let (status, body) = engine.call("GET", "/admin/agents", Some("nope"), None);
     assert_eq!(status, 401);
     assert_eq!(body["error"], "wrong admin token");
@@ -60,7 +70,10 @@ fn admin_api_refuses_missing_or_wrong_token_with_json_errors() {
     engine.call("GET", "/admin/servers", Some("nope"), None);
     let (status, body) = engine.call("GET", "/admin/agents", Some(ADMIN_TOKEN), None);
     assert_eq!(status, 429, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("too many failed attempts"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("too many failed attempts"));
 }
 
 #[test]
@@ -68,22 +81,40 @@ fn admin_api_errors_for_bad_requests() {
     let engine = EngineProc::start("");
     let (status, body) = engine.admin("GET", "/admin/agents/nope", None);
     assert_eq!(status, 404);
-    assert!(body["error"].as_str().unwrap().contains("no agent with id \"nope\""));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no agent with id \"nope\""));
     let (status, body) = engine.admin("GET", "/admin/operations/nope", None);
     assert_eq!(status, 404, "{body}");
     let (status, body) = engine.admin("POST", "/admin/agents", Some(json!({"name": "a b"})));
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("invalid name"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid name"),
+        "{body}"
+    );
     let (status, body) = engine.admin("POST", "/admin/agents", Some(json!({"nmae": "x"})));
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("unknown field `nmae`"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `nmae`"),
+        "{body}"
+    );
     let (status, body) = engine.admin("GET", "/nowhere", None);
     assert_eq!(status, 404);
-    assert!(body["error"].as_str().unwrap().contains("/admin/"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("/admin/"),
+        "{body}"
+    );
     // Provisioning without DigitalOcean configured says how to configure it.
     let (status, body) = engine.admin("POST", "/admin/servers/deploy-with-agent", Some(json!({})));
     assert_eq!(status, 503);
-    assert!(body["error"].as_str().unwrap().contains("DO_API_TOKEN"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("DO_API_TOKEN"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -93,17 +124,32 @@ fn agent_handshake_is_refused_before_the_upgrade_and_rate_limited() {
     let rt = &engine.rt;
     let url = engine.ws_url();
     // Wrong key, unknown id, missing key header: 401 before any upgrade.
-    assert_eq!(raw_connect(rt, &url, &agent_headers(&id, "wrong")).err(), Some(401));
-    assert_eq!(raw_connect(rt, &url, &agent_headers("ghost", &key)).err(), Some(401));
+    assert_eq!(
+        raw_connect(rt, &url, &agent_headers(&id, "wrong")).err(),
+        Some(401)
+    );
+    assert_eq!(
+        raw_connect(rt, &url, &agent_headers("ghost", &key)).err(),
+        Some(401)
+    );
     let missing = [("x-client-type", "agent"), ("x-agent-id", id.as_str())];
     assert_eq!(raw_connect(rt, &url, &missing).err(), Some(401));
     // The right key works while under the limit; the 4th failure blocks the address.
     let ok = raw_connect(rt, &url, &agent_headers(&id, &key)).expect("accepted");
     drop(ok);
-    assert_eq!(raw_connect(rt, &url, &agent_headers(&id, "wrong")).err(), Some(401));
-    assert_eq!(raw_connect(rt, &url, &agent_headers(&id, &key)).err(), Some(429));
+    assert_eq!(
+        raw_connect(rt, &url, &agent_headers(&id, "wrong")).err(),
+        Some(401)
+    );
+    assert_eq!(
+        raw_connect(rt, &url, &agent_headers(&id, &key)).err(),
+        Some(429)
+    );
     assert!(engine.stderr().contains("agent authentication refused"));
-    assert!(!engine.stderr().contains(&key), "the key must never be logged");
+    assert!(
+        !engine.stderr().contains(&key),
+        "the key must never be logged"
+    );
 }
 
 #[test]
@@ -118,7 +164,10 @@ fn enrolment_token_is_single_use() {
     assert_eq!(key.len(), 64);
     let (status, body) = engine.enroll(&id, &token);
     assert_eq!(status, 403);
-    assert!(body["error"].as_str().unwrap().contains("already used"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("already used"),
+        "{body}"
+    );
     let (status, body) = engine.call("POST", "/agent/enroll", None, Some(json!({"agentId": id})));
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
@@ -127,14 +176,19 @@ fn enrolment_token_is_single_use() {
     let (status, body) = short.admin("POST", "/admin/agents", Some(json!({"name": "late"})));
     assert_eq!(status, 201);
     let expires = body["expiresAt"].as_u64().unwrap();
-    wait_for("the token's expiry", DEADLINE, || match citrus::sys::now_ms() > expires {
-        true => Ok(()),
-        false => Err("not yet".into()),
+    wait_for("the token's expiry", DEADLINE, || {
+        match citrus::sys::now_ms() > expires {
+            true => Ok(()),
+            false => Err("not yet".into()),
+        }
     });
     let id = body["agent"]["id"].as_str().unwrap();
     let (status, body) = short.enroll(id, body["enrollToken"].as_str().unwrap());
     assert_eq!(status, 403);
-    assert!(body["error"].as_str().unwrap().contains("expired"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -161,26 +215,49 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     assert_eq!(history["points"][0]["appsTotal"], 1);
 
     // A command round trip with its output.
-    let (status, body) = engine.command(&id, json!({"type": "create_site", "domain": "Shop.Example.com"}));
+    let (status, body) = engine.command(
+        &id,
+        json!({"type": "create_site", "domain": "Shop.Example.com"}),
+    );
     assert_eq!(status, 202, "{body}");
     let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
     assert_eq!(op["status"], "completed", "{op}");
-    assert!(op["output"].as_str().unwrap().contains("created shop.example.com"), "{op}");
+    assert!(
+        op["output"]
+            .as_str()
+            .unwrap()
+            .contains("created shop.example.com"),
+        "{op}"
+    );
     assert_eq!(op["command"]["domain"], "shop.example.com");
 
     // Refused before anything is sent: a hostile domain, an unknown type, a missing field.
-    let (status, body) = engine.command(&id, json!({"type": "create_site", "domain": "a.com; rm -rf /"}));
+    let (status, body) = engine.command(
+        &id,
+        json!({"type": "create_site", "domain": "a.com; rm -rf /"}),
+    );
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("domain"), "{body}");
     let (status, body) = engine.command(&id, json!({"type": "launch_missiles"}));
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("unknown command type \"launch_missiles\""), "{body}");
-    let (status, body) = engine.command(&id, json!({"type": "rollback_agent", "commitId": "HEAD~1"}));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command type \"launch_missiles\""),
+        "{body}"
+    );
+    let (status, body) =
+        engine.command(&id, json!({"type": "rollback_agent", "commitId": "HEAD~1"}));
     assert_eq!(status, 400, "{body}");
     let (status, _) = engine.command(&id, json!({"domain": "x.com"}));
     assert_eq!(status, 400);
     let ops = engine.get(&format!("/admin/agents/{id}/operations"));
-    assert_eq!(ops["operations"].as_array().unwrap().len(), 1, "refused commands are not recorded");
+    assert_eq!(
+        ops["operations"].as_array().unwrap().len(),
+        1,
+        "refused commands are not recorded"
+    );
 
     // Key rotation: the agent acknowledges, reconnects with the new key; the old one is refused.
     let (status, body) = engine.admin("POST", &format!("/admin/agents/{id}/rotate-key"), None);
@@ -190,16 +267,26 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     assert_eq!(op["status"], "completed", "{op}");
     let new_key = wait_for("the new key file", DEADLINE, || {
         let key = std::fs::read_to_string(daemon.dir.path().join("agent.key")).unwrap();
-        if key != old_key { Ok(key) } else { Err("old key".into()) }
+        if key != old_key {
+            Ok(key)
+        } else {
+            Err("old key".into())
+        }
     });
     engine.wait_agent_status(&id, "online");
     let rt = &engine.rt;
-    assert_eq!(raw_connect(rt, &engine.ws_url(), &agent_headers(&id, old_key.trim())).err(), Some(401));
+    assert_eq!(
+        raw_connect(rt, &engine.ws_url(), &agent_headers(&id, old_key.trim())).err(),
+        Some(401)
+    );
     let stderr = engine.stderr();
     assert!(!stderr.contains(new_key.trim()) && !stderr.contains(old_key.trim()));
 
     // Commands still work on the new connection.
-    let (status, body) = engine.command(&id, json!({"type": "app_control", "app": "api", "action": "restart"}));
+    let (status, body) = engine.command(
+        &id,
+        json!({"type": "app_control", "app": "api", "action": "restart"}),
+    );
     assert_eq!(status, 202, "{body}");
     let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
     assert_eq!(op["status"], "completed", "{op}");
@@ -209,7 +296,10 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     engine.wait_agent_status(&id, "offline");
     let (status, body) = engine.command(&id, json!({"type": "update_agent"}));
     assert_eq!(status, 409);
-    assert!(body["error"].as_str().unwrap().contains("offline"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("offline"),
+        "{body}"
+    );
     let stats = engine.get("/admin/stats");
     assert!(stats["statusUpdates"].as_u64().unwrap() >= 1, "{stats}");
 }
@@ -222,7 +312,10 @@ fn silent_agent_goes_offline_and_unanswered_commands_time_out() {
     let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
     engine.wait_agent_status(&id, "online");
     // A command the agent never answers fails after command_timeout.
-    let (status, body) = engine.command(&id, json!({"type": "delete_site", "domain": "old.example.com"}));
+    let (status, body) = engine.command(
+        &id,
+        json!({"type": "delete_site", "domain": "old.example.com"}),
+    );
     assert_eq!(status, 202, "{body}");
     let frame = ws.recv(rt, DEADLINE).unwrap().unwrap();
     let sent: Value = serde_json::from_str(&frame).unwrap();
@@ -230,15 +323,25 @@ fn silent_agent_goes_offline_and_unanswered_commands_time_out() {
     assert_eq!(sent["id"], body["operation"]["id"]);
     let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
     assert_eq!(op["status"], "failed");
-    assert!(op["error"].as_str().unwrap().contains("no answer from the agent within 1s"), "{op}");
+    assert!(
+        op["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer from the agent within 1s"),
+        "{op}"
+    );
     // A report after the timeout changes nothing.
     let late = json!({"type": "site_operation", "id": op["id"], "operation": "delete", "status": "completed", "domain": "old.example.com"});
     ws.send(rt, late.to_string());
     // Three missed status intervals: the engine closes and marks the agent offline.
     engine.wait_agent_status(&id, "offline");
-    let op = engine.get(&format!("/admin/operations/{}", op["id"].as_str().unwrap()))["operation"].clone();
+    let op = engine.get(&format!("/admin/operations/{}", op["id"].as_str().unwrap()))["operation"]
+        .clone();
     assert_eq!(op["status"], "failed");
-    assert!(matches!(ws.recv(rt, DEADLINE), Some(Err(_))), "connection closed");
+    assert!(
+        matches!(ws.recv(rt, DEADLINE), Some(Err(_))),
+        "connection closed"
+    );
 }
 
 #[test]
@@ -248,7 +351,12 @@ fn malformed_and_oversized_frames_never_take_the_engine_down() {
     let rt = &engine.rt;
     let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
     engine.wait_agent_status(&id, "online");
-    for junk in ["not json", "[1,2]", r#"{"type":"nonsense"}"#, r#"{"type":"status_update"}"#] {
+    for junk in [
+        "not json",
+        "[1,2]",
+        r#"{"type":"nonsense"}"#,
+        r#"{"type":"status_update"}"#,
+    ] {
         assert!(ws.send(rt, junk.to_string()));
     }
     // Still connected and still served.
@@ -257,7 +365,13 @@ fn malformed_and_oversized_frames_never_take_the_engine_down() {
     let frame = ws.recv(rt, DEADLINE).unwrap().unwrap();
     assert!(frame.contains("update_agent"));
     // A frame over max_frame closes that connection only.
-    ws.send(rt, format!("{{\"type\":\"event\",\"kind\":\"x\",\"message\":\"{}\"}}", "x".repeat(8000)));
+    ws.send(
+        rt,
+        format!(
+            "{{\"type\":\"event\",\"kind\":\"x\",\"message\":\"{}\"}}",
+            "x".repeat(8000)
+        ),
+    );
     assert!(matches!(ws.recv(rt, DEADLINE), Some(Err(_))));
     engine.wait_agent_status(&id, "offline");
     let again = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key));
@@ -271,8 +385,19 @@ fn status_history_is_pruned_after_the_retention() {
     let (id, token) = engine.create_agent("hist");
     let daemon = agent_daemon(&engine, &id, &token);
     engine.wait_agent_status(&id, "online");
-    let count = || engine.get(&format!("/admin/agents/{id}/history"))["points"].as_array().unwrap().len();
-    wait_for("history points", DEADLINE, || if count() >= 2 { Ok(()) } else { Err("few".into()) });
+    let count = || {
+        engine.get(&format!("/admin/agents/{id}/history"))["points"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    wait_for("history points", DEADLINE, || {
+        if count() >= 2 {
+            Ok(())
+        } else {
+            Err("few".into())
+        }
+    });
     drop(daemon);
     engine.wait_agent_status(&id, "offline");
     wait_for("history to be pruned", DEADLINE, || match count() {
@@ -289,7 +414,10 @@ fn operations_and_agents_survive_an_engine_restart() {
     let (id, token) = engine.create_agent("durable");
     let _daemon = agent_daemon(&engine, &id, &token);
     engine.wait_agent_status(&id, "online");
-    let (_, body) = engine.command(&id, json!({"type": "create_site", "domain": "a.example.com"}));
+    let (_, body) = engine.command(
+        &id,
+        json!({"type": "create_site", "domain": "a.example.com"}),
+    );
     let op_id = body["operation"]["id"].as_str().unwrap().to_owned();
     engine.wait_operation(&op_id);
     assert_eq!(engine.stop(), 0);
@@ -309,7 +437,10 @@ struct Postgres {
 impl Postgres {
     fn start() -> Postgres {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
-        let out = std::process::Command::new(script).arg("start").output().unwrap();
+        let out = std::process::Command::new(script)
+            .arg("start")
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "cannot start PostgreSQL with .ci/postgres (needs root and Debian's postgresql package): {}",
@@ -327,7 +458,9 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/postgres");
-        let _ = std::process::Command::new(script).args(["stop", &self.dir]).status();
+        let _ = std::process::Command::new(script)
+            .args(["stop", &self.dir])
+            .status();
     }
 }
 
@@ -360,7 +493,10 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     let history = engine.get(&format!("/admin/agents/{id}/history"));
     assert_eq!(history["points"][0]["cpuLoad"], 12.5);
     assert_eq!(history["points"][0]["diskUsed"], 40);
-    let (status, body) = engine.command(&id, json!({"type": "create_site", "domain": "pg.example.com"}));
+    let (status, body) = engine.command(
+        &id,
+        json!({"type": "create_site", "domain": "pg.example.com"}),
+    );
     assert_eq!(status, 202, "{body}");
     let sent: Value = serde_json::from_str(&ws.recv(rt, DEADLINE).unwrap().unwrap()).unwrap();
     let op_id = sent["id"].as_str().unwrap().to_owned();
@@ -376,7 +512,10 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     let agent = engine.agent(&id);
     assert_eq!(agent["agent"]["status"], "offline");
     assert_eq!(agent["status"]["hostname"], "pg-host");
-    assert_eq!(engine.get(&format!("/admin/operations/{op_id}"))["operation"]["output"], "done");
+    assert_eq!(
+        engine.get(&format!("/admin/operations/{op_id}"))["operation"]["output"],
+        "done"
+    );
 }
 
 #[test]
@@ -385,11 +524,19 @@ fn example_configs_load_and_point_the_local_agent_at_the_engine() {
     let citrusd = citrus::config::Config::load(&root.join("config/citrusd.toml"), None).unwrap();
     let engine = citrus::config::EngineConfig::load(&root.join("config/engine.toml")).unwrap();
     let fleet = citrusd.fleet.expect("the example runs the local agent");
-    let local = engine.local_agent.expect("the engine knows the local agent");
+    let local = engine
+        .local_agent
+        .expect("the engine knows the local agent");
     assert_eq!(fleet.agent_id, local.id);
     let same = |a: &std::path::Path, b: &std::path::Path| {
-        std::path::absolute(a).unwrap().components().collect::<Vec<_>>()
-            == std::path::absolute(b).unwrap().components().collect::<Vec<_>>()
+        std::path::absolute(a)
+            .unwrap()
+            .components()
+            .collect::<Vec<_>>()
+            == std::path::absolute(b)
+                .unwrap()
+                .components()
+                .collect::<Vec<_>>()
     };
     let normal = |p: &std::path::Path| {
         let mut out = std::path::PathBuf::new();
@@ -426,7 +573,9 @@ fn citrusd_supervises_the_engine_and_its_own_agent_comes_online() {
         &[],
     );
     std::fs::write(daemon.dir.path().join("engine.toml"), engine_toml).unwrap();
-    daemon.extra_env.push(("CITRUS_LOG".into(), "citrus=info".into()));
+    daemon
+        .extra_env
+        .push(("CITRUS_LOG".into(), "citrus=info".into()));
     let daemon = daemon.launch();
     daemon.wait_state("engine", citrus::control::AppState::Online);
     let token_file = daemon.dir.path().join("engine/admin.token");
@@ -436,9 +585,16 @@ fn citrusd_supervises_the_engine_and_its_own_agent_comes_online() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let key_mode = std::fs::metadata(daemon.dir.path().join("state/agent.key")).unwrap().permissions().mode() & 0o777;
+    let key_mode = std::fs::metadata(daemon.dir.path().join("state/agent.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(key_mode, 0o600);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = reqwest::Client::new();
     let agent = wait_for("the local agent online with its status", DEADLINE, || {
         let body: Value = rt.block_on(async {

@@ -29,7 +29,9 @@ pub fn stable_port() -> u16 {
     );
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ NEXT.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed).wrapping_mul(40_503);
+        ^ NEXT
+            .fetch_add(7_919, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(40_503);
     for i in 0..span {
         let port = first + ((seed.wrapping_add(i)) % span) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -185,7 +187,10 @@ impl EngineProc {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let text = resp.text().await.unwrap_or_default();
-                    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                    (
+                        status,
+                        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    )
                 }
                 Err(e) => (0, Value::String(e.to_string())),
             }
@@ -224,7 +229,11 @@ impl EngineProc {
 
     /// Creates an agent; returns its id and enrolment token.
     pub fn create_agent(&self, name: &str) -> (String, String) {
-        let (status, body) = self.admin("POST", "/admin/agents", Some(serde_json::json!({"name": name})));
+        let (status, body) = self.admin(
+            "POST",
+            "/admin/agents",
+            Some(serde_json::json!({"name": name})),
+        );
         assert_eq!(status, 201, "{body}");
         (
             body["agent"]["id"].as_str().unwrap().to_owned(),
@@ -252,7 +261,11 @@ impl EngineProc {
 
     /// Sends a command; returns the answer.
     pub fn command(&self, agent: &str, command: Value) -> (u16, Value) {
-        self.admin("POST", &format!("/admin/agents/{agent}/commands"), Some(command))
+        self.admin(
+            "POST",
+            &format!("/admin/agents/{agent}/commands"),
+            Some(command),
+        )
     }
 
     /// Waits until operation `id` is final; returns it.
@@ -279,7 +292,9 @@ impl Drop for EngineProc {
 
 /// A raw agent connection, for what a real agent never does.
 pub struct RawAgent {
-    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 /// Connects to `url` with `headers`; `Err(status)` when refused before the upgrade.
@@ -290,7 +305,8 @@ pub fn raw_connect(
 ) -> Result<RawAgent, u16> {
     let mut request = url.into_client_request().unwrap();
     for (k, v) in headers {
-        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
         request.headers_mut().insert(name, v.parse().unwrap());
     }
     rt.block_on(async {
@@ -318,7 +334,11 @@ impl RawAgent {
     }
 
     /// The next text frame within `timeout`; `None` if the connection ended or nothing came.
-    pub fn recv(&mut self, rt: &tokio::runtime::Runtime, timeout: Duration) -> Option<Result<String, String>> {
+    pub fn recv(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        timeout: Duration,
+    ) -> Option<Result<String, String>> {
         rt.block_on(async {
             loop {
                 match tokio::time::timeout(timeout, self.ws.next()).await {

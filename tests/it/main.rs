@@ -2,6 +2,7 @@
 
 mod config_errors;
 mod control;
+mod digitalocean;
 mod engine;
 mod fleet;
 mod hub;
@@ -10,6 +11,7 @@ mod jobs;
 mod logs;
 mod persistence;
 mod probes;
+mod provision;
 mod signals;
 mod supervision;
 mod support;

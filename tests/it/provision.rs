@@ -1,0 +1,259 @@
+//! Provisioning against a local DigitalOcean stand-in: deploy-with-agent, cloud-init's config
+//! played by a real citrusd, enrolment, the server's states (also across an engine restart),
+//! DigitalOcean's errors, and deletion.
+
+use serde_json::{json, Value};
+
+use crate::digitalocean::FakeDo;
+use crate::hub_support::{agent_headers, raw_connect, EngineProc};
+use crate::support::{wait_for, Daemon, DEADLINE};
+
+const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn engine_with(fake: &FakeDo, token: &str, extra: &str) -> EngineProc {
+    EngineProc::start_env(
+        &format!(
+            "status_interval = \"60s\"\n{extra}\
+             [digitalocean]\napi_base = \"{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nattempts = 2\n\
+             [install]\ncitrusd_url = \"https://releases.example.com/citrusd\"\ncitrusd_sha256 = \"{SHA}\"\n",
+            fake.base
+        ),
+        &[("DO_API_TOKEN", token)],
+    )
+}
+
+fn deploy(engine: &EngineProc, name: Option<&str>) -> Value {
+    let body = match name {
+        Some(name) => json!({ "name": name }),
+        None => json!({}),
+    };
+    let (status, body) = engine.admin("POST", "/admin/servers/deploy-with-agent", Some(body));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["success"], true);
+    body["server"].clone()
+}
+
+#[track_caller]
+fn wait_server(engine: &EngineProc, id: &str, want: &str) -> Value {
+    wait_for(&format!("server {id} to be {want}"), DEADLINE, || {
+        let server = engine.get(&format!("/admin/servers/{id}"))["server"].clone();
+        match server["status"] == want {
+            true => Ok(server),
+            false => Err(server.to_string()),
+        }
+    })
+}
+
+/// The citrusd.toml that cloud-init writes, from the droplet's user_data.
+fn rendered_config(user_data: &str) -> String {
+    let start = "cat > /etc/citrus/citrusd.toml <<'CITRUS_EOF'\n";
+    let from = user_data.find(start).expect("config heredoc") + start.len();
+    let len = user_data[from..]
+        .find("\nCITRUS_EOF\n")
+        .expect("heredoc end");
+    user_data[from..from + len].to_owned()
+}
+
+#[test]
+fn deploy_with_agent_end_to_end() {
+    let fake = FakeDo::start();
+    let engine = engine_with(&fake, fake.token(), "");
+    let server = deploy(&engine, Some("web-7"));
+    let (server_id, agent_id) = (
+        server["id"].as_str().unwrap().to_owned(),
+        server["agent"]["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(server["status"], "creating");
+    assert_eq!(agent_id.len(), 36, "a UUID");
+    // The agent exists, offline and not enrolled.
+    let agent = engine.agent(&agent_id);
+    assert_eq!(agent["agent"]["status"], "offline");
+    assert_eq!(agent["agent"]["enrolled"], false);
+
+    // The droplet request carries SPEC 4's defaults and the rendered cloud-init.
+    let server = wait_server(&engine, &server_id, "initializing");
+    assert_eq!(server["ip"], "203.0.113.1");
+    assert_eq!(server["dropletId"], 1000);
+    let created = fake.created();
+    assert_eq!(created.len(), 1);
+    let request = &created[0];
+    assert_eq!(request["name"], "web-7");
+    assert_eq!(request["region"], "sfo3");
+    assert_eq!(request["size"], "s-1vcpu-512mb-10gb");
+    assert_eq!(request["image"], "ubuntu-22-04-x64");
+    assert_eq!(request["backups"], false);
+    assert_eq!(request["ipv6"], true);
+    assert_eq!(request["monitoring"], true);
+    assert_eq!(request["tags"], json!(["citrus-host"]));
+    let auth = &fake.requests()[0].2;
+    assert_eq!(
+        auth.as_deref(),
+        Some(format!("Bearer {}", fake.token()).as_str())
+    );
+    let user_data = request["user_data"].as_str().unwrap();
+    let config = rendered_config(user_data);
+    let token = config
+        .lines()
+        .find_map(|l| l.strip_prefix("enroll_token = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("an enroll token")
+        .to_owned();
+    assert!(config.contains(&format!("agent_id = \"{agent_id}\"")));
+    assert!(config.contains(&format!("engine_url = \"{}\"", engine.ws_url())));
+    assert!(
+        !engine.stderr().contains(&token),
+        "the token is never logged"
+    );
+
+    // A real citrusd plays the droplet: the rendered config, paths moved into its temp dir, and
+    // an `echo` standing in for EasyEngine.
+    let config = config
+        .replace("/var/lib/citrus", "state")
+        .replace("/var/log/citrus", "logs")
+        .replace("/etc/citrus/agent.key", "agent.key")
+        + "\n[fleet.sites]\ncreate = [\"echo\", \"created\", \"{domain}\"]\n";
+    let daemon = Daemon::start(&config);
+    let server = wait_server(&engine, &server_id, "active");
+    assert!(server["error"].is_null(), "{server}");
+    engine.wait_agent_status(&agent_id, "online");
+    assert!(daemon.dir.path().join("agent.key").exists());
+
+    // The token was burnt: a second enrolment is refused and the server says why.
+    let (status, body) = engine.enroll(&agent_id, &token);
+    assert_eq!(status, 403, "{body}");
+    let server = engine.get(&format!("/admin/servers/{server_id}"))["server"].clone();
+    assert_eq!(server["status"], "active");
+    assert!(
+        server["error"].as_str().unwrap().contains("already used"),
+        "{server}"
+    );
+
+    // Commands reach the new host.
+    let (status, body) = engine.command(
+        &agent_id,
+        json!({"type": "create_site", "domain": "blog.example.com"}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+    assert!(op["output"]
+        .as_str()
+        .unwrap()
+        .contains("created blog.example.com"));
+
+    // Key rotation: the agent comes back with the new key; the old one is refused.
+    let old_key = std::fs::read_to_string(daemon.dir.path().join("agent.key")).unwrap();
+    let (status, body) = engine.admin(
+        "POST",
+        &format!("/admin/agents/{agent_id}/rotate-key"),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+    wait_for("the agent's new key", DEADLINE, || {
+        let key = std::fs::read_to_string(daemon.dir.path().join("agent.key")).unwrap();
+        if key != old_key {
+            Ok(())
+        } else {
+            Err("old key".into())
+        }
+    });
+    engine.wait_agent_status(&agent_id, "online");
+    let refused = raw_connect(
+        &engine.rt,
+        &engine.ws_url(),
+        &agent_headers(&agent_id, old_key.trim()),
+    );
+    assert_eq!(refused.err(), Some(401));
+
+    // Deleting the server destroys the droplet and forgets the agent.
+    let (status, body) = engine.admin("DELETE", &format!("/admin/servers/{server_id}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("droplet 1000 destroyed"));
+    assert_eq!(fake.deleted(), vec![1000]);
+    let (status, _) = engine.admin("GET", &format!("/admin/servers/{server_id}"), None);
+    assert_eq!(status, 404);
+    let (status, _) = engine.admin("GET", &format!("/admin/agents/{agent_id}"), None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn digitalocean_errors_fail_the_server_with_their_message() {
+    let fake = FakeDo::start();
+    // A wrong API token: DigitalOcean's 401.
+    let engine = engine_with(&fake, "dop_v1_wrong", "");
+    let id = deploy(&engine, None)["id"].as_str().unwrap().to_owned();
+    let server = wait_server(&engine, &id, "failed");
+    let error = server["error"].as_str().unwrap();
+    assert!(
+        error.contains("401") && error.contains("Unable to authenticate you"),
+        "{error}"
+    );
+    assert!(!error.contains("dop_v1_wrong"), "the token is never shown");
+    drop(engine);
+
+    let engine = engine_with(&fake, fake.token(), "");
+    for (status, message) in [(422, "Region is not available"), (500, "Server Error")] {
+        fake.fail_create(status, message);
+        let id = deploy(&engine, None)["id"].as_str().unwrap().to_owned();
+        let server = wait_server(&engine, &id, "failed");
+        let error = server["error"].as_str().unwrap();
+        assert!(
+            error.contains(&status.to_string()) && error.contains(message),
+            "{error}"
+        );
+    }
+    // The 500 was retried (attempts = 2); the 401 and the 422 were not.
+    let posts = fake
+        .requests()
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/v2/droplets")
+        .count();
+    assert_eq!(posts, 4);
+    // No answer at all: the request times out.
+    fake.hang_create();
+    let id = deploy(&engine, None)["id"].as_str().unwrap().to_owned();
+    let server = wait_server(&engine, &id, "failed");
+    assert!(
+        server["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 1s"),
+        "{server}"
+    );
+    // A hostile name never reaches DigitalOcean.
+    let (status, body) = engine.admin(
+        "POST",
+        "/admin/servers/deploy-with-agent",
+        Some(json!({"name": "a.com; rm -rf /"})),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("invalid name"),
+        "{body}"
+    );
+}
+
+#[test]
+fn provisioning_resumes_after_an_engine_restart_then_times_out_without_an_agent() {
+    let fake = FakeDo::start();
+    fake.set_active_after(1_000_000);
+    let mut engine = engine_with(&fake, fake.token(), "agent_connect_timeout = \"4s\"\n");
+    let id = deploy(&engine, None)["id"].as_str().unwrap().to_owned();
+    wait_server(&engine, &id, "provisioning");
+    assert_eq!(engine.stop(), 0);
+    // While the engine is down the droplet comes up; the restarted loop sees it.
+    fake.set_active_after(0);
+    engine.spawn();
+    let server = wait_server(&engine, &id, "initializing");
+    assert!(server["ip"].is_string());
+    // No agent ever connects: failed, saying what to check.
+    let server = wait_server(&engine, &id, "failed");
+    let error = server["error"].as_str().unwrap();
+    assert!(error.contains("no agent connected within 4s"), "{error}");
+    assert!(error.contains("citrus-init.log"), "{error}");
+}
