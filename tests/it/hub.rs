@@ -613,3 +613,40 @@ fn citrusd_supervises_the_engine_and_its_own_agent_comes_online() {
     });
     assert_eq!(agent["agent"]["name"], "local");
 }
+
+#[test]
+fn key_rotation_accepts_the_old_key_until_the_agent_acknowledges() {
+    let engine = EngineProc::start("");
+    let (id, old_key) = engine.enrolled_agent("rotor");
+    let rt = &engine.rt;
+    let mut first = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &old_key)).unwrap();
+    engine.wait_agent_status(&id, "online");
+    let (status, body) = engine.admin("POST", &format!("/admin/agents/{id}/rotate-key"), None);
+    assert_eq!(status, 202, "{body}");
+    let op_id = body["operation"]["id"].as_str().unwrap().to_owned();
+    let frame: Value = serde_json::from_str(&first.recv(rt, DEADLINE).unwrap().unwrap()).unwrap();
+    assert_eq!(frame["type"], "rotate_key");
+    assert_eq!(frame["id"], op_id.as_str());
+    let new_key = frame["newKey"].as_str().unwrap().to_owned();
+    assert_eq!(new_key.len(), 64);
+    // Not acknowledged yet: the old key still opens a connection (which replaces the first).
+    let mut second = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &old_key))
+        .expect("old key until the ack");
+    assert!(
+        matches!(first.recv(rt, DEADLINE), Some(Err(_))),
+        "the older connection is closed"
+    );
+    let ack = json!({"type": "key_rotation", "id": op_id, "status": "completed"});
+    assert!(second.send(rt, ack.to_string()));
+    let op = engine.wait_operation(&op_id);
+    assert_eq!(op["status"], "completed");
+    assert!(
+        op["command"].get("newKey").is_none(),
+        "the key is not stored with the operation"
+    );
+    assert_eq!(
+        raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &old_key)).err(),
+        Some(401)
+    );
+    assert!(raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &new_key)).is_ok());
+}
