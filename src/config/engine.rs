@@ -164,9 +164,9 @@ fn resolve(layer: &EngineLayer, path: PathBuf, base: &Path) -> EngineConfig {
     let listen = or(&layer.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
     let public_url =
         value(&layer.public_url).map_or_else(|| format!("http://{listen}"), |u| u.0.clone());
-    let database = match value(&layer.database_url) {
-        Some(DatabaseUrl::Sqlite(file)) => Database::Sqlite(base.join(file)),
-        Some(DatabaseUrl::Postgres(url)) => Database::Postgres(url.clone()),
+    let database = match value(&layer.database_url).map(|url| &url.0) {
+        Some(Database::Sqlite(file)) => Database::Sqlite(base.join(file)),
+        Some(postgres) => postgres.clone(),
         None => Database::Sqlite(base.join("state/engine.db")),
     };
     let minutes = |m: u64| Duration::from_secs(60 * m);
@@ -279,21 +279,10 @@ impl Scalar for Sha256Hex {
     }
 }
 
-/// `database_url`: `sqlite://PATH` (relative to the config file) or `postgres://…`.
-#[derive(Clone, PartialEq)]
-pub(crate) enum DatabaseUrl {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DatabaseUrl::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
-            DatabaseUrl::Postgres(_) => f.write_str("Postgres(…)"),
-        }
-    }
-}
+/// `database_url`: `sqlite://PATH` (relative to the config file until resolved) or
+/// `postgres://…`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DatabaseUrl(pub Database);
 
 impl Scalar for DatabaseUrl {
     const EXPECTING: &'static str = "a database URL";
@@ -310,10 +299,10 @@ impl Scalar for DatabaseUrl {
                     "invalid database URL: no file after `sqlite:`; {hint} (the store must outlive the engine)"
                 ));
             }
-            return Ok(Self::Sqlite(PathBuf::from(file)));
+            return Ok(Self(Database::Sqlite(PathBuf::from(file))));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return Ok(Self::Postgres(s.to_owned()));
+            return Ok(Self(Database::Postgres(s.to_owned())));
         }
         // The URL may hold a password: do not echo it.
         let scheme = s.split(':').next().unwrap_or_default();

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{wait_for, DEADLINE};
+use crate::support::{stable_port, wait_for, DEADLINE};
 
 #[derive(Default)]
 struct State {
@@ -198,29 +198,14 @@ impl Drop for Engine {
     }
 }
 
-/// Binds 127.0.0.1 on a free port below the kernel's ephemeral range. The engine stops and
-/// listens again on its port; an ephemeral port could meanwhile become the source port of
-/// another test's connection, and the second bind would fail.
+/// Binds 127.0.0.1 on a free port below the kernel's ephemeral range (see [`stable_port`]),
+/// trying again if another test took it in between.
 async fn bind_outside_ephemeral_range() -> TcpListener {
-    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
-        .unwrap_or(32768);
-    let (first, span) = (
-        low.saturating_sub(12_000).max(1024),
-        12_000u32.min(u32::from(low) - 1024),
-    );
-    // Spread parallel tests over the range: start from a per-process, per-call offset.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ NEXT.fetch_add(7_919, std::sync::atomic::Ordering::Relaxed);
-    for i in 0..span {
-        let port = first + ((seed.wrapping_add(i)) % span) as u16;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+    loop {
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", stable_port())).await {
             return l;
         }
     }
-    panic!("no free port below the ephemeral range");
 }
 
 async fn handle(stream: TcpStream, state: Arc<Mutex<State>>) {

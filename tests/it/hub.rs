@@ -557,7 +557,7 @@ fn example_configs_load_and_point_the_local_agent_at_the_engine() {
 
 #[test]
 fn citrusd_supervises_the_engine_and_its_own_agent_comes_online() {
-    let port = crate::hub_support::stable_port();
+    let port = crate::support::stable_port();
     let engine_toml = format!(
         "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://engine/engine.db\"\n\
          admin_token_file = \"engine/admin.token\"\nstatus_interval = \"1s\"\n\

@@ -11,35 +11,10 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{wait_for, DEADLINE};
+use crate::support::{stable_port, wait_for, DEADLINE};
 
 pub const ENGINE: &str = env!("CARGO_BIN_EXE_citrus-engine");
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
-
-/// A free port below the kernel's ephemeral range: the engine may stop and listen again on it,
-/// and an ephemeral port could meanwhile become another test's source port.
-pub fn stable_port() -> u16 {
-    let low: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
-        .unwrap_or(32768);
-    let (first, span) = (
-        low.saturating_sub(12_000).max(1024),
-        12_000u32.min(u32::from(low) - 1024),
-    );
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ NEXT
-            .fetch_add(7_919, std::sync::atomic::Ordering::Relaxed)
-            .wrapping_mul(40_503);
-    for i in 0..span {
-        let port = first + ((seed.wrapping_add(i)) % span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below the ephemeral range");
-}
 
 /// A running citrus-engine. Dropping it kills it.
 pub struct EngineProc {

@@ -367,6 +367,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port below the kernel's ephemeral range: a server may stop and listen again on it,
+/// and an ephemeral port could meanwhile become another test's source port. Spread over the
+/// range per process and per call, so parallel tests rarely try the same one.
+pub fn stable_port() -> u16 {
+    let low: u16 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    let (first, span) = (
+        low.saturating_sub(12_000).max(1024),
+        12_000u32.min(u32::from(low) - 1024),
+    );
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ NEXT
+            .fetch_add(7_919, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_mul(40_503);
+    for i in 0..span {
+        let port = first + ((seed.wrapping_add(i)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 /// A local HTTP receiver for webhooks: records every request body, answers 200.
 pub struct Receiver {
     pub url: String,
