@@ -266,8 +266,25 @@ impl Store {
             }
             Database::Postgres(url) => (url.clone(), "PostgreSQL".to_owned(), 8),
         };
+        let sqlite = matches!(database, Database::Sqlite(_));
         let pool = AnyPoolOptions::new()
             .max_connections(connections)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL: readers never wait for the writer. NORMAL: a commit is not
+                        // fsynced on its own (WAL checkpoints are); a crash of the engine loses
+                        // nothing, a power cut at most the last commits, never consistency.
+                        sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 5000;",
+                        )
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|source| StoreError::Open { what, source })?;
