@@ -297,7 +297,7 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let conn = engine.hub.register(&agent, tx.clone());
     let at = now();
-    if let Err(e) = engine.store.set_online(&agent, at).await {
+    if let Err(e) = engine.store.set_online(&agent, conn, at).await {
         tracing::error!(agent = %agent, "{e}");
     }
     super::provision::agent_connected(&engine, &agent).await;
@@ -336,10 +336,10 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     };
     drop(tx);
     if engine.hub.unregister(&agent, conn) {
-        if let Err(e) = engine.store.set_offline(&agent, now()).await {
-            tracing::error!(agent = %agent, "{e}");
-        }
         tracing::info!(agent = %agent, "agent offline: {reason}");
+    }
+    if let Err(e) = engine.store.set_offline(&agent, conn, now()).await {
+        tracing::error!(agent = %agent, "{e}");
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }

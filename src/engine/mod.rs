@@ -210,12 +210,10 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         }
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| EngineError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = listen(config.listen).map_err(|source| EngineError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let (status_tx, status_rx) = mpsc::channel(20_000);
     let engine = Arc::new(Engine {
         limiter: auth::FailureLimiter::new(config.auth_max_failures, config.auth_failure_window),
@@ -232,6 +230,19 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         listener,
         status_rx,
     })
+}
+
+/// A listener with a backlog for a fleet: when the engine restarts, thousands of agents
+/// reconnect within seconds, and the default backlog (128) would drop their SYNs into 1 s
+/// retransmits.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// The whole HTTP surface.
@@ -278,14 +289,23 @@ impl Bound {
             "citrus-engine ready"
         );
         let closer = engine.clone();
+        let (down_tx, mut down_rx) = tokio::sync::watch::channel(false);
         let on_shutdown = async move {
             shutdown.await;
             closer.hub.close_all("citrus-engine is shutting down");
+            let _ = down_tx.send(true);
         };
         let app = router(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(on_shutdown)
-            .await;
+        let server = axum::serve(listener, app).with_graceful_shutdown(on_shutdown);
+        // Requests in flight (long polls) get a few seconds to finish, not forever.
+        let grace = async move {
+            let _ = down_rx.wait_for(|down| *down).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        };
+        let served = tokio::select! {
+            served = server => served,
+            _ = grace => Ok(()),
+        };
         for task in tasks {
             task.abort();
         }

@@ -38,11 +38,18 @@ fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 /// The schema, embedded in the binary.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/engine/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/engine/0001_init.sql"),
+    ),
+    (
+        2,
+        "agent connection",
+        include_str!("../../migrations/engine/0002_agent_connection.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -64,7 +71,12 @@ fn migrator() -> Migrator {
 /// A connected, migrated store.
 #[derive(Clone)]
 pub struct Store {
+    /// Reads.
     pool: AnyPool,
+    /// Writes. With SQLite, one connection: writers queue in order in the pool instead of
+    /// spinning on SQLite's busy handler, and a command's write waits at most for the one
+    /// status batch being written.
+    writer: AnyPool,
 }
 
 /// An agent as the admin API shows it.
@@ -267,9 +279,7 @@ impl Store {
             Database::Postgres(url) => (url.clone(), "PostgreSQL".to_owned(), 8),
         };
         let sqlite = matches!(database, Database::Sqlite(_));
-        let pool = AnyPoolOptions::new()
-            .max_connections(connections)
-            .after_connect(move |conn, _| {
+        let options = AnyPoolOptions::new().after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
                         // WAL: readers never wait for the writer. NORMAL: a commit is not
@@ -284,17 +294,31 @@ impl Store {
                     }
                     Ok(())
                 })
-            })
-            .connect(&url)
-            .await
-            .map_err(|source| StoreError::Open { what, source })?;
-        migrator().run(&pool).await?;
-        Ok(Store { pool })
+            });
+        let open = |options: AnyPoolOptions, connections: u32| {
+            let (url, what) = (url.clone(), what.clone());
+            async move {
+                options
+                    .max_connections(connections)
+                    .connect(&url)
+                    .await
+                    .map_err(|source| StoreError::Open { what, source })
+            }
+        };
+        let writer = open(options.clone(), if sqlite { 1 } else { connections }).await?;
+        // Migrate before readers open: they then see the whole schema.
+        migrator().run(&writer).await?;
+        let pool = match sqlite {
+            true => open(options, connections).await?,
+            false => writer.clone(),
+        };
+        Ok(Store { pool, writer })
     }
 
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     // ---- agents ------------------------------------------------------------------------
@@ -318,7 +342,7 @@ impl Store {
         .bind(enroll.map(|(hash, _)| hash))
         .bind(enroll.map(|(_, expires)| expires))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("inserting an agent"))?;
         Ok(())
@@ -342,7 +366,7 @@ impl Store {
         .bind(name)
         .bind(key_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("saving the local agent"))?;
         Ok(())
@@ -402,20 +426,23 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(token_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("completing an enrolment"))?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Marks the agent online (with what it said of itself).
-    pub async fn set_online(&self, id: &str, now: i64) -> Result<()> {
+    /// Marks the agent online through `connection` (increasing within a run of the engine),
+    /// unless a newer connection already did.
+    pub async fn set_online(&self, id: &str, connection: u64, now: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE agents SET status = 'online', connected_at = $1, last_seen_at = $1 WHERE id = $2",
+            "UPDATE agents SET status = 'online', connected_at = $1, last_seen_at = $1, \
+             connection = $3 WHERE id = $2 AND (connection IS NULL OR connection < $3)",
         )
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .bind(connection as i64)
+        .execute(&self.writer)
         .await
         .map_err(ctx("marking an agent online"))?;
         Ok(())
@@ -427,18 +454,22 @@ impl Store {
             .bind(version)
             .bind(git)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("recording an agent's version"))?;
         Ok(())
     }
 
-    /// Marks the agent offline.
-    pub async fn set_offline(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE agents SET status = 'offline', last_seen_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id)
-            .execute(&self.pool)
+    /// Marks the agent offline if `connection` is still its current one.
+    pub async fn set_offline(&self, id: &str, connection: u64, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE agents SET status = 'offline', last_seen_at = $1, connection = NULL \
+             WHERE id = $2 AND connection = $3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(connection as i64)
+            .execute(&self.writer)
             .await
             .map_err(ctx("marking an agent offline"))?;
         Ok(())
@@ -446,8 +477,11 @@ impl Store {
 
     /// At start: no agent is connected yet.
     pub async fn all_offline(&self) -> Result<()> {
-        sqlx::query("UPDATE agents SET status = 'offline' WHERE status <> 'offline'")
-            .execute(&self.pool)
+        sqlx::query(
+            "UPDATE agents SET status = 'offline', connection = NULL \
+             WHERE status <> 'offline' OR connection IS NOT NULL",
+        )
+            .execute(&self.writer)
             .await
             .map_err(ctx("resetting agent states"))?;
         Ok(())
@@ -499,7 +533,7 @@ impl Store {
         sqlx::query("UPDATE agents SET pending_key_hash = $1 WHERE id = $2")
             .bind(hash)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("starting a key rotation"))?;
         Ok(())
@@ -512,7 +546,7 @@ impl Store {
              WHERE id = $1 AND pending_key_hash IS NOT NULL",
         )
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("finishing a key rotation"))?;
         Ok(done.rows_affected() == 1)
@@ -522,7 +556,7 @@ impl Store {
     pub async fn clear_pending_key(&self, id: &str) -> Result<()> {
         sqlx::query("UPDATE agents SET pending_key_hash = NULL WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("abandoning a key rotation"))?;
         Ok(())
@@ -530,7 +564,7 @@ impl Store {
 
     /// Removes an agent, its status and history.
     pub async fn delete_agent(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(ctx("deleting an agent"))?;
+        let mut tx = self.writer.begin().await.map_err(ctx("deleting an agent"))?;
         for sql in [
             "DELETE FROM agent_status_history WHERE agent_id = $1",
             "DELETE FROM agent_status WHERE agent_id = $1",
@@ -550,16 +584,21 @@ impl Store {
     /// Stores a batch of status updates in one transaction: the latest status of each agent
     /// (the last one in the batch wins) and every history point.
     pub async fn record_statuses(&self, batch: &[StatusRecord]) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
+        // Transactions of a few hundred updates keep each hold of the write lock short.
+        for batch in batch.chunks(500) {
+            self.record_status_chunk(batch).await?;
         }
+        Ok(())
+    }
+
+    async fn record_status_chunk(&self, batch: &[StatusRecord]) -> Result<()> {
         let what = "storing status updates";
         let mut latest: std::collections::HashMap<&str, &StatusRecord> =
             std::collections::HashMap::with_capacity(batch.len());
         for record in batch {
             latest.insert(&record.agent_id, record);
         }
-        let mut tx = self.pool.begin().await.map_err(ctx(what))?;
+        let mut tx = self.writer.begin().await.map_err(ctx(what))?;
         // Multi-row statements: one round trip per chunk instead of one per row.
         let latest: Vec<&StatusRecord> = latest.into_values().collect();
         for chunk in latest.chunks(200) {
@@ -667,7 +706,7 @@ impl Store {
     pub async fn prune_history(&self, before: i64) -> Result<u64> {
         let done = sqlx::query("DELETE FROM agent_status_history WHERE at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("pruning status history"))?;
         Ok(done.rows_affected())
@@ -693,7 +732,7 @@ impl Store {
         .bind(kind)
         .bind(command.to_string())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("recording an operation"))?;
         Ok(())
@@ -723,7 +762,7 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(agent_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("recording an operation report"))?;
         Ok(done.rows_affected() == 1)
@@ -754,7 +793,7 @@ impl Store {
             .bind(reason)
             .bind(now)
             .bind(&id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx(what))?;
             if done.rows_affected() == 1 {
@@ -830,7 +869,7 @@ impl Store {
         .bind(&s.size)
         .bind(&s.image)
         .bind(s.created_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(ctx("inserting a server"))?;
         Ok(())
@@ -909,7 +948,7 @@ impl Store {
             .bind(update.droplet_id)
             .bind(update.ip)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("updating a server"))?;
         Ok(done.rows_affected() == 1)
@@ -921,7 +960,7 @@ impl Store {
             .bind(error)
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("updating a server"))?;
         Ok(())
@@ -931,7 +970,7 @@ impl Store {
     pub async fn delete_server(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM servers WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("deleting a server"))?;
         Ok(())

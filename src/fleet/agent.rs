@@ -335,6 +335,17 @@ impl Agent {
                     continue;
                 }
                 Err(e) => {
+                    // A connection that was up (the engine restarted, the network blipped)
+                    // starts the backoff over: the next try waits at most `reconnect_delay`.
+                    let was_up = self
+                        .status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .connected_since_ms
+                        .is_some();
+                    if was_up {
+                        attempt = 0;
+                    }
                     let msg = e.to_string();
                     match e {
                         LinkError::Unauthorized => tracing::error!("{msg}"),
