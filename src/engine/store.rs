@@ -280,21 +280,21 @@ impl Store {
         };
         let sqlite = matches!(database, Database::Sqlite(_));
         let options = AnyPoolOptions::new().after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL: readers never wait for the writer. NORMAL: a commit is not
-                        // fsynced on its own (WAL checkpoints are); a crash of the engine loses
-                        // nothing, a power cut at most the last commits, never consistency.
-                        sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+            Box::pin(async move {
+                if sqlite {
+                    // WAL: readers never wait for the writer. NORMAL: a commit is not
+                    // fsynced on its own (WAL checkpoints are); a crash of the engine loses
+                    // nothing, a power cut at most the last commits, never consistency.
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                              PRAGMA busy_timeout = 5000;",
-                        )
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    Ok(())
-                })
-            });
+                    )
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(())
+            })
+        });
         let open = |options: AnyPoolOptions, connections: u32| {
             let (url, what) = (url.clone(), what.clone());
             async move {
@@ -469,9 +469,9 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(connection as i64)
-            .execute(&self.writer)
-            .await
-            .map_err(ctx("marking an agent offline"))?;
+        .execute(&self.writer)
+        .await
+        .map_err(ctx("marking an agent offline"))?;
         Ok(())
     }
 
@@ -481,9 +481,9 @@ impl Store {
             "UPDATE agents SET status = 'offline', connection = NULL \
              WHERE status <> 'offline' OR connection IS NOT NULL",
         )
-            .execute(&self.writer)
-            .await
-            .map_err(ctx("resetting agent states"))?;
+        .execute(&self.writer)
+        .await
+        .map_err(ctx("resetting agent states"))?;
         Ok(())
     }
 
@@ -564,7 +564,11 @@ impl Store {
 
     /// Removes an agent, its status and history.
     pub async fn delete_agent(&self, id: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(ctx("deleting an agent"))?;
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("deleting an agent"))?;
         for sql in [
             "DELETE FROM agent_status_history WHERE agent_id = $1",
             "DELETE FROM agent_status WHERE agent_id = $1",
