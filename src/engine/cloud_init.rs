@@ -9,6 +9,9 @@
 //! TOML string.
 
 use std::fmt;
+use std::time::Duration;
+
+use crate::config::format_duration;
 
 /// The script, with `{{NAME}}` placeholders.
 const TEMPLATE: &str = include_str!("../../cloud-init/user-data.sh.tmpl");
@@ -31,6 +34,9 @@ pub struct CloudInit<'a> {
     pub citrusd_url: &'a str,
     /// citrusd's SHA-256, 64 hex digits.
     pub citrusd_sha256: &'a str,
+    /// The engine's `status_interval`: the agent must report at least this often, or the engine
+    /// takes it for silent after 3 intervals.
+    pub status_interval: Duration,
 }
 
 impl fmt::Debug for CloudInit<'_> {
@@ -41,6 +47,7 @@ impl fmt::Debug for CloudInit<'_> {
             .field("enroll_token", &"<redacted>")
             .field("citrusd_url", &self.citrusd_url)
             .field("citrusd_sha256", &self.citrusd_sha256)
+            .field("status_interval", &self.status_interval)
             .finish()
     }
 }
@@ -89,11 +96,12 @@ pub fn citrusd_config(p: &CloudInit) -> String {
          agent_id = {}\n\
          key_file = {}\n\
          enroll_token = {}\n\
-         status_interval = \"60s\"\n",
+         status_interval = {}\n",
         toml_string(p.engine_url),
         toml_string(p.agent_id),
         toml_string(KEY_FILE),
         toml_string(p.enroll_token),
+        toml_string(&format_duration(p.status_interval)),
     )
 }
 
@@ -236,6 +244,7 @@ mod tests {
             enroll_token: TOKEN,
             citrusd_url: "https://releases.example.com/citrusd-x86_64",
             citrusd_sha256: SHA,
+            status_interval: Duration::from_secs(60),
         }
     }
 
@@ -372,7 +381,13 @@ mod tests {
         assert_eq!(fleet["agent_id"].as_str(), Some(p.agent_id));
         assert_eq!(fleet["key_file"].as_str(), Some("/etc/citrus/agent.key"));
         assert_eq!(fleet["enroll_token"].as_str(), Some(TOKEN));
-        assert_eq!(fleet["status_interval"].as_str(), Some("60s"));
+        assert_eq!(fleet["status_interval"].as_str(), Some("1m"));
+        let every_10s = CloudInit {
+            status_interval: Duration::from_secs(10),
+            ..p
+        };
+        let config: toml::Table = toml::from_str(&citrusd_config(&every_10s)).unwrap();
+        assert_eq!(config["fleet"]["status_interval"].as_str(), Some("10s"));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub(super) async fn deploy_with_agent(
         enroll_token: &token,
         citrusd_url: &install.citrusd_url,
         citrusd_sha256: &install.citrusd_sha256,
+        status_interval: engine.config.status_interval,
     })
     .map_err(|e| {
         ApiError::new(

@@ -13,7 +13,7 @@ const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc
 fn engine_with(fake: &FakeDo, token: &str, extra: &str) -> EngineProc {
     EngineProc::start_env(
         &format!(
-            "status_interval = \"60s\"\n{extra}\
+            "status_interval = \"500ms\"\n{extra}\
              [digitalocean]\napi_base = \"{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nattempts = 2\n\
              [install]\ncitrusd_url = \"https://releases.example.com/citrusd\"\ncitrusd_sha256 = \"{SHA}\"\n",
             fake.base
@@ -100,6 +100,8 @@ fn deploy_with_agent_end_to_end() {
         .to_owned();
     assert!(config.contains(&format!("agent_id = \"{agent_id}\"")));
     assert!(config.contains(&format!("engine_url = \"{}\"", engine.ws_url())));
+    // The agent reports as often as the engine expects it to.
+    assert!(config.contains("status_interval = \"500ms\""), "{config}");
     assert!(
         !engine.stderr().contains(&token),
         "the token is never logged"
@@ -115,8 +117,23 @@ fn deploy_with_agent_end_to_end() {
     let daemon = Daemon::start(&config);
     let server = wait_server(&engine, &server_id, "active");
     assert!(server["error"].is_null(), "{server}");
-    engine.wait_agent_status(&agent_id, "online");
+    let connected_at =
+        engine.wait_agent_status(&agent_id, "online")["agent"]["connectedAt"].clone();
     assert!(daemon.dir.path().join("agent.key").exists());
+    // It stays connected past 3 of the engine's status intervals (1.5 s): its reports keep coming.
+    wait_for("6 status reports of the new host", DEADLINE, || {
+        let points = engine.get(&format!("/admin/agents/{agent_id}/history"))["points"].clone();
+        match points.as_array().map_or(0, Vec::len) {
+            n if n >= 6 => Ok(()),
+            n => Err(format!("{n} points")),
+        }
+    });
+    let agent = engine.agent(&agent_id)["agent"].clone();
+    assert_eq!(agent["status"], "online", "{agent}");
+    assert_eq!(
+        agent["connectedAt"], connected_at,
+        "the agent never reconnected"
+    );
 
     // The token was burnt: a second enrolment is refused and the server says why.
     let (status, body) = engine.enroll(&agent_id, &token);
