@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::api::ApiError;
-use super::store::{HistoryPoint, StatusRecord};
+use super::store::{AgentWrite, HistoryPoint, StatusRecord};
 use super::{auth, now, Engine};
 use crate::control::AppState;
 use crate::fleet::protocol::{
@@ -296,10 +296,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let conn = engine.hub.register(&agent, tx.clone());
-    let at = now();
-    if let Err(e) = engine.store.set_online(&agent, conn, at).await {
-        tracing::error!(agent = %agent, "{e}");
-    }
+    engine
+        .write(AgentWrite::Online {
+            agent_id: agent.clone(),
+            connection: conn,
+            at: now(),
+        })
+        .await;
     super::provision::agent_connected(&engine, &agent).await;
     tracing::info!(agent = %agent, "agent connected");
 
@@ -338,9 +341,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     if engine.hub.unregister(&agent, conn) {
         tracing::info!(agent = %agent, "agent offline: {reason}");
     }
-    if let Err(e) = engine.store.set_offline(&agent, conn, now()).await {
-        tracing::error!(agent = %agent, "{e}");
-    }
+    engine
+        .write(AgentWrite::Offline {
+            agent_id: agent.clone(),
+            connection: conn,
+            at: now(),
+        })
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
@@ -364,20 +371,23 @@ async fn handle_frame(engine: &Engine, agent: &str, text: &str) {
                 tracing::warn!(agent, said = %agent_id, "agent_connected names another agent id");
             }
             engine
-                .store
-                .set_version(agent, &version, git_version.as_deref())
-                .await
+                .write(AgentWrite::Version {
+                    agent_id: agent.to_owned(),
+                    version,
+                    git_version,
+                })
+                .await;
+            Ok(())
         }
         AgentMessage::StatusUpdate { status } => {
             engine.hub.status_received.fetch_add(1, Ordering::Relaxed);
-            let record = StatusRecord {
-                agent_id: agent.to_owned(),
-                point: history_point(&status),
-                json: text_of_status(&status),
-            };
-            if engine.status_tx.send(record).await.is_err() {
-                tracing::warn!(agent, "status dropped: the engine is shutting down");
-            }
+            engine
+                .write(AgentWrite::Status(StatusRecord {
+                    agent_id: agent.to_owned(),
+                    point: history_point(&status),
+                    json: text_of_status(&status),
+                }))
+                .await;
             Ok(())
         }
         AgentMessage::SiteOperation {
@@ -516,11 +526,11 @@ fn history_point(status: &HostStatus) -> HistoryPoint {
     }
 }
 
-/// Stores status updates in batches: whatever arrived while the previous batch was written.
-/// Ends when `stop` turns true, after storing what was queued.
-pub async fn status_writer(
+/// Applies agents' writes in batches: whatever was queued while the previous batch was
+/// written. Ends when `stop` turns true, after applying what is queued.
+pub async fn agent_writer(
     engine: Arc<Engine>,
-    mut rx: mpsc::Receiver<StatusRecord>,
+    mut rx: mpsc::Receiver<AgentWrite>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(1024);
@@ -532,31 +542,32 @@ pub async fn status_writer(
         if stopping {
             while batch.len() < 100_000 {
                 match rx.try_recv() {
-                    Ok(record) => batch.push(record),
+                    Ok(write) => batch.push(write),
                     Err(_) => break,
                 }
             }
         }
         if !batch.is_empty() {
-            store_batch(&engine, &batch).await;
+            let statuses = batch
+                .iter()
+                .filter(|w| matches!(w, AgentWrite::Status(_)))
+                .count();
+            match engine.store.record_agent_writes(&batch).await {
+                Ok(()) => {
+                    engine
+                        .hub
+                        .status_stored
+                        .fetch_add(statuses as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(
+                    "{} agent writes lost ({statuses} status updates): {e}",
+                    batch.len()
+                ),
+            }
             batch.clear();
         }
         if stopping {
             return;
-        }
-    }
-}
-
-async fn store_batch(engine: &Engine, batch: &[StatusRecord]) {
-    {
-        match engine.store.record_statuses(batch).await {
-            Ok(()) => {
-                engine
-                    .hub
-                    .status_stored
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => tracing::error!("{} status updates lost: {e}", batch.len()),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::config::{format_duration, EngineConfig};
 use crate::fleet::protocol::EngineMessage;
 use crate::state::write_atomic;
 use api::ApiError;
-use store::{OperationRow, StatusRecord, Store, StoreError};
+use store::{AgentWrite, OperationRow, Store, StoreError};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,10 +70,18 @@ pub struct Engine {
     pub digitalocean: Option<digitalocean::Client>,
     /// Wakes the provisioning loop.
     pub provision_wake: Notify,
-    status_tx: mpsc::Sender<StatusRecord>,
+    /// To the task that applies agents' writes in batches ([`hub::agent_writer`]).
+    writes: mpsc::Sender<AgentWrite>,
 }
 
 impl Engine {
+    /// Queues an agent's write for the batch writer; waits while the queue is full.
+    pub async fn write(&self, write: AgentWrite) {
+        if self.writes.send(write).await.is_err() {
+            tracing::warn!("an agent write was dropped: the engine is shutting down");
+        }
+    }
+
     /// Creates an agent with a single-use enrolment token; returns the token and its expiry.
     pub async fn new_enroll_token(
         &self,
@@ -179,7 +187,7 @@ fn admin_token(config: &EngineConfig) -> Result<String, EngineError> {
 pub struct Bound {
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
-    status_rx: mpsc::Receiver<StatusRecord>,
+    writes_rx: mpsc::Receiver<AgentWrite>,
 }
 
 impl Bound {
@@ -214,7 +222,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         addr: config.listen,
         source,
     })?;
-    let (status_tx, status_rx) = mpsc::channel(20_000);
+    let (writes, writes_rx) = mpsc::channel(20_000);
     let engine = Arc::new(Engine {
         limiter: auth::FailureLimiter::new(config.auth_max_failures, config.auth_failure_window),
         config,
@@ -223,12 +231,12 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         admin_token_hash,
         digitalocean,
         provision_wake: Notify::new(),
-        status_tx,
+        writes,
     });
     Ok(Bound {
         engine,
         listener,
-        status_rx,
+        writes_rx,
     })
 }
 
@@ -274,10 +282,10 @@ impl Bound {
         let Bound {
             engine,
             listener,
-            status_rx,
+            writes_rx,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let writer = tokio::spawn(hub::status_writer(engine.clone(), status_rx, stop_rx));
+        let writer = tokio::spawn(hub::agent_writer(engine.clone(), writes_rx, stop_rx));
         let tasks = [
             tokio::spawn(provision::run(engine.clone())),
             tokio::spawn(timeout_operations(engine.clone())),

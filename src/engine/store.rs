@@ -131,6 +131,34 @@ pub struct StatusRecord {
     pub point: HistoryPoint,
 }
 
+/// What an agent's connection writes: applied in batches by one writer task, in the order they
+/// were queued, so that a fleet connecting at once costs a few transactions, not one commit per
+/// agent, and a command's own write never waits behind thousands of them.
+#[derive(Clone, Debug)]
+pub enum AgentWrite {
+    /// The agent is online through `connection` (increasing within a run of the engine), unless
+    /// a newer connection already said so.
+    Online {
+        agent_id: String,
+        connection: u64,
+        at: i64,
+    },
+    /// Its `agent_connected` message.
+    Version {
+        agent_id: String,
+        version: String,
+        git_version: Option<String>,
+    },
+    /// A status update.
+    Status(StatusRecord),
+    /// The agent is offline, if `connection` is still its current one.
+    Offline {
+        agent_id: String,
+        connection: u64,
+        at: i64,
+    },
+}
+
 /// An operation: a command sent to an agent and its outcome.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -432,49 +460,6 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Marks the agent online through `connection` (increasing within a run of the engine),
-    /// unless a newer connection already did.
-    pub async fn set_online(&self, id: &str, connection: u64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE agents SET status = 'online', connected_at = $1, last_seen_at = $1, \
-             connection = $3 WHERE id = $2 AND (connection IS NULL OR connection < $3)",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(connection as i64)
-        .execute(&self.writer)
-        .await
-        .map_err(ctx("marking an agent online"))?;
-        Ok(())
-    }
-
-    /// Records the agent's `agent_connected` message.
-    pub async fn set_version(&self, id: &str, version: &str, git: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE agents SET version = $1, git_version = $2 WHERE id = $3")
-            .bind(version)
-            .bind(git)
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(ctx("recording an agent's version"))?;
-        Ok(())
-    }
-
-    /// Marks the agent offline if `connection` is still its current one.
-    pub async fn set_offline(&self, id: &str, connection: u64, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE agents SET status = 'offline', last_seen_at = $1, connection = NULL \
-             WHERE id = $2 AND connection = $3",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(connection as i64)
-        .execute(&self.writer)
-        .await
-        .map_err(ctx("marking an agent offline"))?;
-        Ok(())
-    }
-
     /// At start: no agent is connected yet.
     pub async fn all_offline(&self) -> Result<()> {
         sqlx::query(
@@ -585,84 +570,62 @@ impl Store {
 
     // ---- status ------------------------------------------------------------------------
 
-    /// Stores a batch of status updates in one transaction: the latest status of each agent
-    /// (the last one in the batch wins) and every history point.
-    pub async fn record_statuses(&self, batch: &[StatusRecord]) -> Result<()> {
-        // Transactions of a few hundred updates keep each hold of the write lock short.
-        for batch in batch.chunks(500) {
-            self.record_status_chunk(batch).await?;
+    /// Applies a batch of agent writes, in order, a few hundred per transaction (each hold of
+    /// the write lock stays short). Of several statuses of one agent in a transaction, the last
+    /// is kept as its latest; every one becomes a history point.
+    pub async fn record_agent_writes(&self, batch: &[AgentWrite]) -> Result<()> {
+        for chunk in batch.chunks(200) {
+            self.record_agent_chunk(chunk).await?;
         }
         Ok(())
     }
 
-    async fn record_status_chunk(&self, batch: &[StatusRecord]) -> Result<()> {
-        let what = "storing status updates";
-        let mut latest: std::collections::HashMap<&str, &StatusRecord> =
-            std::collections::HashMap::with_capacity(batch.len());
-        for record in batch {
-            latest.insert(&record.agent_id, record);
-        }
+    async fn record_agent_chunk(&self, chunk: &[AgentWrite]) -> Result<()> {
+        let what = "storing agent states and status updates";
         let mut tx = self.writer.begin().await.map_err(ctx(what))?;
-        // Multi-row statements: one round trip per chunk instead of one per row.
-        let latest: Vec<&StatusRecord> = latest.into_values().collect();
-        for chunk in latest.chunks(200) {
-            let mut sql =
-                String::from("INSERT INTO agent_status (agent_id, status, received_at) VALUES ");
-            for i in 0..chunk.len() {
-                let n = i * 3;
-                if i > 0 {
-                    sql.push(',');
+        let mut statuses = Vec::with_capacity(chunk.len());
+        for write in chunk {
+            let query = match write {
+                AgentWrite::Status(record) => {
+                    statuses.push(record);
+                    continue;
                 }
-                sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
-            }
-            sql.push_str(
-                " ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status, \
-                 received_at = excluded.received_at",
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for record in chunk {
-                query = query
-                    .bind(record.agent_id.as_str())
-                    .bind(record.json.as_str())
-                    .bind(record.point.at);
-            }
+                AgentWrite::Online {
+                    agent_id,
+                    connection,
+                    at,
+                } => sqlx::query(
+                    "UPDATE agents SET status = 'online', connected_at = $1, last_seen_at = $1, \
+                     connection = $3 WHERE id = $2 AND (connection IS NULL OR connection < $3)",
+                )
+                .bind(*at)
+                .bind(agent_id.as_str())
+                .bind(*connection as i64),
+                AgentWrite::Version {
+                    agent_id,
+                    version,
+                    git_version,
+                } => sqlx::query("UPDATE agents SET version = $1, git_version = $2 WHERE id = $3")
+                    .bind(version.as_str())
+                    .bind(git_version.as_deref())
+                    .bind(agent_id.as_str()),
+                AgentWrite::Offline {
+                    agent_id,
+                    connection,
+                    at,
+                } => sqlx::query(
+                    "UPDATE agents SET status = 'offline', last_seen_at = $1, connection = NULL \
+                     WHERE id = $2 AND connection = $3",
+                )
+                .bind(*at)
+                .bind(agent_id.as_str())
+                .bind(*connection as i64),
+            };
             query.execute(&mut *tx).await.map_err(ctx(what))?;
         }
-        for chunk in batch.chunks(100) {
-            let mut sql = String::from(
-                "INSERT INTO agent_status_history (agent_id, at, cpu_load, memory_used, \
-                 memory_total, disk_used, disk_size, apps_online, apps_total) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let n = i * 9;
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for k in 1..=9 {
-                    if k > 1 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&format!("${}", n + k));
-                }
-                sql.push(')');
-            }
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for record in chunk {
-                let p = &record.point;
-                query = query
-                    .bind(record.agent_id.as_str())
-                    .bind(p.at)
-                    .bind(p.cpu_load)
-                    .bind(p.memory_used)
-                    .bind(p.memory_total)
-                    .bind(p.disk_used)
-                    .bind(p.disk_size)
-                    .bind(p.apps_online)
-                    .bind(p.apps_total);
-            }
-            query.execute(&mut *tx).await.map_err(ctx(what))?;
-        }
+        record_statuses(&mut *tx, &statuses)
+            .await
+            .map_err(ctx(what))?;
         tx.commit().await.map_err(ctx(what))
     }
 
@@ -987,4 +950,77 @@ pub struct ServerUpdate<'a> {
     pub error: Option<&'a str>,
     pub droplet_id: Option<i64>,
     pub ip: Option<&'a str>,
+}
+
+/// The statuses of one transaction: the latest of each agent (the last one wins) and every
+/// history point, in multi-row statements (one round trip per chunk instead of one per row).
+async fn record_statuses(
+    conn: &mut sqlx::AnyConnection,
+    batch: &[&StatusRecord],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut latest: std::collections::HashMap<&str, &StatusRecord> =
+        std::collections::HashMap::with_capacity(batch.len());
+    for record in batch {
+        latest.insert(&record.agent_id, *record);
+    }
+    let latest: Vec<&StatusRecord> = latest.into_values().collect();
+    for chunk in latest.chunks(200) {
+        let mut sql =
+            String::from("INSERT INTO agent_status (agent_id, status, received_at) VALUES ");
+        for i in 0..chunk.len() {
+            let n = i * 3;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+        }
+        sql.push_str(
+            " ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status, \
+                 received_at = excluded.received_at",
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for record in chunk {
+            query = query
+                .bind(record.agent_id.as_str())
+                .bind(record.json.as_str())
+                .bind(record.point.at);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in batch.chunks(100) {
+        let mut sql = String::from(
+            "INSERT INTO agent_status_history (agent_id, at, cpu_load, memory_used, \
+                 memory_total, disk_used, disk_size, apps_online, apps_total) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let n = i * 9;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for k in 1..=9 {
+                if k > 1 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", n + k));
+            }
+            sql.push(')');
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for record in chunk {
+            let p = &record.point;
+            query = query
+                .bind(record.agent_id.as_str())
+                .bind(p.at)
+                .bind(p.cpu_load)
+                .bind(p.memory_used)
+                .bind(p.memory_total)
+                .bind(p.disk_used)
+                .bind(p.disk_size)
+                .bind(p.apps_online)
+                .bind(p.apps_total);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
