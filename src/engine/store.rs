@@ -205,8 +205,13 @@ pub struct ServerRow {
     pub updated_at: i64,
 }
 
-const AGENT_COLUMNS: &str = "id, name, status, key_hash, version, git_version, connected_at, \
-                             last_seen_at, created_at";
+/// An agent's row; `last_seen_at` is the later of its last connect/disconnect and its latest
+/// status (which is written at every status, the agent's row is not).
+const AGENT_SELECT: &str = "SELECT a.id, a.name, a.status, a.key_hash, a.version, a.git_version, \
+     a.connected_at, a.created_at, \
+     CASE WHEN a.last_seen_at IS NULL OR s.received_at > a.last_seen_at THEN s.received_at \
+     ELSE a.last_seen_at END AS last_seen_at \
+     FROM agents a LEFT JOIN agent_status s ON s.agent_id = a.id";
 const OPERATION_COLUMNS: &str =
     "id, agent_id, type, command, status, output, error, created_at, updated_at";
 const SERVER_COLUMNS: &str = "id, name, agent_id, status, droplet_id, ip, region, size, image, \
@@ -474,7 +479,7 @@ impl Store {
 
     /// Every agent, oldest first.
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>> {
-        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id");
+        let sql = format!("{AGENT_SELECT} ORDER BY a.created_at, a.id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(&self.pool)
             .await
@@ -487,7 +492,7 @@ impl Store {
 
     /// One agent.
     pub async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>> {
-        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
+        let sql = format!("{AGENT_SELECT} WHERE a.id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.pool)

@@ -213,6 +213,14 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     let history = engine.get(&format!("/admin/agents/{id}/history"));
     assert!(!history["points"].as_array().unwrap().is_empty());
     assert_eq!(history["points"][0]["appsTotal"], 1);
+    // Every status counts as a sign of life.
+    wait_for("lastSeenAt to follow the statuses", DEADLINE, || {
+        let agent = engine.agent(&id)["agent"].clone();
+        match agent["lastSeenAt"].as_i64() > agent["connectedAt"].as_i64() {
+            true => Ok(()),
+            false => Err(agent.to_string()),
+        }
+    });
 
     // A command round trip with its output.
     let (status, body) = engine.command(
