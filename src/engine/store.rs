@@ -628,7 +628,7 @@ impl Store {
             };
             query.execute(&mut *tx).await.map_err(ctx(what))?;
         }
-        record_statuses(&mut *tx, &statuses)
+        record_statuses(&mut tx, &statuses)
             .await
             .map_err(ctx(what))?;
         tx.commit().await.map_err(ctx(what))
