@@ -1,5 +1,6 @@
 //! The admin HTTP API (SPEC 4) behind `Authorization: Bearer <admin token>`, agent enrolment
-//! (`POST /agent/enroll`), and JSON errors a person can act on: `{"success": false, "error"}`.
+//! (`POST /agent/enroll`), and JSON errors a person can act on:
+//! `{"success": false, "error": {"code", "message"}}`, the shape of citrusd's control API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,10 +50,30 @@ impl ApiError {
         }
     }
 
-    /// 500 for a store failure (logged; the message names what failed).
+    /// 500 for a store failure: logged with its cause; the caller is told where to look,
+    /// not the database's own words.
     pub fn internal(e: StoreError) -> Self {
         tracing::error!("{e}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the engine's database failed; the engine's log says why",
+        )
+    }
+
+    /// The machine-readable kind of the error, one per status.
+    fn code(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::BAD_GATEWAY => "upstream_failed",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_client_error() => "bad_request",
+            _ => "internal",
+        }
     }
 
     fn not_found(what: &str, id: &str) -> Self {
@@ -68,7 +89,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(json!({"success": false, "error": self.message})),
+            Json(json!({
+                "success": false,
+                "error": {"code": self.code(), "message": self.message},
+            })),
         )
             .into_response();
         if let Some(wait) = self.retry_after {

@@ -56,8 +56,9 @@ fn admin_api_refuses_missing_or_wrong_token_with_json_errors() {
     let (status, body) = engine.call("GET", "/admin/agents", None, None);
     assert_eq!(status, 401);
     assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("Authorization: Bearer"),
@@ -65,12 +66,13 @@ fn admin_api_refuses_missing_or_wrong_token_with_json_errors() {
     );
     let (status, body) = engine.call("GET", "/admin/agents", Some("nope"), None);
     assert_eq!(status, 401);
-    assert_eq!(body["error"], "wrong admin token");
+    assert_eq!(body["error"]["message"], "wrong admin token");
     // Third failure from this address: refused for the window, even with the right token.
     engine.call("GET", "/admin/servers", Some("nope"), None);
     let (status, body) = engine.call("GET", "/admin/agents", Some(ADMIN_TOKEN), None);
     assert_eq!(status, 429, "{body}");
-    assert!(body["error"]
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("too many failed attempts"));
@@ -81,7 +83,8 @@ fn admin_api_errors_for_bad_requests() {
     let engine = EngineProc::start("");
     let (status, body) = engine.admin("GET", "/admin/agents/nope", None);
     assert_eq!(status, 404);
-    assert!(body["error"]
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("no agent with id \"nope\""));
@@ -89,14 +92,18 @@ fn admin_api_errors_for_bad_requests() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = engine.admin("POST", "/admin/agents", Some(json!({"name": "a b"})));
     assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("invalid name"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid name"),
         "{body}"
     );
     let (status, body) = engine.admin("POST", "/admin/agents", Some(json!({"nmae": "x"})));
     assert_eq!(status, 400);
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("unknown field `nmae`"),
@@ -105,14 +112,21 @@ fn admin_api_errors_for_bad_requests() {
     let (status, body) = engine.admin("GET", "/nowhere", None);
     assert_eq!(status, 404);
     assert!(
-        body["error"].as_str().unwrap().contains("/admin/"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/admin/"),
         "{body}"
     );
     // Provisioning without DigitalOcean configured says how to configure it.
     let (status, body) = engine.admin("POST", "/admin/servers/deploy-with-agent", Some(json!({})));
     assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("DO_API_TOKEN"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DO_API_TOKEN"),
         "{body}"
     );
 }
@@ -165,12 +179,18 @@ fn enrolment_token_is_single_use() {
     let (status, body) = engine.enroll(&id, &token);
     assert_eq!(status, 403);
     assert!(
-        body["error"].as_str().unwrap().contains("already used"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
         "{body}"
     );
     let (status, body) = engine.call("POST", "/agent/enroll", None, Some(json!({"agentId": id})));
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("token"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("token"),
+        "{body}"
+    );
     // Expired tokens are refused.
     let short = EngineProc::start("enroll_token_ttl = \"200ms\"\n");
     let (status, body) = short.admin("POST", "/admin/agents", Some(json!({"name": "late"})));
@@ -186,7 +206,10 @@ fn enrolment_token_is_single_use() {
     let (status, body) = short.enroll(id, body["enrollToken"].as_str().unwrap());
     assert_eq!(status, 403);
     assert!(
-        body["error"].as_str().unwrap().contains("expired"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
         "{body}"
     );
 }
@@ -245,11 +268,17 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
         json!({"type": "create_site", "domain": "a.com; rm -rf /"}),
     );
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("domain"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("domain"),
+        "{body}"
+    );
     let (status, body) = engine.command(&id, json!({"type": "launch_missiles"}));
     assert_eq!(status, 400);
     assert!(
-        body["error"]
+        body["error"]["message"]
             .as_str()
             .unwrap()
             .contains("unknown command type \"launch_missiles\""),
@@ -305,7 +334,10 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     let (status, body) = engine.command(&id, json!({"type": "update_agent"}));
     assert_eq!(status, 409);
     assert!(
-        body["error"].as_str().unwrap().contains("offline"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("offline"),
         "{body}"
     );
     let stats = engine.get("/admin/stats");

@@ -250,7 +250,10 @@ fn digitalocean_errors_fail_the_server_with_their_message() {
     );
     assert_eq!(status, 400);
     assert!(
-        body["error"].as_str().unwrap().contains("invalid name"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid name"),
         "{body}"
     );
 }
