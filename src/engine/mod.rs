@@ -70,6 +70,8 @@ pub struct Engine {
     pub digitalocean: Option<digitalocean::Client>,
     /// Wakes the provisioning loop.
     pub provision_wake: Notify,
+    /// Servers whose droplet is being created by this process.
+    creating: provision::Creating,
     /// To the task that applies agents' writes in batches ([`hub::agent_writer`]).
     writes: mpsc::Sender<AgentWrite>,
 }
@@ -231,6 +233,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         admin_token_hash,
         digitalocean,
         provision_wake: Notify::new(),
+        creating: provision::Creating::default(),
         writes,
     });
     Ok(Bound {

@@ -7,7 +7,7 @@
 //! engine starts lost its token with the old process and fails with a message saying so.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -22,14 +22,15 @@ use super::store::{ServerRow, ServerUpdate};
 use super::{auth, now, Engine};
 use crate::config::format_duration;
 
-/// Servers whose droplet is being created by this process.
-fn creating() -> &'static Mutex<HashSet<String>> {
-    static CREATING: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    CREATING.get_or_init(Default::default)
-}
+/// Servers whose droplet this process is creating right now (the enrolment token of each lives
+/// only in that task).
+#[derive(Default)]
+pub struct Creating(Mutex<HashSet<String>>);
 
-fn lock_creating() -> std::sync::MutexGuard<'static, HashSet<String>> {
-    creating().lock().unwrap_or_else(|e| e.into_inner())
+impl Creating {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The agents' WebSocket URL derived from `public_url`.
@@ -117,7 +118,7 @@ pub(super) async fn deploy_with_agent(
         tags: d.tags.clone(),
         user_data,
     };
-    lock_creating().insert(server_id.clone());
+    engine.creating.lock().insert(server_id.clone());
     tokio::spawn(create_droplet(engine.clone(), server_id.clone(), request));
     tracing::info!(server = %server_id, agent = %agent_id, name = %name, "deploying a server");
     Ok((
@@ -164,7 +165,7 @@ async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDrop
     if let Err(e) = moved {
         tracing::error!(server = %server, "{e}");
     }
-    lock_creating().remove(&server);
+    engine.creating.lock().remove(&server);
     engine.provision_wake.notify_one();
 }
 
@@ -243,7 +244,7 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
         return Ok(());
     }
     match server.status.as_str() {
-        "creating" if !lock_creating().contains(&server.id) => {
+        "creating" if !engine.creating.lock().contains(&server.id) => {
             let error = "the engine restarted before the droplet was created (the enrolment \
                          token lived only in that process); delete this server and deploy again";
             fail(engine, server, error).await
@@ -308,7 +309,7 @@ pub(super) async fn delete_server(
             format!("no server with id {id:?}"),
         ));
     };
-    if lock_creating().contains(&id) {
+    if engine.creating.lock().contains(&id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the droplet is being created right now; retry in a few seconds",
