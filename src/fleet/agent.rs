@@ -389,7 +389,9 @@ impl Agent {
         struct Enrolled {
             key: String,
         }
+        // The same trust as the WebSocket: the system roots plus ca_file.
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured((*self.tls()?).clone())
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
@@ -735,9 +737,13 @@ impl Agent {
             };
             store_update(&agent.state_dir, &pending, 0);
             let target = commit.clone();
+            let tls = agent.tls();
             let moved = tokio::task::spawn_blocking(move || match &target {
                 Some(c) => super::update::reset_to(&repo, c),
-                None => super::update::pull(&repo, &remote, &branch),
+                None => {
+                    let tls = tls?;
+                    super::git_https::with_tls(tls, || super::update::pull(&repo, &remote, &branch))
+                }
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));

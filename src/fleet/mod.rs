@@ -1,8 +1,9 @@
 //! The fleet agent inside citrusd: a WebSocket to the engine, the wire types both sides share
-//! (`protocol`), the persisted queue of reports (`outbox`) and the host figures of
-//! `status_update` (`system`).
+//! (`protocol`), the persisted queue of reports (`outbox`), the host figures of
+//! `status_update` (`system`), and self-update through git2 (`update`, with `git_https`).
 
 pub mod agent;
+pub mod git_https;
 pub mod outbox;
 pub mod protocol;
 pub mod system;

@@ -54,7 +54,9 @@ pub fn head(path: &Path) -> Result<String, String> {
 }
 
 /// Fetches `branch` from `remote` and hard-resets to `remote/branch`.
+/// An `https://` remote goes through [`super::git_https`] (TLS as set by its `with_tls`).
 pub fn pull(path: &Path, remote: &str, branch: &str) -> Result<Moved, String> {
+    super::git_https::register();
     let repo = Repository::open(path).map_err(|e| err("open the repository", path, e))?;
     let previous = head_of(&repo).map_err(|e| err("read HEAD", path, e))?;
     let mut r = repo

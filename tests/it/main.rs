@@ -5,6 +5,7 @@ mod control;
 mod digitalocean;
 mod engine;
 mod fleet;
+mod git_https;
 mod hub;
 mod hub_support;
 mod jobs;
