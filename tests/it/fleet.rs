@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use citrus::control::AppState;
 
 use crate::engine::Engine;
+use crate::https_server::HttpsServer;
 use crate::support::{wait_for, Daemon, DEADLINE};
 
 const AGENT_ID: &str = "3f1c2b7e-0000-4000-8000-000000000001";
@@ -384,6 +385,43 @@ fn enrolment_exchanges_the_token_once_for_a_key_written_0600() {
         !d.stderr().contains("tok-single-use-123"),
         "the token must never be logged"
     );
+}
+
+#[test]
+fn enrolment_over_https_trusts_the_ca_file() {
+    let server = HttpsServer::start(|req, _| {
+        let (status, body) = match (req.method.as_str(), req.path.as_str()) {
+            ("POST", "/agent/enroll") => ("200 OK", r#"{"key":"k-over-tls"}"#),
+            _ => ("404 Not Found", r#"{"error":"no such route"}"#),
+        };
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    let engine_url = server.url("agent").replace("https://", "wss://");
+    let d = Daemon::prepare(
+        &format!(
+            "[fleet]\nengine_url = \"{engine_url}\"\nagent_id = \"{AGENT_ID}\"\n\
+             key_file = \"agent.key\"\nenroll_token = \"tok-tls\"\nca_file = \"ca.pem\"\n\
+             reconnect_delay = \"100ms\"\n"
+        ),
+        &[],
+    );
+    fs::write(d.dir.path().join("ca.pem"), server.pem()).unwrap();
+    let d = d.launch();
+    let key_file = d.dir.path().join("agent.key");
+    wait_for(
+        "the key from an https enrolment",
+        DEADLINE,
+        || match fs::read_to_string(&key_file) {
+            Ok(key) if key == "k-over-tls" => Ok(()),
+            other => Err(format!("{other:?}; requests {:?}", server.requests())),
+        },
+    );
+    assert_eq!(server.requests()[0], "POST /agent/enroll");
 }
 
 #[test]

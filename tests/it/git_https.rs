@@ -3,167 +3,45 @@
 //! server with a self-signed certificate), a redirect, an untrusted certificate, a server that
 //! is not a git server.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use citrus::fleet::{git_https, update};
 
+use crate::https_server::{HttpsServer, Request};
+
 /// A smart-HTTP git server over TLS serving the bare repositories under `root`. A path under
 /// `/moved/` is redirected (301) to the same path without it.
-struct GitServer {
-    port: u16,
-    pem: String,
-    /// "METHOD PATH" of every request, in order.
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl GitServer {
-    fn start(root: &Path) -> GitServer {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let pem = cert.cert.pem();
-        let key =
-            rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.cert.der().clone()], key)
-                .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (root, seen, stopping) = (root.to_path_buf(), requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (config, root, seen) = (config.clone(), root.clone(), seen.clone());
-                std::thread::spawn(move || serve(stream, config, &root, port, &seen));
-            }
-        });
-        GitServer {
-            port,
-            pem,
-            requests,
-            stop,
+fn git_server(root: &Path) -> HttpsServer {
+    let root = root.to_path_buf();
+    HttpsServer::start(move |req, port| match req.path.strip_prefix("/moved") {
+        Some(rest) => {
+            let query = match req.query.is_empty() {
+                true => String::new(),
+                false => format!("?{}", req.query),
+            };
+            format!(
+                "HTTP/1.1 301 Moved Permanently\r\nLocation: https://localhost:{port}{rest}{query}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .into_bytes()
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}/{path}", self.port)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    /// The client side's TLS: the system roots plus this server's certificate.
-    fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls_pki_types::CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
-            .unwrap();
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-/// One request on one connection: a redirect, or `git http-backend` as CGI.
-fn serve(
-    tcp: TcpStream,
-    config: Arc<rustls::ServerConfig>,
-    root: &Path,
-    port: u16,
-    seen: &Mutex<Vec<String>>,
-) {
-    let Ok(conn) = rustls::ServerConnection::new(config) else {
-        return;
-    };
-    let mut tls = BufReader::new(rustls::StreamOwned::new(conn, tcp));
-    let mut line = String::new();
-    if tls.read_line(&mut line).is_err() || line.is_empty() {
-        return;
-    }
-    let mut parts = line.split_whitespace();
-    let (method, target) = (
-        parts.next().unwrap_or("").to_string(),
-        parts.next().unwrap_or("").to_string(),
-    );
-    let (mut content_type, mut length) = (String::new(), 0usize);
-    loop {
-        let mut header = String::new();
-        if tls.read_line(&mut header).is_err() || header.trim().is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':').unwrap_or((&header, ""));
-        match name.to_ascii_lowercase().as_str() {
-            "content-type" => content_type = value.trim().to_string(),
-            "content-length" => length = value.trim().parse().unwrap_or(0),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    if tls.read_exact(&mut body).is_err() {
-        return;
-    }
-    seen.lock().unwrap().push(format!(
-        "{method} {}",
-        target.split('?').next().unwrap_or("")
-    ));
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let response =
-        match path.strip_prefix("/moved") {
-            Some(rest) => {
-                format!(
-            "HTTP/1.1 301 Moved Permanently\r\nLocation: https://localhost:{port}{rest}{}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n",
-            if query.is_empty() { String::new() } else { format!("?{query}") }
-        )
-                .into_bytes()
-            }
-            None => cgi(root, &method, path, query, &content_type, &body),
-        };
-    let stream = tls.get_mut();
-    let _ = stream.write_all(&response);
-    let _ = stream.flush();
-    stream.conn.send_close_notify();
-    let _ = stream.flush();
+        None => cgi(&root, req),
+    })
 }
 
 /// `git http-backend`'s answer as an HTTP/1.1 response.
-fn cgi(root: &Path, method: &str, path: &str, query: &str, ctype: &str, body: &[u8]) -> Vec<u8> {
+fn cgi(root: &Path, req: &Request) -> Vec<u8> {
     let mut child = Command::new("git")
         .arg("http-backend")
         .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("REQUEST_METHOD", method)
-        .env("PATH_INFO", path)
-        .env("QUERY_STRING", query)
-        .env("CONTENT_TYPE", ctype)
-        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REQUEST_METHOD", &req.method)
+        .env("PATH_INFO", &req.path)
+        .env("QUERY_STRING", &req.query)
+        .env("CONTENT_TYPE", &req.content_type)
+        .env("CONTENT_LENGTH", req.body.len().to_string())
         .env("REMOTE_ADDR", "127.0.0.1")
         .env("SERVER_PROTOCOL", "HTTP/1.1")
         .stdin(Stdio::piped())
@@ -171,7 +49,7 @@ fn cgi(root: &Path, method: &str, path: &str, query: &str, ctype: &str, body: &[
         .stderr(Stdio::null())
         .spawn()
         .expect("git http-backend");
-    child.stdin.take().unwrap().write_all(body).unwrap();
+    child.stdin.take().unwrap().write_all(&req.body).unwrap();
     let out = child.wait_with_output().unwrap().stdout;
     let split = out
         .windows(4)
@@ -240,7 +118,7 @@ fn repos(dir: &Path, origins: &[String]) -> (Vec<PathBuf>, String) {
 #[test]
 fn update_fetches_over_https_with_the_configured_ca_and_follows_a_redirect() {
     let dir = tempfile::tempdir().unwrap();
-    let server = GitServer::start(&dir.path().join("srv"));
+    let server = git_server(&dir.path().join("srv"));
     let (checkouts, b) = repos(
         dir.path(),
         &[server.url("app.git"), server.url("moved/app.git")],
@@ -283,7 +161,7 @@ fn update_fetches_over_https_with_the_configured_ca_and_follows_a_redirect() {
 #[test]
 fn an_untrusted_certificate_or_a_server_that_is_not_git_fails_and_nothing_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let server = GitServer::start(&dir.path().join("srv"));
+    let server = git_server(&dir.path().join("srv"));
     let (checkouts, _) = repos(
         dir.path(),
         &[server.url("app.git"), server.url("nothing.git")],

@@ -6,6 +6,7 @@ mod digitalocean;
 mod engine;
 mod fleet;
 mod git_https;
+mod https_server;
 mod hub;
 mod hub_support;
 mod jobs;
