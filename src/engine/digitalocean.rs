@@ -207,7 +207,12 @@ impl Client {
             .user_agent(USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
-            .map_err(|e| setup(format!("cannot build the HTTP client: {}", causes(&e))))?;
+            .map_err(|e| {
+                setup(format!(
+                    "cannot build the HTTP client: {}",
+                    crate::sys::causes(&e)
+                ))
+            })?;
         Ok(Client {
             http,
             base: api_base.trim_end_matches('/').to_owned(),
@@ -288,7 +293,7 @@ impl Client {
                 Some(delay) if attempt < self.max_attempts => {
                     let why = match &outcome {
                         Ok(answer) => answer.status.to_string(),
-                        Err(e) => causes(e),
+                        Err(e) => crate::sys::causes(e),
                     };
                     tracing::warn!(
                         request,
@@ -354,7 +359,7 @@ impl Client {
         if e.is_connect() {
             DoError::Connect {
                 base: self.base.clone(),
-                cause: causes(e),
+                cause: crate::sys::causes(e),
             }
         } else if e.is_timeout() {
             DoError::Timeout {
@@ -364,7 +369,7 @@ impl Client {
         } else {
             DoError::Transport {
                 request,
-                cause: causes(e),
+                cause: crate::sys::causes(e),
             }
         }
     }
@@ -474,20 +479,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_DELAY))
-}
-
-/// The error and its causes, `: `-separated (each only once).
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The fake API of the integration tests.

@@ -429,26 +429,7 @@ impl Agent {
     }
 
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if let Some(ca) = &self.config.ca_file {
-            use rustls_pki_types::pem::PemObject;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
-            for cert in certs {
-                let cert =
-                    cert.map_err(|e| format!("bad certificate in ca_file {}: {e}", ca.display()))?;
-                roots.add(cert).map_err(|e| {
-                    format!("unusable certificate in ca_file {}: {e}", ca.display())
-                })?;
-            }
-        }
-        Ok(Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        ))
+        super::tls::client_config(self.config.ca_file.as_deref())
     }
 
     /// One connection, until it ends.

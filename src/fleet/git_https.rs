@@ -58,7 +58,7 @@ fn factory(remote: &git2::Remote<'_>) -> Result<Transport, git2::Error> {
     let tls = TLS.with(|t| t.borrow().clone());
     let tls = match tls {
         Some(tls) => tls,
-        None => system_tls().map_err(|e| git2::Error::from_str(&e))?,
+        None => super::tls::client_config(None).map_err(|e| git2::Error::from_str(&e))?,
     };
     let client = reqwest::blocking::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
@@ -74,17 +74,6 @@ fn factory(remote: &git2::Remote<'_>) -> Result<Transport, git2::Error> {
             base: Arc::new(Mutex::new(None)),
         },
     )
-}
-
-/// The system's roots only (a fetch outside [`with_tls`]).
-fn system_tls() -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    Ok(Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 struct HttpsSubtransport {
@@ -169,7 +158,7 @@ impl HttpsStream {
                 "{} {}: {}",
                 self.method,
                 redact(&self.url),
-                causes(&e.without_url())
+                crate::sys::causes(&e.without_url())
             ))
         })?;
         let status = response.status();
@@ -225,21 +214,6 @@ impl Write for HttpsStream {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// The error and its causes, `: `-separated (reqwest's own message hides why a TLS
-/// handshake failed).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text = format!("{text}: {next}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `url` without user information (a token in a remote URL is never repeated in a message).

@@ -150,3 +150,17 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     }
     h
 }
+
+/// The error and its causes, `: `-separated (each only once).
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -10,7 +10,7 @@ use citrus::control::AppState;
 
 use crate::engine::Engine;
 use crate::https_server::HttpsServer;
-use crate::support::{wait_for, Daemon, DEADLINE};
+use crate::support::{git, wait_for, Daemon, DEADLINE};
 
 const AGENT_ID: &str = "3f1c2b7e-0000-4000-8000-000000000001";
 const KEY: &str = "k-0123456789abcdef";
@@ -483,31 +483,6 @@ fn wss_refuses_an_engine_it_cannot_verify() {
         }
     });
     assert!(engine.connects().is_empty());
-}
-
-/// Runs git in `dir`; returns trimmed stdout.
-#[track_caller]
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=citrus-test",
-            "-c",
-            "user.email=test@citrus.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A bare remote with commit A checked out at `checkout`, and commit B pushed after it.

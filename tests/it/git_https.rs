@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use citrus::fleet::{git_https, update};
 
 use crate::https_server::{HttpsServer, Request};
+use crate::support::git;
 
 /// A smart-HTTP git server over TLS serving the bare repositories under `root`. A path under
 /// `/moved/` is redirected (301) to the same path without it.
@@ -72,23 +73,6 @@ fn cgi(root: &Path, req: &Request) -> Vec<u8> {
     .into_bytes();
     response.extend_from_slice(payload);
     response
-}
-
-#[track_caller]
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@citrus.invalid"])
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Under `dir`: a bare `srv/app.git` with commit A, a checkout of it for each of `origins`
