@@ -358,7 +358,8 @@ async fn timeout_operations(engine: Arc<Engine>) {
 /// Deletes status history older than `status_history_retention`.
 async fn prune_history(engine: Arc<Engine>) {
     let retention = engine.config.status_history_retention;
-    let every = (retention / 10).clamp(Duration::from_millis(500), Duration::from_secs(3600));
+    // Often, so that each pass deletes little (a minute of history at most, for long retentions).
+    let every = (retention / 10).clamp(Duration::from_millis(500), Duration::from_secs(60));
     loop {
         match engine
             .store

@@ -77,6 +77,8 @@ pub struct Store {
     /// spinning on SQLite's busy handler, and a command's write waits at most for the one
     /// status batch being written.
     writer: AnyPool,
+    /// SQLite (else PostgreSQL): the few statements that differ ask.
+    sqlite: bool,
 }
 
 /// An agent as the admin API shows it.
@@ -207,6 +209,9 @@ pub struct ServerRow {
 
 /// An agent's row; `last_seen_at` is the later of its last connect/disconnect and its latest
 /// status (which is written at every status, the agent's row is not).
+/// Rows of status history deleted per statement by [`Store::prune_history`].
+const PRUNE_BATCH: u64 = 1000;
+
 const AGENT_SELECT: &str = "SELECT a.id, a.name, a.status, a.key_hash, a.version, a.git_version, \
      a.connected_at, a.created_at, \
      CASE WHEN a.last_seen_at IS NULL OR s.received_at > a.last_seen_at THEN s.received_at \
@@ -345,7 +350,11 @@ impl Store {
             true => open(options, connections).await?,
             false => writer.clone(),
         };
-        Ok(Store { pool, writer })
+        Ok(Store {
+            pool,
+            writer,
+            sqlite,
+        })
     }
 
     /// Closes every connection.
@@ -674,14 +683,35 @@ impl Store {
         Ok(points)
     }
 
-    /// Deletes history older than `before`; returns how many points went.
+    /// Deletes the status history older than `before` and returns how many points went, in
+    /// statements of [`PRUNE_BATCH`] rows: a fleet's hour of history is hundreds of thousands
+    /// of rows, and one statement for all of them would hold the writer (and every command's
+    /// write behind it) for seconds.
     pub async fn prune_history(&self, before: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM agent_status_history WHERE at < $1")
-            .bind(before)
-            .execute(&self.writer)
-            .await
-            .map_err(ctx("pruning status history"))?;
-        Ok(done.rows_affected())
+        // Row ids in both stores: SQLite's rowid, PostgreSQL's ctid.
+        let sql = match self.sqlite {
+            true => {
+                "DELETE FROM agent_status_history WHERE rowid IN \
+                     (SELECT rowid FROM agent_status_history WHERE at < $1 LIMIT $2)"
+            }
+            false => {
+                "DELETE FROM agent_status_history WHERE ctid IN \
+                      (SELECT ctid FROM agent_status_history WHERE at < $1 LIMIT $2)"
+            }
+        };
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(sql)
+                .bind(before)
+                .bind(PRUNE_BATCH as i64)
+                .execute(&self.writer)
+                .await
+                .map_err(ctx("pruning status history"))?;
+            total += done.rows_affected();
+            if done.rows_affected() < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     // ---- operations --------------------------------------------------------------------
@@ -1028,4 +1058,45 @@ async fn record_statuses(
         query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(at: i64) -> AgentWrite {
+        AgentWrite::Status(StatusRecord {
+            agent_id: "a".into(),
+            json: "{}".into(),
+            point: HistoryPoint {
+                at,
+                cpu_load: 0.5,
+                memory_used: 1,
+                memory_total: 2,
+                disk_used: 3,
+                disk_size: 4,
+                apps_online: 1,
+                apps_total: 1,
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn history_is_pruned_in_batches_down_to_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
+            .await
+            .unwrap();
+        // 2,500 old points (three batches) and 10 recent ones.
+        let writes: Vec<AgentWrite> = (0..2500)
+            .map(point)
+            .chain((10_000..10_010).map(point))
+            .collect();
+        store.record_agent_writes(&writes).await.unwrap();
+        assert_eq!(store.prune_history(10_000).await.unwrap(), 2500);
+        let left = store.history("a", 0, 10_000).await.unwrap();
+        assert_eq!(left.len(), 10);
+        assert!(left.iter().all(|p| p.at >= 10_000));
+        assert_eq!(store.prune_history(10_000).await.unwrap(), 0);
+    }
 }

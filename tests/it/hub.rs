@@ -556,6 +556,27 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
         engine.get(&format!("/admin/operations/{op_id}"))["operation"]["output"],
         "done"
     );
+    // Pruning (PostgreSQL deletes by ctid): with a retention of 1 ms the history goes, the
+    // latest status stays.
+    assert_eq!(engine.stop(), 0);
+    let config = std::fs::read_to_string(&engine.config).unwrap();
+    std::fs::write(
+        &engine.config,
+        config.replace(
+            "status_history_retention = \"1h\"",
+            "status_history_retention = \"1ms\"",
+        ),
+    )
+    .unwrap();
+    engine.spawn();
+    wait_for("the history pruned in PostgreSQL", DEADLINE, || {
+        let history = engine.get(&format!("/admin/agents/{id}/history"));
+        match history["points"].as_array().map_or(0, Vec::len) {
+            0 => Ok(()),
+            n => Err(format!("{n} points")),
+        }
+    });
+    assert_eq!(engine.agent(&id)["status"]["hostname"], "pg-host");
 }
 
 #[test]
