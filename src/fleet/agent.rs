@@ -718,11 +718,11 @@ impl Agent {
             };
             store_update(&agent.state_dir, &pending, 0);
             let target = commit.clone();
-            let tls = agent.tls();
+            let ca_file = agent.config.ca_file.clone();
             let moved = tokio::task::spawn_blocking(move || match &target {
                 Some(c) => super::update::reset_to(&repo, c),
                 None => {
-                    let tls = tls?;
+                    let tls = super::tls::client_config(ca_file.as_deref())?;
                     super::git_https::with_tls(tls, || super::update::pull(&repo, &remote, &branch))
                 }
             })

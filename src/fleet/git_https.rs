@@ -29,7 +29,6 @@ thread_local! {
 
 /// Runs `f` with `tls` as the TLS configuration of the https fetches it makes on this thread.
 pub fn with_tls<T>(tls: Arc<rustls::ClientConfig>, f: impl FnOnce() -> T) -> T {
-    register();
     let previous = TLS.with(|t| t.replace(Some(tls)));
     let out = f();
     TLS.with(|t| *t.borrow_mut() = previous);
@@ -94,17 +93,9 @@ impl SmartSubtransport for HttpsSubtransport {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .unwrap_or_else(|| url.trim_end_matches('/').to_owned());
-        let (method, path, content_type) = match action {
-            Service::UploadPackLs => (
-                reqwest::Method::GET,
-                "/info/refs?service=git-upload-pack",
-                None,
-            ),
-            Service::UploadPack => (
-                reqwest::Method::POST,
-                "/git-upload-pack",
-                Some("application/x-git-upload-pack-request"),
-            ),
+        let (method, path) = match action {
+            Service::UploadPackLs => (reqwest::Method::GET, "/info/refs?service=git-upload-pack"),
+            Service::UploadPack => (reqwest::Method::POST, "/git-upload-pack"),
             Service::ReceivePackLs | Service::ReceivePack => {
                 return Err(git2::Error::from_str(
                     "citrusd only fetches: pushing over https is not supported",
@@ -116,7 +107,6 @@ impl SmartSubtransport for HttpsSubtransport {
             method,
             url: format!("{base}{path}"),
             path,
-            content_type,
             body: Vec::new(),
             response: None,
             base: self.base.clone(),
@@ -128,14 +118,14 @@ impl SmartSubtransport for HttpsSubtransport {
     }
 }
 
-/// One exchange: the body libgit2 writes, then the answer it reads.
+/// One exchange: the body libgit2 writes, then the answer it reads. A GET asks for the refs,
+/// a POST for the pack.
 struct HttpsStream {
     client: reqwest::blocking::Client,
     method: reqwest::Method,
     url: String,
     /// What follows the repository's URL in `url`.
     path: &'static str,
-    content_type: Option<&'static str>,
     body: Vec<u8>,
     response: Option<reqwest::blocking::Response>,
     base: Arc<Mutex<Option<String>>>,
@@ -144,9 +134,12 @@ struct HttpsStream {
 impl HttpsStream {
     fn send(&mut self) -> io::Result<reqwest::blocking::Response> {
         let mut request = self.client.request(self.method.clone(), &self.url);
-        if let Some(content_type) = self.content_type {
+        if self.method == reqwest::Method::POST {
             request = request
-                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-git-upload-pack-request",
+                )
                 .header(
                     reqwest::header::ACCEPT,
                     "application/x-git-upload-pack-result",
@@ -198,10 +191,9 @@ impl Read for HttpsStream {
         if self.response.is_none() {
             self.response = Some(self.send()?);
         }
-        match &mut self.response {
-            Some(response) => response.read(buf),
-            None => Ok(0),
-        }
+        self.response
+            .as_mut()
+            .map_or(Ok(0), |response| response.read(buf))
     }
 }
 
