@@ -207,11 +207,11 @@ pub struct ServerRow {
     pub updated_at: i64,
 }
 
-/// An agent's row; `last_seen_at` is the later of its last connect/disconnect and its latest
-/// status (which is written at every status, the agent's row is not).
 /// Rows of status history deleted per statement by [`Store::prune_history`].
 const PRUNE_BATCH: u64 = 1000;
 
+/// An agent's row; `last_seen_at` is the later of its last connect/disconnect and its latest
+/// status (which is written at every status, the agent's row is not).
 const AGENT_SELECT: &str = "SELECT a.id, a.name, a.status, a.key_hash, a.version, a.git_version, \
      a.connected_at, a.created_at, \
      CASE WHEN a.last_seen_at IS NULL OR s.received_at > a.last_seen_at THEN s.received_at \
@@ -325,7 +325,7 @@ impl Store {
                     // nothing, a power cut at most the last commits, never consistency.
                     sqlx::raw_sql(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 5000;",
+                         PRAGMA busy_timeout = 5000;",
                     )
                     .execute(&mut *conn)
                     .await?;
@@ -688,20 +688,15 @@ impl Store {
     /// of rows, and one statement for all of them would hold the writer (and every command's
     /// write behind it) for seconds.
     pub async fn prune_history(&self, before: i64) -> Result<u64> {
-        // Row ids in both stores: SQLite's rowid, PostgreSQL's ctid.
-        let sql = match self.sqlite {
-            true => {
-                "DELETE FROM agent_status_history WHERE rowid IN \
-                     (SELECT rowid FROM agent_status_history WHERE at < $1 LIMIT $2)"
-            }
-            false => {
-                "DELETE FROM agent_status_history WHERE ctid IN \
-                      (SELECT ctid FROM agent_status_history WHERE at < $1 LIMIT $2)"
-            }
-        };
+        // The row id of each store: SQLite's rowid, PostgreSQL's ctid.
+        let row = if self.sqlite { "rowid" } else { "ctid" };
+        let sql = format!(
+            "DELETE FROM agent_status_history WHERE {row} IN \
+             (SELECT {row} FROM agent_status_history WHERE at < $1 LIMIT $2)"
+        );
         let mut total = 0;
         loop {
-            let done = sqlx::query(sql)
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(before)
                 .bind(PRUNE_BATCH as i64)
                 .execute(&self.writer)
@@ -1011,7 +1006,7 @@ async fn record_statuses(
         }
         sql.push_str(
             " ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status, \
-                 received_at = excluded.received_at",
+             received_at = excluded.received_at",
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for record in chunk {
@@ -1025,7 +1020,7 @@ async fn record_statuses(
     for chunk in batch.chunks(100) {
         let mut sql = String::from(
             "INSERT INTO agent_status_history (agent_id, at, cpu_load, memory_used, \
-                 memory_total, disk_used, disk_size, apps_online, apps_total) VALUES ",
+             memory_total, disk_used, disk_size, apps_online, apps_total) VALUES ",
         );
         for i in 0..chunk.len() {
             let n = i * 9;
