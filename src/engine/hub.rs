@@ -329,7 +329,7 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
             Ok(Some(Ok(frame))) => frame,
         };
         match frame {
-            Message::Text(text) => handle_frame(&engine, &agent, text.as_str()).await,
+            Message::Text(text) => handle_frame(&engine, &agent, conn, text.as_str()).await,
             Message::Binary(_) => {
                 tracing::warn!(agent = %agent, "binary frame ignored: messages are JSON text frames")
             }
@@ -351,9 +351,9 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
-/// Handles one text frame from an agent. A frame that cannot be used is logged and dropped:
-/// it never ends the connection.
-async fn handle_frame(engine: &Engine, agent: &str, text: &str) {
+/// Handles one text frame from an agent on its connection `conn`. A frame that cannot be used
+/// is logged and dropped: it never ends the connection.
+async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
     let message: AgentMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -437,9 +437,23 @@ async fn handle_frame(engine: &Engine, agent: &str, text: &str) {
         }
         AgentMessage::KeyRotation { id, status, error } => {
             let keys = match status {
-                OperationStatus::Completed => {
-                    engine.store.promote_pending_key(agent).await.map(|_| ())
-                }
+                OperationStatus::Completed => match engine.store.promote_pending_key(agent).await {
+                    // This connection was opened with the old key, and the agent now reconnects
+                    // with the new one: a command sent here meanwhile would be lost with it, so
+                    // none is; until the new connection comes, commands get "offline". (An ack
+                    // that comes on the new connection finds the key already promoted.)
+                    Ok(true) => {
+                        if engine.hub.unregister(agent, conn) {
+                            tracing::info!(
+                                agent,
+                                "key rotated; waiting for the agent to reconnect"
+                            );
+                        }
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                },
                 OperationStatus::Failed => engine.store.clear_pending_key(agent).await,
                 OperationStatus::Starting => Ok(()),
             };

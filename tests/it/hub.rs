@@ -297,6 +297,7 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     );
 
     // Key rotation: the agent acknowledges, reconnects with the new key; the old one is refused.
+    let connected_at = engine.agent(&id)["agent"]["connectedAt"].clone();
     let (status, body) = engine.admin("POST", &format!("/admin/agents/{id}/rotate-key"), None);
     assert_eq!(status, 202, "{body}");
     assert!(!body.to_string().contains("newKey"));
@@ -310,7 +311,14 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
             Err("old key".into())
         }
     });
-    engine.wait_agent_status(&id, "online");
+    // Its new connection (commands sent on the old one after the ack would be lost with it).
+    wait_for("the agent's new connection", DEADLINE, || {
+        let agent = engine.agent(&id)["agent"].clone();
+        match agent["status"] == "online" && agent["connectedAt"] != connected_at {
+            true => Ok(()),
+            false => Err(agent.to_string()),
+        }
+    });
     let rt = &engine.rt;
     assert_eq!(
         raw_connect(rt, &engine.ws_url(), &agent_headers(&id, old_key.trim())).err(),
@@ -705,9 +713,24 @@ fn key_rotation_accepts_the_old_key_until_the_agent_acknowledges() {
         op["command"].get("newKey").is_none(),
         "the key is not stored with the operation"
     );
+    // The connection of the old key takes no more commands (the agent is reconnecting): they
+    // are refused, not lost on a connection about to close.
+    let (status, body) = engine.command(&id, json!({"type": "update_agent"}));
+    assert_eq!(status, 409, "{body}");
     assert_eq!(
         raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &old_key)).err(),
         Some(401)
     );
-    assert!(raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &new_key)).is_ok());
+    let mut third =
+        raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &new_key)).expect("the new key");
+    wait_for(
+        "a command accepted on the new connection",
+        DEADLINE,
+        || match engine.command(&id, json!({"type": "update_agent"})) {
+            (202, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    );
+    let frame: Value = serde_json::from_str(&third.recv(rt, DEADLINE).unwrap().unwrap()).unwrap();
+    assert_eq!(frame["type"], "update_agent");
 }
