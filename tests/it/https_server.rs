@@ -143,11 +143,8 @@ fn serve(
     if tls.read_exact(&mut body).is_err() {
         return;
     }
-    seen.lock().unwrap().push(format!(
-        "{method} {}",
-        target.split('?').next().unwrap_or("")
-    ));
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    seen.lock().unwrap().push(format!("{method} {path}"));
     let request = Request {
         method,
         path: path.to_string(),
