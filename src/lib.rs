@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod deploy;
 pub mod engine;
 pub mod fleet;
 pub mod health;

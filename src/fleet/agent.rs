@@ -650,7 +650,10 @@ impl Agent {
                 self.report(AgentMessage::DeployOperation {
                     id,
                     app,
+                    phase: wire::Phase::Failed,
                     status: OperationStatus::Failed,
+                    release_id: None,
+                    commit: None,
                     output: None,
                     error: Some("deployments are not supported by this agent version yet".into()),
                 })

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use crate::control::AppStatus;
+pub use crate::deploy::Phase;
 
 /// Version of this protocol, sent as [`HEADER_PROTOCOL`].
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -161,11 +162,17 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// Progress of a `deploy_app` command.
+    /// Progress of a `deploy_app` command, sent at every phase: `status` is `starting` until the
+    /// deployment ends, then `completed`, or `failed` (with `phase` `failed` or `rolled_back`).
     DeployOperation {
         id: String,
         app: String,
+        phase: Phase,
         status: OperationStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         output: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,10 +466,92 @@ pub fn validate_commit(id: &str) -> Result<String, String> {
     Ok(id.to_ascii_lowercase())
 }
 
+/// The longest git ref a deployment accepts.
+pub const MAX_REF_LEN: usize = 200;
+
+/// A git ref to deploy (a branch, a tag or a commit id), as `deploy_app`, the control API and
+/// `citrusctl deploy --ref` take it: 1..=200 characters of what git allows in a ref name, never
+/// starting with `-` (an option to git), without `..`, `:`, `@{`, `\\`, whitespace or control
+/// characters, and not ending in `/`, `.` or `.lock`. Returns it unchanged or what is wrong.
+pub fn validate_git_ref(r: &str) -> Result<String, String> {
+    let invalid = |why: &str| Err(format!("invalid ref {r:?}: {why}"));
+    if r.is_empty() {
+        return invalid("it is empty");
+    }
+    if r.len() > MAX_REF_LEN {
+        return invalid(&format!(
+            "it is {} bytes long, the limit is {MAX_REF_LEN}",
+            r.len()
+        ));
+    }
+    if r.starts_with('-') {
+        return invalid("it cannot start with `-`");
+    }
+    if let Some(c) = r
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(*c))
+    {
+        return invalid(&format!("it contains {c:?}"));
+    }
+    for bad in ["..", "@{", "//", "/."] {
+        if r.contains(bad) {
+            return invalid(&format!("it contains {bad:?}"));
+        }
+    }
+    if r.starts_with('/')
+        || r.starts_with('.')
+        || r.ends_with('/')
+        || r.ends_with('.')
+        || r.ends_with(".lock")
+        || r == "@"
+    {
+        return invalid("it cannot start with `/` or `.`, or end with `/`, `.` or `.lock`");
+    }
+    Ok(r.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn git_refs() {
+        for ok in [
+            "main",
+            "v1.2.3",
+            "feature/x-y",
+            "0123abc",
+            "release_2026.12",
+        ] {
+            assert_eq!(validate_git_ref(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "-x",
+            "--upload-pack=sh",
+            "a..b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "x/",
+            "x.lock",
+            "a@{1}",
+            "/abs",
+            ".hidden",
+            "a\\b",
+            "a~1",
+            "a^",
+            "a?",
+            "a*",
+            "a[",
+            "@",
+        ] {
+            assert!(validate_git_ref(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_git_ref(&"a".repeat(201)).is_err());
+    }
 
     fn to_value(message: &AgentMessage) -> Value {
         serde_json::from_str(&message.to_text()).unwrap()
@@ -674,21 +763,27 @@ mod tests {
             AgentMessage::DeployOperation {
                 id: "6".into(),
                 app: "web".into(),
+                phase: Phase::Building,
                 status: OperationStatus::Starting,
+                release_id: Some("20261206T042200123Z".into()),
+                commit: None,
                 output: None,
                 error: None,
             },
-            json!({"type": "deploy_operation", "id": "6", "app": "web", "status": "starting"}),
+            json!({"type": "deploy_operation", "id": "6", "app": "web", "phase": "building", "status": "starting", "releaseId": "20261206T042200123Z"}),
         );
         check_agent(
             AgentMessage::DeployOperation {
                 id: "6".into(),
                 app: "web".into(),
-                status: OperationStatus::Completed,
+                phase: Phase::RolledBack,
+                status: OperationStatus::Failed,
+                release_id: Some("20261206T042200123Z".into()),
+                commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
                 output: Some("built".into()),
-                error: None,
+                error: Some("probe failed".into()),
             },
-            json!({"type": "deploy_operation", "id": "6", "app": "web", "status": "completed", "output": "built"}),
+            json!({"type": "deploy_operation", "id": "6", "app": "web", "phase": "rolled_back", "status": "failed", "releaseId": "20261206T042200123Z", "commit": "0123456789abcdef0123456789abcdef01234567", "output": "built", "error": "probe failed"}),
         );
     }
 
