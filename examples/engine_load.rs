@@ -924,7 +924,10 @@ fn answer(text: &str, key: &mut String) -> (Vec<AgentMessage>, bool) {
         EngineMessage::DeployApp { id, app, .. } => vec![AgentMessage::DeployOperation {
             id,
             app,
+            phase: citrus::deploy::Phase::Completed,
             status: done,
+            release_id: None,
+            commit: None,
             output: Some("deployed (simulated)".into()),
             error: None,
         }],
