@@ -8,6 +8,7 @@
 //! job's `apps`) run before the layers are resolved into [`Config`].
 
 mod cron;
+mod deploy;
 mod diag;
 mod engine;
 mod envfile;
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub use cron::{CronSchedule, Timezone};
+pub use deploy::{DeployConfig, DeployHealth, DeploySource};
 pub use diag::{ConfigError, Diagnostic};
 pub use engine::{Database, DigitalOceanConfig, EngineConfig, InstallConfig, LocalAgentConfig};
 pub use envfile::{read_env_file, EnvFileError};
@@ -142,6 +145,8 @@ pub struct AppConfig {
     pub ready: Option<ReadyConfig>,
     /// Health probing while it runs.
     pub health: Option<HealthConfig>,
+    /// Deployments (`[apps.NAME.deploy]`); the app then runs from `<root>/current` by default.
+    pub deploy: Option<Arc<DeployConfig>>,
 }
 
 impl AppConfig {
@@ -308,6 +313,13 @@ fn check_layers(diags: &mut Diagnostics<'_>, raw: &RawConfig) {
             "`command` cannot be set in [defaults]; give each app its own",
         );
     }
+    if let Some(deploy) = &raw.defaults.fields.deploy {
+        diags.error(
+            deploy.key.clone(),
+            "defaults.deploy",
+            "`deploy` cannot be set in [defaults]: each app deploys into its own root",
+        );
+    }
     let names: Vec<&str> = raw.apps.iter().map(|app| app.name.as_str()).collect();
     let layers = raw
         .apps
@@ -453,12 +465,19 @@ fn resolve_app(
         .map(|dep| dep.get_ref().clone())
         .filter(|dep| !(inherited && dep == name))
         .collect();
-    // Apps run in the config file's directory unless they name another; a relative program
-    // path (`./server`, `bin/app`) is relative to that working directory.
-    let cwd = get!(cwd).map_or_else(|| base.to_path_buf(), |cwd| base.join(cwd));
+    // Apps run in the config file's directory (an app with `[deploy]`: in `<root>/current`)
+    // unless they name another; a relative program path (`./server`, `bin/app`) is relative to
+    // that working directory.
+    let deploy_root = value(&own.deploy)
+        .and_then(|d| value(&d.root))
+        .map(|root| base.join(root).join("current"));
+    let cwd = match get!(cwd) {
+        Some(cwd) => base.join(cwd),
+        None => deploy_root.unwrap_or_else(|| base.to_path_buf()),
+    };
     let mut command = get!(command).map_or_else(Vec::new, |c| c.0.clone());
     resolve_program(&mut command, &cwd);
-    AppConfig {
+    let mut app = AppConfig {
         name: name.to_owned(),
         command,
         cwd: Some(cwd),
@@ -492,7 +511,12 @@ fn resolve_app(
         },
         ready: get!(ready).and_then(probe::resolve_ready),
         health: get!(health).and_then(probe::resolve_health),
-    }
+        deploy: None,
+    };
+    app.deploy = value(&own.deploy)
+        .and_then(|layer| deploy::resolve(layer, base, &app))
+        .map(Arc::new);
+    app
 }
 
 /// Variables passed through from citrusd's environment unless `inherit_env` says otherwise.

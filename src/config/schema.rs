@@ -16,6 +16,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::cron::{CronSchedule, Timezone};
+use super::deploy::{GitUrl, SharedPath};
 use super::diag::{suggest, Diagnostics};
 use super::engine::{ApiBase, DatabaseUrl, PublicUrl, Sha256Hex};
 use super::fleet::{AgentId, EngineUrl, EnrollToken, GitName, SiteTemplate};
@@ -99,7 +100,7 @@ impl<T: DeserializeOwned> FieldValue for T {
 /// A table as written: its dotted path, where it starts (for "missing key" errors) and the known
 /// keys written in it, valid or not.
 pub(crate) struct Section<'a> {
-    path: &'a str,
+    pub(super) path: &'a str,
     at: Range<usize>,
     keys: Vec<(String, Range<usize>)>,
 }
@@ -117,7 +118,13 @@ impl Section<'_> {
     }
 
     /// Records that `key`, which `what` needs, is missing; `example` shows how to write it.
-    fn require(&self, diags: &mut Diagnostics<'_>, what: &str, key: &str, example: &str) {
+    pub(super) fn require(
+        &self,
+        diags: &mut Diagnostics<'_>,
+        what: &str,
+        key: &str,
+        example: &str,
+    ) {
         if self.key(key).is_none() {
             self.error(diags, format!("{what} has no `{key}`; add e.g. {example}"));
         }
@@ -231,7 +238,44 @@ layer!(
         log_timestamps: bool,
         ready: ReadyLayer,
         health: HealthLayer,
+        deploy: DeployLayer,
     }
+);
+
+layer!(
+    /// An app's `[deploy]` table.
+    DeployLayer {
+        root: PathBuf,
+        source: SourceLayer,
+        build: CommandValue,
+        build_timeout: PositiveDuration,
+        shared: Vec<SharedPath>,
+        keep: Bounded<u32, 1, 100>,
+        health: DeployHealthLayer,
+    }
+    check: super::deploy::check_deploy
+);
+
+layer!(
+    /// `source = { … }` of `[deploy]`.
+    SourceLayer {
+        git: GitUrl,
+        branch: GitName,
+        path: PathBuf,
+        archive: PathBuf,
+    }
+    check: super::deploy::check_source
+);
+
+layer!(
+    /// `health = { … }` of `[deploy]`.
+    DeployHealthLayer {
+        http: HttpProbe,
+        tcp: TcpProbe,
+        timeout: PositiveDuration,
+        interval: PositiveDuration,
+    }
+    check: super::deploy::check_deploy_health
 );
 
 layer!(
@@ -283,7 +327,7 @@ fn check_health(_: &HealthLayer, diags: &mut Diagnostics<'_>, section: &Section<
 }
 
 /// Requires exactly one of `options` in `section`, and returns it.
-fn exactly_one(
+pub(super) fn exactly_one(
     diags: &mut Diagnostics<'_>,
     section: &Section<'_>,
     options: &[&'static str],

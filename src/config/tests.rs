@@ -145,6 +145,7 @@ fn full_config_round_trip() {
             },
             ready: None,
             health: None,
+            deploy: None,
         }
     );
     assert_eq!(config.apps["api"].kill_signal_name(), "SIGTERM");
@@ -196,6 +197,7 @@ fn built_in_defaults() {
             },
             ready: None,
             health: None,
+            deploy: None,
         }
     );
     assert_eq!(config.daemon.memory_check_interval, Duration::from_secs(1));
@@ -401,11 +403,11 @@ fn unknown_keys_suggest() {
         "expected a map",
     );
     assert_error(
-        "[apps.a]\ncommand = \"y\"\ndeploy = {}\n",
+        "[apps.a]\ncommand = \"y\"\ndeplyo = {}\n",
         3,
         1,
-        "apps.a.deploy",
-        "unknown key `deploy`",
+        "apps.a.deplyo",
+        "did you mean `deploy`",
     );
     // Keys of nested tables have their own paths.
     assert_error(
@@ -1705,5 +1707,164 @@ fn fleet_sub_tables_report_unknown_keys() {
             format!("{FILE}:6:1: fleet.sites.deleet: unknown key `deleet`; did you mean `delete`?"),
             format!("{FILE}:9:1: fleet.update.remot: unknown key `remot`; did you mean `remote`?"),
         ]
+    );
+}
+
+#[test]
+fn deploy_section() {
+    let text = r#"
+[apps.web]
+command = ["node", "server.js"]
+ready = { http = "http://127.0.0.1:3000/ready", timeout = "5s" }
+[apps.web.deploy]
+root = "/var/www/web"
+source = { git = "https://example.com/web.git", branch = "prod" }
+build = ["npm", "ci"]
+build_timeout = "5m"
+shared = ["storage", ".env"]
+keep = 3
+"#;
+    let web = app(text, "web");
+    assert_eq!(web.cwd.as_deref(), Some(Path::new("/var/www/web/current")));
+    let deploy = web.deploy.as_deref().unwrap();
+    assert_eq!(deploy.root, Path::new("/var/www/web"));
+    assert_eq!(
+        deploy.source,
+        DeploySource::Git {
+            url: "https://example.com/web.git".into(),
+            branch: "prod".into()
+        }
+    );
+    assert_eq!(
+        deploy.build.as_deref(),
+        Some(&["npm".to_owned(), "ci".to_owned()][..])
+    );
+    assert_eq!(deploy.build_timeout, Duration::from_secs(300));
+    assert_eq!(
+        deploy.shared,
+        [PathBuf::from("storage"), PathBuf::from(".env")]
+    );
+    assert_eq!(deploy.keep, 3);
+    // The health check defaults to the app's ready probe, with at least a minute to pass.
+    let health = deploy.health.as_ref().unwrap();
+    assert_eq!(health.target.describe(), "http://127.0.0.1:3000/ready");
+    assert_eq!(health.timeout, Duration::from_secs(60));
+
+    let minimal = r#"
+[apps.site]
+command = "./serve"
+[apps.site.deploy]
+root = "sites/site"
+source = { path = "upload" }
+"#;
+    let site = app(minimal, "site");
+    let deploy = site.deploy.as_deref().unwrap();
+    assert_eq!(deploy.root, Path::new("/etc/citrus/sites/site"));
+    assert_eq!(
+        deploy.source,
+        DeploySource::Path("/etc/citrus/upload".into())
+    );
+    assert_eq!(
+        (deploy.keep, deploy.build_timeout),
+        (5, Duration::from_secs(600))
+    );
+    assert_eq!(
+        (deploy.build.as_ref(), deploy.health.as_ref()),
+        (None, None)
+    );
+    // The program path is relative to the current release.
+    assert_eq!(site.command[0], "/etc/citrus/sites/site/current/serve");
+
+    let archive = "[apps.a]\ncommand = \"x\"\ndeploy = { root = \"/r\", source = { archive = \"a.tar.gz\" }, health = { tcp = \"127.0.0.1:9\", timeout = \"2m\" } }\n";
+    let deploy = app(archive, "a").deploy.unwrap();
+    assert_eq!(
+        deploy.source,
+        DeploySource::Archive("/etc/citrus/a.tar.gz".into())
+    );
+    assert_eq!(
+        deploy.health.as_ref().unwrap().timeout,
+        Duration::from_secs(120)
+    );
+}
+
+#[test]
+fn deploy_errors() {
+    let head = "[apps.web]\ncommand = \"x\"\n[apps.web.deploy]\n";
+    assert_error(
+        &format!("{head}root = \"/r\"\n"),
+        3,
+        11,
+        "apps.web.deploy",
+        "[deploy] has no `source`",
+    );
+    assert_error(
+        &format!("{head}source = {{ path = \"/p\" }}\n"),
+        3,
+        11,
+        "apps.web.deploy",
+        "[deploy] has no `root`",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\", git = \"/g\" }}\n"),
+        5,
+        25,
+        "apps.web.deploy.source",
+        "takes only one of",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\", branch = \"x\" }}\n"),
+        5,
+        25,
+        "apps.web.deploy.source.branch",
+        "`branch` is for a git source",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ git = \"git@host:x.git\" }}\n"),
+        5,
+        18,
+        "apps.web.deploy.source.git",
+        "ssh sources are not supported",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\" }}\nshared = [\"../etc\"]\n"),
+        6,
+        11,
+        "apps.web.deploy.shared",
+        "invalid shared path",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\" }}\nkeep = 0\n"),
+        6,
+        8,
+        "apps.web.deploy.keep",
+        "from 1 to 100",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\" }}\nbuild_timeout = \"2d\"\n"),
+        6,
+        17,
+        "apps.web.deploy.build_timeout",
+        "at most a day",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\" }}\nbuld = [\"make\"]\n"),
+        6,
+        1,
+        "apps.web.deploy.buld",
+        "did you mean `build`",
+    );
+    assert_error(
+        &format!("{head}root = \"/r\"\nsource = {{ path = \"/p\" }}\nbuild = []\n"),
+        6,
+        9,
+        "apps.web.deploy.build",
+        "command is empty",
+    );
+    assert_error(
+        "[defaults]\ndeploy = { root = \"/r\", source = { path = \"/p\" } }\n[apps.a]\ncommand = \"x\"\n",
+        2,
+        1,
+        "defaults.deploy",
+        "cannot be set in [defaults]",
     );
 }
