@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -22,10 +21,9 @@ use super::{cleanup, disk};
 use crate::config::{format_size, EventKind, JobConfig, JobKind};
 use crate::control::{JobInfo, JobOutcome, JobRun};
 use crate::state::write_atomic;
-use crate::supervisor::capture::OutputTail;
-use crate::supervisor::kill::GroupStop;
-use crate::supervisor::reaper::{ExitStatus, Reaper};
-use crate::supervisor::spawn::{self, Marker, Spec};
+use crate::supervisor::oneshot::{self, Ended};
+use crate::supervisor::reaper::Reaper;
+use crate::supervisor::spawn::{Marker, Spec};
 use crate::supervisor::Supervisor;
 use crate::sys::{now_ms, unix_ms as ms};
 
@@ -33,8 +31,6 @@ use crate::sys::{now_ms, unix_ms as ms};
 const HISTORY: usize = 10;
 /// The output kept per run: its last bytes.
 const OUTPUT_TAIL: usize = 4096;
-/// A timed-out command gets this long between SIGTERM and SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 /// After a restart, how long an app gets to show it is healthy before it is checked again.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -481,8 +477,6 @@ impl Jobs {
         else {
             unreachable!("command jobs only")
         };
-        let extra = self.marker.job_vars(&job.name);
-        let marker = spawn::entries(&extra);
         let spec = Spec {
             command,
             cwd: Some(cwd),
@@ -490,63 +484,25 @@ impl Jobs {
             inherit_env,
             env_file: None,
             env,
-            extra,
+            extra: self.marker.job_vars(&job.name),
         };
-        let child = match spawn::command(&spec).and_then(|mut cmd| {
-            self.reaper
-                .spawn(&mut cmd)
-                .map_err(|e| spawn::exec_error(command, e))
-        }) {
-            Ok(child) => child,
-            Err(e) => return Report::new(JobOutcome::Failed, format!("cannot start: {e}")),
-        };
-        let tail = OutputTail::new(OUTPUT_TAIL);
-        let readers = tail.capture([child.stdout, child.stderr]);
-        let mut exit = child.exit;
-        let stop = GroupStop {
-            reaper: &self.reaper,
-            pgid: child.pid,
-            marker,
-            signal: Signal::SIGTERM,
-            timeout: KILL_GRACE,
-        };
-        let mut report = match tokio::time::timeout(job.timeout, &mut exit).await {
-            Ok(status) => {
-                let status = status.unwrap_or(ExitStatus {
-                    code: None,
-                    signal: None,
-                });
-                // Background processes the command left behind go with it.
-                if stop.remains() {
-                    let _ = stop.run(None, || {}).await;
-                }
-                if status.success() {
-                    Report::new(JobOutcome::Ok, "exit code 0")
-                } else {
-                    Report::new(JobOutcome::Failed, format!("exited with {status}"))
-                }
+        let label = format!("job {}", job.name);
+        match oneshot::run(&self.reaper, &spec, job.timeout, OUTPUT_TAIL, &label).await {
+            Err(e) => Report::new(JobOutcome::Failed, format!("cannot start: {e}")),
+            Ok(done) => {
+                let mut report = match &done.ended {
+                    Ended::Exited(status) if status.success() => {
+                        Report::new(JobOutcome::Ok, "exit code 0")
+                    }
+                    Ended::Exited(status) => {
+                        Report::new(JobOutcome::Failed, format!("exited with {status}"))
+                    }
+                    Ended::TimedOut(msg) => Report::new(JobOutcome::TimedOut, msg.clone()),
+                };
+                report.output = done.output;
+                report
             }
-            Err(_) => {
-                let (result, _) = stop
-                    .run(Some(&mut exit), || {
-                        tracing::warn!(job = %job.name, "still running {} after SIGTERM: SIGKILL", crate::config::format_duration(KILL_GRACE));
-                    })
-                    .await;
-                let mut msg = format!(
-                    "killed after timeout {} (its process group: SIGTERM, SIGKILL after {})",
-                    crate::config::format_duration(job.timeout),
-                    crate::config::format_duration(KILL_GRACE)
-                );
-                if let Err(e) = result {
-                    msg.push_str(&format!("; {e}"));
-                }
-                Report::new(JobOutcome::TimedOut, msg)
-            }
-        };
-        // The pipes close when the group is gone; never wait long for stragglers.
-        readers.finish(Duration::from_secs(1)).await;
-        report.output = tail.text();
-        report
+        }
     }
 }
 

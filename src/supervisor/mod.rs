@@ -14,6 +14,7 @@ pub mod instance;
 pub mod kill;
 pub mod lifecycle;
 pub mod logs;
+pub mod oneshot;
 pub mod reaper;
 pub mod spawn;
 
