@@ -840,6 +840,7 @@ fn status_update(idx: usize, connected_at: u64) -> AgentMessage {
         memory_bytes: memory_mb * 1_000_000 + wobble * 1000,
         cpu_percent: (wobble % 200) as f64 / 10.0,
         last_exit: None,
+        release: None,
     };
     AgentMessage::StatusUpdate {
         status: HostStatus {

@@ -61,7 +61,7 @@ impl DeployConfig {
 /// Where a release's files come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeploySource {
-    /// A git repository: an `https://`, `http://` or `file://` URL, or an absolute local path.
+    /// A git repository: an `https://` or `file://` URL, or an absolute local path.
     Git { url: String, branch: String },
     /// A directory tree, copied.
     Path(PathBuf),
@@ -96,7 +96,7 @@ pub struct DeployHealth {
 pub(crate) struct GitUrl(pub String);
 
 impl Scalar for GitUrl {
-    const EXPECTING: &'static str = "a git URL (https://, http://, file://) or a local path";
+    const EXPECTING: &'static str = "a git URL (https://, file://) or a local path";
     fn from_text(s: &str) -> Result<Self, String> {
         let invalid = |why: &str| format!("invalid git source {s:?}: {why}");
         check_chars(s).map_err(|why| invalid(&why))?;
@@ -109,9 +109,9 @@ impl Scalar for GitUrl {
         match s.split_once("://") {
             Some((scheme, rest)) => {
                 let scheme = scheme.to_ascii_lowercase();
-                if !matches!(scheme.as_str(), "https" | "http" | "file") {
+                if !matches!(scheme.as_str(), "https" | "file") {
                     return Err(invalid(&format!(
-                        "unsupported scheme `{scheme}`: use https://, http:// or file:// (ssh is not supported)"
+                        "unsupported scheme `{scheme}`: use https:// or file:// (ssh is not supported)"
                     )));
                 }
                 let authority = rest.split('/').next().unwrap_or_default();
@@ -320,7 +320,6 @@ mod tests {
     fn git_urls() {
         for ok in [
             "https://example.com/web.git",
-            "http://127.0.0.1:8080/x.git",
             "file:///srv/git/web.git",
             "/srv/git/web.git",
             "../repos/web",
@@ -329,6 +328,7 @@ mod tests {
         }
         for (bad, part) in [
             ("ssh://git@example.com/web.git", "unsupported scheme `ssh`"),
+            ("http://example.com/web.git", "unsupported scheme `http`"),
             ("git@github.com:me/web.git", "ssh sources are not supported"),
             ("https://user:tok@example.com/x.git", "credentials"),
             ("https:///x.git", "the host is missing"),

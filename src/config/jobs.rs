@@ -50,6 +50,9 @@ pub enum JobKind {
     },
     /// Saves the process list, as `citrusctl save` does.
     Save,
+    /// Checks every app with `[deploy]`: `current` and the shared links repaired, unfinished
+    /// deployments whose task died taken up again.
+    DeployReconcile,
     /// Runs a program.
     Command {
         /// Program and arguments; never empty. A relative program path containing `/` has been
@@ -75,6 +78,7 @@ impl JobKind {
             JobKind::Disk { .. } => JobKindTag::Disk,
             JobKind::LogCleanup { .. } => JobKindTag::LogCleanup,
             JobKind::Save => JobKindTag::Save,
+            JobKind::DeployReconcile => JobKindTag::DeployReconcile,
             JobKind::Command { .. } => JobKindTag::Command,
         };
         tag.name()
@@ -95,16 +99,19 @@ pub enum EventKind {
     Disk,
     /// A job failed or timed out.
     JobFailed,
+    /// A deployment failed or was rolled back, or `current` was repaired.
+    Deploy,
 }
 
 impl EventKind {
     /// Every event.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Errored,
         EventKind::MemoryRestart,
         EventKind::HealthFailed,
         EventKind::Disk,
         EventKind::JobFailed,
+        EventKind::Deploy,
     ];
 
     /// The name used in the config and in serde: `"memory_restart"`.
@@ -115,6 +122,7 @@ impl EventKind {
             EventKind::HealthFailed => "health_failed",
             EventKind::Disk => "disk",
             EventKind::JobFailed => "job_failed",
+            EventKind::Deploy => "deploy",
         }
     }
 }
@@ -284,6 +292,7 @@ pub(super) fn resolve_job(name: &str, job: &JobLayer, base: &Path) -> Option<Job
             max_age: value(&job.max_age)?.0,
         },
         JobKindTag::Save => JobKind::Save,
+        JobKindTag::DeployReconcile => JobKind::DeployReconcile,
         JobKindTag::Command => {
             let cwd = value(&job.cwd).map_or_else(|| base.to_path_buf(), |cwd| base.join(cwd));
             let mut command = value(&job.command)?.0.clone();

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub use cron::{CronSchedule, Timezone};
-pub use deploy::{DeployConfig, DeployHealth, DeploySource};
+pub use deploy::{DeployConfig, DeployHealth, DeploySource, DEFAULT_HEALTH_TIMEOUT};
 pub use diag::{ConfigError, Diagnostic};
 pub use engine::{Database, DigitalOceanConfig, EngineConfig, InstallConfig, LocalAgentConfig};
 pub use envfile::{read_env_file, EnvFileError};

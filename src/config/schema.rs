@@ -418,6 +418,7 @@ pub(crate) enum JobKindTag {
     Disk,
     LogCleanup,
     Save,
+    DeployReconcile,
     Command,
 }
 
@@ -428,6 +429,7 @@ impl Named for JobKindTag {
         JobKindTag::Disk,
         JobKindTag::LogCleanup,
         JobKindTag::Save,
+        JobKindTag::DeployReconcile,
         JobKindTag::Command,
     ];
     fn name(self) -> &'static str {
@@ -436,6 +438,7 @@ impl Named for JobKindTag {
             JobKindTag::Disk => "disk",
             JobKindTag::LogCleanup => "log-cleanup",
             JobKindTag::Save => "save",
+            JobKindTag::DeployReconcile => "deploy-reconcile",
             JobKindTag::Command => "command",
         }
     }
@@ -452,7 +455,7 @@ impl JobKindTag {
                 ("pattern", None),
                 ("max_age", Some(r#"max_age = "7d""#)),
             ],
-            JobKindTag::Save => &[],
+            JobKindTag::Save | JobKindTag::DeployReconcile => &[],
             JobKindTag::Command => &[
                 ("command", Some(r#"command = ["/usr/local/bin/backup.sh"]"#)),
                 ("env", None),

@@ -93,6 +93,9 @@ pub struct AppStatus {
     pub memory_bytes: u64,
     pub cpu_percent: f64,
     pub last_exit: Option<LastExit>,
+    /// The release `current` points at, for an app with `[deploy]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 /// How the previous run of an instance ended. `signal` is a name such as `"SIGKILL"`.

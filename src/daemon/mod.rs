@@ -19,6 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigError};
 use crate::control::ReloadPlan;
+use crate::deploy::Deployments;
 use crate::fleet::agent::Agent;
 use crate::health::events::Notifier;
 use crate::health::jobs::Jobs;
@@ -51,6 +52,7 @@ pub enum DaemonError {
 /// What the control API shares: the supervisor and how to re-read the config.
 pub struct Daemon {
     pub supervisor: Arc<Supervisor>,
+    pub deploys: Arc<Deployments>,
     pub jobs: Arc<Jobs>,
     pub events: Arc<Notifier>,
     /// The fleet agent, when `[fleet]` is configured.
@@ -199,10 +201,19 @@ pub async fn run(
     let config_path = config.path.clone();
     let supervisor = Supervisor::new(shared, config, store, &persisted, adopt).await?;
     supervisor.save()?;
+    let deploys = Deployments::new(
+        supervisor.clone(),
+        reaper.clone(),
+        marker.clone(),
+        events.clone(),
+        &daemon_cfg.state_dir,
+        fleet_config.as_ref().and_then(|f| f.ca_file.clone()),
+    );
     let agent = fleet_config.map(|fleet| {
         Agent::start(
             fleet,
             supervisor.clone(),
+            deploys.clone(),
             reaper.clone(),
             marker.clone(),
             &daemon_cfg.state_dir,
@@ -218,6 +229,7 @@ pub async fn run(
     }
     let jobs = Jobs::start(
         supervisor.clone(),
+        deploys.clone(),
         events.clone(),
         reaper,
         marker,
@@ -226,6 +238,7 @@ pub async fn run(
     );
     let daemon = Arc::new(Daemon {
         supervisor: supervisor.clone(),
+        deploys: deploys.clone(),
         jobs: jobs.clone(),
         events,
         agent,
@@ -267,6 +280,10 @@ pub async fn run(
         errors = supervisor.boot() => {
             for e in &errors {
                 tracing::error!("{e}");
+            }
+            let resumed = deploys.resume(false);
+            if resumed > 0 {
+                tracing::warn!(count = resumed, "unfinished deployments taken up again");
             }
             tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
             tell_systemd(&format!("READY=1\nSTATUS={} app(s) supervised", supervisor.instances(None).map(|v| v.len()).unwrap_or(0)));

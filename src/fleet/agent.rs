@@ -27,6 +27,7 @@ use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus
 use super::system;
 use super::update::PendingUpdate;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
+use crate::deploy::{Deployment, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::capture::OutputTail;
 use crate::supervisor::handoff::{self, Handoff};
@@ -58,6 +59,7 @@ pub struct FleetStatus {
 pub struct Agent {
     config: FleetConfig,
     supervisor: Arc<Supervisor>,
+    deploys: Arc<Deployments>,
     reaper: Arc<Reaper>,
     marker: Marker,
     outbox: Outbox,
@@ -130,6 +132,7 @@ impl Agent {
     pub fn start(
         config: FleetConfig,
         supervisor: Arc<Supervisor>,
+        deploys: Arc<Deployments>,
         reaper: Arc<Reaper>,
         marker: Marker,
         state_dir: &std::path::Path,
@@ -171,6 +174,7 @@ impl Agent {
             pending: Mutex::new(pending),
             config,
             supervisor,
+            deploys: deploys.clone(),
             reaper,
             marker,
             outbox,
@@ -180,6 +184,7 @@ impl Agent {
             stopping: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(agent.clone().run());
+        tokio::spawn(report_deployments(Arc::downgrade(&agent), deploys.subscribe()));
         if let Some(p) = watch {
             tokio::spawn(agent.clone().confirm_or_revert(p));
         }
@@ -569,7 +574,9 @@ impl Agent {
                         available,
                     })
                     .collect(),
-                apps: self.supervisor.status(None).unwrap_or_default(),
+                apps: self
+                    .deploys
+                    .with_releases(self.supervisor.status(None).unwrap_or_default()),
                 timestamp: now_ms(),
             },
         }
@@ -646,17 +653,20 @@ impl Agent {
             EngineMessage::AppControl { id, app, action } => self.app_control(id, app, action),
             EngineMessage::UpdateAgent { id } => self.update(id, None),
             EngineMessage::RollbackAgent { id, commit_id } => self.update(id, Some(commit_id)),
-            EngineMessage::DeployApp { id, app, .. } => {
-                self.report(AgentMessage::DeployOperation {
-                    id,
-                    app,
-                    phase: wire::Phase::Failed,
-                    status: OperationStatus::Failed,
-                    release_id: None,
-                    commit: None,
-                    output: None,
-                    error: Some("deployments are not supported by this agent version yet".into()),
-                })
+            EngineMessage::DeployApp { id, app, git_ref } => {
+                // Its progress is reported by `report_deployments`, phase by phase.
+                if let Err(e) = self.deploys.start(&app, git_ref, Some(id.clone())) {
+                    self.report(AgentMessage::DeployOperation {
+                        id,
+                        app,
+                        phase: wire::Phase::Failed,
+                        status: OperationStatus::Failed,
+                        release_id: None,
+                        commit: None,
+                        output: None,
+                        error: Some(format!("refused: {e}")),
+                    })
+                }
             }
         }
     }
@@ -916,6 +926,45 @@ impl Agent {
             .upgrade()
             .expect("the agent lives in the Arc made by `start`")
     }
+}
+
+/// Reports every phase of the deployments the engine asked for (also those a restarted citrusd
+/// took up again) as `deploy_operation`, through the outbox.
+async fn report_deployments(
+    agent: std::sync::Weak<Agent>,
+    mut updates: tokio::sync::mpsc::Receiver<Deployment>,
+) {
+    while let Some(d) = updates.recv().await {
+        let Some(agent) = agent.upgrade() else { return };
+        if let Some(msg) = deploy_report(&d) {
+            agent.report(msg);
+        }
+    }
+}
+
+/// The `deploy_operation` for a deployment the engine asked for; `None` for the others. It carries
+/// the output of the phase that just ended, and the deployment's last output when it ends.
+fn deploy_report(d: &Deployment) -> Option<AgentMessage> {
+    let id = d.operation.clone()?;
+    let status = match d.phase {
+        wire::Phase::Completed => OperationStatus::Completed,
+        wire::Phase::Failed | wire::Phase::RolledBack => OperationStatus::Failed,
+        _ => OperationStatus::Starting,
+    };
+    let output = match d.phase.is_final() {
+        true => Some(d.output.clone()),
+        false => d.phases.iter().rev().nth(1).map(|p| p.output.clone()),
+    };
+    Some(AgentMessage::DeployOperation {
+        id,
+        app: d.app.clone(),
+        phase: d.phase,
+        status,
+        release_id: Some(d.release.clone()),
+        commit: d.commit.clone(),
+        output: output.filter(|o| !o.is_empty()),
+        error: d.error.clone(),
+    })
 }
 
 fn to_frame(msg: &AgentMessage) -> String {

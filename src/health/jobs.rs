@@ -20,6 +20,7 @@ use super::events::Notifier;
 use super::{cleanup, disk};
 use crate::config::{format_size, EventKind, JobConfig, JobKind};
 use crate::control::{JobInfo, JobOutcome, JobRun};
+use crate::deploy::{reconcile, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::reaper::Reaper;
@@ -79,6 +80,7 @@ struct Stored {
 /// The scheduler and runner of all jobs.
 pub struct Jobs {
     supervisor: Arc<Supervisor>,
+    deploys: Arc<Deployments>,
     events: Arc<Notifier>,
     reaper: Arc<Reaper>,
     marker: Marker,
@@ -91,6 +93,7 @@ impl Jobs {
     /// Loads the jobs' history from `state_dir` and starts a schedule task per job.
     pub fn start(
         supervisor: Arc<Supervisor>,
+        deploys: Arc<Deployments>,
         events: Arc<Notifier>,
         reaper: Arc<Reaper>,
         marker: Marker,
@@ -107,6 +110,7 @@ impl Jobs {
         };
         let this = Arc::new(Jobs {
             supervisor,
+            deploys,
             events,
             reaper,
             marker,
@@ -330,6 +334,7 @@ impl Jobs {
                     pattern,
                     max_age,
                 } => cleanup_report(dirs.clone(), pattern.clone(), *max_age).await,
+                JobKind::DeployReconcile => reconcile_report(self.deploys.reconcile().await),
                 JobKind::Save => match self.supervisor.save() {
                     Ok(()) => Report::new(JobOutcome::Ok, "state saved"),
                     Err(e) => Report::new(JobOutcome::Failed, format!("cannot save state: {e}")),
@@ -512,6 +517,23 @@ fn describe(problems: &[(u32, String)]) -> String {
         .map(|(_, p)| p.as_str())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The `deploy-reconcile` job's result: ok, a warning when something was repaired, failed on
+/// errors.
+fn reconcile_report(r: reconcile::Report) -> Report {
+    let mut summary = format!("checked {}, fixed {}, errors {}", r.checked, r.fixed, r.errors);
+    if r.resumed > 0 {
+        summary.push_str(&format!(", resumed {} stuck deployment(s)", r.resumed));
+    }
+    let outcome = match (r.errors, r.fixed + r.resumed as u32) {
+        (0, 0) => JobOutcome::Ok,
+        (0, _) => JobOutcome::Warning,
+        _ => JobOutcome::Failed,
+    };
+    let mut report = Report::new(outcome, summary);
+    report.output = r.lines.join("\n");
+    report
 }
 
 async fn cleanup_report(dirs: Vec<PathBuf>, pattern: String, max_age: Duration) -> Report {

@@ -530,6 +530,7 @@ impl Supervisor {
                     memory_bytes,
                     cpu_percent,
                     last_exit: s.last_exit.clone(),
+                    release: None,
                 }
             })
             .collect();
