@@ -1,6 +1,7 @@
-//! The admin HTTP API (SPEC 4) behind `Authorization: Bearer <admin token>`, agent enrolment
-//! (`POST /agent/enroll`), and JSON errors a person can act on:
-//! `{"success": false, "error": {"code", "message"}}`, the shape of citrusd's control API.
+//! The admin HTTP API (SPEC 4) behind `Authorization: Bearer <admin token>`, deployments
+//! through the fleet among it, agent enrolment (`POST /agent/enroll`), and JSON errors a person
+//! can act on: `{"success": false, "error": {"code", "message"}}`, the shape of citrusd's
+//! control API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::store::{OperationRow, StoreError};
 use super::{auth, now, provision, Engine};
-use crate::fleet::protocol::{parse_engine, EngineMessage, ProtocolError};
+use crate::fleet::protocol::{parse_engine, validate_git_ref, EngineMessage, ProtocolError};
 
 /// An error answer: a status and one message saying what to do.
 #[derive(Debug)]
@@ -121,6 +122,8 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
         .route("/admin/agents/{id}/history", get(agent_history))
         .route("/admin/agents/{id}/operations", get(agent_operations))
         .route("/admin/agents/{id}/commands", post(command))
+        .route("/admin/agents/{id}/deploy", post(deploy))
+        .route("/admin/agents/{id}/deployments", get(agent_deployments))
         .route("/admin/agents/{id}/rotate-key", post(rotate_key))
         .route("/admin/operations/{id}", get(get_operation))
         .route("/admin/servers", get(list_servers))
@@ -290,6 +293,48 @@ async fn command(
     Path(agent): Path<String>,
     Body(body): Body<Map<String, Value>>,
 ) -> ApiResult {
+    send_command(&engine, &agent, body).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    app: String,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+}
+
+/// `POST /admin/agents/{id}/deploy {app, ref?}`: `deploy_app` through the path of
+/// `POST /admin/agents/{id}/commands`, so the answer, the checks and the records are the same.
+async fn deploy(
+    State(engine): State<Arc<Engine>>,
+    Path(agent): Path<String>,
+    Body(body): Body<DeployBody>,
+) -> ApiResult {
+    let mut command = Map::new();
+    command.insert("type".into(), Value::String("deploy_app".into()));
+    command.insert("app".into(), Value::String(body.app));
+    if let Some(git_ref) = body.git_ref {
+        command.insert("ref".into(), Value::String(git_ref));
+    }
+    send_command(&engine, &agent, command).await
+}
+
+/// Checks what the wire format leaves open in a command: a `deploy_app`'s app name and ref
+/// (the ref reaches git: `-x` would be an option).
+fn check_command(message: &EngineMessage) -> Result<(), ApiError> {
+    if let EngineMessage::DeployApp { app, git_ref, .. } = message {
+        crate::config::validate_app_name(app).map_err(ApiError::bad_request)?;
+        if let Some(git_ref) = git_ref {
+            validate_git_ref(git_ref).map_err(ApiError::bad_request)?;
+        }
+    }
+    Ok(())
+}
+
+/// Validates a command (`{type, …}` without `id`), records its operation and sends it; 202
+/// `{operation}`.
+async fn send_command(engine: &Engine, agent: &str, body: Map<String, Value>) -> ApiResult {
     let kind = match body.get("type") {
         Some(Value::String(kind)) => kind.clone(),
         Some(_) => return Err(ApiError::bad_request("field `type` must be a string")),
@@ -325,15 +370,52 @@ async fn command(
         )),
         other => ApiError::bad_request(other.to_string()),
     })?;
+    check_command(&message)?;
     let record = serde_json::to_value(&message).expect("EngineMessage serialises to JSON");
     let operation = engine
-        .dispatch(&agent, &id, &kind, &record, &message)
+        .dispatch(agent, &id, &kind, &record, &message)
         .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "operation": operation })),
     )
         .into_response())
+}
+
+/// Deployments listed when `?limit=` is not given, and the most that may be asked for.
+const DEPLOYMENTS_DEFAULT: i64 = 50;
+const DEPLOYMENTS_MAX: i64 = 500;
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<String>,
+}
+
+/// `GET /admin/agents/{id}/deployments[?limit=N]`: the agent's deployments, newest first.
+async fn agent_deployments(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult {
+    let limit = match q.limit.as_deref() {
+        None => DEPLOYMENTS_DEFAULT,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=DEPLOYMENTS_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid `limit` {text:?}: give a whole number from 1 to {DEPLOYMENTS_MAX}"
+                ))
+            })?,
+    };
+    engine
+        .store
+        .get_agent(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent", &id))?;
+    let deployments = engine.store.list_deployments(&id, limit).await?;
+    Ok(Json(json!({ "deployments": deployments })).into_response())
 }
 
 /// `POST /admin/agents/{id}/rotate-key`: two-phase rotation (SPEC 3). The new key is sent to

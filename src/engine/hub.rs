@@ -1,6 +1,6 @@
 //! The agents' WebSocket endpoint (`GET /agent`, SPEC 3): authentication before the upgrade,
 //! one task per connection, online/offline, status updates batched into the store, operation
-//! reports, and commands sent to connected agents.
+//! reports (deployment progress into its own table too), and commands sent to connected agents.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::api::ApiError;
-use super::store::{AgentWrite, HistoryPoint, StatusRecord};
+use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord};
 use super::{auth, now, Engine};
 use crate::control::AppState;
 use crate::fleet::protocol::{
@@ -417,14 +417,52 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
             output,
             error,
             ..
+        } => {
+            report(
+                engine,
+                agent,
+                &id,
+                status,
+                output.as_deref(),
+                error.as_deref(),
+            )
+            .await
         }
-        | AgentMessage::DeployOperation {
+        AgentMessage::DeployOperation {
             id,
+            app,
+            phase,
             status,
+            release_id,
+            commit,
             output,
             error,
-            ..
         } => {
+            let deployment = DeploymentReport {
+                phase,
+                status: status_name(status),
+                release_id: release_id.as_deref(),
+                commit: commit.as_deref(),
+                output: output.as_deref(),
+                error: error.as_deref(),
+            };
+            match engine
+                .store
+                .report_deployment(&id, agent, &deployment, now())
+                .await
+            {
+                Ok(true) => {
+                    tracing::debug!(agent, operation = %id, app = %app, %phase, "deployment progress")
+                }
+                Ok(false) => tracing::debug!(
+                    agent,
+                    operation = %id,
+                    app = %app,
+                    %phase,
+                    "deployment report ignored: unknown deployment, ended, or already past that phase"
+                ),
+                Err(e) => tracing::error!(agent, "{e}"),
+            }
             report(
                 engine,
                 agent,
@@ -471,6 +509,14 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
             match id {
                 Some(id) => {
                     let error = format!("refused by the agent: {error}");
+                    // A refused deploy_app ends its deployment (no-op for other operations).
+                    if let Err(e) = engine
+                        .store
+                        .report_deployment(&id, agent, &DeploymentReport::failed(&error), now())
+                        .await
+                    {
+                        tracing::error!(agent, "{e}");
+                    }
                     report(
                         engine,
                         agent,
@@ -498,19 +544,23 @@ async fn report(
     output: Option<&str>,
     error: Option<&str>,
 ) -> Result<(), super::store::StoreError> {
-    let status = match status {
-        OperationStatus::Starting => "starting",
-        OperationStatus::Completed => "completed",
-        OperationStatus::Failed => "failed",
-    };
     if engine
         .store
-        .report_operation(id, agent, status, output, error, now())
+        .report_operation(id, agent, status_name(status), output, error, now())
         .await?
     {
         engine.hub.operation_changed(id);
     }
     Ok(())
+}
+
+/// An operation status as the store and the API write it.
+fn status_name(status: OperationStatus) -> &'static str {
+    match status {
+        OperationStatus::Starting => "starting",
+        OperationStatus::Completed => "completed",
+        OperationStatus::Failed => "failed",
+    }
 }
 
 fn text_of_status(status: &HostStatus) -> String {

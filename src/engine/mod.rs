@@ -23,7 +23,7 @@ use crate::config::{format_duration, EngineConfig};
 use crate::fleet::protocol::EngineMessage;
 use crate::state::write_atomic;
 use api::ApiError;
-use store::{AgentWrite, OperationRow, Store, StoreError};
+use store::{AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,8 +104,9 @@ impl Engine {
         Ok((token, expires_at))
     }
 
-    /// Records operation `id` and sends `message` to the agent. An offline agent gets nothing
-    /// (409) and nothing is recorded.
+    /// Records operation `id` (and, for `deploy_app`, its deployment) and sends `message` to
+    /// the agent. An unknown agent is a 404; an offline one gets nothing (409) and nothing is
+    /// recorded.
     pub async fn dispatch(
         &self,
         agent: &str,
@@ -123,14 +124,26 @@ impl Engine {
         if !self.hub.is_connected(agent) {
             return Err(api::offline(agent));
         }
+        let deployment = match message {
+            EngineMessage::DeployApp { app, git_ref, .. } => Some(NewDeployment {
+                app,
+                git_ref: git_ref.as_deref(),
+            }),
+            _ => None,
+        };
         self.store
-            .insert_operation(id, agent, kind, record, now())
+            .insert_operation(id, agent, kind, record, deployment, now())
             .await?;
         if self.hub.send(agent, message).is_err() {
             let error = "the agent disconnected before the command was sent";
             self.store
                 .report_operation(id, agent, "failed", None, Some(error), now())
                 .await?;
+            if deployment.is_some() {
+                self.store
+                    .report_deployment(id, agent, &DeploymentReport::failed(error), now())
+                    .await?;
+            }
         }
         tracing::info!(agent, operation = id, kind, "command sent");
         let operation = self.store.get_operation(id).await?;

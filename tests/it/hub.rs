@@ -523,14 +523,14 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     let rt = &engine.rt;
     let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
     engine.wait_agent_status(&id, "online");
-    let status = json!({"type": "status_update", "status": {
+    let status_frame = json!({"type": "status_update", "status": {
         "hostname": "pg-host", "uptime": 5, "gitVersion": null,
         "cpu": {"load": 12.5, "cores": 2},
         "memory": {"total": 1000, "used": 400, "free": 600},
         "disk": [{"fs": "/", "size": 100, "used": 40, "available": 60}],
         "apps": [], "timestamp": 1
     }});
-    assert!(ws.send(rt, status.to_string()));
+    assert!(ws.send(rt, status_frame.to_string()));
     wait_for("the status in PostgreSQL", DEADLINE, || {
         let agent = engine.agent(&id);
         match agent["status"]["hostname"] == "pg-host" {
@@ -553,6 +553,69 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     let op = engine.wait_operation(&op_id);
     assert_eq!(op["status"], "completed");
     assert_eq!(op["output"], "done");
+    // A deployment: inserted with its operation, moved by reports, never moved back, listed.
+    let (status, body) = engine.admin(
+        "POST",
+        &format!("/admin/agents/{id}/deploy"),
+        Some(json!({"app": "web", "ref": "main"})),
+    );
+    assert_eq!(status, 202, "{body}");
+    let sent: Value = serde_json::from_str(&ws.recv(rt, DEADLINE).unwrap().unwrap()).unwrap();
+    assert_eq!(sent["type"], "deploy_app");
+    let deploy_id = sent["id"].as_str().unwrap().to_owned();
+    let deploy_report = |phase: &str, status: &str, extra: Value| {
+        let mut frame = json!({"type": "deploy_operation", "id": deploy_id, "app": "web",
+            "phase": phase, "status": status});
+        frame
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        frame.to_string()
+    };
+    ws.send(
+        rt,
+        deploy_report("building", "starting", json!({"output": "npm ci"})),
+    );
+    ws.send(
+        rt,
+        deploy_report(
+            "completed",
+            "completed",
+            json!({"releaseId": "r-pg", "commit": "abcdef1", "output": "built"}),
+        ),
+    );
+    ws.send(
+        rt,
+        deploy_report("restarting", "starting", json!({"output": "late"})),
+    );
+    // Frames are handled in order: once this status shows, the late report has been too.
+    let mut later = status_frame.clone();
+    later["status"]["uptime"] = json!(6);
+    ws.send(rt, later.to_string());
+    wait_for("the second status in PostgreSQL", DEADLINE, || {
+        let agent = engine.agent(&id);
+        match agent["status"]["uptime"] == 6 {
+            true => Ok(()),
+            false => Err(agent.to_string()),
+        }
+    });
+    assert_eq!(engine.wait_operation(&deploy_id)["status"], "completed");
+    let deployments = |engine: &EngineProc| {
+        engine.get(&format!("/admin/agents/{id}/deployments"))["deployments"].clone()
+    };
+    let listed = deployments(&engine);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let d = &listed[0];
+    assert_eq!(d["id"], deploy_id.as_str());
+    assert_eq!((&d["app"], &d["ref"]), (&json!("web"), &json!("main")));
+    assert_eq!(
+        (&d["phase"], &d["status"]),
+        (&json!("completed"), &json!("completed"))
+    );
+    assert_eq!(
+        (&d["releaseId"], &d["commit"]),
+        (&json!("r-pg"), &json!("abcdef1"))
+    );
     drop(ws);
     // Migrations at the second start find the schema in place; the data is all there.
     assert_eq!(engine.stop(), 0);
@@ -564,6 +627,9 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
         engine.get(&format!("/admin/operations/{op_id}"))["operation"]["output"],
         "done"
     );
+    let after_restart = deployments(&engine);
+    assert_eq!(after_restart[0]["phase"], "completed", "{after_restart}");
+    assert_eq!(after_restart[0]["output"], "built", "{after_restart}");
     // Pruning (PostgreSQL deletes by ctid): with a retention of 1 ms the history goes, the
     // latest status stays.
     assert_eq!(engine.stop(), 0);

@@ -8,6 +8,7 @@ mod fleet;
 mod git_https;
 mod https_server;
 mod hub;
+mod hub_deploy;
 mod hub_support;
 mod jobs;
 mod logs;
