@@ -305,6 +305,33 @@ pub struct JobsReply {
     pub jobs: Vec<JobInfo>,
 }
 
+/// `POST /v1/apps/{name}/deploy`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+/// `POST /v1/apps/{name}/rollback`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// A completed release id; the previous release when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// One deployment (deploy, rollback, `deployments/{id}`; a line each with `?follow=true`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentReply {
+    pub deployment: crate::deploy::Deployment,
+}
+
+/// `GET /v1/apps/{name}/deployments`: newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentsReply {
+    pub deployments: Vec<crate::deploy::Deployment>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

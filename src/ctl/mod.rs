@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 
 use crate::control::client::{Client, ClientError};
 use crate::control::{
-    ActionReply, AddApp, Describe, ErrorCode, JobOutcome, JobRun, JobsReply, LogStream, Ping,
-    ReloadPlan, ReloadRequest, Status,
+    ActionReply, AddApp, DeployRequest, DeploymentReply, DeploymentsReply, Describe, ErrorCode,
+    JobOutcome, JobRun, JobsReply, LogStream, Ping, ReloadPlan, ReloadRequest, RollbackRequest,
+    Status,
 };
+use crate::deploy::Phase;
 
 /// citrusctl's flags.
 #[derive(Debug, Parser)]
@@ -95,6 +97,26 @@ pub enum Command {
     Job {
         #[command(subcommand)]
         action: JobAction,
+    },
+    /// Deploy an app (its `[deploy]` section): fetch, build, switch `current`, restart, health
+    /// check. Exit 0 only when it completes.
+    Deploy {
+        app: String,
+        /// Git ref to deploy (branch, tag or commit); the configured branch by default.
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// Print each phase as it happens.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// An app's deployments, newest first: id, ref, commit, phase, started, duration, error.
+    Deployments { app: String },
+    /// Switch an app back to its previous completed release (or --to ID), then restart it.
+    Rollback {
+        app: String,
+        /// A completed release id from `citrusctl deployments APP`.
+        #[arg(long)]
+        to: Option<String>,
     },
     /// The fleet agent: connection state, engine URL, agent id, connected since, last error, queued reports.
     Fleet,
@@ -315,6 +337,37 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
                 )));
             }
         }
+        Command::Deploy {
+            app,
+            git_ref,
+            follow,
+        } => deploy(&client, &app, git_ref, follow, json).await?,
+        Command::Deployments { app } => {
+            let reply: DeploymentsReply = client.get(&app_path(&app, "/deployments")).await?;
+            if json {
+                print_json(&reply);
+            } else {
+                print!("{}", table::deployments(&reply.deployments));
+            }
+        }
+        Command::Rollback { app, to } => {
+            let reply: DeploymentReply = client
+                .post(&app_path(&app, "/rollback"), &RollbackRequest { to })
+                .await?;
+            let d = &reply.deployment;
+            if json {
+                print_json(&reply);
+            } else {
+                println!("{app}: current -> {} ({})", d.release, d.phase);
+            }
+            if d.phase != Phase::Completed {
+                return Err(CtlError::Failed(format!(
+                    "rollback of {app} {}: {}",
+                    d.phase,
+                    d.error.as_deref().unwrap_or("")
+                )));
+            }
+        }
         Command::Fleet => {
             let f: crate::fleet::agent::FleetStatus = client.get("/v1/fleet").await?;
             if json {
@@ -343,6 +396,98 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// `citrusctl deploy`: starts the deployment, then follows it to its end.
+async fn deploy(
+    client: &Client,
+    app: &str,
+    git_ref: Option<String>,
+    follow: bool,
+    json: bool,
+) -> Result<(), CtlError> {
+    let started: DeploymentReply = client
+        .post(&app_path(app, "/deploy"), &DeployRequest { git_ref })
+        .await?;
+    let id = started.deployment.id.clone();
+    if follow && !json {
+        println!("{app}: deployment {id} queued");
+    }
+    let path = app_path(app, &format!("/deployments/{}?follow=true", encode(&id)));
+    let mut last = started.deployment;
+    let mut pending = Vec::new();
+    let mut printed = 1;
+    client
+        .stream(&path, |chunk| {
+            pending.extend_from_slice(chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let Ok(reply) = serde_json::from_slice::<DeploymentReply>(&line) else {
+                    continue;
+                };
+                let d = reply.deployment;
+                if follow && !json {
+                    print_phases(&d, &mut printed);
+                }
+                last = d;
+            }
+        })
+        .await?;
+    if json {
+        print_json(&DeploymentReply {
+            deployment: last.clone(),
+        });
+    }
+    let took = last
+        .ended_ms
+        .unwrap_or_else(crate::sys::now_ms)
+        .saturating_sub(last.started_ms);
+    let commit = last
+        .commit
+        .as_deref()
+        .map(|c| format!(" at {}", &c[..c.len().min(12)]));
+    match last.phase {
+        Phase::Completed => {
+            if !json {
+                println!(
+                    "{app}: deployment {id} completed in {:.1}s{}: current -> releases/{}",
+                    took as f64 / 1000.0,
+                    commit.unwrap_or_default(),
+                    last.release
+                );
+            }
+            Ok(())
+        }
+        phase => {
+            if !json && !last.output.is_empty() {
+                eprintln!("--- output (last part) ---\n{}", last.output.trim_end());
+            }
+            Err(CtlError::Failed(format!(
+                "deployment {id} of {app} {}: {}",
+                if phase.is_final() {
+                    phase.as_str()
+                } else {
+                    "did not end (the daemon stopped answering)"
+                },
+                last.error.as_deref().unwrap_or("")
+            )))
+        }
+    }
+}
+
+/// A line for each phase `d` reached since the `printed` first ones: the phase before it and
+/// how long that took.
+fn print_phases(d: &crate::deploy::Deployment, printed: &mut usize) {
+    for pair in d.phases.windows(2).skip(printed.saturating_sub(1)) {
+        let took = pair[1].at_ms.saturating_sub(pair[0].at_ms);
+        println!(
+            "{:>8.1}s  {:<17} -> {}",
+            took as f64 / 1000.0,
+            pair[0].phase.as_str(),
+            pair[1].phase.as_str()
+        );
+    }
+    *printed = (*printed).max(d.phases.len());
 }
 
 async fn action(client: &Client, app: &str, verb: &str, json: bool) -> Result<(), CtlError> {

@@ -279,3 +279,41 @@ mod tests {
         assert_eq!(size(10 << 20), "10.0M");
     }
 }
+
+/// The `deployments` table: newest first.
+pub fn deployments(list: &[crate::deploy::Deployment]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| {
+            let kind = match d.kind {
+                crate::deploy::journal::Kind::Deploy => {
+                    d.git_ref.clone().unwrap_or_else(|| "-".into())
+                }
+                crate::deploy::journal::Kind::Rollback => format!("rollback to {}", d.release),
+            };
+            let took = d
+                .ended_ms
+                .unwrap_or_else(crate::sys::now_ms)
+                .saturating_sub(d.started_ms);
+            let commit = d
+                .commit
+                .as_deref()
+                .map_or("-".into(), |c| c.chars().take(12).collect());
+            vec![
+                d.id.clone(),
+                kind,
+                commit,
+                d.phase.to_string(),
+                when(Some(d.started_ms)),
+                format!("{:.1}s", took as f64 / 1000.0),
+                d.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    columns(
+        &[
+            "ID", "REF", "COMMIT", "PHASE", "STARTED", "DURATION", "ERROR",
+        ],
+        &rows,
+    )
+}

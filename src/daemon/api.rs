@@ -31,6 +31,8 @@ use crate::control::{
     JobRun, JobsReply, LogInfo, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest, Status,
     PROTOCOL_VERSION,
 };
+use crate::control::{DeployRequest, DeploymentReply, DeploymentsReply, RollbackRequest};
+use crate::deploy::DeployError;
 use crate::health::jobs::JobError;
 use crate::supervisor::logs::{tail_lines, LogFile};
 use crate::supervisor::{SupervisorError, Target};
@@ -81,7 +83,15 @@ impl IntoResponse for HttpError {
 
 impl From<SupervisorError> for HttpError {
     fn from(e: SupervisorError) -> HttpError {
-        let code = match &e {
+        let message = e.to_string();
+        HttpError::from_supervisor(&e, message)
+    }
+}
+
+impl HttpError {
+    /// The status and hint of a supervisor error, with `message`.
+    fn from_supervisor(e: &SupervisorError, message: String) -> HttpError {
+        let code = match e {
             SupervisorError::UnknownApp { .. } => ErrorCode::UnknownApp,
             SupervisorError::BadRequest(_) => ErrorCode::BadRequest,
             SupervisorError::Conflict(_) => ErrorCode::Conflict,
@@ -89,7 +99,19 @@ impl From<SupervisorError> for HttpError {
         };
         let hint = matches!(e, SupervisorError::UnknownApp { .. })
             .then_some("`citrusctl status` lists the apps");
-        HttpError::new(code, e.to_string(), hint)
+        HttpError::new(code, message, hint)
+    }
+}
+
+impl From<DeployError> for HttpError {
+    fn from(e: DeployError) -> HttpError {
+        let code = match &e {
+            DeployError::Supervisor(s) => return HttpError::from_supervisor(s, e.to_string()),
+            DeployError::NotConfigured { .. } | DeployError::BadRequest(_) => ErrorCode::BadRequest,
+            DeployError::Busy { .. } => ErrorCode::Conflict,
+            DeployError::NoRelease(_) | DeployError::Journal(_) => ErrorCode::Failed,
+        };
+        HttpError::new(code, e.to_string(), None)
     }
 }
 
@@ -115,6 +137,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/apps", get(status).post(add_app))
         .route("/v1/apps/{name}", get(describe).delete(delete_app))
         .route("/v1/apps/{name}/logs", get(logs))
+        .route("/v1/apps/{name}/deploy", post(deploy))
+        .route("/v1/apps/{name}/deployments", get(deployments))
+        .route("/v1/apps/{name}/deployments/{id}", get(deployment))
+        .route("/v1/apps/{name}/rollback", post(rollback))
         .route("/v1/apps/{name}/{action}", post(action))
         .route("/v1/fleet", get(fleet))
         .route("/v1/jobs", get(jobs))
@@ -188,7 +214,9 @@ fn daemon_info(d: &Daemon) -> DaemonInfo {
 }
 
 async fn status(State(d): Shared, Query(q): Query<StatusQuery>) -> ApiResult<Status> {
-    let apps = d.supervisor.status(q.app.as_deref())?;
+    let apps = d
+        .deploys
+        .with_releases(d.supervisor.status(q.app.as_deref())?);
     Ok(Json(Status {
         daemon: daemon_info(&d),
         apps,
@@ -237,6 +265,94 @@ async fn add_app(
 async fn delete_app(State(d): Shared, Path(name): Path<String>) -> ApiResult<ActionReply> {
     d.supervisor.delete(&name).await?;
     Ok(Json(ActionReply { apps: Vec::new() }))
+}
+
+/// A JSON body that may be empty (the default then).
+fn body_or_default<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        HttpError::new(
+            ErrorCode::BadRequest,
+            format!("invalid request body: {e}"),
+            None,
+        )
+    })
+}
+
+async fn deploy(
+    State(d): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let req: DeployRequest = body_or_default(&body)?;
+    let deployment = d.deploys.start(&name, req.git_ref, None)?;
+    Ok((StatusCode::ACCEPTED, Json(DeploymentReply { deployment })).into_response())
+}
+
+async fn deployments(State(d): Shared, Path(name): Path<String>) -> ApiResult<DeploymentsReply> {
+    Ok(Json(DeploymentsReply {
+        deployments: d.deploys.list(&name)?,
+    }))
+}
+
+#[derive(Deserialize)]
+struct FollowQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// One deployment; with `?follow=true`, its record as NDJSON at every phase change until it ends.
+async fn deployment(
+    State(d): Shared,
+    Path((name, id)): Path<(String, String)>,
+    Query(q): Query<FollowQuery>,
+) -> Result<Response, HttpError> {
+    let found = d.deploys.list(&name)?.into_iter().find(|x| x.id == id);
+    let Some(found) = found else {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("{name} has no deployment {id:?}"),
+            Some("`citrusctl deployments APP` lists them"),
+        ));
+    };
+    if !q.follow {
+        return Ok(Json(DeploymentReply { deployment: found }).into_response());
+    }
+    let Some(mut watch) = d.deploys.watch(&name, &id) else {
+        // Already over: its one line.
+        let line =
+            serde_json::to_string(&DeploymentReply { deployment: found }).unwrap_or_default();
+        return Ok((line + "\n").into_response());
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        loop {
+            let now = watch.borrow_and_update().clone();
+            let line = serde_json::to_string(&DeploymentReply {
+                deployment: now.clone(),
+            })
+            .unwrap_or_default();
+            if tx.send(Bytes::from(line + "\n")).await.is_err() || now.phase.is_final() {
+                return;
+            }
+            if watch.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Body::from_stream(ChannelBody(rx)).into_response())
+}
+
+async fn rollback(
+    State(d): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<DeploymentReply> {
+    let req: RollbackRequest = body_or_default(&body)?;
+    let deployment = d.deploys.rollback(&name, req.to).await?;
+    Ok(Json(DeploymentReply { deployment }))
 }
 
 async fn fleet(State(d): Shared) -> ApiResult<crate::fleet::agent::FleetStatus> {

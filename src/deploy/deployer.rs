@@ -42,10 +42,16 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(5 * 60);
 pub enum DeployError {
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
-    #[error("app {app} has no [apps.{app}.deploy] section; add one (root and source) to deploy it")]
+    #[error(
+        "app {app} has no [apps.{app}.deploy] section; add one (root and source) to deploy it"
+    )]
     NotConfigured { app: String },
     #[error("a deployment of {app} is already running ({id}, {phase}); wait for it to end (`citrusctl deployments {app}`)")]
-    Busy { app: String, id: String, phase: Phase },
+    Busy {
+        app: String,
+        id: String,
+        phase: Phase,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -165,7 +171,10 @@ impl Deployments {
     }
 
     /// `apps` with the release each app with `[deploy]` runs from (`status --json`).
-    pub fn with_releases(&self, mut apps: Vec<crate::control::AppStatus>) -> Vec<crate::control::AppStatus> {
+    pub fn with_releases(
+        &self,
+        mut apps: Vec<crate::control::AppStatus>,
+    ) -> Vec<crate::control::AppStatus> {
         let config = self.supervisor.config();
         for row in &mut apps {
             if let Some(app) = config.apps.get(&row.name).filter(|a| a.deploy.is_some()) {
@@ -201,9 +210,8 @@ impl Deployments {
         self.check_idle(app, &running)?;
         let releases = deploy.releases();
         let existing = self.journal.list(app);
-        let id = release::new_id(|id| {
-            releases.join(id).exists() || existing.iter().any(|d| d.id == id)
-        });
+        let id =
+            release::new_id(|id| releases.join(id).exists() || existing.iter().any(|d| d.id == id));
         let d = Deployment::new(id, app, git_ref, operation);
         self.journal.save(&d)?;
         tracing::info!(app, id = %d.id, "deployment queued");
@@ -221,15 +229,12 @@ impl Deployments {
         app: &str,
         running: &HashMap<String, watch::Sender<Deployment>>,
     ) -> Result<(), DeployError> {
-        let busy = running
-            .get(app)
-            .map(|tx| tx.borrow().clone())
-            .or_else(|| {
-                self.journal
-                    .list(app)
-                    .into_iter()
-                    .find(|d| !d.phase.is_final())
-            });
+        let busy = running.get(app).map(|tx| tx.borrow().clone()).or_else(|| {
+            self.journal
+                .list(app)
+                .into_iter()
+                .find(|d| !d.phase.is_final())
+        });
         match busy {
             Some(d) => Err(DeployError::Busy {
                 app: app.into(),
@@ -241,17 +246,38 @@ impl Deployments {
     }
 
     fn handle(&self) -> Arc<Deployments> {
-        self.me.upgrade().expect("Deployments lives in the Arc made by new")
+        self.me
+            .upgrade()
+            .expect("Deployments lives in the Arc made by new")
     }
 
     /// Journals `d` and tells whoever watches it.
     fn save(&self, d: &Deployment) -> Result<(), JournalError> {
+        self.save_with(d, &self.running())
+    }
+
+    /// As [`Deployments::save`], with the in-flight map already locked.
+    fn save_with(
+        &self,
+        d: &Deployment,
+        running: &HashMap<String, watch::Sender<Deployment>>,
+    ) -> Result<(), JournalError> {
         let saved = self.journal.save(d);
-        if let Some(tx) = self.running().get(&d.app) {
+        if let Some(tx) = running.get(&d.app) {
             tx.send_replace(d.clone());
         }
         self.publish(d);
         saved
+    }
+
+    /// Journals the end of `d` and lets its app be deployed again, in one step under the lock:
+    /// whoever sees the end can start the next deployment at once.
+    fn close(&self, d: &Deployment) {
+        let mut running = self.running();
+        if let Err(e) = self.save_with(d, &running) {
+            tracing::error!(app = %d.app, id = %d.id, "cannot journal the end of the deployment: {e}");
+        }
+        running.remove(&d.app);
     }
 
     fn publish(&self, d: &Deployment) {
@@ -337,12 +363,14 @@ impl Deployments {
                 );
             }
         }
+        // Pruned while the app is still locked and this deployment still counts as in flight.
         if let Ok((_, deploy)) = self.config(&d.app) {
             let app = d.app.clone();
             let journal = self.journal.clone();
-            let _ = tokio::task::spawn_blocking(move || prune(&deploy, &journal, &app)).await;
+            let done = (d.phase == Phase::Completed).then(|| d.release.clone());
+            let _ = tokio::task::spawn_blocking(move || prune(&deploy, &journal, &app, done)).await;
         }
-        self.running().remove(&d.app);
+        self.close(&d);
     }
 
     async fn phases(&self, d: &mut Deployment) {
@@ -400,6 +428,9 @@ impl Deployments {
                         }
                     }
                     d.enter(next, output);
+                    if next.is_final() {
+                        return;
+                    }
                     if let Err(e) = self.save(d) {
                         let error = format!("{e}; the deployment stops here");
                         if d.phase <= Phase::CreatingSymlinks {
@@ -425,12 +456,9 @@ impl Deployments {
         }
     }
 
-    /// Ends `d` in `phase` and journals it.
+    /// Ends `d` in `phase`; [`Deployments::close`] journals it.
     fn finish(&self, d: &mut Deployment, phase: Phase, error: String, output: String) {
         d.end(phase, error, output);
-        if let Err(e) = self.save(d) {
-            tracing::error!(app = %d.app, id = %d.id, "cannot journal the end of the deployment: {e}");
-        }
     }
 
     /// The new release failed after the switch: `current` back to the previous release and the
@@ -487,7 +515,14 @@ impl Deployments {
         let ca_file = self.ca_file.clone();
         let user = app.user.clone();
         let work = tokio::task::spawn_blocking(move || {
-            fetch(&root, &source, git_ref.as_deref(), &dir_owned, ca_file.as_deref(), user.as_deref())
+            fetch(
+                &root,
+                &source,
+                git_ref.as_deref(),
+                &dir_owned,
+                ca_file.as_deref(),
+                user.as_deref(),
+            )
         });
         let fetched = match tokio::time::timeout(PULL_TIMEOUT, work).await {
             Err(_) => {
@@ -571,10 +606,13 @@ impl Deployments {
 
     /// `health_check`: every instance online and the probe passing, within its timeout.
     async fn health_check(&self, app: &AppConfig, deploy: &DeployConfig) -> PhaseResult {
-        let (timeout, interval) = deploy
-            .health
-            .as_ref()
-            .map_or((crate::config::DEFAULT_HEALTH_TIMEOUT, Duration::from_millis(200)), |h| (h.timeout, h.interval));
+        let (timeout, interval) = deploy.health.as_ref().map_or(
+            (
+                crate::config::DEFAULT_HEALTH_TIMEOUT,
+                Duration::from_millis(200),
+            ),
+            |h| (h.timeout, h.interval),
+        );
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
@@ -620,7 +658,9 @@ impl Deployments {
             }
         }
         let health = deploy.health.as_ref()?;
-        let attempt = health.interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let attempt = health
+            .interval
+            .clamp(Duration::from_millis(500), Duration::from_secs(5));
         match crate::health::probe::check(&health.target, attempt).await {
             Ok(_) => None,
             Err(e) => Some(format!("probe {} failed: {e}", health.target.describe())),
@@ -679,7 +719,8 @@ impl Deployments {
         let result = async {
             let out = switch(&deploy, &target).await?;
             d.enter(Phase::Restarting, out);
-            self.save(&d).map_err(|e| PhaseFailure::new(e.to_string()))?;
+            self.save(&d)
+                .map_err(|e| PhaseFailure::new(e.to_string()))?;
             self.supervisor
                 .restart(&Target::App(app.to_owned()))
                 .await
@@ -688,13 +729,10 @@ impl Deployments {
         }
         .await;
         match result {
-            Ok(out) => {
-                d.enter(Phase::Completed, out);
-                let _ = self.save(&d);
-            }
+            Ok(out) => d.enter(Phase::Completed, out),
             Err(f) => self.finish(&mut d, Phase::Failed, f.error, f.output),
         }
-        self.running().remove(app);
+        self.close(&d);
         Ok(d)
     }
 
@@ -714,10 +752,15 @@ impl Deployments {
             .map(|a| Arc::new(a.clone()))
             .collect();
         for app in apps {
-            let Some(deploy) = app.deploy.clone() else { continue };
+            let Some(deploy) = app.deploy.clone() else {
+                continue;
+            };
             report.checked += 1;
             if self.running().contains_key(&app.name) {
-                report.lines.push(format!("{}: a deployment is in progress; left alone", app.name));
+                report.lines.push(format!(
+                    "{}: a deployment is in progress; left alone",
+                    app.name
+                ));
                 continue;
             }
             let journal = self.journal.clone();
@@ -732,11 +775,19 @@ impl Deployments {
                 super::reconcile::AppCheck::Fixed { message, restart } => {
                     report.fixed += 1;
                     tracing::warn!(app = %app.name, "{message}");
-                    self.events.emit(EventKind::Deploy, Some(&app.name), &message);
+                    self.events
+                        .emit(EventKind::Deploy, Some(&app.name), &message);
                     report.lines.push(format!("{}: {message}", app.name));
                     if restart {
-                        if let Err(e) = self.supervisor.restart(&Target::App(app.name.clone())).await {
-                            report.lines.push(format!("{}: restart after the repair failed: {e}", app.name));
+                        if let Err(e) = self
+                            .supervisor
+                            .restart(&Target::App(app.name.clone()))
+                            .await
+                        {
+                            report.lines.push(format!(
+                                "{}: restart after the repair failed: {e}",
+                                app.name
+                            ));
                         }
                     }
                 }
@@ -761,7 +812,10 @@ fn fetch(
 ) -> Result<(Option<String>, String), String> {
     let prepare = || -> std::io::Result<()> {
         release::prepare(deploy)?;
-        release::remove(deploy, dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())?;
+        release::remove(
+            deploy,
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
+        )?;
         std::fs::create_dir(dir)
     };
     prepare().map_err(|e| format!("cannot create the release directory {}: {e}", dir.display()))?;
@@ -775,7 +829,8 @@ fn fetch(
             (None, source::copy_tree(src, dir, &limits))
         }
         DeploySource::Archive(file) => {
-            if !file.is_file() {
+            // Not `is_file`: a pipe that an upload is still writing into is a fine source.
+            if !file.exists() || file.is_dir() {
                 return Err(format!("the source archive {} is missing", file.display()));
             }
             (None, source::extract_archive(file, dir, &limits))
@@ -862,13 +917,20 @@ async fn switch(deploy: &DeployConfig, id: &str) -> PhaseResult {
 /// Retention: failed and rolled-back releases go first (never `current`), then completed ones
 /// past the newest `keep`; `current` and the release before it are never deleted. Journal records
 /// past [`super::journal::KEEP_RECORDS`] go too.
-fn prune(deploy: &DeployConfig, journal: &Journal, app: &str) {
+/// `just_completed` is the release of the deployment that is completing (not journalled as such
+/// yet).
+fn prune(deploy: &DeployConfig, journal: &Journal, app: &str, just_completed: Option<String>) {
     let records = journal.list(app);
     let current = release::current(deploy).ok().flatten();
-    let completed: Vec<&str> = records
-        .iter()
-        .filter(|d| d.phase == Phase::Completed)
-        .map(|d| d.release.as_str())
+    let completed: Vec<&str> = just_completed
+        .as_deref()
+        .into_iter()
+        .chain(
+            records
+                .iter()
+                .filter(|d| d.phase == Phase::Completed)
+                .map(|d| d.release.as_str()),
+        )
         .collect();
     let previous = completed
         .iter()

@@ -241,7 +241,11 @@ mod tests {
         b.enter(Phase::PullingSource, String::new());
         b.enter(Phase::Building, "fetched".into());
         journal.save(&b).unwrap();
-        a.end(Phase::Failed, "source vanished".into(), "x".repeat(OUTPUT_TAIL + 10));
+        a.end(
+            Phase::Failed,
+            "source vanished".into(),
+            "x".repeat(OUTPUT_TAIL + 10),
+        );
         journal.save(&a).unwrap();
         let list = journal.list("web");
         assert_eq!(list, vec![b.clone(), a.clone()]);
@@ -250,7 +254,16 @@ mod tests {
         assert!(list[1].ended_ms.is_some() && list[0].ended_ms.is_none());
         assert!(journal.list("other").is_empty());
         let json: serde_json::Value = serde_json::to_value(&b).unwrap();
-        for key in ["id", "ref", "commit", "phase", "started_ms", "ended_ms", "error", "output"] {
+        for key in [
+            "id",
+            "ref",
+            "commit",
+            "phase",
+            "started_ms",
+            "ended_ms",
+            "error",
+            "output",
+        ] {
             assert!(json.get(key).is_some(), "{key}");
         }
         assert_eq!(json["phase"], "building");

@@ -24,7 +24,10 @@ pub struct Report {
 pub enum AppCheck {
     Fine,
     /// Repaired; `restart` when the app cannot have been running from `current`.
-    Fixed { message: String, restart: bool },
+    Fixed {
+        message: String,
+        restart: bool,
+    },
     Error(String),
 }
 
@@ -51,7 +54,9 @@ pub fn check_app(app: &str, deploy: &DeployConfig, journal: &Journal) -> AppChec
         Some(id) if !release::dir(deploy, id).is_dir() => {
             Some(format!("was dangling (releases/{id} is gone)"))
         }
-        Some(id) if id != wanted => Some(format!("pointed at {id}, not the newest completed release")),
+        Some(id) if id != wanted => {
+            Some(format!("pointed at {id}, not the newest completed release"))
+        }
         Some(_) => None,
     };
     if let Some(problem) = problem {
@@ -68,7 +73,10 @@ pub fn check_app(app: &str, deploy: &DeployConfig, journal: &Journal) -> AppChec
             return AppCheck::Error(format!("cannot repair the shared links of {wanted}: {e}"));
         }
         let names: Vec<String> = broken.iter().map(|p| p.display().to_string()).collect();
-        fixed.push(format!("shared links repaired in {wanted}: {}", names.join(", ")));
+        fixed.push(format!(
+            "shared links repaired in {wanted}: {}",
+            names.join(", ")
+        ));
     }
     match fixed.is_empty() {
         true => AppCheck::Fine,

@@ -108,7 +108,10 @@ pub fn link_shared(config: &DeployConfig, release: &Path) -> io::Result<String> 
             match &inside_meta {
                 Some(meta) if !meta.file_type().is_symlink() => {
                     std::fs::rename(&inside, &shared)?;
-                    lines.push(format!("shared/{}: seeded from the release", path.display()));
+                    lines.push(format!(
+                        "shared/{}: seeded from the release",
+                        path.display()
+                    ));
                 }
                 _ => {
                     std::fs::create_dir_all(&shared)?;

@@ -184,7 +184,10 @@ impl Agent {
             stopping: tokio::sync::watch::Sender::new(false),
         });
         tokio::spawn(agent.clone().run());
-        tokio::spawn(report_deployments(Arc::downgrade(&agent), deploys.subscribe()));
+        tokio::spawn(report_deployments(
+            Arc::downgrade(&agent),
+            deploys.subscribe(),
+        ));
         if let Some(p) = watch {
             tokio::spawn(agent.clone().confirm_or_revert(p));
         }

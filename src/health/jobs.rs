@@ -522,7 +522,10 @@ fn describe(problems: &[(u32, String)]) -> String {
 /// The `deploy-reconcile` job's result: ok, a warning when something was repaired, failed on
 /// errors.
 fn reconcile_report(r: reconcile::Report) -> Report {
-    let mut summary = format!("checked {}, fixed {}, errors {}", r.checked, r.fixed, r.errors);
+    let mut summary = format!(
+        "checked {}, fixed {}, errors {}",
+        r.checked, r.fixed, r.errors
+    );
     if r.resumed > 0 {
         summary.push_str(&format!(", resumed {} stuck deployment(s)", r.resumed));
     }

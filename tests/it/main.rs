@@ -2,6 +2,7 @@
 
 mod config_errors;
 mod control;
+mod deploy;
 mod digitalocean;
 mod engine;
 mod fleet;

@@ -106,13 +106,31 @@ mod tests {
     }
 
     fn file<'a>(path: &'a str, data: &'a [u8]) -> E<'a> {
-        E { path, kind: EntryType::Regular, mode: 0o644, link: "", data }
+        E {
+            path,
+            kind: EntryType::Regular,
+            mode: 0o644,
+            link: "",
+            data,
+        }
     }
     fn dir(path: &str) -> E<'_> {
-        E { path, kind: EntryType::Directory, mode: 0o755, link: "", data: b"" }
+        E {
+            path,
+            kind: EntryType::Directory,
+            mode: 0o755,
+            link: "",
+            data: b"",
+        }
     }
     fn link<'a>(kind: EntryType, path: &'a str, target: &'a str) -> E<'a> {
-        E { path, kind, mode: 0o777, link: target, data: b"" }
+        E {
+            path,
+            kind,
+            mode: 0o777,
+            link: target,
+            data: b"",
+        }
     }
 
     fn archive(dir: &Path, entries: &[E<'_>]) -> PathBuf {
@@ -192,19 +210,30 @@ mod tests {
         refused(&[file("../x", b"evil")], "../x", "`..`");
         refused(&[file("/abs/x", b"evil")], "/abs/x", "absolute path");
         refused(&[dir("a"), file("a/../../x", b"evil")], "a/../../x", "`..`");
-        refused(&[file("../sentinel/keep", b"evil")], "../sentinel/keep", "`..`");
+        refused(
+            &[file("../sentinel/keep", b"evil")],
+            "../sentinel/keep",
+            "`..`",
+        );
     }
 
     #[test]
     fn symlinks_leaving_the_release_are_refused() {
-        refused(&[link(EntryType::Symlink, "etc", "/etc")], "etc", "absolute link target");
+        refused(
+            &[link(EntryType::Symlink, "etc", "/etc")],
+            "etc",
+            "absolute link target",
+        );
         refused(
             &[dir("a"), link(EntryType::Symlink, "a/up", "../../x")],
             "a/up",
             "leaves the release",
         );
         refused(
-            &[link(EntryType::Symlink, "s", "../sentinel"), file("s/keep", b"evil")],
+            &[
+                link(EntryType::Symlink, "s", "../sentinel"),
+                file("s/keep", b"evil"),
+            ],
             "s",
             "leaves the release",
         );
@@ -213,13 +242,21 @@ mod tests {
     #[test]
     fn a_file_entry_through_an_inside_symlink_is_refused() {
         refused(
-            &[dir("sub"), link(EntryType::Symlink, "s", "sub"), file("s/x", b"data")],
+            &[
+                dir("sub"),
+                link(EntryType::Symlink, "s", "sub"),
+                file("s/x", b"data"),
+            ],
             "s/x",
             "is a symlink or a file",
         );
         // Also when the symlink is the last component: O_EXCL | O_NOFOLLOW does not follow it.
         refused(
-            &[file("t", b"1"), link(EntryType::Symlink, "s", "t"), file("s", b"2")],
+            &[
+                file("t", b"1"),
+                link(EntryType::Symlink, "s", "t"),
+                file("s", b"2"),
+            ],
             "s",
             "already exists",
         );
@@ -227,9 +264,17 @@ mod tests {
 
     #[test]
     fn hard_links_outside_or_to_non_files_are_refused() {
-        refused(&[link(EntryType::Link, "pw", "/etc/passwd")], "pw", "absolute path");
+        refused(
+            &[link(EntryType::Link, "pw", "/etc/passwd")],
+            "pw",
+            "absolute path",
+        );
         refused(&[link(EntryType::Link, "x", "../x")], "x", "`..`");
-        refused(&[link(EntryType::Link, "x", "missing")], "x", "not a file written earlier");
+        refused(
+            &[link(EntryType::Link, "x", "missing")],
+            "x",
+            "not a file written earlier",
+        );
         // A hard link to an inside symlink would move it and change what it points to.
         refused(
             &[
@@ -245,8 +290,16 @@ mod tests {
 
     #[test]
     fn devices_and_fifos_are_refused() {
-        refused(&[link(EntryType::Fifo, "p", "")], "p", "fifo entries are not allowed");
-        refused(&[link(EntryType::Char, "null", "")], "null", "character device");
+        refused(
+            &[link(EntryType::Fifo, "p", "")],
+            "p",
+            "fifo entries are not allowed",
+        );
+        refused(
+            &[link(EntryType::Char, "null", "")],
+            "null",
+            "character device",
+        );
     }
 
     #[test]
@@ -271,17 +324,40 @@ mod tests {
                 link(EntryType::Link, "./README.hard", "README"),
             ])
             .unwrap();
-        assert_eq!(stats, Stats { files: 5, bytes: script.len() as u64 + 5 + 1 + 16 });
+        assert_eq!(
+            stats,
+            Stats {
+                files: 5,
+                bytes: script.len() as u64 + 5 + 1 + 16
+            }
+        );
         let d = scene.dest();
-        let mode = |p: &str| std::fs::symlink_metadata(d.join(p)).unwrap().permissions().mode();
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(d.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
         assert_eq!(mode("bin/run") & 0o7777, 0o755, "setuid dropped");
         assert_eq!(mode("README") & 0o777, 0o644);
         assert_eq!(mode("ro") & 0o777, 0o555);
         assert_eq!(std::fs::read_to_string(d.join("ro/inner")).unwrap(), "x");
-        assert_eq!(std::fs::read_link(d.join("bin/readme")).unwrap(), Path::new("../README"));
-        assert_eq!(std::fs::read_to_string(d.join("bin/readme")).unwrap(), "hello");
-        assert_eq!(std::fs::read_link(d.join("here")).unwrap(), Path::new("bin"));
-        assert_eq!(std::fs::read_to_string(d.join("README.hard")).unwrap(), "hello");
+        assert_eq!(
+            std::fs::read_link(d.join("bin/readme")).unwrap(),
+            Path::new("../README")
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("bin/readme")).unwrap(),
+            "hello"
+        );
+        assert_eq!(
+            std::fs::read_link(d.join("here")).unwrap(),
+            Path::new("bin")
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("README.hard")).unwrap(),
+            "hello"
+        );
         assert_eq!(
             std::fs::read_to_string(d.join("deep/er/file")).unwrap(),
             "implicit parents"
@@ -292,21 +368,33 @@ mod tests {
     #[test]
     fn limits_bound_entries_bytes_and_path_length() {
         let scene = Scene::new();
-        let a = archive(scene.dir.path(), &[file("a", b"1"), file("b", b"2"), file("c", b"3")]);
-        let limits = Limits { max_entries: 2, ..Limits::default() };
+        let a = archive(
+            scene.dir.path(),
+            &[file("a", b"1"), file("b", b"2"), file("c", b"3")],
+        );
+        let limits = Limits {
+            max_entries: 2,
+            ..Limits::default()
+        };
         let err = extract_archive(&a, &scene.dest(), &limits).unwrap_err();
         assert!(err.to_string().contains("more than 2 entries"), "{err}");
 
         let scene = Scene::new();
         let a = archive(scene.dir.path(), &[file("a", &[0; 600])]);
-        let limits = Limits { max_bytes: 512, ..Limits::default() };
+        let limits = Limits {
+            max_bytes: 512,
+            ..Limits::default()
+        };
         let err = extract_archive(&a, &scene.dest(), &limits).unwrap_err();
         assert!(err.to_string().contains("more than 512 bytes"), "{err}");
         assert!(!scene.dest().join("a").exists());
 
         let scene = Scene::new();
         let a = archive(scene.dir.path(), &[file("aaaa/bbbb/cccc", b"")]);
-        let limits = Limits { max_path_len: 10, ..Limits::default() };
+        let limits = Limits {
+            max_path_len: 10,
+            ..Limits::default()
+        };
         let err = extract_archive(&a, &scene.dest(), &limits).unwrap_err();
         assert!(err.to_string().contains("longer than 10 bytes"), "{err}");
     }
@@ -331,6 +419,9 @@ mod tests {
         let err = scene.extract(&[file("big", &big)]).unwrap_err();
         assert!(err.is_storage_full(), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("write file") && msg.contains("No space left"), "{msg}");
+        assert!(
+            msg.contains("write file") && msg.contains("No space left"),
+            "{msg}"
+        );
     }
 }

@@ -108,9 +108,7 @@ fn remove_stale_locks(cache: &Path) -> Result<(), SourceError> {
         for entry in entries {
             let entry = entry.map_err(|e| io_err("read cache directory", dir, e))?;
             let path = entry.path();
-            let kind = entry
-                .file_type()
-                .map_err(|e| io_err("inspect", &path, e))?;
+            let kind = entry.file_type().map_err(|e| io_err("inspect", &path, e))?;
             if kind.is_file() && entry.file_name().as_encoded_bytes().ends_with(b".lock") {
                 std::fs::remove_file(&path).map_err(|e| io_err("remove stale lock", &path, e))?;
             } else if kind.is_dir() && depth > 0 && depth < MAX_DEPTH {
@@ -129,7 +127,10 @@ fn resolve(repo: &Repository, git_ref: &str) -> Result<Option<Oid>, git2::Error>
     let candidates = if git_ref.starts_with("refs/tags/") {
         vec![git_ref.to_string()]
     } else {
-        vec![format!("{REMOTE_BRANCHES}{name}"), format!("refs/tags/{name}")]
+        vec![
+            format!("{REMOTE_BRANCHES}{name}"),
+            format!("refs/tags/{name}"),
+        ]
     };
     for candidate in candidates {
         match repo.find_reference(&candidate) {
@@ -166,7 +167,12 @@ impl TreeWriter<'_> {
         }
     }
 
-    fn write(&mut self, tree: &git2::Tree<'_>, rel: &RelPath, depth: usize) -> Result<(), SourceError> {
+    fn write(
+        &mut self,
+        tree: &git2::Tree<'_>,
+        rel: &RelPath,
+        depth: usize,
+    ) -> Result<(), SourceError> {
         let odb = self
             .repo
             .odb()
@@ -190,7 +196,9 @@ impl TreeWriter<'_> {
             match entry.filemode() {
                 0o040000 => {
                     if depth + 1 > MAX_DEPTH {
-                        return Err(refuse(format!("nested deeper than {MAX_DEPTH} directories")));
+                        return Err(refuse(format!(
+                            "nested deeper than {MAX_DEPTH} directories"
+                        )));
                     }
                     self.release.dir(&child, 0o755)?;
                     let sub = self
@@ -309,12 +317,24 @@ mod tests {
         let up = Upstream::new();
         let (id, dest) = up.checkout(&up.url(), "main").unwrap();
         assert_eq!(id, up.rev("main"));
-        assert_eq!(std::fs::read_to_string(dest.join("README")).unwrap(), "v1\n");
-        let mode = std::fs::metadata(dest.join("bin/run")).unwrap().permissions().mode();
+        assert_eq!(
+            std::fs::read_to_string(dest.join("README")).unwrap(),
+            "v1\n"
+        );
+        let mode = std::fs::metadata(dest.join("bin/run"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
-        let mode = std::fs::metadata(dest.join("README")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dest.join("README"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o644);
-        assert_eq!(std::fs::read_link(dest.join("bin/readme")).unwrap(), Path::new("../README"));
+        assert_eq!(
+            std::fs::read_link(dest.join("bin/readme")).unwrap(),
+            Path::new("../README")
+        );
         assert!(!dest.join(".git").exists());
         assert!(!dest.join("NEXT").exists());
 
@@ -343,12 +363,21 @@ mod tests {
         let (second, dest) = up.checkout(&up.url(), "main").unwrap();
         assert_ne!(first, second);
         assert_eq!(second, up.rev("main"));
-        assert_eq!(std::fs::read_to_string(dest.join("README")).unwrap(), "v2\n");
-        assert_eq!(Repository::open_bare(up.cache()).unwrap().path(), cache_head);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("README")).unwrap(),
+            "v2\n"
+        );
+        assert_eq!(
+            Repository::open_bare(up.cache()).unwrap().path(),
+            cache_head
+        );
         // The first commit is still in the cache and can be checked out by id.
         let (id, dest) = up.checkout(&up.url(), &first).unwrap();
         assert_eq!(id, first);
-        assert_eq!(std::fs::read_to_string(dest.join("README")).unwrap(), "v1\n");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("README")).unwrap(),
+            "v1\n"
+        );
     }
 
     #[test]
@@ -357,20 +386,31 @@ mod tests {
         for r in ["nope", "deadbeef00", "v9"] {
             let err = up.checkout(&up.url(), r).unwrap_err();
             assert!(matches!(err, SourceError::RefNotFound { .. }), "{err}");
-            assert_eq!(err.to_string(), format!("ref {r} not found in {}", up.url()));
+            assert_eq!(
+                err.to_string(),
+                format!("ref {r} not found in {}", up.url())
+            );
         }
     }
 
     #[test]
     fn unsupported_urls_and_unreachable_repositories_are_errors() {
         let up = Upstream::new();
-        for url in ["ssh://host/x.git", "git@host:x.git", "http://host/x.git", "relative/dir"] {
+        for url in [
+            "ssh://host/x.git",
+            "git@host:x.git",
+            "http://host/x.git",
+            "relative/dir",
+        ] {
             let err = up.checkout(url, "main").unwrap_err();
             assert!(matches!(err, SourceError::UnsupportedUrl { .. }), "{err}");
         }
         let missing = up.t.path().join("missing").display().to_string();
         let err = up.checkout(&missing, "main").unwrap_err();
-        assert!(err.to_string().contains(&format!("cannot fetch {missing}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("cannot fetch {missing}")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -381,7 +421,10 @@ mod tests {
         git(&up.repo(), &["commit", "-q", "-m", "evil"]);
         let err = up.checkout(&up.url(), "main").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("\"bin/pw\"") && msg.contains("leaves the release"), "{msg}");
+        assert!(
+            msg.contains("\"bin/pw\"") && msg.contains("leaves the release"),
+            "{msg}"
+        );
     }
 
     #[test]

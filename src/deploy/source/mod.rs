@@ -189,7 +189,10 @@ impl RelPath {
 fn plain_name(name: &[u8]) -> Result<(), String> {
     match name {
         b"" => Err("empty name".into()),
-        b"." | b".." => Err(format!("{:?} is not a plain name", String::from_utf8_lossy(name))),
+        b"." | b".." => Err(format!(
+            "{:?} is not a plain name",
+            String::from_utf8_lossy(name)
+        )),
         _ if name.contains(&b'/') || name.contains(&0) => {
             Err("a name with `/` or a NUL byte".into())
         }
@@ -432,11 +435,8 @@ impl Release {
         self.file_fits(rel, size)?;
         let name = self.enter_parent(rel)?;
         let pfd = self.parent_fd();
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_EXCL
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = match openat(pfd, name, flags, Mode::from_bits_truncate(0o600)) {
             Ok(fd) => fd,
             Err(Errno::EEXIST) => {
@@ -496,7 +496,10 @@ impl Release {
             Ok(_) => {
                 return Err(self.refused(
                     rel,
-                    format!("hard link target {:?} is not a regular file", target.display()),
+                    format!(
+                        "hard link target {:?} is not a regular file",
+                        target.display()
+                    ),
                 ))
             }
             Err(e) => return Err(not_there(self.io("inspect", target, e))),

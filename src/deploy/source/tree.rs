@@ -59,10 +59,8 @@ fn copy_dir(
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {
                 // O_NONBLOCK: should the file be swapped for a fifo, opening it does not hang.
-                let flags = OFlag::O_RDONLY
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_NONBLOCK
-                    | OFlag::O_CLOEXEC;
+                let flags =
+                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
                 let fd = nix::fcntl::openat(&dir, name.as_c_str(), flags, Mode::empty())
                     .map_err(|e| io_err("open", &here(&child), e))?;
                 let st = fstat(&fd).map_err(|e| io_err("inspect", &here(&child), e))?;
@@ -131,13 +129,31 @@ mod tests {
         symlink("bin/run", src.join("start")).unwrap();
         symlink("lib", src.join("libs")).unwrap();
         let stats = copy_tree(&src, &dest, &Limits::default()).unwrap();
-        assert_eq!(stats, Stats { files: 2, bytes: 10 + 14 });
+        assert_eq!(
+            stats,
+            Stats {
+                files: 2,
+                bytes: 10 + 14
+            }
+        );
         assert_eq!(mode(&dest.join("bin/run")) & 0o777, 0o755);
         assert_eq!(mode(&dest.join("app.js")) & 0o777, 0o644);
-        assert_eq!(std::fs::read_link(dest.join("lib/deep/app")).unwrap(), Path::new("../../app.js"));
-        assert_eq!(std::fs::read_to_string(dest.join("lib/deep/app")).unwrap(), "console.log(1)");
-        assert_eq!(std::fs::read_link(dest.join("start")).unwrap(), Path::new("bin/run"));
-        assert_eq!(std::fs::read_link(dest.join("libs")).unwrap(), Path::new("lib"));
+        assert_eq!(
+            std::fs::read_link(dest.join("lib/deep/app")).unwrap(),
+            Path::new("../../app.js")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.join("lib/deep/app")).unwrap(),
+            "console.log(1)"
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("start")).unwrap(),
+            Path::new("bin/run")
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("libs")).unwrap(),
+            Path::new("lib")
+        );
     }
 
     #[test]
@@ -199,7 +215,10 @@ mod tests {
         let stats = copy_tree(&src, &dest, &Limits::default()).unwrap();
         let took = start.elapsed();
         assert_eq!(stats.files, 10_000);
-        assert_eq!(std::fs::read_to_string(dest.join("d42/f7")).unwrap(), "42/7");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("d42/f7")).unwrap(),
+            "42/7"
+        );
         // Generous for a loaded 2-core CI box; about 0.1 s when idle.
         assert!(took < Duration::from_secs(2), "took {took:?}");
     }
@@ -210,7 +229,10 @@ mod tests {
         let (src, dest) = (t.path().join("src"), t.path().join("dest"));
         std::fs::create_dir_all(src.join("a/b")).unwrap();
         std::fs::create_dir_all(&dest).unwrap();
-        let limits = Limits { max_entries: 1, ..Limits::default() };
+        let limits = Limits {
+            max_entries: 1,
+            ..Limits::default()
+        };
         let err = copy_tree(&src, &dest, &limits).unwrap_err();
         assert!(err.to_string().contains("more than 1 entries"), "{err}");
     }
@@ -227,7 +249,13 @@ mod tests {
         let err = copy_tree(&src, &dest, &Limits::default()).unwrap_err();
         assert!(err.is_storage_full(), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("write file") && msg.contains("No space left"), "{msg}");
-        assert!(msg.contains(&dest.join("big").display().to_string()), "{msg}");
+        assert!(
+            msg.contains("write file") && msg.contains("No space left"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&dest.join("big").display().to_string()),
+            "{msg}"
+        );
     }
 }
