@@ -3,5 +3,6 @@
 //! Above the supervisor (which it drives), below the daemon (which assembles it).
 
 pub mod phase;
+pub mod source;
 
 pub use phase::Phase;
