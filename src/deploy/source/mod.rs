@@ -104,10 +104,7 @@ pub enum SourceError {
     /// A git URL of a kind citrusd does not fetch from.
     #[error("unsupported git URL {url:?}: use https://, file:// or an absolute local path")]
     UnsupportedUrl { url: String },
-    /// The TLS configuration for an https remote could not be built.
-    #[error("cannot fetch {url}: {message}")]
-    Tls { url: String, message: String },
-    /// A git operation failed.
+    /// A git operation failed. (Git URLs in errors have any `user:password@` masked.)
     #[error("cannot {action} {url}: {}", source.message())]
     Git {
         action: &'static str,
