@@ -20,8 +20,8 @@ use super::{io_err, plain_name, Limits, RelPath, Release, SourceError, MAX_DEPTH
 const REMOTE_BRANCHES: &str = "refs/remotes/origin/";
 
 /// Fetches `url` into the bare cache repository `cache` (created on first use), resolves
-/// `git_ref` — a branch, a tag or a 7–40 hex commit id — and writes that commit's tree into
-/// `dest`, an existing empty directory. Returns the full commit id.
+/// `git_ref` — a branch, a tag or a 7–40 hex commit id, in that order — and writes that
+/// commit's tree into `dest`, an existing empty directory. Returns the full commit id.
 ///
 /// `tls` is the TLS configuration of an `https://` fetch (build it with
 /// [`crate::fleet::tls::client_config`]); `None` trusts the system roots only. The ref must
@@ -45,6 +45,8 @@ pub fn git_checkout(
         url: shown.into(),
         source,
     };
+    // The release is checked first: nothing is fetched for a deployment that cannot use it.
+    let mut release = Release::open(dest, limits, "git tree entry", Path::new(""))?;
     let repo = open_cache(cache).map_err(|e| git_err("create the cache repository for", e))?;
     remove_stale_locks(cache)?;
     let fetch = || -> Result<(), git2::Error> {
@@ -78,7 +80,6 @@ pub fn git_checkout(
     let tree = commit
         .tree()
         .map_err(|e| git_err("read the tree from", e))?;
-    let mut release = Release::open(dest, limits, "git tree entry", Path::new(""))?;
     let mut writer = TreeWriter {
         repo: &repo,
         url: shown,

@@ -91,7 +91,7 @@ pub enum SourceError {
         reason: String,
     },
     /// The source is larger than [`Limits`] allow.
-    #[error("{source_name} has more than {limit} {unit}: raise the deployment's limit or shrink the source")]
+    #[error("{source_name} has more than {limit} {unit}, the limit for a deployment source")]
     TooLarge {
         source_name: String,
         limit: u64,
@@ -99,7 +99,7 @@ pub enum SourceError {
         unit: &'static str,
     },
     /// The release directory already has something in it.
-    #[error("release directory {} is not empty: sources are written only into a fresh, empty directory", path.display())]
+    #[error("release directory {} is not empty: a source is written only into an empty one", path.display())]
     DestNotEmpty { path: PathBuf },
     /// A git URL of a kind citrusd does not fetch from.
     #[error("unsupported git URL {url:?}: use https://, file:// or an absolute local path")]
@@ -215,9 +215,8 @@ fn link_inside(depth: usize, target: &[u8]) -> Result<(), String> {
         match part {
             b"" | b"." => {}
             b".." if named => {
-                return Err(format!(
-                    "link target {shown:?} has `..` after a name (not supported: write it without the detour)"
-                ))
+                let why = "has `..` after a name (write it without the detour)";
+                return Err(format!("link target {shown:?} {why}"));
             }
             b".." => ups += 1,
             _ => named = true,
