@@ -1,7 +1,7 @@
-//! Self-update from an `https://` remote through citrusd's own git transport (rustls, no
-//! OpenSSL): a real smart-HTTP git server on 127.0.0.1 (`git http-backend` behind a small TLS
-//! server with a self-signed certificate), a redirect, an untrusted certificate, a server that
-//! is not a git server.
+//! Self-update and deployments' git sources from an `https://` remote through citrusd's own git
+//! transport (rustls, no OpenSSL): a real smart-HTTP git server on 127.0.0.1 (`git http-backend`
+//! behind a small TLS server with a self-signed certificate), a redirect, an untrusted
+//! certificate, a server that is not a git server.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -168,4 +168,31 @@ fn an_untrusted_certificate_or_a_server_that_is_not_git_fails_and_nothing_moves(
 
     let after: Vec<String> = checkouts.iter().map(|c| head(c)).collect();
     assert_eq!(before, after);
+}
+
+#[test]
+fn a_deployment_checks_out_an_https_source_through_the_same_transport() {
+    use citrus::deploy::source::{git_checkout, Limits, SourceError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = git_server(&dir.path().join("srv"));
+    let (_, b) = repos(dir.path(), &[]);
+    let (cache, dest) = (dir.path().join("cache.git"), dir.path().join("release"));
+    std::fs::create_dir(&dest).unwrap();
+    let url = server.url("app.git");
+    let tls = Some(server.client_tls());
+    let id = git_checkout(&url, "main", &cache, &dest, tls, &Limits::default()).unwrap();
+    assert_eq!(id, b);
+    assert!(!dest.join(".git").exists());
+    let requests = server.requests();
+    assert_eq!(requests[0], "GET /app.git/info/refs", "{requests:?}");
+
+    // Without the CA the self-signed certificate is refused, and the error names the URL.
+    let again = dir.path().join("release2");
+    std::fs::create_dir(&again).unwrap();
+    let err = git_checkout(&url, "main", &cache, &again, None, &Limits::default()).unwrap_err();
+    assert!(matches!(err, SourceError::Git { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("cannot fetch {url}")), "{msg}");
+    assert!(msg.to_lowercase().contains("certificate"), "{msg}");
 }

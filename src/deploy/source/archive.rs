@@ -3,12 +3,15 @@
 //! are extracted through the release writer; every other kind of entry is refused.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use tar::EntryType;
 
 use super::{io_err, Limits, RelPath, Release, SourceError, Stats};
+
+/// PAX records for one entry are read into memory up to this size.
+const MAX_PAX: u64 = 64 << 10;
 
 /// Extracts the `.tar.gz` `archive` into `dest`, an existing empty directory.
 ///
@@ -20,20 +23,78 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: &Limits) -> Result<S
     let mut release = Release::open(dest, limits, "archive entry", Path::new(""))?;
     let gz = flate2::read::MultiGzDecoder::new(BufReader::new(file));
     let mut tar = tar::Archive::new(gz);
-    let entries = tar
-        .entries()
-        .map_err(|e| io_err("read archive", archive, e))?;
+    let read_err = |e| io_err("read archive", archive, e);
+    // Raw: the GNU long names and PAX records are read here, with a bound (the `tar` crate
+    // would read one of any size into memory).
+    let entries = tar.entries().map_err(read_err)?.raw(true);
+    let mut ext = Extensions::default();
     for entry in entries {
-        let mut entry = entry.map_err(|e| io_err("read archive", archive, e))?;
+        let mut entry = entry.map_err(read_err)?;
         release.count_entry(&|| format!("archive {}", archive.display()))?;
-        let raw = entry.path_bytes().into_owned();
+        let header_path = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        let bounded = |entry: &mut tar::Entry<'_, _>, max: u64, what: &str| {
+            if entry.size() > max {
+                return Err(SourceError::Refused {
+                    what: "archive entry",
+                    name: String::from_utf8_lossy(&header_path).into_owned(),
+                    reason: format!("{what} of {} bytes (the limit is {max})", entry.size()),
+                });
+            }
+            let mut buf = Vec::new();
+            entry.read_to_end(&mut buf).map_err(read_err)?;
+            Ok(buf)
+        };
+        let max_name = limits.max_path_len as u64 + 1;
+        match kind {
+            EntryType::GNULongName => {
+                ext.path = Some(nul_trimmed(bounded(&mut entry, max_name, "long name")?));
+                continue;
+            }
+            EntryType::GNULongLink => {
+                ext.link = Some(nul_trimmed(bounded(&mut entry, max_name, "long link")?));
+                continue;
+            }
+            EntryType::XHeader => {
+                let pax = bounded(&mut entry, MAX_PAX, "PAX header")?;
+                // Other tools might read records this parser skips: refuse instead.
+                if tar::PaxExtensions::new(&pax).any(|r| r.is_err()) {
+                    return Err(SourceError::Refused {
+                        what: "archive entry",
+                        name: String::from_utf8_lossy(&header_path).into_owned(),
+                        reason: "malformed PAX header".into(),
+                    });
+                }
+                ext.pax = Some(pax);
+                continue;
+            }
+            // Global PAX records carry defaults (comments, times), nothing to write.
+            EntryType::XGlobalHeader => continue,
+            _ => {}
+        }
+        let ext = std::mem::take(&mut ext);
+        let raw = ext
+            .pax_value("path")
+            .or(ext.path.clone())
+            .unwrap_or(header_path);
         let refuse = |reason: String| SourceError::Refused {
             what: "archive entry",
             name: String::from_utf8_lossy(&raw).into_owned(),
             reason,
         };
+        if let Some(size) = ext.pax_value("size") {
+            // The data was framed by the header's size: a PAX size that disagrees would make
+            // this archive read differently elsewhere.
+            let size = std::str::from_utf8(&size).ok().and_then(|s| s.parse().ok());
+            if size != Some(entry.size()) {
+                return Err(refuse("its PAX size disagrees with its header".into()));
+            }
+        }
         let rel = RelPath::parse(&raw).map_err(refuse)?;
-        let kind = entry.header().entry_type();
+        let link = ext
+            .pax_value("linkpath")
+            .or(ext.link)
+            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
         let mode = match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::Directory => entry
                 .header()
@@ -49,15 +110,11 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: &Limits) -> Result<S
             EntryType::Directory if rel.is_root() => {}
             EntryType::Directory => release.dir(&rel, mode)?,
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refuse("symlink without a target".into()))?;
+                let target = link.ok_or_else(|| refuse("symlink without a target".into()))?;
                 release.symlink(&rel, &target)?;
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| refuse("hard link without a target".into()))?;
+                let target = link.ok_or_else(|| refuse("hard link without a target".into()))?;
                 let target = RelPath::parse(&target).map_err(|why| {
                     refuse(format!(
                         "hard link target {:?}: {why}",
@@ -66,8 +123,6 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: &Limits) -> Result<S
                 })?;
                 release.hardlink(&rel, &target)?;
             }
-            // Global PAX headers carry defaults (comments, times), nothing to write.
-            EntryType::XGlobalHeader => {}
             other => {
                 return Err(refuse(format!(
                     "{} entries are not allowed (only files, directories and links)",
@@ -77,6 +132,33 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: &Limits) -> Result<S
         }
     }
     release.finish()
+}
+
+/// The extension headers read for the next entry.
+#[derive(Default)]
+struct Extensions {
+    /// GNU long name.
+    path: Option<Vec<u8>>,
+    /// GNU long link target.
+    link: Option<Vec<u8>>,
+    /// PAX records.
+    pax: Option<Vec<u8>>,
+}
+
+impl Extensions {
+    fn pax_value(&self, key: &str) -> Option<Vec<u8>> {
+        tar::PaxExtensions::new(self.pax.as_deref()?)
+            .filter_map(Result::ok)
+            .find(|r| r.key_bytes() == key.as_bytes())
+            .map(|r| r.value_bytes().to_vec())
+    }
+}
+
+fn nul_trimmed(mut name: Vec<u8>) -> Vec<u8> {
+    while name.last() == Some(&0) {
+        name.pop();
+    }
+    name
 }
 
 fn kind_name(kind: EntryType) -> String {
@@ -289,6 +371,87 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_pax_paths_are_checked_like_plain_ones() {
+        let long = format!("{}file", "dir/".repeat(40));
+        let scene = Scene::new();
+        let name = format!("{long}\0");
+        let entries = [
+            E {
+                path: "././@LongLink",
+                kind: EntryType::GNULongName,
+                mode: 0,
+                link: "",
+                data: name.as_bytes(),
+            },
+            file("truncated", b"long"),
+        ];
+        scene.extract(&entries).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(scene.dest().join(&long)).unwrap(),
+            "long"
+        );
+        assert!(!scene.dest().join("truncated").exists());
+
+        let evil = E {
+            path: "././@LongLink",
+            kind: EntryType::GNULongName,
+            mode: 0,
+            link: "",
+            data: b"../evil\0",
+        };
+        refused(&[evil, file("harmless", b"x")], "../evil", "`..`");
+        let evil = E {
+            path: "././@LongLink",
+            kind: EntryType::GNULongLink,
+            mode: 0,
+            link: "",
+            data: b"/etc\0",
+        };
+        refused(
+            &[evil, link(EntryType::Symlink, "s", "x")],
+            "s",
+            "absolute link target \"/etc\"",
+        );
+        let evil = E {
+            path: "p",
+            kind: EntryType::XHeader,
+            mode: 0,
+            link: "",
+            data: b"15 path=/abs/x\n",
+        };
+        refused(&[evil, file("harmless", b"x")], "/abs/x", "absolute path");
+        let evil = E {
+            path: "p",
+            kind: EntryType::XHeader,
+            mode: 0,
+            link: "",
+            data: b"16 path=/abs/x\n",
+        };
+        refused(&[evil, file("harmless", b"x")], "p", "malformed PAX header");
+        let evil = E {
+            path: "p",
+            kind: EntryType::XHeader,
+            mode: 0,
+            link: "",
+            data: b"11 size=99\n",
+        };
+        refused(&[evil, file("f", b"x")], "f", "PAX size disagrees");
+        let huge = vec![b'a'; 5000];
+        let evil = E {
+            path: "././@LongLink",
+            kind: EntryType::GNULongName,
+            mode: 0,
+            link: "",
+            data: &huge,
+        };
+        refused(
+            &[evil, file("f", b"x")],
+            "././@LongLink",
+            "long name of 5000 bytes",
+        );
+    }
+
+    #[test]
     fn devices_and_fifos_are_refused() {
         refused(
             &[link(EntryType::Fifo, "p", "")],
@@ -366,6 +529,49 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_made_by_gnu_tar_round_trips() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        let long = format!("{}deep.txt", "nested-directory/".repeat(10));
+        std::fs::create_dir_all(src.join(&long).parent().unwrap()).unwrap();
+        std::fs::write(src.join(&long), "deep").unwrap();
+        std::fs::write(src.join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(src.join("run.sh"), PermissionsExt::from_mode(0o750)).unwrap();
+        std::os::unix::fs::symlink("run.sh", src.join("start")).unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        let a = t.path().join("app.tar.gz");
+        let made = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-czf")
+            .arg(&a)
+            .arg(".")
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: no working `tar` command");
+            return;
+        }
+        let stats = extract_archive(&a, &dest, &Limits::default()).unwrap();
+        assert_eq!(
+            stats,
+            Stats {
+                files: 2,
+                bytes: 4 + 10
+            }
+        );
+        assert_eq!(std::fs::read_to_string(dest.join(&long)).unwrap(), "deep");
+        let mode = std::fs::metadata(dest.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o750);
+        assert_eq!(
+            std::fs::read_link(dest.join("start")).unwrap(),
+            Path::new("run.sh")
+        );
+    }
+
+    #[test]
     fn limits_bound_entries_bytes_and_path_length() {
         let scene = Scene::new();
         let a = archive(
@@ -412,7 +618,7 @@ mod tests {
     #[test]
     fn a_full_disk_fails_with_storage_full() {
         let scene = Scene::new();
-        let Some(_mount) = super::super::tests::small_tmpfs(&scene.dest()) else {
+        let Some(_mount) = super::super::tests::tmpfs(&scene.dest(), "256k") else {
             return;
         };
         let big = vec![7u8; 1 << 20];

@@ -20,8 +20,8 @@ use super::{io_err, plain_name, Limits, RelPath, Release, SourceError, MAX_DEPTH
 const REMOTE_BRANCHES: &str = "refs/remotes/origin/";
 
 /// Fetches `url` into the bare cache repository `cache` (created on first use), resolves
-/// `git_ref` — a branch, a tag or a 7–40 hex commit id — and writes that commit's tree into
-/// `dest`, an existing empty directory. Returns the full commit id.
+/// `git_ref` — a branch, a tag or a 7–40 hex commit id, in that order — and writes that
+/// commit's tree into `dest`, an existing empty directory. Returns the full commit id.
 ///
 /// `tls` is the TLS configuration of an `https://` fetch (build it with
 /// [`crate::fleet::tls::client_config`]); `None` trusts the system roots only. The ref must
@@ -36,14 +36,17 @@ pub fn git_checkout(
     limits: &Limits,
 ) -> Result<String, SourceError> {
     let https = url.starts_with("https://");
+    let shown = &masked(url);
     if !(https || url.starts_with("file://") || url.starts_with('/')) {
-        return Err(SourceError::UnsupportedUrl { url: url.into() });
+        return Err(SourceError::UnsupportedUrl { url: shown.into() });
     }
     let git_err = |action, source| SourceError::Git {
         action,
-        url: url.into(),
+        url: shown.into(),
         source,
     };
+    // The release is checked first: nothing is fetched for a deployment that cannot use it.
+    let mut release = Release::open(dest, limits, "git tree entry", Path::new(""))?;
     let repo = open_cache(cache).map_err(|e| git_err("create the cache repository for", e))?;
     remove_stale_locks(cache)?;
     let fetch = || -> Result<(), git2::Error> {
@@ -69,7 +72,7 @@ pub fn git_checkout(
         .map_err(|e| git_err("resolve the ref in", e))?
         .ok_or_else(|| SourceError::RefNotFound {
             git_ref: git_ref.into(),
-            url: url.into(),
+            url: shown.into(),
         })?;
     let commit = repo
         .find_commit(commit)
@@ -77,15 +80,26 @@ pub fn git_checkout(
     let tree = commit
         .tree()
         .map_err(|e| git_err("read the tree from", e))?;
-    let mut release = Release::open(dest, limits, "git tree entry", Path::new(""))?;
     let mut writer = TreeWriter {
         repo: &repo,
-        url,
+        url: shown,
         release: &mut release,
     };
     writer.write(&tree, &RelPath::default(), 0)?;
     release.finish()?;
     Ok(commit.id().to_string())
+}
+
+/// `url` with the password or token of a `scheme://user:password@host/…` masked, for messages.
+fn masked(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[authority.len()..]),
+        None => url.to_string(),
+    }
 }
 
 /// Opens the bare cache, creating it, or finishing an init that was interrupted.
@@ -411,6 +425,24 @@ mod tests {
             err.to_string().contains(&format!("cannot fetch {missing}")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_masked_in_messages() {
+        assert_eq!(
+            masked("https://user:tok@git.example.com/a@b.git"),
+            "https://***@git.example.com/a@b.git"
+        );
+        assert_eq!(
+            masked("https://git.example.com/x"),
+            "https://git.example.com/x"
+        );
+        assert_eq!(masked("/srv/repo"), "/srv/repo");
+        let up = Upstream::new();
+        let err = up
+            .checkout("ssh://me:secret@host/x.git", "main")
+            .unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 
     #[test]
