@@ -647,3 +647,164 @@ fn citrusd_killed_between_the_switch_and_the_journal_write_does_not_switch_twice
     assert_eq!(done.previous.as_deref(), Some(first.as_str()));
     s.wait_serving("v2");
 }
+
+#[test]
+fn the_engine_deploys_through_a_real_agent_and_sees_a_broken_commit_rolled_back() {
+    use crate::hub_support::EngineProc;
+    use serde_json::json;
+
+    let engine = EngineProc::start("command_timeout = \"60s\"\n");
+    let (agent, token) = engine.create_agent("web-1");
+    let repos = tempfile::tempdir().unwrap();
+    let (work, bare) = (repos.path().join("work"), repos.path().join("web.git"));
+    fs::create_dir(&work).unwrap();
+    git(
+        repos.path(),
+        &["init", "-q", "--bare", bare.to_str().unwrap()],
+    );
+    git(&work, &["init", "-q"]);
+    fs::write(work.join("server.py"), SERVER).unwrap();
+    fs::write(work.join("version.txt"), "fleet-1").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "one"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let good = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+
+    let fleet = format!(
+        "\n[fleet]\nengine_url = \"{}\"\nagent_id = \"{agent}\"\nkey_file = \"agent.key\"\n\
+         enroll_token = \"{token}\"\nstatus_interval = \"300ms\"\nreconnect_delay = \"100ms\"\n",
+        engine.ws_url()
+    );
+    let source = format!("{{ git = \"file://{}\" }}", bare.display());
+    let health = "health = { http = \"http://127.0.0.1:PORT/health\", timeout = \"3s\" }";
+    let s = site(Some(&source), health, &fleet);
+    engine.wait_agent_status(&agent, "online");
+
+    let deploy = |body: serde_json::Value| {
+        let (status, reply) =
+            engine.admin("POST", &format!("/admin/agents/{agent}/deploy"), Some(body));
+        assert_eq!(status, 202, "{reply}");
+        engine.wait_operation(reply["operation"]["id"].as_str().unwrap())
+    };
+    let op = deploy(json!({"app": "web"}));
+    assert_eq!(op["status"], "completed", "{op}");
+    s.wait_serving("fleet-1");
+    let list = engine.get(&format!("/admin/agents/{agent}/deployments"));
+    let newest = &list["deployments"][0];
+    assert_eq!(newest["phase"], "completed", "{list}");
+    assert_eq!(newest["commit"], good.as_str());
+    assert_eq!(newest["releaseId"], s.current().unwrap().as_str());
+    // The agent's status shows the release each app runs.
+    wait_for("the release in the agent's status", DEADLINE, || {
+        let status = engine.agent(&agent);
+        match status["status"]["apps"][0]["release"] == newest["releaseId"] {
+            true => Ok(()),
+            false => Err(status["status"]["apps"].to_string()),
+        }
+    });
+
+    // A commit whose release fails its health check: rolled back, and the engine says so.
+    fs::write(work.join("broken"), "").unwrap();
+    fs::write(work.join("version.txt"), "fleet-2").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-qm", "broken"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let bad = git(&work, &["rev-parse", "HEAD"]).trim().to_owned();
+    let op = deploy(json!({"app": "web", "ref": "main"}));
+    assert_eq!(op["status"], "failed", "{op}");
+    let list = engine.get(&format!("/admin/agents/{agent}/deployments"));
+    let newest = &list["deployments"][0];
+    assert_eq!(newest["phase"], "rolled_back", "{list}");
+    assert_eq!(newest["commit"], bad.as_str());
+    assert!(
+        newest["error"]
+            .as_str()
+            .unwrap()
+            .contains("health check did not pass"),
+        "{newest}"
+    );
+    s.wait_serving("fleet-1");
+    // The agent refuses what it cannot run, and the engine shows why.
+    let op = deploy(json!({"app": "ghost"}));
+    assert_eq!(op["status"], "failed");
+    assert!(
+        op["error"].as_str().unwrap().contains("no app named"),
+        "{op}"
+    );
+}
+
+#[test]
+fn a_full_disk_fails_the_deployment_and_leaves_current_alone() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let s = site(None, "", "");
+    let root = s.root();
+    fs::create_dir_all(&root).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&root)
+        .status();
+    if !mounted.is_ok_and(|st| st.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mount = crate::logs::Mount(root.clone());
+    s.ctl(&["deploy", "web"]).code(0);
+    s.wait_serving("v1");
+    let before = s.current().unwrap();
+
+    fs::write(s.source().join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    s.version("v2");
+    s.ctl(&["deploy", "web"])
+        .code(1)
+        .stderr_has(&["disk is full (ENOSPC)", "big.bin"]);
+    assert_eq!(s.current().as_deref(), Some(before.as_str()));
+    s.wait_serving("v1");
+    // The partial release was removed: the disk has room again.
+    let releases: Vec<_> = fs::read_dir(root.join("releases")).unwrap().collect();
+    assert_eq!(releases.len(), 1);
+}
+
+#[test]
+fn sources_that_reach_outside_are_refused_and_nothing_is_written_outside() {
+    let s = site(None, "", "");
+    // A path source with a symlink out of its tree: not followed, the deployment refused.
+    std::os::unix::fs::symlink("/etc/passwd", s.source().join("passwd")).unwrap();
+    s.ctl(&["deploy", "web"])
+        .code(1)
+        .stderr_has(&["refused", "passwd"]);
+    assert_eq!(s.current(), None);
+    fs::remove_file(s.source().join("passwd")).unwrap();
+
+    // An archive with a `../` entry.
+    let archive = s.dir().join("evil.tar.gz");
+    let script = format!(
+        "import tarfile, io\n\
+         t = tarfile.open({:?}, 'w:gz')\n\
+         for name in ['version.txt', '../escaped']:\n\
+         \x20   data = b'x'\n\
+         \x20   info = tarfile.TarInfo(name); info.size = len(data)\n\
+         \x20   t.addfile(info, io.BytesIO(data))\n\
+         t.close()\n",
+        archive.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = fs::read_to_string(&s.daemon.config).unwrap().replace(
+        "source = { path = \"src\" }",
+        "source = { archive = \"evil.tar.gz\" }",
+    );
+    fs::write(&s.daemon.config, text).unwrap();
+    s.ctl(&["reload-config"]).code(0);
+    s.ctl(&["deploy", "web"])
+        .code(1)
+        .stderr_has(&["refused", "../escaped"]);
+    assert!(!s.root().join("releases/escaped").exists());
+    assert!(!s.root().join("escaped").exists());
+    assert_eq!(s.current(), None);
+}

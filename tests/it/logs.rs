@@ -148,7 +148,7 @@ fn a_flat_out_writer_loses_no_byte() {
 }
 
 /// Unmounts a test's tmpfs on drop.
-struct Mount(std::path::PathBuf);
+pub struct Mount(pub std::path::PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
