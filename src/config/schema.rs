@@ -20,6 +20,7 @@ use super::diag::{suggest, Diagnostics};
 use super::engine::{ApiBase, DatabaseUrl, PublicUrl, Sha256Hex};
 use super::fleet::{AgentId, EngineUrl, EnrollToken, GitName, SiteTemplate};
 use super::jobs::{EventKind, GlobPattern};
+use super::listen::ListenAddr;
 use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
 use super::units::{
     names, AtLeastOne, Bounded, Choice, DurationValue, EnvValue, Named, PositiveDuration,
@@ -231,6 +232,7 @@ layer!(
         log_timestamps: bool,
         ready: ReadyLayer,
         health: HealthLayer,
+        listen: Vec<Spanned<ListenAddr>>,
     }
 );
 

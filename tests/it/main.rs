@@ -10,6 +10,7 @@ mod https_server;
 mod hub;
 mod hub_support;
 mod jobs;
+mod listen;
 mod logs;
 mod persistence;
 mod probes;
