@@ -150,7 +150,9 @@ impl AppSockets {
         for addr in &self.addrs {
             let spare = state.spare.iter().position(|(a, _)| a == addr);
             let result = match spare {
-                Some(i) => Ok((state.spare.swap_remove(i).1, true)),
+                // Carried from an app whose `user` may have differed: the file changes hands.
+                Some(i) => give_to_user(addr, self.user.as_deref())
+                    .map(|()| (state.spare.swap_remove(i).1, true)),
                 None => bind(addr, self.user.as_deref()).map(|fd| (fd, false)),
             };
             match result {
@@ -239,13 +241,9 @@ fn bind(addr: &ListenAddr, user: Option<&str>) -> Result<OwnedFd, ListenError> {
     let fd = match addr {
         ListenAddr::Tcp(sa) => OwnedFd::from(std::net::TcpListener::bind(sa).map_err(failed)?),
         ListenAddr::Unix(path) => {
-            let owner = user.map(|user| owner_of(addr, user)).transpose()?;
             remove_stale_socket(addr, path)?;
             let listener = std::os::unix::net::UnixListener::bind(path).map_err(failed)?;
-            if let Some((uid, gid)) = owner {
-                nix::unistd::chown(path.as_path(), Some(uid), Some(gid))
-                    .map_err(|e| failed(e.into()))?;
-            }
+            give_to_user(addr, user)?;
             OwnedFd::from(listener)
         }
     };
@@ -271,6 +269,18 @@ fn remove_stale_socket(addr: &ListenAddr, path: &Path) -> Result<(), ListenError
         }),
         Err(_) => Ok(()),
     }
+}
+
+/// Gives the file of a Unix socket to `user`, when set.
+fn give_to_user(addr: &ListenAddr, user: Option<&str>) -> Result<(), ListenError> {
+    let (ListenAddr::Unix(path), Some(user)) = (addr, user) else {
+        return Ok(());
+    };
+    let (uid, gid) = owner_of(addr, user)?;
+    nix::unistd::chown(path.as_path(), Some(uid), Some(gid)).map_err(|e| ListenError::Bind {
+        addr: addr.clone(),
+        source: e.into(),
+    })
 }
 
 fn owner_of(
