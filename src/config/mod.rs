@@ -14,6 +14,7 @@ mod engine;
 mod envfile;
 mod fleet;
 mod jobs;
+mod listen;
 mod probe;
 mod schema;
 mod units;
@@ -37,6 +38,7 @@ pub use engine::{Database, DigitalOceanConfig, EngineConfig, InstallConfig, Loca
 pub use envfile::{read_env_file, EnvFileError};
 pub use fleet::{FleetConfig, Secret, SiteTemplates, UpdateConfig};
 pub use jobs::{glob_match, EventKind, JobConfig, JobKind, NotifyConfig};
+pub use listen::{ListenAddr, MAX_LISTEN};
 pub use probe::{HealthConfig, ProbeTarget, ReadyCheck, ReadyConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_signal, parse_size};
 
@@ -147,6 +149,9 @@ pub struct AppConfig {
     pub health: Option<HealthConfig>,
     /// Deployments (`[apps.NAME.deploy]`); the app then runs from `<root>/current` by default.
     pub deploy: Option<Arc<DeployConfig>>,
+    /// Sockets citrusd binds once and passes to every instance as fds 3, 4, … (socket
+    /// activation); Unix paths absolute.
+    pub listen: Vec<ListenAddr>,
 }
 
 impl AppConfig {
@@ -219,6 +224,7 @@ impl Config {
         check_layers(&mut diags, &raw);
         let abs_path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = abs_path.parent().unwrap_or(Path::new("/"));
+        listen::check(&mut diags, &raw, base);
         let apps: BTreeMap<String, AppConfig> = raw
             .apps
             .iter()
@@ -511,6 +517,8 @@ fn resolve_app(
         },
         ready: get!(ready).and_then(probe::resolve_ready),
         health: get!(health).and_then(probe::resolve_health),
+        // Never inherited: `listen` in [defaults] is an error.
+        listen: listen::resolve(own.listen.as_ref(), base),
         deploy: None,
     };
     app.deploy = value(&own.deploy)

@@ -21,6 +21,7 @@ use super::diag::{suggest, Diagnostics};
 use super::engine::{ApiBase, DatabaseUrl, PublicUrl, Sha256Hex};
 use super::fleet::{AgentId, EngineUrl, EnrollToken, GitName, SiteTemplate};
 use super::jobs::{EventKind, GlobPattern};
+use super::listen::ListenAddr;
 use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
 use super::units::{
     names, AtLeastOne, Bounded, Choice, DurationValue, EnvValue, Named, PositiveDuration,
@@ -239,6 +240,7 @@ layer!(
         ready: ReadyLayer,
         health: HealthLayer,
         deploy: DeployLayer,
+        listen: Vec<Spanned<ListenAddr>>,
     }
 );
 

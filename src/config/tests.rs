@@ -146,6 +146,7 @@ fn full_config_round_trip() {
             ready: None,
             health: None,
             deploy: None,
+            listen: Vec::new(),
         }
     );
     assert_eq!(config.apps["api"].kill_signal_name(), "SIGTERM");
@@ -198,6 +199,7 @@ fn built_in_defaults() {
             ready: None,
             health: None,
             deploy: None,
+            listen: Vec::new(),
         }
     );
     assert_eq!(config.daemon.memory_check_interval, Duration::from_secs(1));
@@ -1866,5 +1868,114 @@ fn deploy_errors() {
         1,
         "defaults.deploy",
         "cannot be set in [defaults]",
+    );
+}
+
+#[test]
+fn listen_addresses() {
+    let a = app(
+        &with_app(
+            "listen = [\"tcp://127.0.0.1:8089\", \"tcp://[::1]:8089\", \"unix:/run/web.sock\", \"unix:run/api.sock\"]\n",
+        ),
+        "a",
+    );
+    let shown: Vec<String> = a.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "tcp://127.0.0.1:8089",
+            "tcp://[::1]:8089",
+            "unix:/run/web.sock",
+            "unix:/etc/citrus/run/api.sock",
+        ]
+    );
+    assert_eq!(
+        a.listen[0],
+        ListenAddr::Tcp("127.0.0.1:8089".parse().unwrap())
+    );
+    assert!(app(&with_app(""), "a").listen.is_empty());
+    let config = parse(&with_app("")).unwrap();
+    let runtime = config.runtime_app("rt", strings(&["y"]), 1, None);
+    assert!(runtime.listen.is_empty());
+}
+
+#[test]
+fn listen_errors() {
+    assert_error(
+        &with_app("listen = [\"tcp://nohost\"]\n"),
+        3,
+        11,
+        "apps.a.listen",
+        "invalid listen address \"tcp://nohost\": the port is missing",
+    );
+    assert_error(
+        &with_app("listen = [\"tcp://127.0.0.1:1\", \"udp://127.0.0.1:53\"]\n"),
+        3,
+        32,
+        "apps.a.listen",
+        "unsupported scheme `udp`",
+    );
+    assert_error(
+        &with_app("listen = [\"unix:\"]\n"),
+        3,
+        11,
+        "apps.a.listen",
+        "the path is empty",
+    );
+    assert_error(
+        &with_app("listen = \"tcp://127.0.0.1:1\"\n"),
+        3,
+        10,
+        "apps.a.listen",
+        "invalid type",
+    );
+    assert_error(
+        &with_app(
+            "listen = [\"tcp://127.0.0.1:1\", \"unix:/run/x.sock\", \"tcp://127.0.0.1:1\"]\n",
+        ),
+        3,
+        52,
+        "apps.a.listen",
+        "tcp://127.0.0.1:1 is listed twice",
+    );
+    // `./x.sock` and `x.sock` are one path.
+    assert_error(
+        &with_app("listen = [\"unix:x.sock\", \"unix:./x.sock\"]\n"),
+        3,
+        26,
+        "apps.a.listen",
+        "unix:/etc/citrus/x.sock is listed twice",
+    );
+    assert_error(
+        "[apps.a]\ncommand = \"y\"\nlisten = [\"tcp://127.0.0.1:1\"]\n[apps.b]\ncommand = \"y\"\nlisten = [\"tcp://127.0.0.1:1\"]\n",
+        6,
+        11,
+        "apps.b.listen",
+        "already in the `listen` of app `a`",
+    );
+    assert_error(
+        "[defaults]\nlisten = [\"tcp://127.0.0.1:1\"]\n[apps.a]\ncommand = \"y\"\n",
+        2,
+        1,
+        "defaults.listen",
+        "`listen` cannot be set in [defaults]",
+    );
+    let many: Vec<String> = (1..=17)
+        .map(|port| format!("\"tcp://127.0.0.1:{port}\""))
+        .collect();
+    assert_error(
+        &with_app(&format!("listen = [{}]\n", many.join(", "))),
+        3,
+        10,
+        "apps.a.listen",
+        "17 addresses; an app may listen on at most 16",
+    );
+    let long = format!("unix:/{}", "x".repeat(120));
+    assert_error(
+        &with_app(&format!("listen = [\"{long}\"]\n")),
+        3,
+        11,
+        "apps.a.listen",
+        "a Unix socket path holds at most 107",
     );
 }

@@ -437,6 +437,8 @@ fn config_view(app: &AppConfig) -> BTreeMap<String, serde_json::Value> {
     );
     m.insert("log_compress".into(), json!(app.log.compress));
     m.insert("log_timestamps".into(), json!(app.log.timestamps));
+    let listen: Vec<String> = app.listen.iter().map(ToString::to_string).collect();
+    m.insert("listen".into(), json!(listen));
     if let Some(r) = &app.ready {
         let check = match &r.check {
             crate::config::ReadyCheck::Probe(t) => t.describe(),

@@ -25,9 +25,9 @@ use crate::health::events::Notifier;
 use crate::health::jobs::Jobs;
 use crate::health::sdnotify;
 use crate::state::{DirLock, StateError, StateStore};
-use crate::supervisor::handoff;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::Marker;
+use crate::supervisor::{handoff, listen};
 use crate::supervisor::{Adoption, Shared, Supervisor, SupervisorError};
 use crate::sys;
 
@@ -172,6 +172,13 @@ pub async fn run(
             },
         );
     }
+    let mut sockets: HashMap<String, Vec<listen::Handed>> = HashMap::new();
+    for socket in &handoff.sockets {
+        // SAFETY: as above: the previous citrusd passed this listening socket open for us alone.
+        let fd = unsafe { OwnedFd::from_raw_fd(socket.fd) };
+        let handed = (socket.addr.clone(), fd);
+        sockets.entry(socket.app.clone()).or_default().push(handed);
+    }
     let kept: Vec<i32> = handoff.instances.iter().map(|i| i.pid).collect();
     let leftovers = orphans::stop_previous_run(&marker, &config, &kept).await;
     if leftovers > 0 {
@@ -199,7 +206,7 @@ pub async fn run(
         events: events.clone(),
     });
     let config_path = config.path.clone();
-    let supervisor = Supervisor::new(shared, config, store, &persisted, adopt).await?;
+    let supervisor = Supervisor::new(shared, config, store, &persisted, adopt, sockets).await?;
     supervisor.save()?;
     let deploys = Deployments::new(
         supervisor.clone(),

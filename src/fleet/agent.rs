@@ -30,7 +30,7 @@ use crate::config::{FleetConfig, Secret, SiteTemplates};
 use crate::deploy::{Deployment, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::capture::OutputTail;
-use crate::supervisor::handoff::{self, Handoff};
+use crate::supervisor::handoff;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{self, Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
@@ -230,9 +230,7 @@ impl Agent {
             ..p
         };
         store_update(&self.state_dir, &update, 0);
-        let handoff = Handoff {
-            instances: self.supervisor.handoff(),
-        };
+        let handoff = self.supervisor.handoff();
         let e = handoff::exec(&handoff, &self.state_dir);
         tracing::error!("cannot re-execute citrusd: {e}");
     }
@@ -769,9 +767,7 @@ impl Agent {
                 ));
             }
             tracing::info!(kind, "checkout moved {output}: re-executing citrusd");
-            let handoff = Handoff {
-                instances: agent.supervisor.handoff(),
-            };
+            let handoff = agent.supervisor.handoff();
             let e = handoff::exec(&handoff, &agent.state_dir);
             // Still here: the exec failed. Put the checkout back and say why.
             let _ = std::fs::remove_file(update_file(&agent.state_dir));

@@ -3,10 +3,11 @@
 //! `exec` keeps the process id, so the apps stay citrusd's children; what would be lost is what
 //! lives in memory and in close-on-exec descriptors. Right before `exec` citrusd writes a handoff
 //! file (mode 0600, atomically) naming every running instance with its pid, counters and the
-//! read ends of its output pipes (duplicated without close-on-exec), and points `CITRUS_HANDOFF`
-//! at it. The new process registers those pids with its reaper before reaping anything, keeps
-//! them out of the orphan cleanup, and gives each instance actor its child back instead of
-//! spawning one: same pids, logs continue. The control socket and the state-dir lock are
+//! read ends of its output pipes (duplicated without close-on-exec), and the listening sockets of
+//! apps with `listen` (also without close-on-exec), and points `CITRUS_HANDOFF` at it. The new
+//! process registers those pids with its reaper before reaping anything, keeps them out of the
+//! orphan cleanup, gives each instance actor its child back instead of spawning one (same pids,
+//! logs continue) and each app its sockets instead of binding them again. The control socket and the state-dir lock are
 //! close-on-exec and are simply taken again.
 
 use std::ffi::CString;
@@ -35,10 +36,22 @@ pub struct AdoptedInstance {
     pub memory_restarts: u32,
 }
 
+/// One listening socket of an app with `listen` handed over (socket activation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandedSocket {
+    pub app: String,
+    /// The address as written, e.g. `tcp://127.0.0.1:8089`.
+    pub addr: String,
+    pub fd: i32,
+}
+
 /// What one citrusd hands to the next.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Handoff {
     pub instances: Vec<AdoptedInstance>,
+    /// Absent in a handoff from a citrusd without socket activation.
+    #[serde(default)]
+    pub sockets: Vec<HandedSocket>,
 }
 
 /// Reads (and removes) the handoff this process was started with, if any.
@@ -65,14 +78,15 @@ pub fn exec(handoff: &Handoff, state_dir: &Path) -> io::Error {
     if let Err(e) = write_atomic(&path, &json, 0o600) {
         return e;
     }
-    for inst in &handoff.instances {
-        for fd in [inst.out_fd, inst.err_fd] {
-            // SAFETY: fcntl on descriptors the instance actors own and keep open until exec.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                }
+    let pipes = handoff.instances.iter().flat_map(|i| [i.out_fd, i.err_fd]);
+    let sockets = handoff.sockets.iter().map(|s| s.fd);
+    for fd in pipes.chain(sockets) {
+        // SAFETY: fcntl on descriptors the instance actors and the apps' socket sets own and
+        // keep open until exec.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
             }
         }
     }

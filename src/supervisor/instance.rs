@@ -27,6 +27,7 @@ use tokio::time::sleep_until;
 
 use super::kill::GroupStop;
 use super::lifecycle::{self, Counters, Decision, Policy};
+use super::listen::AppSockets;
 use super::logs::{LogFile, LogSettings};
 use super::reaper::{ExitStatus, Reaper};
 use super::spawn::{self, Marker};
@@ -141,10 +142,12 @@ fn closed() -> String {
 
 impl InstanceHandle {
     /// Opens the instance's logs and starts its actor (idle: nothing runs until `start`).
+    /// `sockets` are the app's listening sockets, if it has `listen`.
     pub fn spawn(
         shared: Arc<Shared>,
         app: Arc<AppConfig>,
         index: u32,
+        sockets: Option<Arc<AppSockets>>,
         adopt: Option<Adoption>,
     ) -> io::Result<InstanceHandle> {
         let (out, err) = log_paths(&shared.log_dir, &app, index);
@@ -179,6 +182,7 @@ impl InstanceHandle {
             backoff_until: None,
             pending: Vec::new(),
             notify: None,
+            sockets,
         };
         if let Some(a) = adopt {
             actor.adopt(a)?;
@@ -298,6 +302,8 @@ struct Actor {
     pending: Vec<Reply>,
     /// The sd_notify socket given to the app (bound at the first spawn of a `notify` app).
     notify: Option<NotifyListener>,
+    /// The app's listening sockets (socket activation), shared with its other instances.
+    sockets: Option<Arc<AppSockets>>,
 }
 
 const UNKNOWN: ExitStatus = ExitStatus {
@@ -683,12 +689,24 @@ impl Actor {
         if let Some(path) = notify {
             spec.extra.push(("NOTIFY_SOCKET".into(), path));
         }
-        let spawned = spawn::command(&spec).and_then(|mut cmd| {
-            self.shared
-                .reaper
-                .spawn(&mut cmd)
-                .map_err(|e| spawn::exec_error(&self.app.command, e))
-        });
+        let spawned = match &self.sockets {
+            None => spawn::command(&spec).and_then(|mut cmd| {
+                self.shared
+                    .reaper
+                    .spawn(&mut cmd)
+                    .map_err(|e| spawn::exec_error(&self.app.command, e))
+            }),
+            Some(sockets) => match sockets.bound() {
+                Err(e) => return self.cannot_start(e.to_string()),
+                Ok(bound) => {
+                    spawn::activated_command(&spec, &bound).and_then(|(mut cmd, plugs)| {
+                        let spawned = self.shared.reaper.spawn(&mut cmd);
+                        drop((plugs, bound));
+                        spawned.map_err(|e| spawn::exec_error(&self.app.command, e))
+                    })
+                }
+            },
+        };
         let child = match spawned {
             Ok(child) => child,
             Err(e) => return self.cannot_start(e.to_string()),

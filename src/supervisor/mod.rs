@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod instance;
 pub mod kill;
 pub mod lifecycle;
+pub mod listen;
 pub mod logs;
 pub mod oneshot;
 pub mod reaper;
@@ -30,6 +31,7 @@ use crate::control::{AddApp, AppState, AppStatus, ReloadPlan};
 use crate::state::{Desired, PersistedApp, PersistedState, RuntimeApp, StateError, StateStore};
 use crate::sys::procfs;
 pub use instance::{Adoption, InstanceHandle, InstanceStatus, Shared};
+use listen::AppSockets;
 
 /// Errors of supervisor operations; the control API maps each to a status and exit code.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ struct App {
     runtime: bool,
     desired: Desired,
     instances: Vec<Arc<InstanceHandle>>,
+    /// The listening sockets of an app with `listen`, shared by its instances.
+    sockets: Option<Arc<AppSockets>>,
 }
 
 struct Table {
@@ -174,13 +178,15 @@ pub struct Supervisor {
 impl Supervisor {
     /// Creates the supervisor with the config's apps and the persisted run-time apps; nothing is
     /// started yet (see [`Supervisor::boot`]) except the children in `adopt`, handed over by the
-    /// previous citrusd. Children no app claims any more are stopped.
+    /// previous citrusd with the listening sockets in `sockets` (by app). Children no app claims
+    /// any more are stopped; sockets no app claims close.
     pub async fn new(
         shared: Arc<Shared>,
         config: Config,
         store: StateStore,
         persisted: &PersistedState,
         mut adopt: HashMap<(String, u32), Adoption>,
+        mut sockets: HashMap<String, Vec<listen::Handed>>,
     ) -> Result<Arc<Supervisor>, SupervisorError> {
         let config = Arc::new(config);
         let mut apps = BTreeMap::new();
@@ -194,6 +200,10 @@ impl Supervisor {
                 } else {
                     Desired::Stopped
                 });
+            let app_sockets = match sockets.remove(name) {
+                Some(handed) => AppSockets::adopt(app, handed),
+                None => AppSockets::new(app),
+            };
             apps.insert(
                 name.clone(),
                 Self::make_app_adopting(
@@ -201,6 +211,7 @@ impl Supervisor {
                     Arc::new(app.clone()),
                     false,
                     desired,
+                    app_sockets,
                     &mut adopt,
                 )?,
             );
@@ -214,7 +225,7 @@ impl Supervisor {
             let app = config.runtime_app(name, rt.command.clone(), rt.instances, rt.cwd.clone());
             apps.insert(
                 name.clone(),
-                Self::make_app_adopting(&shared, Arc::new(app), true, p.desired, &mut adopt)?,
+                Self::make_app_adopting(&shared, Arc::new(app), true, p.desired, None, &mut adopt)?,
             );
         }
         for ((app, index), orphan) in adopt {
@@ -238,13 +249,22 @@ impl Supervisor {
         }))
     }
 
+    /// An app whose instances listen on `sockets` (see `listen`).
     fn make_app(
         shared: &Arc<Shared>,
         config: Arc<AppConfig>,
         runtime: bool,
         desired: Desired,
+        sockets: Option<Arc<AppSockets>>,
     ) -> Result<App, SupervisorError> {
-        Self::make_app_adopting(shared, config, runtime, desired, &mut HashMap::new())
+        Self::make_app_adopting(
+            shared,
+            config,
+            runtime,
+            desired,
+            sockets,
+            &mut HashMap::new(),
+        )
     }
 
     /// As `make_app`, giving instances their children back from `adopt` (after a re-exec).
@@ -253,12 +273,15 @@ impl Supervisor {
         config: Arc<AppConfig>,
         runtime: bool,
         desired: Desired,
+        sockets: Option<Arc<AppSockets>>,
         adopt: &mut HashMap<(String, u32), Adoption>,
     ) -> Result<App, SupervisorError> {
         let instances = (0..config.instances)
             .map(|i| {
                 let child = adopt.remove(&(config.name.clone(), i));
-                InstanceHandle::spawn(shared.clone(), config.clone(), i, child).map(Arc::new)
+                let sockets = sockets.clone();
+                InstanceHandle::spawn(shared.clone(), config.clone(), i, sockets, child)
+                    .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
@@ -269,6 +292,7 @@ impl Supervisor {
             runtime,
             desired,
             instances,
+            sockets,
         })
     }
 
@@ -376,9 +400,23 @@ impl Supervisor {
         self.operate(target, Op::Start).await
     }
 
-    /// Stops the target.
+    /// Stops the target. The listening sockets of a stopped app close (clients are refused
+    /// rather than left waiting); its next start binds them again.
     pub async fn stop(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
-        self.operate(target, Op::Stop).await
+        let stopped = self.operate(target, Op::Stop).await;
+        let names = self.table().resolve(target).unwrap_or_default();
+        self.close_sockets(&names);
+        stopped
+    }
+
+    /// Closes the listening sockets of the named apps that are stopped.
+    fn close_sockets(&self, names: &[String]) {
+        let t = self.table();
+        for app in names.iter().filter_map(|n| t.apps.get(n)) {
+            if let (Some(sockets), Desired::Stopped) = (&app.sockets, app.desired) {
+                sockets.close();
+            }
+        }
     }
 
     /// Restarts the target (all instances of an app at once).
@@ -432,7 +470,8 @@ impl Supervisor {
                     t.config
                         .runtime_app(&req.name, req.command, req.instances, req.cwd),
                 );
-            let app = Self::make_app(&self.shared, config, true, Desired::Running)?;
+            let sockets = AppSockets::new(&config);
+            let app = Self::make_app(&self.shared, config, true, Desired::Running, sockets)?;
             t.apps.insert(req.name.clone(), app);
             self.store.save(&t.persisted())?;
         }
@@ -629,11 +668,16 @@ impl Supervisor {
                         } else {
                             app.desired
                         };
-                        let made = Self::make_app(&self.shared, cfg, false, desired)?;
+                        // Unchanged `listen`: the very same sockets, open all along.
+                        let sockets = AppSockets::carry(app.sockets.as_ref(), &cfg);
+                        let made = Self::make_app(&self.shared, cfg, false, desired, sockets)?;
                         if desired == Desired::Running {
                             to_start.push(name.clone());
                         }
                         t.apps.insert(name.clone(), made);
+                    } else if let Some(sockets) = &app.sockets {
+                        // Gone from the config: its addresses are free for other apps now.
+                        sockets.close();
                     }
                 }
             }
@@ -644,9 +688,10 @@ impl Supervisor {
                 } else {
                     Desired::Stopped
                 };
+                let sockets = AppSockets::new(&cfg);
                 t.apps.insert(
                     name.clone(),
-                    Self::make_app(&self.shared, cfg, false, desired)?,
+                    Self::make_app(&self.shared, cfg, false, desired, sockets)?,
                 );
                 if desired == Desired::Running {
                     to_start.push(name.clone());
@@ -789,7 +834,9 @@ impl Supervisor {
                 Some(a) => a.config.clone(),
                 None => return Ok(()),
             };
-            let made = Self::make_app(&self.shared, fresh, t.apps[app].runtime, Desired::Running)?;
+            let old = &t.apps[app];
+            let sockets = AppSockets::carry(old.sockets.as_ref(), &fresh);
+            let made = Self::make_app(&self.shared, fresh, old.runtime, Desired::Running, sockets)?;
             t.apps.insert(app.to_string(), made);
         }
         let errors = self.apply(vec![app.to_string()], Op::Start).await;
@@ -800,10 +847,28 @@ impl Supervisor {
         }
     }
 
-    /// The running instances, for a handoff to a re-executed citrusd. Synchronous on purpose:
-    /// nothing may act on the children between this snapshot and the `exec`.
-    pub fn handoff(&self) -> Vec<handoff::AdoptedInstance> {
-        self.instances(None)
+    /// The running instances and the apps' listening sockets, for a handoff to a re-executed
+    /// citrusd. Synchronous on purpose: nothing may act on the children between this snapshot
+    /// and the `exec`.
+    pub fn handoff(&self) -> handoff::Handoff {
+        let sockets = {
+            let t = self.table();
+            let apps = t.apps.iter();
+            let apps = apps.filter_map(|(name, app)| Some((name, app.sockets.as_ref()?)));
+            apps.flat_map(|(name, sockets)| {
+                sockets
+                    .handoff()
+                    .into_iter()
+                    .map(|(addr, fd)| handoff::HandedSocket {
+                        app: name.clone(),
+                        addr,
+                        fd,
+                    })
+            })
+            .collect()
+        };
+        let instances = self
+            .instances(None)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|v| {
@@ -821,7 +886,8 @@ impl Supervisor {
                     memory_restarts: s.memory_restarts,
                 })
             })
-            .collect()
+            .collect();
+        handoff::Handoff { instances, sockets }
     }
 
     /// Reopens every log file (SIGUSR1).

@@ -1,16 +1,20 @@
 //! Turning an app's config into a `Command`: argv (never a shell), working directory, the
 //! environment recomputed from the config at every start, the markers that identify our processes,
-//! and the pre-exec steps (new session, user switch).
+//! the pre-exec steps (new session, user switch) and, for an app with `listen`, the passing of
+//! its sockets (socket activation).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use nix::unistd::{Gid, Uid, User};
 
-use crate::config::{read_env_file, AppConfig};
+use super::listen::Bound;
+use crate::config::{read_env_file, AppConfig, MAX_LISTEN};
 
 /// Environment variables that mark a process as one of ours: the supervisor (derived from the
 /// state directory), the app and the instance. They survive double forks and let citrusd find the
@@ -157,6 +161,14 @@ impl<'a> Spec<'a> {
 /// Builds the command for `spec`. Reads `env_file` now, so every start sees the file's current
 /// contents.
 pub fn command(spec: &Spec<'_>) -> Result<Command, SpawnError> {
+    let (mut cmd, env) = prepare(spec)?;
+    cmd.env_clear().envs(env);
+    Ok(cmd)
+}
+
+/// The command, working directory, identity switch and environment of `spec`; the environment
+/// is not installed in the command yet.
+fn prepare(spec: &Spec<'_>) -> Result<(Command, Vec<(OsString, OsString)>), SpawnError> {
     if let Some(cwd) = spec.cwd {
         if !cwd.is_dir() {
             return Err(SpawnError::MissingCwd(cwd.display().to_string()));
@@ -165,35 +177,31 @@ pub fn command(spec: &Spec<'_>) -> Result<Command, SpawnError> {
     let identity = spec.user.map(resolve_user).transpose()?;
 
     let mut env: Vec<(OsString, OsString)> = Vec::new();
-    let mut set = |k: OsString, v: OsString| {
-        env.retain(|(ek, _)| *ek != k);
-        env.push((k, v));
-    };
     for name in spec.inherit_env {
         if let Some(v) = std::env::var_os(name) {
-            set(name.into(), v);
+            set_var(&mut env, name.into(), v);
         }
     }
     if let Some(id) = &identity {
-        set("HOME".into(), id.home.clone().into());
-        set("USER".into(), id.name.clone().into());
-        set("LOGNAME".into(), id.name.clone().into());
+        set_var(&mut env, "HOME".into(), id.home.clone().into());
+        set_var(&mut env, "USER".into(), id.name.clone().into());
+        set_var(&mut env, "LOGNAME".into(), id.name.clone().into());
     }
     if let Some(path) = spec.env_file {
         let vars = read_env_file(path).map_err(|e| SpawnError::EnvFile(e.to_string()))?;
         for (k, v) in vars {
-            set(k.into(), v.into());
+            set_var(&mut env, k.into(), v.into());
         }
     }
     for (k, v) in spec.env {
-        set(k.into(), v.into());
+        set_var(&mut env, k.into(), v.into());
     }
     for (k, v) in &spec.extra {
-        set(k.into(), v.into());
+        set_var(&mut env, k.into(), v.into());
     }
 
     let mut cmd = Command::new(&spec.command[0]);
-    cmd.args(&spec.command[1..]).env_clear().envs(env);
+    cmd.args(&spec.command[1..]);
     if let Some(cwd) = spec.cwd {
         cmd.current_dir(cwd);
     }
@@ -221,7 +229,195 @@ pub fn command(spec: &Spec<'_>) -> Result<Command, SpawnError> {
             Ok(())
         });
     }
-    Ok(cmd)
+    Ok((cmd, env))
+}
+
+/// The command of an instance of an app with `listen` (socket activation): as [`command`], plus
+/// `sockets` at fds 3, 4, … (without close-on-exec), `LISTEN_FDS`, `LISTEN_FDNAMES` and
+/// `LISTEN_PID` (the child's own pid, written after the fork). Keep the returned [`FdPlugs`]
+/// until the command has been spawned.
+///
+/// std installs the environment it builds only after the pre-exec closures have run, and it
+/// builds one only if the command's environment was changed. So this command's environment is
+/// left alone; its own `envp` array is built here, before the fork, with a fixed-width
+/// `LISTEN_PID=` slot, and the closure fills the slot and points `environ` at the array; std's
+/// `execvp` then passes `environ` on (std `sys/process/unix/unix.rs`, `do_exec`).
+pub fn activated_command(
+    spec: &Spec<'_>,
+    sockets: &Bound,
+) -> Result<(Command, FdPlugs), SpawnError> {
+    let (mut cmd, mut env) = prepare(spec)?;
+    let fds = sockets.fds();
+    let count = fds.len();
+    if count > MAX_LISTEN {
+        return Err(exec_error(
+            spec.command,
+            std::io::Error::other(format!("{count} sockets; at most {MAX_LISTEN} are passed")),
+        ));
+    }
+    set_var(&mut env, "LISTEN_FDS".into(), count.to_string().into());
+    set_var(&mut env, "LISTEN_FDNAMES".into(), sockets.names().into());
+    env.retain(|(k, _)| k != "LISTEN_PID");
+    let mut envp = Envp::new(&env).map_err(|e| exec_error(spec.command, e))?;
+    let mut sources = [-1; MAX_LISTEN];
+    sources[..count].copy_from_slice(&fds);
+    // Every descriptor std opens for the spawn (its exec-error channel above all) must lie above
+    // the range the sockets go to, or placing a socket there would close it in the child.
+    let plugs =
+        FdPlugs::fill(FIRST_LISTEN_FD + count as RawFd).map_err(|e| exec_error(spec.command, e))?;
+    // SAFETY: the closure runs in the child between fork and exec and makes only
+    // async-signal-safe calls (getpid, fcntl, dup2, close) and plain memory writes: into the
+    // `LISTEN_PID=` slot and the `environ` pointer, both set up before the fork; nothing
+    // allocates. The source descriptors are citrusd's sockets, open until the spawn returns (the
+    // caller holds `sockets`). Each is first duplicated above the target range (close-on-exec),
+    // so that placing one at its target cannot close another still to be placed; `dup2` clears
+    // close-on-exec on the target. `environ` is only read again by the `execvp` that follows.
+    unsafe {
+        cmd.pre_exec(move || {
+            let pid = libc::getpid();
+            envp.set_pid(pid);
+            let target = |i: usize| FIRST_LISTEN_FD + i as RawFd;
+            let mut high = [-1; MAX_LISTEN];
+            for (dup, &source) in high.iter_mut().zip(&sources[..count]) {
+                *dup = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, target(count));
+                if *dup < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &dup) in high[..count].iter().enumerate() {
+                if libc::dup2(dup, target(i)) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(dup);
+            }
+            std::ptr::addr_of_mut!(environ).write(envp.pointers());
+            Ok(())
+        });
+    }
+    Ok((cmd, plugs))
+}
+
+/// The first descriptor a socket-activated app receives (`SD_LISTEN_FDS_START`).
+const FIRST_LISTEN_FD: RawFd = 3;
+
+extern "C" {
+    /// The C library's environment, which `execvp` passes to the new program.
+    static mut environ: *const *const libc::c_char;
+}
+
+/// `LISTEN_PID=` and room for any pid (at most 10 digits) and its NUL.
+const PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const PID_DIGITS: usize = 10;
+
+/// A NUL-terminated `envp` array built before the fork, with a `LISTEN_PID=` entry whose value
+/// is written in the child.
+struct Envp {
+    /// Owns the entries the pointers point into.
+    _entries: Vec<CString>,
+    /// `LISTEN_PID=` then [`PID_DIGITS`] + 1 bytes; written only through `pid_slot`.
+    _pid_entry: Box<[u8]>,
+    /// Where the pid's digits go, inside `_pid_entry`.
+    pid_slot: *mut u8,
+    /// The entries, then the pid entry, then NULL.
+    pointers: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into the heap buffers `Envp` owns, which never move or change
+// from other threads; they are written only in the forked child, which has a single thread.
+unsafe impl Send for Envp {}
+// SAFETY: as above: no shared access writes through the pointers.
+unsafe impl Sync for Envp {}
+
+impl Envp {
+    fn new(env: &[(OsString, OsString)]) -> std::io::Result<Envp> {
+        let entries = env
+            .iter()
+            .map(|(k, v)| {
+                let mut entry = k.as_bytes().to_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(v.as_bytes());
+                CString::new(entry).map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("the environment variable {k:?} contains a NUL byte"),
+                    )
+                })
+            })
+            .collect::<std::io::Result<Vec<CString>>>()?;
+        let mut pid_entry = vec![0u8; PID_PREFIX.len() + PID_DIGITS + 1].into_boxed_slice();
+        pid_entry[..PID_PREFIX.len()].copy_from_slice(PID_PREFIX);
+        // SAFETY: PID_PREFIX.len() is within the buffer, which holds PID_DIGITS + 1 more bytes.
+        let pid_slot = unsafe { pid_entry.as_mut_ptr().add(PID_PREFIX.len()) };
+        let mut pointers: Vec<*const libc::c_char> = entries.iter().map(|e| e.as_ptr()).collect();
+        pointers.push(pid_entry.as_ptr().cast());
+        pointers.push(std::ptr::null());
+        Ok(Envp {
+            _entries: entries,
+            _pid_entry: pid_entry,
+            pid_slot,
+            pointers,
+        })
+    }
+
+    /// Writes `pid` and a NUL into the `LISTEN_PID=` entry. Async-signal-safe: no allocation.
+    fn set_pid(&mut self, pid: libc::pid_t) {
+        let mut digits = [0u8; PID_DIGITS + 1];
+        let len = pid_digits(pid.unsigned_abs(), &mut digits);
+        for (i, &byte) in digits[..=len].iter().enumerate() {
+            // SAFETY: `pid_slot` has PID_DIGITS + 1 bytes and `len` is at most PID_DIGITS.
+            unsafe { self.pid_slot.add(i).write(byte) };
+        }
+    }
+
+    fn pointers(&self) -> *const *const libc::c_char {
+        self.pointers.as_ptr()
+    }
+}
+
+/// Writes the decimal digits of `n` and a NUL into `out`; returns the number of digits.
+fn pid_digits(mut n: u32, out: &mut [u8; PID_DIGITS + 1]) -> usize {
+    let mut reversed = [0u8; PID_DIGITS];
+    let mut len = 0;
+    loop {
+        reversed[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[i] = reversed[len - 1 - i];
+    }
+    out[len] = 0;
+    len
+}
+
+/// Placeholders (`/dev/null`, close-on-exec) in every free descriptor below a limit, so that the
+/// descriptors opened next land above it. Dropping them frees the numbers again.
+pub struct FdPlugs {
+    _plugs: Vec<OwnedFd>,
+}
+
+impl FdPlugs {
+    /// Fills the free descriptors below `limit`. `open` always returns the lowest free
+    /// descriptor, so this never disturbs a descriptor in use.
+    fn fill(limit: RawFd) -> std::io::Result<FdPlugs> {
+        let mut plugs = Vec::new();
+        loop {
+            let fd = OwnedFd::from(std::fs::File::open("/dev/null")?);
+            if fd.as_raw_fd() >= limit {
+                return Ok(FdPlugs { _plugs: plugs });
+            }
+            plugs.push(fd);
+        }
+    }
+}
+
+/// Sets `k` in `env`, replacing an earlier value.
+fn set_var(env: &mut Vec<(OsString, OsString)>, k: OsString, v: OsString) {
+    env.retain(|(ek, _)| *ek != k);
+    env.push((k, v));
 }
 
 /// Maps an OS error from `spawn` to a message naming the program.
@@ -237,5 +433,45 @@ pub fn grow_pipe(fd: &impl std::os::fd::AsRawFd, bytes: i32) {
     // SAFETY: F_SETPIPE_SZ on a pipe fd we own; failure (e.g. over the system limit) is harmless.
     unsafe {
         libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+
+    #[test]
+    fn pid_digits_fill_the_slot() {
+        for (pid, text) in [
+            (0, "0"),
+            (7, "7"),
+            (4_194_304, "4194304"),
+            (u32::MAX, "4294967295"),
+        ] {
+            let mut out = [b'x'; PID_DIGITS + 1];
+            let len = pid_digits(pid, &mut out);
+            assert_eq!(&out[..len], text.as_bytes());
+            assert_eq!(out[len], 0);
+        }
+    }
+
+    #[test]
+    fn envp_ends_with_the_pid_entry_and_null() {
+        let env = [("A".into(), "1".into()), ("B".into(), "two words".into())];
+        let mut envp = Envp::new(&env).unwrap();
+        envp.set_pid(12_345_678);
+        envp.set_pid(42);
+        let entries: Vec<String> = envp.pointers[..envp.pointers.len() - 1]
+            .iter()
+            // SAFETY: every pointer but the last points to a NUL-terminated entry `envp` owns.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["A=1", "B=two words", "LISTEN_PID=42"]);
+        assert!(envp.pointers.last().unwrap().is_null());
+        let nul = [("BAD".into(), "a\0b".into())];
+        let err = Envp::new(&nul).err().unwrap().to_string();
+        assert!(err.contains("\"BAD\" contains a NUL byte"), "{err}");
     }
 }

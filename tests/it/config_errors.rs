@@ -6,7 +6,7 @@ use crate::support::{citrusd_once, with_daemon_table};
 
 /// Writes `body` and runs citrusd on it; asserts it refused with exit 2 and started nothing.
 #[track_caller]
-fn refused(body: &str) -> String {
+pub(crate) fn refused(body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("citrusd.toml");
     fs::write(&path, with_daemon_table(body)).unwrap();

@@ -13,11 +13,11 @@ use crate::https_server::HttpsServer;
 use crate::support::{git, wait_for, Daemon, DEADLINE};
 
 const AGENT_ID: &str = "3f1c2b7e-0000-4000-8000-000000000001";
-const KEY: &str = "k-0123456789abcdef";
+pub(crate) const KEY: &str = "k-0123456789abcdef";
 
 /// A daemon with one app and a `[fleet]` section towards `engine`; `sites` adds the recorder
 /// templates. The key file holds `key` unless it is None.
-fn agent(engine: &Engine, key: Option<&str>, extra: &str) -> Daemon {
+pub(crate) fn agent(engine: &Engine, key: Option<&str>, extra: &str) -> Daemon {
     let d = Daemon::prepare(
         &format!(
             "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n\
@@ -487,7 +487,7 @@ fn wss_refuses_an_engine_it_cannot_verify() {
 
 /// A bare remote with commit A checked out at `checkout`, and commit B pushed after it.
 /// Returns (A, B).
-fn repos(root: &std::path::Path) -> (String, String) {
+pub(crate) fn repos(root: &std::path::Path) -> (String, String) {
     git(root, &["init", "--bare", "-b", "main", "remote.git"]);
     git(root, &["clone", "-q", "remote.git", "checkout"]);
     let checkout = root.join("checkout");
@@ -505,7 +505,7 @@ fn repos(root: &std::path::Path) -> (String, String) {
     (a, b)
 }
 
-fn with_update(d: &Daemon, extra: &str) {
+pub(crate) fn with_update(d: &Daemon, extra: &str) {
     let mut text = fs::read_to_string(&d.config).unwrap();
     text.push_str(&format!(
         "[fleet.update]\nrepo = \"checkout\"\n{extra}\n[apps.tick]\ncommand = [\"sh\", \"-c\", \"while :; do echo tick; sleep 0.05; done\"]\n"

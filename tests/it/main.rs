@@ -12,6 +12,7 @@ mod hub;
 mod hub_deploy;
 mod hub_support;
 mod jobs;
+mod listen;
 mod logs;
 mod persistence;
 mod probes;
