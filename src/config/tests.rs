@@ -1041,7 +1041,8 @@ fn job_errors() {
         3,
         8,
         "jobs.j.kind",
-        "unknown job kind `backup`; expected one of: health, disk, log-cleanup, save, command",
+        "unknown job kind `backup`; expected one of: health, disk, log-cleanup, save, \
+         deploy-reconcile, command",
     );
     assert_error(
         &job("kind = \"helth\"\n"),
@@ -1062,7 +1063,7 @@ fn job_errors() {
         1,
         7,
         "jobs.j",
-        "job has no `kind`; add one of: health, disk, log-cleanup, save, command",
+        "job has no `kind`; add one of: health, disk, log-cleanup, save, deploy-reconcile, command",
     );
     let found = errors(&job("kind = \"log-cleanup\"\n"));
     let messages: Vec<(usize, usize, &str, &str)> = found
@@ -1171,7 +1172,7 @@ fn notify_errors() {
         22,
         "notify.events",
         "unknown event `job_faild`; did you mean `job_failed`? (expected one of: errored, \
-         memory_restart, health_failed, disk, job_failed)",
+         memory_restart, health_failed, disk, job_failed, deploy)",
     );
     assert_error(
         "[notify]\nwebhook = \"hooks.example.com/x\"\n",
