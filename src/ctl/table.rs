@@ -265,21 +265,6 @@ pub fn plan(p: &ReloadPlan) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_units() {
-        assert_eq!(uptime(0), "-");
-        assert_eq!(uptime(999), "0s");
-        assert_eq!(uptime(61_000), "1m1s");
-        assert_eq!(uptime(3_600_000 * 25), "1d1h");
-        assert_eq!(size(512), "512B");
-        assert_eq!(size(10 << 20), "10.0M");
-    }
-}
-
 /// The `deployments` table: newest first.
 pub fn deployments(list: &[crate::deploy::Deployment]) -> String {
     let rows: Vec<Vec<String>> = list
@@ -316,4 +301,19 @@ pub fn deployments(list: &[crate::deploy::Deployment]) -> String {
         ],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(uptime(0), "-");
+        assert_eq!(uptime(999), "0s");
+        assert_eq!(uptime(61_000), "1m1s");
+        assert_eq!(uptime(3_600_000 * 25), "1d1h");
+        assert_eq!(size(512), "512B");
+        assert_eq!(size(10 << 20), "10.0M");
+    }
 }
