@@ -361,6 +361,43 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
             return;
         }
     };
+    if let AgentMessage::DeployOperation {
+        id,
+        app,
+        phase,
+        status,
+        release_id,
+        commit,
+        output,
+        error,
+    } = &message
+    {
+        let deployment = DeploymentReport {
+            phase: *phase,
+            status: status_name(*status),
+            release_id: release_id.as_deref(),
+            commit: commit.as_deref(),
+            output: output.as_deref(),
+            error: error.as_deref(),
+        };
+        match engine
+            .store
+            .report_deployment(id, agent, &deployment, now())
+            .await
+        {
+            Ok(true) => {
+                tracing::debug!(agent, operation = %id, app = %app, %phase, "deployment progress")
+            }
+            Ok(false) => tracing::debug!(
+                agent,
+                operation = %id,
+                app = %app,
+                %phase,
+                "deployment report ignored: unknown deployment, ended, or already past that phase"
+            ),
+            Err(e) => tracing::error!(agent, "{e}"),
+        }
+    }
     let result = match message {
         AgentMessage::AgentConnected {
             agent_id,
@@ -417,52 +454,14 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
             output,
             error,
             ..
-        } => {
-            report(
-                engine,
-                agent,
-                &id,
-                status,
-                output.as_deref(),
-                error.as_deref(),
-            )
-            .await
         }
-        AgentMessage::DeployOperation {
+        | AgentMessage::DeployOperation {
             id,
-            app,
-            phase,
             status,
-            release_id,
-            commit,
             output,
             error,
+            ..
         } => {
-            let deployment = DeploymentReport {
-                phase,
-                status: status_name(status),
-                release_id: release_id.as_deref(),
-                commit: commit.as_deref(),
-                output: output.as_deref(),
-                error: error.as_deref(),
-            };
-            match engine
-                .store
-                .report_deployment(&id, agent, &deployment, now())
-                .await
-            {
-                Ok(true) => {
-                    tracing::debug!(agent, operation = %id, app = %app, %phase, "deployment progress")
-                }
-                Ok(false) => tracing::debug!(
-                    agent,
-                    operation = %id,
-                    app = %app,
-                    %phase,
-                    "deployment report ignored: unknown deployment, ended, or already past that phase"
-                ),
-                Err(e) => tracing::error!(agent, "{e}"),
-            }
             report(
                 engine,
                 agent,

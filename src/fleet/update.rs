@@ -88,10 +88,11 @@ pub fn reset_to(path: &Path, commit: &str) -> Result<Moved, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn git(dir: &Path, args: &[&str]) -> String {
+    /// Runs the git CLI in `dir` (for tests that build repositories); its trimmed stdout.
+    pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
         let out = std::process::Command::new("git")
             .arg("-C")
             .arg(dir)
