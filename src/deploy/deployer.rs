@@ -674,12 +674,11 @@ impl Deployments {
         let current = release::current(&deploy)
             .map_err(|e| DeployError::NoRelease(e.to_string()))?
             .filter(|id| !id.is_empty());
-        let completed: Vec<String> = self
-            .journal
-            .list(app)
-            .into_iter()
+        let records = self.journal.list(app);
+        let completed: Vec<String> = records
+            .iter()
             .filter(|d| d.phase == Phase::Completed)
-            .map(|d| d.release)
+            .map(|d| d.release.clone())
             .filter(|r| release::dir(&deploy, r).is_dir())
             .collect();
         let target = match to {
@@ -708,6 +707,10 @@ impl Deployments {
             let id = release::new_id(|id| existing.iter().any(|d| d.id == id));
             let mut d = Deployment::new(id, app, None, None);
             d.kind = Kind::Rollback;
+            // What runs after it: the ref and commit the target release was deployed from.
+            if let Some(made) = records.iter().find(|r| r.id == target) {
+                (d.git_ref, d.commit) = (made.git_ref.clone(), made.commit.clone());
+            }
             d.release = target.clone();
             d.previous = current.clone();
             d.enter(Phase::CreatingSymlinks, String::new());

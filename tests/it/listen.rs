@@ -374,3 +374,32 @@ fn a_reexec_of_citrusd_hands_the_sockets_over() {
     let (_, failures) = client.finish();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
 }
+
+#[test]
+fn a_deploy_of_a_single_instance_app_refuses_no_connection() {
+    let port = free_port();
+    let d = start(|server| {
+        let src = std::path::Path::new(server).parent().unwrap().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::copy(server, src.join("server.py")).unwrap();
+        format!(
+            "{}[apps.web.deploy]\nroot = \"www\"\nsource = {{ path = \"src\" }}\n",
+            app("web", "server.py", &[format!("tcp://127.0.0.1:{port}")], "")
+        )
+    });
+    // Nothing to run before the first release.
+    d.wait_state("web", AppState::Errored);
+    d.ctl(&["deploy", "web"]).code(0);
+    let mut pid = online_pid(&d, "web");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = Client::start(addr);
+    client.wait_answer("an answer", |a| pid_of(a) == pid);
+    for _ in 0..2 {
+        d.ctl(&["deploy", "web"]).code(0);
+        pid = new_pid(&d, "web", pid);
+        client.wait_answer("an answer from the new release", |a| pid_of(a) == pid);
+    }
+    let (answers, failures) = client.finish();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(answers.len() > 2);
+}
