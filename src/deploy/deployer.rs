@@ -703,8 +703,7 @@ impl Deployments {
         let mut d = {
             let mut running = self.running();
             self.check_idle(app, &running)?;
-            let existing = self.journal.list(app);
-            let id = release::new_id(|id| existing.iter().any(|d| d.id == id));
+            let id = release::new_id(|id| records.iter().any(|d| d.id == id));
             let mut d = Deployment::new(id, app, None, None);
             d.kind = Kind::Rollback;
             // What runs after it: the ref and commit the target release was deployed from.
