@@ -380,7 +380,7 @@ impl Deployments {
             let (app, deploy) = match self.config(&d.app) {
                 Ok(c) => c,
                 Err(e) => {
-                    return self.finish(d, Phase::Failed, e.to_string(), String::new());
+                    return d.end(Phase::Failed, e.to_string(), String::new());
                 }
             };
             let dir = release::dir(&deploy, &d.release);
@@ -418,8 +418,7 @@ impl Deployments {
                                 d.previous = previous.filter(|p| !p.is_empty() && *p != d.release)
                             }
                             Err(e) => {
-                                return self.finish(
-                                    d,
+                                return d.end(
                                     Phase::Failed,
                                     format!("cannot read {}: {e}", deploy.current().display()),
                                     output,
@@ -435,7 +434,7 @@ impl Deployments {
                         let error = format!("{e}; the deployment stops here");
                         if d.phase <= Phase::CreatingSymlinks {
                             let _ = release::remove(&deploy, &d.release);
-                            return self.finish(d, Phase::Failed, error, String::new());
+                            return d.end(Phase::Failed, error, String::new());
                         }
                         return self.roll_back(d, &deploy, error, String::new()).await;
                     }
@@ -450,15 +449,10 @@ impl Deployments {
                         // Never live; its space is better given back now.
                         let _ = release::remove(&deploy, &d.release);
                     }
-                    return self.finish(d, Phase::Failed, failure.error, failure.output);
+                    return d.end(Phase::Failed, failure.error, failure.output);
                 }
             }
         }
-    }
-
-    /// Ends `d` in `phase`; [`Deployments::close`] journals it.
-    fn finish(&self, d: &mut Deployment, phase: Phase, error: String, output: String) {
-        d.end(phase, error, output);
     }
 
     /// The new release failed after the switch: `current` back to the previous release and the
@@ -476,7 +470,7 @@ impl Deployments {
             .filter(|p| release::dir(deploy, p).is_dir());
         let Some(previous) = previous else {
             let error = format!("{error}; there is no previous release to go back to");
-            return self.finish(d, Phase::Failed, error, output);
+            return d.end(Phase::Failed, error, output);
         };
         let back = {
             let deploy = Arc::new(deploy.clone());
@@ -489,7 +483,7 @@ impl Deployments {
         match back {
             Err(e) => {
                 error = format!("{error} failed: cannot switch current back: {e}");
-                return self.finish(d, Phase::Failed, error, output);
+                return d.end(Phase::Failed, error, output);
             }
             Ok(()) => {
                 if let Err(e) = self.supervisor.restart(&Target::App(d.app.clone())).await {
@@ -497,7 +491,7 @@ impl Deployments {
                 }
             }
         }
-        self.finish(d, Phase::RolledBack, error, output);
+        d.end(Phase::RolledBack, error, output);
     }
 
     /// `pulling_source`: the source written into a fresh release directory.
@@ -732,7 +726,7 @@ impl Deployments {
         .await;
         match result {
             Ok(out) => d.enter(Phase::Completed, out),
-            Err(f) => self.finish(&mut d, Phase::Failed, f.error, f.output),
+            Err(f) => d.end(Phase::Failed, f.error, f.output),
         }
         self.close(&d);
         Ok(d)
