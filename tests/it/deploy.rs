@@ -518,6 +518,13 @@ fn crash_and_resume(s: &mut Site, phase: Phase, release: impl FnOnce(&Site)) -> 
     let deploy = std::thread::spawn(move || crate::support::ctl_at(&socket, &["deploy", "web"]));
     let held = s.wait_phase(phase);
     s.daemon.kill9();
+    if phase < Phase::CreatingSymlinks {
+        assert_ne!(
+            s.current(),
+            Some(held.release.clone()),
+            "a release not built yet is never live"
+        );
+    }
     // The client sees the daemon go away: the deploy did not end as far as it knows.
     deploy.join().unwrap().code(1);
     s.daemon.spawn();
@@ -807,4 +814,33 @@ fn sources_that_reach_outside_are_refused_and_nothing_is_written_outside() {
     assert!(!s.root().join("releases/escaped").exists());
     assert!(!s.root().join("escaped").exists());
     assert_eq!(s.current(), None);
+}
+
+#[test]
+fn a_resumed_deployment_whose_source_vanished_fails_with_the_reason() {
+    let build = "while [ ! -e ../../../go ]; do sleep 0.05; done";
+    let mut s = site(None, &format!("build = [\"sh\", \"-c\", \"{build}\"]"), "");
+    let socket = s.daemon.socket.clone();
+    let deploy = std::thread::spawn(move || crate::support::ctl_at(&socket, &["deploy", "web"]));
+    let held = s.wait_phase(Phase::Building);
+    s.daemon.kill9();
+    deploy.join().unwrap();
+    fs::remove_dir_all(s.source()).unwrap();
+    s.daemon.spawn();
+    s.daemon.wait_ready();
+    let failed = s.wait_phase(Phase::Failed);
+    assert_eq!((failed.id.as_str(), failed.resumed), (held.id.as_str(), 1));
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("source directory"),
+        "{failed:?}"
+    );
+    assert_eq!(s.current(), None);
+    // The app is free to be deployed again.
+    s.ctl(&["deploy", "web"])
+        .code(1)
+        .stderr_has(&["is missing"]);
 }
