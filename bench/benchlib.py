@@ -4,8 +4,11 @@ A driver imports it after `sys.path.insert(0, os.environ["B_BENCH_DIR"])`. On im
 settings every bench script passes (B_CITRUSD, B_CITRUSCTL, B_WORK, B_TAG, B_QUICK, B_IDLE), builds
 CHILD_ENV (the driver's environment with BENCH_TAG=<tag> and without the B_* variables) and turns
 SIGTERM into SystemExit so that `finally` blocks stop the daemons.
+
+Beside the citrusd `Daemon` and the table helpers it has `free_ports`, `RssSampler` (VmRSS peak of
+a process while something runs) and `Load` (steady-rate HTTP load through bench/loadgen.py).
 """
-import json, os, re, signal, statistics, subprocess, sys, time
+import json, os, random, re, signal, socket, statistics, subprocess, sys, threading, time
 
 E = os.environ
 CITRUSD, CITRUSCTL = E["B_CITRUSD"], E["B_CITRUSCTL"]
@@ -113,6 +116,26 @@ def recv_until(sock, marker):
     return buf
 
 
+def free_ports(n):
+    """n free TCP ports on 127.0.0.1 below the ephemeral range (32768+), so that no client
+    connection of the bench can be given one of them as its local port."""
+    for _ in range(50):
+        base = random.randrange(20000, 32000 - 2 * n)
+        ports = []
+        for p in range(base, base + 2 * n):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", p))
+                ports.append(p)
+            except OSError:
+                pass
+            finally:
+                s.close()
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"cannot find {n} free ports")
+
+
 def sleepers(n, fmt="s{:04d}", first=0):
     return {fmt.format(i): {"command": ["/bin/sleep", "100000"]} for i in range(first, first + n)}
 
@@ -142,6 +165,35 @@ def vm_rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+class RssSampler(threading.Thread):
+    """Polls VmRSS of pid every `every` seconds until stop(); peak_kb/last_kb in kB, and VmHWM
+    (the kernel's own peak since the process started) at stop."""
+
+    def __init__(self, pid, every=0.005):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.done = pid, every, threading.Event()
+        self.samples, self.peak_kb, self.hwm_kb = 0, 0, None
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                kb = vm_rss_kb(self.pid)
+            except OSError:
+                return
+            self.samples += 1
+            self.peak_kb = max(self.peak_kb, kb)
+            self.done.wait(self.every)
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        try:
+            self.hwm_kb = int(proc_status(self.pid)["VmHWM"].split()[0])
+        except (OSError, KeyError):
+            pass
+        return self
 
 
 def open_fds(pid):
@@ -330,6 +382,86 @@ def stop_live(timeout=None, quiet=False):
             if not isinstance(e, Exception):
                 raise
             log(f"stopping citrusd {dm.pid}: {e}")
+
+
+# --- HTTP load -------------------------------------------------------------------------------- #
+class Load:
+    """bench/loadgen.py in its own process: steady-rate GETs on 127.0.0.1:port, one connection
+    each, until stop(). Use as `with Load(port, rate) as load: ...`; then load.result (the JSON
+    loadgen.py writes) and load.summary(t0, t1) (the outcomes of the requests sent in [t0, t1))."""
+    START_TIMEOUT = 10  # s until the generator is sending
+
+    def __init__(self, port, rate, timeout=2.0, max_secs=300, path="/"):
+        self.port, self.rate, self.timeout, self.max_secs, self.path = port, rate, timeout, max_secs, path
+        self.dir = os.path.join(WORK, "load")
+        os.makedirs(self.dir, exist_ok=True)
+        n = len(os.listdir(self.dir))
+        self.out = os.path.join(self.dir, f"{n:04d}.json")
+        self.ready = os.path.join(self.dir, f"{n:04d}.ready")
+        self.proc, self.result = None, None
+
+    def __enter__(self):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.py")
+        self.errlog = open(self.out + ".stderr", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, script, "--port", str(self.port), "--rate", str(self.rate),
+             "--timeout", str(self.timeout), "--out", self.out, "--ready", self.ready,
+             "--max-secs", str(self.max_secs), "--path", self.path],
+            stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog, env=CHILD_ENV)
+        SKIP_PIDS.add(self.proc.pid)  # ours, not citrusd's
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not os.path.exists(self.ready):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"loadgen exited with {self.proc.returncode}: {self.stderr_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"loadgen was not sending within {self.START_TIMEOUT}s")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stderr_tail(self, n=400):
+        with open(self.out + ".stderr", "rb") as f:
+            return f.read()[-n:].decode(errors="replace").strip() or "?"
+
+    def stop(self):
+        """SIGTERM; the generator waits for the requests in flight and writes its result."""
+        if self.proc is None or self.result is not None:
+            return self.result
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(self.timeout + 15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("loadgen did not finish within 15 s of SIGTERM")
+        finally:
+            SKIP_PIDS.discard(self.proc.pid)
+            self.errlog.close()
+        if rc != 0:
+            raise RuntimeError(f"loadgen exited with {rc}: {self.stderr_tail()}")
+        with open(self.out) as f:
+            self.result = json.load(f)
+        return self.result
+
+    def summary(self, t0=None, t1=None):
+        """Outcomes of the requests sent in [t0, t1) (CLOCK_MONOTONIC ns; None: open):
+        {"sent", "ok", "failed", "by_outcome": {outcome: n}, "max_latency_ms", "p99_latency_ms",
+        "bodies": {body: n} of the ok answers}."""
+        reqs = [r for r in self.result["requests"]
+                if (t0 is None or r[0] >= t0) and (t1 is None or r[0] < t1)]
+        by, bodies = {}, {}
+        for _, _, outcome, body in reqs:
+            by[outcome] = by.get(outcome, 0) + 1
+            if outcome == "ok":
+                bodies[body] = bodies.get(body, 0) + 1
+        lat = sorted(r[1] / 1e6 for r in reqs if r[2] == "ok")
+        return {"sent": len(reqs), "ok": by.get("ok", 0), "failed": len(reqs) - by.get("ok", 0),
+                "by_outcome": by, "max_latency_ms": lat[-1] if lat else None,
+                "p99_latency_ms": lat[min(len(lat) - 1, -(-99 * len(lat) // 100) - 1)] if lat else None,
+                "bodies": bodies}
 
 
 # --- driver skeleton ---------------------------------------------------------------------------- #

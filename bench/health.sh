@@ -51,13 +51,13 @@ APP_PYTHON=$(python3 -c 'import os, sys; print(os.path.realpath(sys.executable))
 
 # --- driver --------------------------------------------------------------------------------------
 cat >"$WORK/driver.py" <<'PYEOF'
-import json, os, random, socket, statistics, subprocess, sys, time
+import json, os, socket, statistics, subprocess, sys, time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.environ["B_BENCH_DIR"])
 import benchlib
 from benchlib import (CHILD_ENV, CLK_TCK, FAILED, IDLE, QUICK, WORK, cpu_ticks, log,
-                      p95, row, vm_rss_kb, write_config)
+                      free_ports, p95, row, vm_rss_kb, write_config)
 
 SCHED = int(os.environ["B_SCHED"])
 APP_PY = os.environ["B_APP_PYTHON"]
@@ -68,25 +68,6 @@ SETTLE = 3.0 if QUICK else 10.0   # after all apps are online, before the idle w
 class Daemon(benchlib.Daemon):
     ONLINE_POLL = 0.2
     LEFTOVER_SETTLE = 0.3
-
-
-def free_ports(n):
-    """n consecutive-ish free TCP ports on 127.0.0.1 below the ephemeral range (32768+)."""
-    for _ in range(50):
-        base = random.randrange(20000, 32000 - 2 * n)
-        ports = []
-        for p in range(base, base + 2 * n):
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", p))
-                ports.append(p)
-            except OSError:
-                pass
-            finally:
-                s.close()
-            if len(ports) == n:
-                return ports
-    raise RuntimeError(f"cannot find {n} free ports")
 
 
 def get_latency(port, n=20):
