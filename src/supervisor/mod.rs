@@ -429,16 +429,19 @@ impl Supervisor {
         let names = self.table().resolve(target)?;
         self.set_desired(&names, Desired::Running)?;
         for name in &names {
-            let handles = self
-                .table()
-                .apps
-                .get(name)
-                .map(|a| a.instances.clone())
-                .unwrap_or_default();
-            for h in handles {
+            let (handles, shared_port) = match self.table().apps.get(name) {
+                Some(a) => (a.instances.clone(), shared_probe_port(&a.config)),
+                None => continue,
+            };
+            for h in &handles {
                 h.restart()
                     .await
                     .map_err(|e| SupervisorError::Failed(format!("{name}: {e}")))?;
+                if let Some((port, timeout)) = shared_port {
+                    listening_itself(h, &handles, port, timeout)
+                        .await
+                        .map_err(|e| SupervisorError::Failed(format!("{name}: {e}")))?;
+                }
             }
         }
         Ok(names)
@@ -941,6 +944,52 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+/// The port of an http/tcp `ready` probe of an app with several instances, and the ready timeout:
+/// instances that share a port answer each other's probes.
+fn shared_probe_port(app: &AppConfig) -> Option<(u16, Duration)> {
+    let ready = app.ready.as_ref().filter(|_| app.instances >= 2)?;
+    match &ready.check {
+        crate::config::ReadyCheck::Probe(
+            crate::config::ProbeTarget::Http { port, .. }
+            | crate::config::ProbeTarget::Tcp { port, .. },
+        ) => Some((*port, ready.timeout)),
+        crate::config::ReadyCheck::Notify { .. } => None,
+    }
+}
+
+/// After instance `h` of a rolling reload passed its `ready` probe on `port`: waits until its own
+/// process tree listens on the port when a sibling does, since the probe may have been answered by
+/// that sibling, which is stopped next. A port no instance listens on (another process serves it)
+/// needs nothing more.
+async fn listening_itself(
+    h: &InstanceHandle,
+    all: &[Arc<InstanceHandle>],
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listening = procfs::listening_sockets(port);
+        let holds = |handle: &InstanceHandle| {
+            let pids = handle.status().pid.map(procfs::tree).unwrap_or_default();
+            !procfs::socket_inodes(&pids).is_disjoint(&listening)
+        };
+        let siblings = all.iter().filter(|s| s.index != h.index);
+        if holds(h) || !siblings.into_iter().any(|s| holds(s)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "instance {} passed its ready probe on port {port}, but only through another \
+                 instance: it was not listening on the port after {}",
+                h.index,
+                crate::config::format_duration(timeout)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

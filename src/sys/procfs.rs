@@ -1,5 +1,5 @@
 //! Reading `/proc`: a process's stat line (parent, group, start time, CPU, RSS), its children, its
-//! process tree, and its environment. All readers treat a vanished process as "no data", never as
+//! process tree, its environment, and the listening TCP sockets it holds. All readers treat a vanished process as "no data", never as
 //! an error worth reporting: processes exit at any instant.
 
 use std::fs;
@@ -120,6 +120,53 @@ pub fn environ_contains(pid: i32, wanted: &[String]) -> bool {
     !env.is_empty() && wanted.iter().all(|w| env.iter().any(|e| e == w.as_bytes()))
 }
 
+/// The inodes of the TCP sockets (IPv4 and IPv6) listening on `port`, on any address.
+pub fn listening_sockets(port: u16) -> std::collections::HashSet<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| listening_inode(line, port))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The inode of a `/proc/net/tcp{,6}` row if it is a socket listening (state `0A`) on `port`.
+fn listening_inode(line: &str, port: u16) -> Option<u64> {
+    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    let local_port = fields.get(1)?.rsplit(':').next()?;
+    let listening = fields.get(3) == Some(&"0A");
+    (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+        .then(|| fields.get(9)?.parse().ok())
+        .flatten()
+}
+
+/// The inodes of the sockets that `pids` hold open.
+pub fn socket_inodes(pids: &[i32]) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse::<u64>().ok());
+            out.extend(inode);
+        }
+    }
+    out
+}
+
 /// The system page size in bytes.
 pub fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
@@ -144,6 +191,27 @@ pub fn self_usage() -> io::Result<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_rows() {
+        let row = "   1: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(listening_inode(row, 8080), Some(4242));
+        assert_eq!(listening_inode(row, 8081), None);
+        let established = row.replace(" 0A ", " 01 ");
+        assert_eq!(listening_inode(&established, 8080), None);
+        let v6 = "   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1";
+        assert_eq!(listening_inode(v6, 8080), Some(77));
+    }
+
+    #[test]
+    fn a_listener_of_ours_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let listening = listening_sockets(port);
+        let ours = socket_inodes(&[std::process::id() as i32]);
+        assert_eq!(listening.len(), 1);
+        assert!(listening.is_subset(&ours));
+    }
 
     #[test]
     fn parses_stat_with_tricky_command_name() {

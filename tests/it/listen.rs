@@ -403,3 +403,60 @@ fn a_deploy_of_a_single_instance_app_refuses_no_connection() {
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert!(answers.len() > 2);
 }
+
+/// Binds its port itself with SO_REUSEPORT, but only `BIND_DELAY` seconds after it starts (a slow
+/// boot), then answers each connection with its pid; on SIGTERM it closes its listener first.
+const REUSEPORT_SERVER: &str = r#"
+import os, signal, socket, sys, time
+time.sleep(float(os.environ["BIND_DELAY"]))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(128)
+signal.signal(signal.SIGTERM, lambda *_: (s.close(), sys.exit(0)))
+while True:
+    conn, _ = s.accept()
+    with conn:
+        conn.recv(64)
+        conn.sendall(("pid=%d \n" % os.getpid()).encode())
+"#;
+
+#[test]
+fn a_rolling_reload_waits_until_the_new_instance_listens_on_a_shared_port() {
+    let port = free_port();
+    let d = start(|_| {
+        format!(
+            "[apps.web]\ncommand = [\"python3\", \"-c\", {REUSEPORT_SERVER:?}]\ninstances = 2\n\
+             env = {{ PORT = \"{port}\", BIND_DELAY = \"0.8\" }}\n\
+             ready = {{ tcp = \"127.0.0.1:{port}\", timeout = \"20s\" }}\n"
+        )
+    });
+    let before: Vec<i32> = d
+        .wait_state("web", AppState::Online)
+        .iter()
+        .map(|r| r.pid.unwrap() as i32)
+        .collect();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = Client::start(addr);
+    client.wait_answer("an answer", |_| true);
+    // Each new instance's probe is answered at once by its old sibling; the sibling must not be
+    // stopped before the new instance listens itself (0.8 s later).
+    d.ctl(&["reload", "web"]).code(0);
+    let after: Vec<i32> = d.app("web").iter().map(|r| r.pid.unwrap() as i32).collect();
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
+    client.wait_answer("an answer from a new instance", |a| {
+        after.contains(&pid_of(a))
+    });
+    let (_, failures) = client.finish();
+    // A connection queued on a closing SO_REUSEPORT listener may be reset; none may be refused.
+    let refused: Vec<&String> = failures.iter().filter(|f| f.contains("refused")).collect();
+    assert!(
+        refused.is_empty(),
+        "nobody listened for a while: {} refused, e.g. {:?}",
+        refused.len(),
+        refused.first()
+    );
+}
