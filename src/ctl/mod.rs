@@ -438,14 +438,8 @@ async fn deploy(
             deployment: last.clone(),
         });
     }
-    let took = last
-        .ended_ms
-        .unwrap_or_else(crate::sys::now_ms)
-        .saturating_sub(last.started_ms);
-    let commit = last
-        .commit
-        .as_deref()
-        .map(|c| format!(" at {}", &c[..c.len().min(12)]));
+    let took = last.duration_ms();
+    let commit = last.short_commit().map(|c| format!(" at {c}"));
     match last.phase {
         Phase::Completed => {
             if !json {

@@ -276,14 +276,8 @@ pub fn deployments(list: &[crate::deploy::Deployment]) -> String {
                 }
                 crate::deploy::journal::Kind::Rollback => format!("rollback to {}", d.release),
             };
-            let took = d
-                .ended_ms
-                .unwrap_or_else(crate::sys::now_ms)
-                .saturating_sub(d.started_ms);
-            let commit = d
-                .commit
-                .as_deref()
-                .map_or("-".into(), |c| c.chars().take(12).collect());
+            let took = d.duration_ms();
+            let commit = d.short_commit().unwrap_or("-").to_owned();
             vec![
                 d.id.clone(),
                 kind,

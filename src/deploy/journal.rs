@@ -125,6 +125,18 @@ impl Deployment {
         }
     }
 
+    /// How long it took, or has taken so far.
+    pub fn duration_ms(&self) -> u64 {
+        self.ended_ms
+            .unwrap_or_else(crate::sys::now_ms)
+            .saturating_sub(self.started_ms)
+    }
+
+    /// The commit's first 12 characters, for people.
+    pub fn short_commit(&self) -> Option<&str> {
+        self.commit.as_deref().map(|c| c.get(..12).unwrap_or(c))
+    }
+
     /// Ends in `phase` (failed or rolled back) with `error`.
     pub fn end(&mut self, phase: Phase, error: String, output: String) {
         self.error = Some(error);
