@@ -24,6 +24,8 @@ const INLINE_MAX: usize = 100;
 
 /// Longest app name Citrus accepts.
 const NAME_MAX: usize = 64;
+/// The most instances an imported app gets (citrusd refuses more).
+const MAX_INSTANCES: i64 = 256;
 
 /// Order of the plain keys in each `[apps.NAME]` table.
 const KEY_ORDER: &[&str] = &[
@@ -344,6 +346,9 @@ fn convert_entry(value: &Value) -> Result<Draft, String> {
             continue;
         }
         match key.as_str() {
+            "env_" => w.push(format!(
+                "{key}: an environment needs a name after `env_`; dropped"
+            )),
             k if k == "env" || (k.starts_with("env_") && v.is_object()) => {
                 let vars = env_table(k, v, dump, &name, &mut w);
                 if !vars.is_empty() {
@@ -353,7 +358,12 @@ fn convert_entry(value: &Value) -> Result<Draft, String> {
             "instances" if dump => {} // one dump entry is one process; merged later
             "instances" => {
                 let n = int_of(v).unwrap_or(0);
-                if n >= 1 {
+                if n > MAX_INSTANCES {
+                    app.set("instances", TVal::Int(MAX_INSTANCES));
+                    w.push(format!(
+                        "instances {v}: more than citrusd allows; wrote instances = {MAX_INSTANCES}"
+                    ));
+                } else if n >= 1 {
                     app.set("instances", TVal::Int(n));
                 } else {
                     app.set("instances", TVal::Int(1));
@@ -405,7 +415,10 @@ fn convert_entry(value: &Value) -> Result<Draft, String> {
             },
             "cron_restart" => match v {
                 Value::String(s) if !s.trim().is_empty() => {
-                    app.set("cron_restart", TVal::Str(s.trim().to_string()))
+                    match crate::config::CronSchedule::parse(s.trim()) {
+                        Ok(_) => app.set("cron_restart", TVal::Str(s.trim().to_string())),
+                        Err(e) => w.push(format!("cron_restart {v}: {e}; dropped")),
+                    }
                 }
                 _ if is_off(v) => {}
                 _ => w.push(format!("cron_restart {v} is not a cron expression; dropped")),
@@ -1019,6 +1032,10 @@ fn sanitise_name(raw: &str) -> String {
     name.truncate(NAME_MAX);
     if name.is_empty() {
         name = "app".to_string();
+    }
+    // `all` names every app on the command line.
+    if crate::config::validate_app_name(&name).is_err() {
+        name = format!("{name}-app");
     }
     name
 }
@@ -1721,5 +1738,61 @@ mod tests {
             conv.warnings,
             ["ecosystem.json: top-level \"deploy\" dropped: Citrus deploys with [apps.NAME.deploy]; set it up by hand"]
         );
+    }
+}
+
+#[cfg(test)]
+mod citrusd_accepts {
+    use super::*;
+
+    /// Hostile ecosystem entries: whatever import-pm2 makes of them, citrusd must accept it.
+    #[test]
+    fn every_conversion_is_a_config_citrusd_accepts() {
+        let entries = [
+            r#"{"name": "a", "script": "x.js", "instances": 0}"#,
+            r#"{"name": "a", "script": "x.js", "instances": -1}"#,
+            r#"{"name": "a", "script": "x.js", "instances": "max"}"#,
+            r#"{"name": "a", "script": "x.js", "instances": 10000000000}"#,
+            r#"{"name": "a", "script": "x.js", "env": {"A=B": "1", "": "2", "C\u0000": "3"}}"#,
+            r#"{"name": "a", "script": "x.js", "env": {"OK": {"nested": 1}}}"#,
+            r#"{"name": "a", "script": "x.js", "max_memory_restart": "abc"}"#,
+            r#"{"name": "a", "script": "x.js", "max_memory_restart": -5}"#,
+            r#"{"name": "a", "script": "x.js", "cron_restart": "not a cron"}"#,
+            r#"{"name": "a", "script": "x.js", "kill_timeout": -5}"#,
+            r#"{"name": "a", "script": "x.js", "kill_timeout": 1e300}"#,
+            r#"{"name": "a", "script": "x.js", "restart_delay": 1e300}"#,
+            r#"{"name": "a", "script": "x.js", "min_uptime": "forever"}"#,
+            r#"{"name": "a", "script": "x.js", "max_restarts": -3}"#,
+            r#"{"name": "a", "script": "x.js", "max_restarts": 1e12}"#,
+            r#"{"name": "all", "script": "x.js"}"#,
+            r#"{"name": "", "script": "x.js"}"#,
+            r#"{"name": "a", "script": ""}"#,
+            r#"{"name": "a", "script": "x.js", "args": ["a\u0000b"]}"#,
+            r#"{"name": "a", "script": "x.js", "cwd": ""}"#,
+            r#"{"name": "a", "script": "x.js", "kill_signal": "SIGNOPE"}"#,
+            r#"{"name": "a", "script": "x.js", "exp_backoff_restart_delay": -100}"#,
+            r#"{"name": "a", "script": "x.js", "log_date_format": "YYYY", "time": true}"#,
+            r#"{"name": "a", "script": "x.js", "env_production": {"X": "1"}, "env_": {"Y": "2"}}"#,
+            r#"{"name": "a", "script": "x.js", "env_a b": {"Y": "2"}}"#,
+            r#"{"name": "a", "script": "x.js", "autorestart": "maybe"}"#,
+            r#"{"name": "a", "script": "x.js", "user": ""}"#,
+            r#"{"name": "a", "script": "x.js", "interpreter": ""}"#,
+            r#"{"name": "a", "script": "x.js", "node_args": "--inspect \"unclosed"}"#,
+        ];
+        let mut failures = Vec::new();
+        for entry in entries {
+            let json = format!("[{entry}]");
+            let Ok(conv) = convert(&json, "ecosystem.json") else {
+                continue;
+            };
+            if let Err(e) = crate::config::Config::parse(
+                &conv.toml,
+                std::path::Path::new("/etc/citrus/citrusd.toml"),
+                None,
+            ) {
+                failures.push(format!("{entry}\n{}\n=> {e}", conv.toml));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     }
 }

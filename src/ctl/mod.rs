@@ -80,6 +80,11 @@ pub enum Command {
         /// Only stdout.
         #[arg(long)]
         out: bool,
+        /// Pass the apps' control characters (colours, terminal escapes) through as they are;
+        /// by default they are shown as `^[` and the like, so an app's output cannot drive the
+        /// terminal.
+        #[arg(long)]
+        raw: bool,
     },
     /// The effective config of an app, its env names (values masked), log paths and last exits.
     Describe { app: String },
@@ -258,6 +263,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             follow,
             err,
             out,
+            raw,
         } => {
             let stream = match (err, out) {
                 (true, _) => LogStream::Err,
@@ -276,7 +282,11 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             let mut broken = false;
             client
                 .stream(&path, |chunk| {
-                    if !broken && (stdout.write_all(chunk).is_err() || stdout.flush().is_err()) {
+                    let shown = match raw {
+                        true => std::borrow::Cow::Borrowed(chunk),
+                        false => visible_controls(chunk),
+                    };
+                    if !broken && (stdout.write_all(&shown).is_err() || stdout.flush().is_err()) {
                         broken = true;
                     }
                 })
@@ -398,6 +408,32 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// `bytes` with every control character but newline and tab shown in caret notation (`ESC` as
+/// `^[`, DEL as `^?`), and the C1 controls (UTF-8 `C2 80`–`C2 9F`, which some terminals obey like
+/// `ESC [`) as `^[` plus their letter.
+fn visible_controls(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let control = |b: u8| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f || b == 0xc2;
+    if !bytes.iter().any(|&b| control(b)) {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            0xc2 if matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => {
+                out.extend_from_slice(&[b'^', b'[', bytes[i + 1] - 0x40]);
+                i += 1;
+            }
+            0x7f => out.extend_from_slice(b"^?"),
+            b if b < 0x20 && b != b'\n' && b != b'\t' => out.extend_from_slice(&[b'^', b + 0x40]),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `citrusctl deploy`: starts the deployment, then follows it to its end.
 async fn deploy(
     client: &Client,
@@ -497,5 +533,24 @@ fn show_reply(reply: &ActionReply, json: bool) {
         print_json(reply);
     } else {
         print!("{}", table::status(&reply.apps));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_made_visible() {
+        let plain = b"line one\n\tindented \xc3\xa9\n";
+        assert!(matches!(
+            visible_controls(plain),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let hostile = b"\x1b]0;pwned\x07\x1b[31mred\r\x7f\xc2\x9b2J\n";
+        assert_eq!(
+            visible_controls(hostile).as_ref(),
+            b"^[]0;pwned^G^[[31mred^M^?^[[2J\n"
+        );
     }
 }

@@ -204,3 +204,16 @@ fn a_full_disk_drops_bytes_counts_them_and_never_blocks_the_app() {
         .code(0)
         .stdout_has(&["DROPPED"]);
 }
+
+#[test]
+fn an_apps_terminal_escapes_are_shown_not_obeyed() {
+    let d = Daemon::start(
+        "[apps.evil]\ncommand = [\"printf\", \"\\\\033]0;pwned\\\\007\\\\033[2Jcleared\\\\n\"]\nrestart = \"never\"\n",
+    );
+    d.wait_state("evil", AppState::Stopped);
+    let shown = d.ctl(&["logs", "evil", "--out"]);
+    shown.code(0).stdout_has(&["^[]0;pwned^G^[[2Jcleared"]);
+    assert!(!shown.stdout.contains('\u{1b}'), "{:?}", shown.stdout);
+    let raw = d.ctl(&["logs", "evil", "--out", "--raw"]);
+    raw.code(0).stdout_has(&["\u{1b}[2Jcleared"]);
+}
