@@ -82,6 +82,14 @@ pub enum SpawnError {
     },
 }
 
+impl SpawnError {
+    /// True when the spawn failed for a momentary shortage of descriptors or processes (see
+    /// [`crate::sys::is_resource_shortage`]): worth retrying, not the app's fault.
+    pub fn is_resource_shortage(&self) -> bool {
+        matches!(self, SpawnError::Exec { source, .. } if crate::sys::is_resource_shortage(source))
+    }
+}
+
 /// The uid/gid/groups to switch to, resolved before the fork (reading /etc/passwd is not
 /// async-signal-safe).
 struct Identity {
