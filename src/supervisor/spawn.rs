@@ -451,6 +451,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_shortage_of_descriptors_or_processes_is_worth_retrying() {
+        let failed = |errno| exec_error(&["app".into()], std::io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE, libc::EAGAIN, libc::ENOMEM] {
+            assert!(failed(errno).is_resource_shortage(), "errno {errno}");
+        }
+        for errno in [libc::ENOENT, libc::EACCES, libc::ENOEXEC] {
+            assert!(!failed(errno).is_resource_shortage(), "errno {errno}");
+        }
+        assert!(!SpawnError::MissingCwd("/nope".into()).is_resource_shortage());
+    }
+
+    #[test]
     fn pid_digits_fill_the_slot() {
         for (pid, text) in [
             (0, "0"),
