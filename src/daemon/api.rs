@@ -10,13 +10,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -36,23 +35,14 @@ use crate::deploy::DeployError;
 use crate::health::jobs::JobError;
 use crate::supervisor::logs::{tail_lines, LogFile};
 use crate::supervisor::{SupervisorError, Target};
-use crate::sys::procfs;
+use crate::sys::serve::Limits;
+use crate::sys::{self, procfs};
 
 /// The connecting process's credentials.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerCred {
     pub uid: Option<u32>,
     pub pid: Option<i32>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for PeerCred {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
-        PeerCred {
-            uid: cred.map(|c| c.uid()),
-            pid: cred.and_then(|c| c.pid()),
-        }
-    }
 }
 
 /// The error of every handler: a status per code and a JSON body a person can act on.
@@ -159,12 +149,42 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
+/// Connections the control socket serves at once (lowered to a quarter of the open-files limit,
+/// see [`sys::connection_cap`]); more are accepted and closed at once.
+pub const CONTROL_MAX_CONNECTIONS: usize = 256;
+/// Connections the metrics listener serves at once.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// The bounds of the control socket and the metrics listener: a local client sends its whole
+/// request at once, so a request head gets 5 s (also the keep-alive idle timeout).
+pub fn control_limits(max_connections: usize) -> Limits {
+    Limits {
+        max_connections: sys::connection_cap(max_connections),
+        header_timeout: Duration::from_secs(5),
+        body_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
+    }
+}
+
 /// Serves the control API on `listener` until the task is aborted.
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
-    let app = router(daemon).into_make_service_with_connect_info::<PeerCred>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("control socket server failed: {e}");
-    }
+    let limits = control_limits(CONTROL_MAX_CONNECTIONS);
+    tracing::debug!(?limits, "control socket limits");
+    let peer = |stream: &tokio::net::UnixStream, _| {
+        let cred = stream.peer_cred().ok();
+        PeerCred {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        }
+    };
+    sys::serve::serve(
+        listener,
+        router(daemon),
+        limits,
+        peer,
+        std::future::pending(),
+    )
+    .await;
 }
 
 /// Serves only `/metrics` on a TCP listener (`metrics_listen`).
@@ -172,9 +192,15 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, daemon: Arc<Daemon
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(daemon);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("metrics server failed: {e}");
-    }
+    let limits = control_limits(METRICS_MAX_CONNECTIONS);
+    sys::serve::serve(
+        listener,
+        app,
+        limits,
+        |_, addr| addr,
+        std::future::pending(),
+    )
+    .await;
 }
 
 async fn log_mutations(req: Request, next: Next) -> Response {

@@ -28,6 +28,8 @@ use crate::fleet::protocol::{
 const CLOSE_AWAY: u16 = 1001;
 /// Close code for "policy violation" (silent agent).
 const CLOSE_POLICY: u16 = 1008;
+/// How long a peer has to answer the engine's Close frame before the connection is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connected agents and the waiters on operations.
 pub struct Hub {
@@ -306,6 +308,8 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     super::provision::agent_connected(&engine, &agent).await;
     tracing::info!(agent = %agent, "agent connected");
 
+    // Ends once the engine sent a Close (or could not write): `writing` turns false.
+    let (writing_tx, mut writing) = tokio::sync::watch::channel(true);
     let writer = tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
             let closing = matches!(message, Message::Close(_));
@@ -313,20 +317,42 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
                 break;
             }
         }
+        let _ = writing_tx.send(false);
         let _ = sink.close().await;
     });
 
-    // An agent sends a status every interval: three missed ones and it is offline.
+    // An agent sends a status every interval: three missed ones and it is offline. Once the
+    // engine has sent a Close (replaced connection, disconnect), the peer has CLOSE_TIMEOUT to
+    // answer it.
     let silence = engine.config.status_interval.saturating_mul(3);
+    let mut close_deadline: Option<tokio::time::Instant> = None;
     let reason = loop {
-        let frame = match tokio::time::timeout(silence, stream.next()).await {
-            Err(_) => {
+        let wait = match close_deadline {
+            Some(at) => tokio::time::sleep_until(at),
+            None => tokio::time::sleep(silence),
+        };
+        let next = tokio::select! {
+            next = stream.next() => Some(next),
+            () = async { let _ = writing.wait_for(|w| !*w).await; }, if close_deadline.is_none() => {
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+                continue;
+            }
+            () = wait => None,
+        };
+        let frame = match next {
+            None if close_deadline.is_some() => {
+                break format!(
+                    "no answer to the Close frame within {}",
+                    crate::config::format_duration(CLOSE_TIMEOUT)
+                );
+            }
+            None => {
                 let _ = tx.send(close(CLOSE_POLICY, "no status for 3 intervals"));
                 break format!("silent for {}", crate::config::format_duration(silence));
             }
-            Ok(None) => break "connection closed".to_owned(),
-            Ok(Some(Err(e))) => break format!("connection error: {e}"),
-            Ok(Some(Ok(frame))) => frame,
+            Some(None) => break "connection closed".to_owned(),
+            Some(Some(Err(e))) => break format!("connection error: {e}"),
+            Some(Some(Ok(frame))) => frame,
         };
         match frame {
             Message::Text(text) => handle_frame(&engine, &agent, conn, text.as_str()).await,

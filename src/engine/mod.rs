@@ -269,6 +269,22 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
+/// HTTP connections the engine serves at once (lowered to a quarter of the open-files limit, see
+/// [`crate::sys::connection_cap`]); more are accepted and closed at once. Agents' WebSockets leave
+/// the count once upgraded: they are bounded by the enrolled agents (one each).
+pub const MAX_HTTP_CONNECTIONS: usize = 1024;
+
+/// The bounds of the engine's listener: a request head gets 10 s (agents come over the Internet),
+/// which is also how long an idle keep-alive connection is kept.
+pub fn http_limits() -> crate::sys::serve::Limits {
+    crate::sys::serve::Limits {
+        max_connections: crate::sys::connection_cap(MAX_HTTP_CONNECTIONS),
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
+    }
+}
+
 /// The whole HTTP surface.
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
@@ -319,16 +335,18 @@ impl Bound {
             closer.hub.close_all("citrus-engine is shutting down");
             let _ = down_tx.send(true);
         };
-        let app = router(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(on_shutdown);
+        let limits = http_limits();
+        tracing::debug!(?limits, "HTTP listener limits");
+        let app = router(engine.clone());
+        let server = crate::sys::serve::serve(listener, app, limits, |_, addr| addr, on_shutdown);
         // Requests in flight (long polls) get a few seconds to finish, not forever.
         let grace = async move {
             let _ = down_rx.wait_for(|down| *down).await;
             tokio::time::sleep(Duration::from_secs(3)).await;
         };
-        let served = tokio::select! {
-            served = server => served,
-            _ = grace => Ok(()),
+        tokio::select! {
+            () = server => {}
+            _ = grace => {}
         };
         for task in tasks {
             task.abort();
@@ -336,7 +354,7 @@ impl Bound {
         // Connections are gone: the writer stores what is queued, then ends.
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
-        served.map_err(EngineError::Serve)
+        Ok(())
     }
 }
 

@@ -180,6 +180,7 @@ impl InstanceHandle {
             counters: Counters::default(),
             run: None,
             backoff_until: None,
+            shortage_retries: 0,
             pending: Vec::new(),
             notify: None,
             sockets,
@@ -298,6 +299,9 @@ struct Actor {
     counters: Counters,
     run: Option<Run>,
     backoff_until: Option<Instant>,
+    /// Spawns in a row that failed for lack of descriptors or processes (retried, see
+    /// [`lifecycle::shortage_delay`]).
+    shortage_retries: u32,
     /// Replies to `start`/`restart` waiting for the instance to be ready.
     pending: Vec<Reply>,
     /// The sd_notify socket given to the app (bound at the first spawn of a `notify` app).
@@ -609,8 +613,9 @@ impl Actor {
             .unwrap_or_default()
     }
 
-    /// The sd_notify socket path for this instance, bound on first use.
-    fn notify_socket(&mut self) -> Result<String, String> {
+    /// The sd_notify socket path for this instance, bound on first use. The error says whether
+    /// it was a momentary shortage of descriptors.
+    fn notify_socket(&mut self) -> Result<String, (String, bool)> {
         if self.notify.is_none() {
             let path = self
                 .shared
@@ -623,8 +628,10 @@ impl Actor {
                 },
                 None => None,
             };
-            let listener = NotifyListener::bind(&path, owner)
-                .map_err(|e| format!("cannot create NOTIFY_SOCKET {}: {e}", path.display()))?;
+            let listener = NotifyListener::bind(&path, owner).map_err(|e| {
+                let msg = format!("cannot create NOTIFY_SOCKET {}: {e}", path.display());
+                (msg, sys::is_resource_shortage(&e))
+            })?;
             self.notify = Some(listener);
         }
         let listener = self.notify.as_ref().expect("bound above");
@@ -681,7 +688,7 @@ impl Actor {
         let notify = match ready.as_ref().map(|r| &r.check) {
             Some(ReadyCheck::Notify { .. }) => match self.notify_socket() {
                 Ok(path) => Some(path),
-                Err(e) => return self.cannot_start(e),
+                Err((e, shortage)) => return self.cannot_start(e, shortage),
             },
             _ => None,
         };
@@ -697,7 +704,7 @@ impl Actor {
                     .map_err(|e| spawn::exec_error(&self.app.command, e))
             }),
             Some(sockets) => match sockets.bound() {
-                Err(e) => return self.cannot_start(e.to_string()),
+                Err(e) => return self.cannot_start(e.to_string(), false),
                 Ok(bound) => {
                     spawn::activated_command(&spec, &bound).and_then(|(mut cmd, plugs)| {
                         let spawned = self.shared.reaper.spawn(&mut cmd);
@@ -709,14 +716,19 @@ impl Actor {
         };
         let child = match spawned {
             Ok(child) => child,
-            Err(e) => return self.cannot_start(e.to_string()),
+            Err(e) => return self.cannot_start(e.to_string(), e.is_resource_shortage()),
         };
         let pipes = match (child.stdout.try_clone(), child.stderr.try_clone()) {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {
-                return self.cannot_start(format!("cannot duplicate the output pipes: {e}"))
+                // The child runs with nobody keeping it: kill its group before retrying or giving up.
+                let _ = sys::signal_group(child.pid, nix::sys::signal::Signal::SIGKILL);
+                let shortage = sys::is_resource_shortage(&e);
+                return self
+                    .cannot_start(format!("cannot duplicate the output pipes: {e}"), shortage);
             }
         };
+        self.shortage_retries = 0;
         drain(child.stdout, self.logs.out.clone());
         drain(child.stderr, self.logs.err.clone());
         self.event(&format!(
@@ -764,8 +776,26 @@ impl Actor {
         Ok(())
     }
 
-    /// Spawning failed: `errored` with the reason, waiting callers told.
-    fn cannot_start(&mut self, msg: String) -> Result<(), String> {
+    /// Spawning failed: `errored` with the reason, waiting callers told. A momentary shortage of
+    /// descriptors or processes (`shortage`) is not the app's fault: `backoff`, and the spawn is
+    /// retried after [`lifecycle::shortage_delay`].
+    fn cannot_start(&mut self, msg: String, shortage: bool) -> Result<(), String> {
+        if shortage {
+            self.shortage_retries = self.shortage_retries.saturating_add(1);
+            let delay = lifecycle::shortage_delay(self.shortage_retries);
+            let msg = format!("cannot start: {msg}; retrying in {}", human(delay));
+            tracing::warn!(app = %self.app.name, instance = self.index, "{msg}");
+            self.event(&msg);
+            self.backoff_until = Some(Instant::now() + delay);
+            self.set(|s| {
+                s.state = AppState::Backoff;
+                s.pid = None;
+                s.since = None;
+                s.last_error = Some(msg.clone());
+            });
+            self.fail_pending(&msg);
+            return Err(msg);
+        }
         tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {msg}");
         self.event(&format!("cannot start: {msg}"));
         self.report(EventKind::Errored, &format!("cannot start: {msg}"));

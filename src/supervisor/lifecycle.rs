@@ -92,6 +92,19 @@ fn next_delay(policy: &Policy, counters: &mut Counters) -> Duration {
         .max(policy.restart_delay)
 }
 
+/// The first wait before retrying a spawn that failed for lack of descriptors or processes.
+pub const SHORTAGE_RETRY: Duration = Duration::from_millis(250);
+
+/// The wait before the `attempt`th (from 1) retry of a spawn that failed for a momentary shortage
+/// (EMFILE, ENFILE, EAGAIN): doubling from [`SHORTAGE_RETRY`] up to [`MAX_BACKOFF`]. Such failures
+/// are not the app's: they never count towards `max_restarts`.
+pub fn shortage_delay(attempt: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1).min(31))
+        .unwrap_or(u32::MAX);
+    SHORTAGE_RETRY.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +251,16 @@ mod tests {
                 delay: Duration::from_millis(250)
             }
         );
+    }
+
+    #[test]
+    fn shortage_retries_double_up_to_the_backoff_cap() {
+        let delays: Vec<u128> = (1..=9).map(|a| shortage_delay(a).as_millis()).collect();
+        assert_eq!(
+            delays,
+            [250, 500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]
+        );
+        assert_eq!(shortage_delay(0), SHORTAGE_RETRY);
+        assert_eq!(shortage_delay(u32::MAX), MAX_BACKOFF);
     }
 }

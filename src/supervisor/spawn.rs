@@ -82,6 +82,14 @@ pub enum SpawnError {
     },
 }
 
+impl SpawnError {
+    /// True when the spawn failed for a momentary shortage of descriptors or processes (see
+    /// [`crate::sys::is_resource_shortage`]): worth retrying, not the app's fault.
+    pub fn is_resource_shortage(&self) -> bool {
+        matches!(self, SpawnError::Exec { source, .. } if crate::sys::is_resource_shortage(source))
+    }
+}
+
 /// The uid/gid/groups to switch to, resolved before the fork (reading /etc/passwd is not
 /// async-signal-safe).
 struct Identity {
@@ -441,6 +449,18 @@ mod tests {
     use std::ffi::CStr;
 
     use super::*;
+
+    #[test]
+    fn only_a_shortage_of_descriptors_or_processes_is_worth_retrying() {
+        let failed = |errno| exec_error(&["app".into()], std::io::Error::from_raw_os_error(errno));
+        for errno in [libc::EMFILE, libc::ENFILE, libc::EAGAIN, libc::ENOMEM] {
+            assert!(failed(errno).is_resource_shortage(), "errno {errno}");
+        }
+        for errno in [libc::ENOENT, libc::EACCES, libc::ENOEXEC] {
+            assert!(!failed(errno).is_resource_shortage(), "errno {errno}");
+        }
+        assert!(!SpawnError::MissingCwd("/nope".into()).is_resource_shortage());
+    }
 
     #[test]
     fn pid_digits_fill_the_slot() {

@@ -2,6 +2,7 @@
 //! subreaper flag, and signal names. Everything else in the crate talks to the OS through here.
 
 pub mod procfs;
+pub mod serve;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -44,6 +45,29 @@ pub fn raise_fd_limit() -> io::Result<()> {
 /// The open-files limit to give apps, if citrusd changed its own.
 pub fn app_fd_limit() -> Option<libc::rlimit> {
     APP_FD_LIMIT.get().copied()
+}
+
+/// The share of the open-files limit a listener's connections may take: the rest stays for
+/// supervision (each instance's pipes and log files, a spawn's pipes) and the engine's store, so a
+/// connection flood never makes a spawn fail with EMFILE.
+pub const CONNECTION_FD_SHARE: u64 = 4;
+
+/// The connection cap of a listener: `wanted`, lowered to a [`CONNECTION_FD_SHARE`]th of the
+/// current soft open-files limit (at least 1).
+pub fn connection_cap(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let room = usize::try_from(soft / CONNECTION_FD_SHARE).unwrap_or(usize::MAX);
+    wanted.min(room).max(1)
+}
+
+/// True for the errors of a momentary shortage of descriptors or processes (EMFILE, ENFILE,
+/// EAGAIN, ENOMEM): worth retrying later, unlike a missing program or a bad directory.
+pub fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+    )
 }
 
 /// Sends `signal` to every process of group `pgid`. Returns `false` when the group is empty

@@ -113,6 +113,11 @@ impl EngineProc {
         });
     }
 
+    /// The engine's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     /// SIGTERM, then waits for the exit code.
     pub fn stop(&mut self) -> i32 {
         let Some(mut child) = self.child.take() else {

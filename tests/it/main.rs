@@ -1,6 +1,7 @@
 //! Integration tests: the real citrusd and citrusctl binaries, real processes, signals, sockets.
 
 mod config_errors;
+mod connections;
 mod control;
 mod deploy;
 mod digitalocean;

@@ -138,6 +138,8 @@ pub struct Daemon {
     pub extra_args: Vec<String>,
     /// Extra environment for citrusd (e.g. NOTIFY_SOCKET).
     pub extra_env: Vec<(String, String)>,
+    /// citrusd's open-files limit (soft and hard), when a test wants a small one.
+    pub nofile: Option<u64>,
     child: Option<Child>,
 }
 
@@ -177,6 +179,7 @@ impl Daemon {
             socket,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             extra_env: Vec::new(),
+            nofile: None,
             child: None,
         }
     }
@@ -195,7 +198,24 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("citrusd.stderr"))
             .expect("stderr file");
-        let child = Command::new(CITRUSD)
+        let mut command = Command::new(CITRUSD);
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit(2), which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .arg("--socket")
