@@ -77,11 +77,11 @@ pub enum Target {
 }
 
 impl Target {
-    /// How messages name it: the app, or "all apps".
-    fn describe(&self) -> &str {
+    /// What a refused command tells: "api was not stopped", "no app was stopped".
+    fn not_done(&self, done: &str) -> String {
         match self {
-            Target::All => "all apps",
-            Target::App(name) => name,
+            Target::All => format!("no app was {done}"),
+            Target::App(name) => format!("{name} was not {done}"),
         }
     }
 
@@ -443,7 +443,7 @@ impl Supervisor {
             Op::Start => (Desired::Running, "started"),
             Op::Restart => (Desired::Running, "restarted"),
         };
-        let what = format!("{} was not {done}", target.describe());
+        let what = target.not_done(done);
         self.set_desired(&names, desired)
             .map_err(SupervisorError::not_done(what))?;
         let errors = self.apply(names.clone(), op).await;
@@ -486,7 +486,7 @@ impl Supervisor {
     /// Rolling restart: one instance at a time, each online before the next.
     pub async fn reload(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
         let names = self.table().resolve(target)?;
-        let what = format!("{} was not reloaded", target.describe());
+        let what = target.not_done("reloaded");
         self.set_desired(&names, Desired::Running)
             .map_err(SupervisorError::not_done(what))?;
         for name in &names {

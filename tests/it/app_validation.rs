@@ -241,6 +241,9 @@ fn commands_whose_state_write_fails_change_nothing() {
     d.ctl(&["stop", "api"])
         .code(1)
         .stderr_has(&["state.json", "No space left", "not stopped"]);
+    d.ctl(&["stop", "all"])
+        .code(1)
+        .stderr_has(&["no app was stopped", "nothing was changed"]);
     d.ctl(&["delete", "adhoc"])
         .code(1)
         .stderr_has(&["state.json", "No space left", "not deleted"]);
