@@ -3,7 +3,9 @@
 //! Written as readable JSON on every change, atomically (temp file, fsync, rename, fsync of the
 //! directory), so a crash at any instant leaves the old or the new file, never a torn one. Runtime
 //! fields (pids, counters) are not persisted: after a restart citrusd starts clean and reconciles.
-//! An unreadable file is moved aside (never deleted) and citrusd runs the config's apps.
+//! An unreadable file is moved aside (never deleted) and citrusd runs the config's apps; an
+//! entry that cannot be taken up (a wrong type here, or an app the validator refuses) is set
+//! aside into `state.json.set-aside` with the reason, and the other entries are used.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -106,34 +108,103 @@ impl StateStore {
     }
 
     /// Loads the state. A missing file is an empty state; an unreadable one is moved aside to
-    /// `state.json.corrupt-<unix time>` and reported in the returned warning.
-    pub fn load(&self) -> Result<(PersistedState, Option<String>), StateError> {
+    /// `state.json.corrupt-<unix time>` and reported in the returned warnings; an entry that
+    /// does not parse is set aside (see [`StateStore::set_aside`]), reported there too, and the
+    /// others are loaded.
+    pub fn load(&self) -> Result<(PersistedState, Vec<String>), StateError> {
+        /// The file with each entry still unparsed, so that one bad entry spoils only itself.
+        #[derive(Deserialize)]
+        struct Entries {
+            version: u32,
+            #[serde(default)]
+            apps: BTreeMap<String, serde_json::Value>,
+        }
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok((PersistedState::default(), None))
+                return Ok((PersistedState::default(), Vec::new()))
             }
             Err(e) => return Err(io_err("read", &self.path)(e)),
         };
-        match serde_json::from_slice::<PersistedState>(&bytes) {
-            Ok(state) => Ok((state, None)),
+        let entries = match serde_json::from_slice::<Entries>(&bytes) {
+            Ok(entries) => entries,
             Err(e) => {
-                let secs = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
                 let aside = self
                     .path
-                    .with_file_name(format!("state.json.corrupt-{secs}"));
+                    .with_file_name(format!("state.json.corrupt-{}", unix_secs()));
                 fs::rename(&self.path, &aside).map_err(io_err("move aside", &self.path))?;
                 let warning = format!(
                     "state file {} could not be read ({e}); kept a copy at {}; starting the config's apps with their defaults",
                     self.path.display(),
                     aside.display()
                 );
-                Ok((PersistedState::default(), Some(warning)))
+                return Ok((PersistedState::default(), vec![warning]));
+            }
+        };
+        let mut state = PersistedState {
+            version: entries.version,
+            apps: BTreeMap::new(),
+        };
+        let mut rejected = Vec::new();
+        for (name, entry) in entries.apps {
+            match serde_json::from_value::<PersistedApp>(entry.clone()) {
+                Ok(app) => {
+                    state.apps.insert(name, app);
+                }
+                Err(e) => rejected.push(SetAside {
+                    name,
+                    entry,
+                    reason: e.to_string(),
+                }),
             }
         }
+        let warnings = self.set_aside(rejected);
+        Ok((state, warnings))
+    }
+
+    /// Keeps entries that cannot be used in `state.json.set-aside` (merged with what it holds,
+    /// under `apps`, each with its `reason`), so that nothing the user added is lost; returns one
+    /// log line per entry. Should that file not be writable, the line carries the entry itself.
+    pub fn set_aside(&self, entries: Vec<SetAside>) -> Vec<String> {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        let path = self.path.with_file_name("state.json.set-aside");
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: serde_json::Value = fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        if !kept["apps"].is_object() {
+            kept["apps"] = serde_json::json!({});
+        }
+        let at = unix_secs();
+        for e in &entries {
+            kept["apps"][e.name.as_str()] = serde_json::json!({
+                "entry": e.entry,
+                "reason": e.reason,
+                "set_aside_at": at,
+            });
+        }
+        let mut json = serde_json::to_vec_pretty(&kept).expect("JSON values serialise");
+        json.push(b'\n');
+        let written = write_atomic(&path, &json, 0o600);
+        entries
+            .iter()
+            .map(|e| {
+                let head = format!(
+                    "{}: entry {:?} set aside, the other apps run: {}",
+                    self.path.display(),
+                    e.name,
+                    e.reason
+                );
+                match &written {
+                    Ok(()) => format!("{head}; kept in {} (fix it there and add the app again with `citrusctl start --name`)", path.display()),
+                    Err(err) => format!("{head}; cannot keep it in {} ({err}), so here it is: {}", path.display(), e.entry),
+                }
+            })
+            .collect()
     }
 
     /// Writes the state atomically.
@@ -143,6 +214,24 @@ impl StateStore {
         json.push(b'\n');
         write_atomic(&self.path, &json, 0o600).map_err(io_err("write", &self.path))
     }
+}
+
+/// A state entry that was not taken up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetAside {
+    /// The app name the entry is under.
+    pub name: String,
+    /// The entry as it was in the file.
+    pub entry: serde_json::Value,
+    /// Why it was not taken up.
+    pub reason: String,
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content: a temp file
@@ -218,7 +307,10 @@ mod tests {
     fn round_trip_and_corrupt_file_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::new(dir.path());
-        assert_eq!(store.load().unwrap(), (PersistedState::default(), None));
+        assert_eq!(
+            store.load().unwrap(),
+            (PersistedState::default(), Vec::new())
+        );
         let mut state = PersistedState::default();
         state.apps.insert(
             "api".into(),
@@ -247,8 +339,8 @@ mod tests {
         fs::write(store.path(), &text[..text.len() / 2]).unwrap();
         let (loaded, warning) = store.load().unwrap();
         assert_eq!(loaded, PersistedState::default());
-        let warning = warning.unwrap();
-        assert!(warning.contains("kept a copy"), "{warning}");
+        assert_eq!(warning.len(), 1);
+        assert!(warning[0].contains("kept a copy"), "{warning:?}");
         let copies: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .flatten()
@@ -270,6 +362,35 @@ mod tests {
         assert_eq!(state.version, 1);
         assert_eq!(state.apps["worker"].desired, Desired::Stopped);
         assert!(state.apps["adhoc"].runtime.is_some());
+    }
+
+    #[test]
+    fn a_bad_entry_is_set_aside_and_the_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let text = r#"{"version": 1, "apps": {
+            "ok": {"desired": "stopped"},
+            "bad": {"desired": "running", "runtime": {"command": "x", "instances": 1}}}}"#;
+        fs::write(store.path(), text).unwrap();
+        let (state, warnings) = store.load().unwrap();
+        assert_eq!(state.apps.len(), 1);
+        assert_eq!(state.apps["ok"].desired, Desired::Stopped);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("\"bad\" set aside"), "{warnings:?}");
+        let aside = fs::read_to_string(dir.path().join("state.json.set-aside")).unwrap();
+        let aside: serde_json::Value = serde_json::from_str(&aside).unwrap();
+        assert_eq!(aside["apps"]["bad"]["entry"]["runtime"]["command"], "x");
+        assert!(aside["apps"]["bad"]["reason"].is_string());
+        // A second one joins the first.
+        let more = SetAside {
+            name: "other".into(),
+            entry: serde_json::json!({}),
+            reason: "because".into(),
+        };
+        assert_eq!(store.set_aside(vec![more]).len(), 1);
+        let aside = fs::read_to_string(dir.path().join("state.json.set-aside")).unwrap();
+        let aside: serde_json::Value = serde_json::from_str(&aside).unwrap();
+        assert!(aside["apps"]["bad"].is_object() && aside["apps"]["other"].is_object());
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl<'a> Diagnostics<'a> {
         self.error(span, path, message);
     }
 
+    /// Whether nothing was recorded so far.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
     /// `Ok` if nothing was recorded, else every diagnostic so far, in file order.
     pub fn check(&mut self) -> Result<(), ConfigError> {
         match self.found.is_empty() {

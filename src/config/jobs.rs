@@ -297,11 +297,11 @@ pub(super) fn resolve_job(name: &str, job: &JobLayer, base: &Path) -> Option<Job
             let cwd = value(&job.cwd).map_or_else(|| base.to_path_buf(), |cwd| base.join(cwd));
             let mut command = value(&job.command)?.0.clone();
             resolve_program(&mut command, &cwd);
-            let env = value(&job.env).into_iter().flatten();
+            let env = value(&job.env).into_iter().flat_map(|env| &env.0);
             JobKind::Command {
                 command,
                 env: env
-                    .map(|(key, value)| (key.clone(), value.0.clone()))
+                    .map(|(key, value)| (key.clone(), value.clone()))
                     .collect(),
                 cwd,
                 user: value(&job.user).cloned(),

@@ -18,6 +18,7 @@ mod listen;
 mod probe;
 mod schema;
 mod units;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -41,10 +42,13 @@ pub use jobs::{glob_match, EventKind, JobConfig, JobKind, NotifyConfig};
 pub use listen::{ListenAddr, MAX_LISTEN};
 pub use probe::{HealthConfig, ProbeTarget, ReadyCheck, ReadyConfig};
 pub use units::{format_duration, format_size, parse_duration, parse_signal, parse_size};
+pub use validate::{
+    check_command, check_cwd, check_env, check_env_name, check_instances, validate_app, InvalidApp,
+    MAX_INSTANCES,
+};
 
 use diag::{suggest, Diagnostics};
 use schema::{value, AppLayer, CommandValue, DaemonLayer, Field, RawConfig};
-use units::Bounded;
 
 /// A loaded and validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,7 +113,7 @@ pub struct AppConfig {
     pub command: Vec<String>,
     /// Working directory, absolute; the config file's directory unless set.
     pub cwd: Option<PathBuf>,
-    /// Number of instances, at least 1.
+    /// Number of instances, from 1 to [`MAX_INSTANCES`].
     pub instances: u32,
     /// User to run as.
     pub user: Option<String>,
@@ -234,6 +238,18 @@ impl Config {
             })
             .collect();
         check_cycles(&mut diags, &raw, &apps);
+        // Each value was checked where it was read; the resolved apps go through the validator
+        // every other source uses too, which catches what only the merge shows.
+        if diags.is_empty() {
+            for raw_app in &raw.apps {
+                if let Err(invalid) = validate_app(&apps[&raw_app.name]) {
+                    for problem in invalid.problems {
+                        let path = format!("apps.{}", raw_app.name);
+                        diags.error(raw_app.span.clone(), path, problem);
+                    }
+                }
+            }
+        }
         diags.check()?;
 
         let jobs = raw
@@ -291,22 +307,25 @@ impl Config {
         order
     }
 
-    /// An app added at run time (`citrusctl start --name N -- CMD`): `[defaults]` applied, env
-    /// chosen as for the file's apps. A relative `cwd` resolves against the config file's
-    /// directory; `instances` below 1 counts as 1.
+    /// An app added at run time (`citrusctl start --name N -- CMD`, or read back from
+    /// `state.json`): `[defaults]` applied, env chosen as for the file's apps, then checked by
+    /// [`validate_app`] like every app of the file. A relative `cwd` resolves against the config
+    /// file's directory.
     pub fn runtime_app(
         &self,
         name: &str,
         command: Vec<String>,
         instances: u32,
         cwd: Option<PathBuf>,
-    ) -> AppConfig {
+    ) -> Result<AppConfig, InvalidApp> {
         let mut layer = AppLayer::default();
         layer.fields.command = Some(Field::unspanned(CommandValue(command)));
-        layer.fields.instances = Some(Field::unspanned(Bounded(instances)));
         layer.fields.cwd = cwd.map(Field::unspanned);
         let base = self.path.parent().unwrap_or(Path::new("/"));
-        resolve_app(name, &layer, &self.defaults.0, base, self.env.as_deref())
+        let mut app = resolve_app(name, &layer, &self.defaults.0, base, self.env.as_deref());
+        app.instances = instances;
+        validate_app(&app)?;
+        Ok(app)
     }
 }
 
@@ -460,8 +479,8 @@ fn resolve_app(
         .into_iter()
         .chain(named)
         .flatten()
-        .flat_map(|table| &table.value)
-        .map(|(key, value)| (key.clone(), value.0.clone()))
+        .flat_map(|table| &table.value.0)
+        .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     // `after` inherited from [defaults] never makes an app wait for itself.
     let inherited = own.after.is_none();

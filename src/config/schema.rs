@@ -24,9 +24,11 @@ use super::jobs::{EventKind, GlobPattern};
 use super::listen::ListenAddr;
 use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
 use super::units::{
-    names, AtLeastOne, Bounded, Choice, DurationValue, EnvValue, Named, PositiveDuration,
-    SignalValue, SizeValue,
+    names, AtLeastOne, Bounded, Choice, DurationValue, Named, PositiveDuration, SignalValue,
+    SizeValue,
 };
+pub(crate) use super::validate::EnvTable;
+use super::validate::{check_argv, InstanceCount};
 use super::{validate_name, RestartPolicy};
 
 /// A key's value with the byte spans of the key and of the value.
@@ -208,15 +210,12 @@ layer!(
     }
 );
 
-/// An env table: `env` or `env_<NAME>`.
-pub(crate) type EnvTable = BTreeMap<String, EnvValue>;
-
 layer!(
     /// The fixed keys of an app (and of `[defaults]`).
     AppFields {
         command: CommandValue,
         cwd: PathBuf,
-        instances: AtLeastOne,
+        instances: InstanceCount,
         user: String,
         env: EnvTable,
         env_file: PathBuf,
@@ -628,12 +627,7 @@ pub(crate) fn deserialize_argv<'de, D: Deserializer<'de>>(
 
 /// `Err` unless `argv` names a program; the message shows `example`.
 pub(crate) fn has_program(argv: &[String], example: &str) -> Result<(), String> {
-    match argv.first() {
-        Some(program) if !program.trim().is_empty() => Ok(()),
-        _ => Err(format!(
-            "command is empty; give the program and its arguments, e.g. {example}"
-        )),
-    }
+    check_argv(argv, example)
 }
 
 /// A list of at least one item.
@@ -752,6 +746,8 @@ pub(crate) struct RawConfig {
 /// One `[apps.NAME]` table.
 pub(crate) struct RawApp {
     pub name: String,
+    /// The name's, in its table header.
+    pub span: Range<usize>,
     pub layer: AppLayer,
 }
 
@@ -787,9 +783,10 @@ pub(crate) fn read(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> RawConfig 
                             r#"app has no `command`; add e.g. command = ["node", "index.js"]"#;
                         diags.error(named.span.clone(), &named.path, message);
                     }
-                    let layer = read_layer(diags, &named.path, named.span, named.table);
+                    let layer = read_layer(diags, &named.path, named.span.clone(), named.table);
                     raw.apps.push(RawApp {
                         name: named.name,
+                        span: named.span,
                         layer,
                     });
                 }

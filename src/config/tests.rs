@@ -255,7 +255,9 @@ env_staging = { C = "staging" }
     );
     assert_eq!(app(text, "api").env["C"], "app");
     // Runtime apps get the same environment.
-    let runtime = config.runtime_app("tmp", vec!["sleep".into(), "1".into()], 0, None);
+    let runtime = config
+        .runtime_app("tmp", vec!["sleep".into(), "1".into()], 1, None)
+        .unwrap();
     assert_eq!(runtime.env["C"], "defaults-prod");
     assert_eq!(runtime.env["A"], "defaults");
     assert_eq!(runtime.instances, 1);
@@ -265,14 +267,83 @@ env_staging = { C = "staging" }
 fn runtime_app_applies_defaults() {
     let config = parse("[defaults]\nkill_timeout = \"9s\"\ncwd = \"work\"\n").unwrap();
     assert!(config.apps.is_empty());
-    let app = config.runtime_app("job", vec!["run".into()], 3, Some("/srv".into()));
+    let app = config
+        .runtime_app("job", vec!["run".into()], 3, Some("/srv".into()))
+        .unwrap();
     assert_eq!(app.name, "job");
     assert_eq!(app.command, ["run"]);
     assert_eq!(app.instances, 3);
     assert_eq!(app.cwd, Some("/srv".into()));
     assert_eq!(app.kill_timeout, Duration::from_secs(9));
-    let app = config.runtime_app("job", vec!["run".into()], 1, None);
+    let app = config
+        .runtime_app("job", vec!["run".into()], 1, None)
+        .unwrap();
     assert_eq!(app.cwd, Some("/etc/citrus/work".into()));
+}
+
+/// Apps added at run time (the control API, `state.json`) go through the file's validator: the
+/// same rules, the same messages.
+#[test]
+fn runtime_apps_are_validated_like_the_file() {
+    let config = parse(
+        "[defaults]
+env = { A = \"x\" }\n",
+    )
+    .unwrap();
+    let refused = |name: &str, command: &[&str], instances: u32, cwd: Option<&str>| {
+        config
+            .runtime_app(name, strings(command), instances, cwd.map(PathBuf::from))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused("../../x", &["sleep"], 1, None);
+    assert!(e.contains("invalid app name \"../../x\""), "{e}");
+    let e = refused("x", &[], 1, None);
+    assert!(e.contains("command is empty"), "{e}");
+    let e = refused("x", &["sleep", "1\0"], 1, None);
+    assert!(e.contains("NUL"), "{e}");
+    for n in [0, 257, 4_000_000_000] {
+        let e = refused("x", &["sleep"], n, None);
+        assert!(e.contains("from 1 to 256"), "{e}");
+    }
+    let e = refused("x", &["sleep"], 1, Some("/srv/\0"));
+    assert!(e.contains("`cwd`"), "{e}");
+    // Several problems: all of them.
+    let e = refused("a/b", &[], 0, None);
+    for needle in ["invalid app name", "command is empty", "`instances` is 0"] {
+        assert!(e.contains(needle), "{e}");
+    }
+    // The same words as the file's.
+    let file = parse("[apps.x]\ncommand = [\"sleep\"]\ninstances = 4000000000\n").unwrap_err();
+    let api = refused("x", &["sleep"], 4_000_000_000, None);
+    let file_message = match &file {
+        ConfigError::Invalid(d) => d[0].message.clone(),
+        other => panic!("{other}"),
+    };
+    assert!(api.ends_with(&file_message), "{api} / {file_message}");
+}
+
+#[test]
+fn env_names_and_values_are_checked() {
+    for (env, needle) in [
+        ("env = { \"A=B\" = \"1\" }", "`=`"),
+        ("env = { \"\" = \"1\" }", "empty"),
+        ("env = { \"A\\u0000\" = \"1\" }", "NUL"),
+        (
+            "env = { A = \"1\\u0000\" }",
+            "value of environment variable A",
+        ),
+        ("env_prod = { \"B=\" = 1 }", "`=`"),
+        ("inherit_env = [\"HOME=\"]", "`=`"),
+    ] {
+        let text = format!("[apps.x]\ncommand = [\"y\"]\n{env}\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains(needle) && e.contains("apps.x"), "{env}: {e}");
+    }
+    let e = parse("[defaults]\nenv = { \"A=B\" = 1 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("defaults.env"), "{e}");
 }
 
 #[test]
@@ -590,7 +661,7 @@ fn zero_instances() {
         3,
         13,
         "apps.a.instances",
-        "at least 1",
+        "must be from 1 to 256",
     );
 }
 
@@ -1011,7 +1082,9 @@ command = ["backup.sh"]
         (Some(&ready), Some(&health))
     );
     // Apps added at run time get them from [defaults] too.
-    let runtime = config.runtime_app("tmp", vec!["sleep".into()], 1, None);
+    let runtime = config
+        .runtime_app("tmp", vec!["sleep".into()], 1, None)
+        .unwrap();
     assert_eq!((runtime.ready, runtime.health), (Some(ready), Some(health)));
 }
 
@@ -1896,7 +1969,7 @@ fn listen_addresses() {
     );
     assert!(app(&with_app(""), "a").listen.is_empty());
     let config = parse(&with_app("")).unwrap();
-    let runtime = config.runtime_app("rt", strings(&["y"]), 1, None);
+    let runtime = config.runtime_app("rt", strings(&["y"]), 1, None).unwrap();
     assert!(runtime.listen.is_empty());
 }
 

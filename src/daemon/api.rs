@@ -85,7 +85,9 @@ impl HttpError {
             SupervisorError::UnknownApp { .. } => ErrorCode::UnknownApp,
             SupervisorError::BadRequest(_) => ErrorCode::BadRequest,
             SupervisorError::Conflict(_) => ErrorCode::Conflict,
-            SupervisorError::Failed(_) | SupervisorError::State(_) => ErrorCode::Failed,
+            SupervisorError::Failed(_)
+            | SupervisorError::State(_)
+            | SupervisorError::NotDone { .. } => ErrorCode::Failed,
         };
         let hint = matches!(e, SupervisorError::UnknownApp { .. })
             .then_some("`citrusctl status` lists the apps");

@@ -189,8 +189,8 @@ pub async fn run(
     }
 
     let store = StateStore::new(&daemon_cfg.state_dir);
-    let (persisted, warning) = store.load()?;
-    if let Some(w) = warning {
+    let (persisted, warnings) = store.load()?;
+    for w in warnings {
         tracing::error!("{w}");
     }
     let events = Arc::new(Notifier::new(&config.notify));
@@ -207,7 +207,11 @@ pub async fn run(
     });
     let config_path = config.path.clone();
     let supervisor = Supervisor::new(shared, config, store, &persisted, adopt, sockets).await?;
-    supervisor.save()?;
+    // The file on disk stays the previous, whole one if this fails (a full or read-only state
+    // dir): the apps run anyway, and each command that changes state says when it cannot.
+    if let Err(e) = supervisor.save() {
+        tracing::error!("{e}; running with the state as loaded");
+    }
     let deploys = Deployments::new(
         supervisor.clone(),
         reaper.clone(),

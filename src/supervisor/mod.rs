@@ -6,7 +6,14 @@
 //! Operations on several apps follow the `after` graph: apps are grouped in levels (an app is one
 //! level above the deepest app it comes after), levels start in order and stop in reverse, and
 //! the apps of one level are handled concurrently, so stopping 100 independent apps takes as long
-//! as the slowest, not the sum. Desired state changes are persisted before the operation runs.
+//! as the slowest, not the sum.
+//!
+//! Every command that changes what is persisted is all-or-nothing: the new state is written
+//! first (computed from a copy of the table) and only then applied, so a failed write (disk
+//! full, read-only state dir) leaves the apps and the file exactly as they were and the caller
+//! is told so ([`SupervisorError::NotDone`]). `add` rolls the file back if the app cannot be
+//! made after all. App definitions from `state.json` and the control API go through the config's
+//! validator ([`Config::runtime_app`]); an invalid `state.json` entry is set aside.
 
 pub mod capture;
 pub mod handoff;
@@ -26,9 +33,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::config::{validate_app_name, AppConfig, Config};
+use crate::config::{AppConfig, Config};
 use crate::control::{AddApp, AppState, AppStatus, ReloadPlan};
-use crate::state::{Desired, PersistedApp, PersistedState, RuntimeApp, StateError, StateStore};
+use crate::state::{
+    Desired, PersistedApp, PersistedState, RuntimeApp, SetAside, StateError, StateStore,
+};
 use crate::sys::procfs;
 pub use instance::{Adoption, InstanceHandle, InstanceStatus, Shared};
 use listen::AppSockets;
@@ -46,6 +55,18 @@ pub enum SupervisorError {
     Failed(String),
     #[error(transparent)]
     State(#[from] StateError),
+    /// The change could not be persisted, so nothing was done; `what` says what was not, e.g.
+    /// "api was not stopped".
+    #[error("{what}: {source}; nothing was changed")]
+    NotDone { what: String, source: StateError },
+}
+
+impl SupervisorError {
+    /// `what` (e.g. "api was not stopped") was not done because `source` could not be written.
+    fn not_done(what: impl Into<String>) -> impl FnOnce(StateError) -> SupervisorError {
+        let what = what.into();
+        move |source| SupervisorError::NotDone { what, source }
+    }
 }
 
 /// Which apps an operation applies to.
@@ -56,6 +77,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// What a refused command tells: "api was not stopped", "no app was stopped".
+    fn not_done(&self, done: &str) -> String {
+        match self {
+            Target::All => format!("no app was {done}"),
+            Target::App(name) => format!("{name} was not {done}"),
+        }
+    }
+
     /// `"all"` is every app; anything else one app.
     pub fn parse(name: &str) -> Target {
         if name == "all" {
@@ -137,11 +166,7 @@ impl Table {
     fn persisted(&self) -> PersistedState {
         let mut state = PersistedState::default();
         for (name, app) in &self.apps {
-            let runtime = app.runtime.then(|| RuntimeApp {
-                command: app.config.command.clone(),
-                instances: app.config.instances,
-                cwd: app.config.cwd.clone(),
-            });
+            let runtime = app.runtime.then(|| runtime_entry(&app.config));
             state.apps.insert(
                 name.clone(),
                 PersistedApp {
@@ -151,6 +176,15 @@ impl Table {
             );
         }
         state
+    }
+}
+
+/// What `state.json` keeps of a run-time app to recreate it.
+fn runtime_entry(config: &AppConfig) -> RuntimeApp {
+    RuntimeApp {
+        command: config.command.clone(),
+        instances: config.instances,
+        cwd: config.cwd.clone(),
     }
 }
 
@@ -216,17 +250,32 @@ impl Supervisor {
                 )?,
             );
         }
+        let mut set_aside = Vec::new();
         for (name, p) in &persisted.apps {
             let Some(rt) = &p.runtime else { continue };
             if apps.contains_key(name) {
                 tracing::warn!(app = %name, "the config now defines this run-time app; using the config");
                 continue;
             }
-            let app = config.runtime_app(name, rt.command.clone(), rt.instances, rt.cwd.clone());
+            let app =
+                match config.runtime_app(name, rt.command.clone(), rt.instances, rt.cwd.clone()) {
+                    Ok(app) => app,
+                    Err(invalid) => {
+                        set_aside.push(SetAside {
+                            name: name.clone(),
+                            entry: serde_json::to_value(p).unwrap_or_default(),
+                            reason: invalid.problems.join("; "),
+                        });
+                        continue;
+                    }
+                };
             apps.insert(
                 name.clone(),
                 Self::make_app_adopting(&shared, Arc::new(app), true, p.desired, None, &mut adopt)?,
             );
+        }
+        for line in store.set_aside(set_aside) {
+            tracing::error!("{line}");
         }
         for ((app, index), orphan) in adopt {
             tracing::warn!(app = %app, index, pid = orphan.pid, "handed-over app is gone from the config: stopping it");
@@ -320,17 +369,27 @@ impl Supervisor {
         Ok(())
     }
 
-    fn set_desired(&self, names: &[String], desired: Desired) -> Result<(), SupervisorError> {
+    /// Sets the desired state of `names`, persisted first: if the write fails, nothing changes.
+    fn set_desired(&self, names: &[String], desired: Desired) -> Result<(), StateError> {
         let mut t = self.table();
-        let mut changed = false;
-        for n in names {
-            if let Some(app) = t.apps.get_mut(n) {
-                changed |= app.desired != desired;
-                app.desired = desired;
+        let changing: Vec<&String> = names
+            .iter()
+            .filter(|n| t.apps.get(*n).is_some_and(|a| a.desired != desired))
+            .collect();
+        if changing.is_empty() {
+            return Ok(());
+        }
+        let mut state = t.persisted();
+        for n in &changing {
+            if let Some(entry) = state.apps.get_mut(*n) {
+                entry.desired = desired;
             }
         }
-        if changed {
-            self.store.save(&t.persisted())?;
+        self.store.save(&state)?;
+        for n in changing {
+            if let Some(app) = t.apps.get_mut(n) {
+                app.desired = desired;
+            }
         }
         Ok(())
     }
@@ -379,14 +438,14 @@ impl Supervisor {
 
     async fn operate(&self, target: &Target, op: Op) -> Result<Vec<String>, SupervisorError> {
         let names = self.table().resolve(target)?;
-        self.set_desired(
-            &names,
-            if op == Op::Stop {
-                Desired::Stopped
-            } else {
-                Desired::Running
-            },
-        )?;
+        let (desired, done) = match op {
+            Op::Stop | Op::Shutdown => (Desired::Stopped, "stopped"),
+            Op::Start => (Desired::Running, "started"),
+            Op::Restart => (Desired::Running, "restarted"),
+        };
+        let what = target.not_done(done);
+        self.set_desired(&names, desired)
+            .map_err(SupervisorError::not_done(what))?;
         let errors = self.apply(names.clone(), op).await;
         if errors.is_empty() {
             Ok(names)
@@ -427,7 +486,9 @@ impl Supervisor {
     /// Rolling restart: one instance at a time, each online before the next.
     pub async fn reload(&self, target: &Target) -> Result<Vec<String>, SupervisorError> {
         let names = self.table().resolve(target)?;
-        self.set_desired(&names, Desired::Running)?;
+        let what = target.not_done("reloaded");
+        self.set_desired(&names, Desired::Running)
+            .map_err(SupervisorError::not_done(what))?;
         for name in &names {
             let (handles, shared_port) = match self.table().apps.get(name) {
                 Some(a) => (a.instances.clone(), shared_probe_port(&a.config)),
@@ -447,44 +508,62 @@ impl Supervisor {
         Ok(names)
     }
 
-    /// Adds and starts an app at run time.
+    /// Adds and starts an app at run time. The definition goes through the config's validator;
+    /// the app is persisted before it is made, and the file rolled back if it cannot be made.
     pub async fn add(&self, req: AddApp) -> Result<Vec<String>, SupervisorError> {
-        validate_app_name(&req.name).map_err(SupervisorError::BadRequest)?;
-        if req.command.first().is_none_or(|c| c.trim().is_empty()) {
-            return Err(SupervisorError::BadRequest(
-                "the command is empty: give it after `--`".into(),
-            ));
-        }
-        if req.instances == 0 {
-            return Err(SupervisorError::BadRequest(
-                "--instances must be at least 1".into(),
-            ));
-        }
+        let name = req.name.clone();
         {
             let mut t = self.table();
-            if t.apps.contains_key(&req.name) {
+            let config = t
+                .config
+                .runtime_app(&req.name, req.command, req.instances, req.cwd)
+                .map_err(|invalid| SupervisorError::BadRequest(invalid.to_string()))?;
+            if t.apps.contains_key(&name) {
                 return Err(SupervisorError::Conflict(format!(
-                    "an app named {:?} already exists; pick another --name or `citrusctl delete {}` first",
-                    req.name, req.name
+                    "an app named {name:?} already exists; pick another --name or `citrusctl delete {name}` first"
                 )));
             }
-            let config =
-                Arc::new(
-                    t.config
-                        .runtime_app(&req.name, req.command, req.instances, req.cwd),
-                );
+            let mut state = t.persisted();
+            let entry = PersistedApp {
+                desired: Desired::Running,
+                runtime: Some(runtime_entry(&config)),
+            };
+            state.apps.insert(name.clone(), entry);
+            self.store
+                .save(&state)
+                .map_err(SupervisorError::not_done(format!("{name} was not added")))?;
+            let config = Arc::new(config);
             let sockets = AppSockets::new(&config);
-            let app = Self::make_app(&self.shared, config, true, Desired::Running, sockets)?;
-            t.apps.insert(req.name.clone(), app);
-            self.store.save(&t.persisted())?;
+            match Self::make_app(&self.shared, config, true, Desired::Running, sockets) {
+                Ok(app) => {
+                    t.apps.insert(name.clone(), app);
+                }
+                Err(e) => {
+                    return Err(match self.store.save(&t.persisted()) {
+                        Ok(()) => SupervisorError::Failed(format!("{name} was not added: {e}")),
+                        Err(rollback) => SupervisorError::Failed(format!(
+                            "{name} was not added: {e}; and {rollback}, so the state file still \
+                             lists it until the next change"
+                        )),
+                    });
+                }
+            }
         }
-        self.start(&Target::App(req.name)).await
+        self.start(&Target::App(name.clone()))
+            .await
+            .map_err(|e| match e {
+                SupervisorError::Failed(why) => SupervisorError::Failed(format!(
+                    "{name} was added but did not start: {why}; `citrusctl delete {name}` removes it"
+                )),
+                other => other,
+            })
     }
 
-    /// Stops and forgets a run-time app.
+    /// Forgets a run-time app (persisted first: if the write fails it keeps running), then stops
+    /// it.
     pub async fn delete(&self, name: &str) -> Result<(), SupervisorError> {
-        let handles = {
-            let t = self.table();
+        let app = {
+            let mut t = self.table();
             let app = t
                 .apps
                 .get(name)
@@ -498,14 +577,21 @@ impl Supervisor {
                     t.config.path.display()
                 )));
             }
-            app.instances.clone()
+            let mut state = t.persisted();
+            state.apps.remove(name);
+            self.store
+                .save(&state)
+                .map_err(SupervisorError::not_done(format!("{name} was not deleted")))?;
+            t.apps.remove(name)
         };
-        for h in &handles {
-            h.shutdown().await;
+        if let Some(app) = app {
+            for h in &app.instances {
+                h.shutdown().await;
+            }
+            if let Some(sockets) = &app.sockets {
+                sockets.close();
+            }
         }
-        let mut t = self.table();
-        t.apps.remove(name);
-        self.store.save(&t.persisted())?;
         Ok(())
     }
 
@@ -656,6 +742,34 @@ impl Supervisor {
         if dry_run {
             return Ok(plan);
         }
+        // The state after the reload, persisted before anything is stopped or started.
+        {
+            let t = self.table();
+            let mut state = t.persisted();
+            for name in &plan.stop {
+                state.apps.remove(name);
+            }
+            for name in &plan.restart {
+                if let Some(entry) = state.apps.get_mut(name) {
+                    if entry.runtime.take().is_some() {
+                        entry.desired = Desired::Running;
+                    }
+                }
+            }
+            for name in &plan.start {
+                let desired = match new.apps[name].autostart {
+                    true => Desired::Running,
+                    false => Desired::Stopped,
+                };
+                let runtime = None;
+                state
+                    .apps
+                    .insert(name.clone(), PersistedApp { desired, runtime });
+            }
+            self.store
+                .save(&state)
+                .map_err(SupervisorError::not_done("the config was not reloaded"))?;
+        }
         // Stop removed and changed apps (reverse order), then swap the table, then start.
         let going: Vec<String> = plan.stop.iter().chain(&plan.restart).cloned().collect();
         let _ = self.apply(going.clone(), Op::Stop).await;
@@ -701,7 +815,10 @@ impl Supervisor {
                 }
             }
             t.config = new.clone();
-            self.store.save(&t.persisted())?;
+            // Normally what was written above; only a command racing the reload differs.
+            if let Err(e) = self.store.save(&t.persisted()) {
+                plan.warnings.push(e.to_string());
+            }
         }
         for (_, handles) in replaced {
             for h in handles {

@@ -1,5 +1,6 @@
 //! Integration tests: the real citrusd and citrusctl binaries, real processes, signals, sockets.
 
+mod app_validation;
 mod config_errors;
 mod connections;
 mod control;
