@@ -25,7 +25,7 @@ const INLINE_MAX: usize = 100;
 /// Longest app name Citrus accepts.
 const NAME_MAX: usize = 64;
 /// The most instances an imported app gets (citrusd refuses more).
-const MAX_INSTANCES: i64 = 256;
+const MAX_INSTANCES: i64 = crate::config::MAX_INSTANCES as i64;
 
 /// Order of the plain keys in each `[apps.NAME]` table.
 const KEY_ORDER: &[&str] = &[
@@ -304,6 +304,7 @@ fn convert_entry(value: &Value) -> Result<Draft, String> {
 
     let mut app = App::default();
     let argv = command(&m, &script, dump, &mut w)?;
+    crate::config::check_command(&argv)?;
     if dump {
         if let Some(dir) = version_manager_dir(&m, &argv[0]) {
             w.push(format!(
