@@ -126,6 +126,14 @@ pub fn log_paths(log_dir: &std::path::Path, app: &AppConfig, index: u32) -> (Pat
     )
 }
 
+/// How events name an instance: the app, with `#index` when it has several.
+fn event_name(app: &AppConfig, index: u32) -> String {
+    match app.instances > 1 {
+        true => format!("{}#{index}", app.name),
+        false => app.name.clone(),
+    }
+}
+
 fn log_settings(app: &AppConfig) -> LogSettings {
     LogSettings {
         max_size: app.log.max_size,
@@ -156,6 +164,13 @@ impl InstanceHandle {
             out: Arc::new(Mutex::new(LogFile::open(out, settings.clone())?)),
             err: Arc::new(Mutex::new(LogFile::open(err, settings)?)),
         };
+        for log in [&logs.out, &logs.err] {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = log.last_error().filter(|_| log.refused()) {
+                let who = event_name(&app, index);
+                shared.events.emit(EventKind::Log, Some(&who), &why);
+            }
+        }
         let (status_tx, status) = watch::channel(InstanceStatus {
             state: AppState::Stopped,
             pid: None,
@@ -593,11 +608,7 @@ impl Actor {
 
     /// An event for the log and the webhook.
     fn report(&self, kind: EventKind, msg: &str) {
-        let who = if self.app.instances > 1 {
-            format!("{}#{}", self.app.name, self.index)
-        } else {
-            self.app.name.clone()
-        };
+        let who = event_name(&self.app, self.index);
         self.shared.events.emit(kind, Some(&who), msg);
     }
 

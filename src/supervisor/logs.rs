@@ -193,7 +193,7 @@ impl LogFile {
         }
         if !self.settings.timestamps {
             self.at_line_start = data.ends_with(b"\n");
-            self.emit_raw(data);
+            self.emit_raw(data, false);
             return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -207,7 +207,7 @@ impl LogFile {
             buf.extend_from_slice(line);
             self.at_line_start = line.ends_with(b"\n");
         }
-        self.emit_raw(&buf);
+        self.emit_raw(&buf, false);
         self.scratch = buf;
     }
 
@@ -226,7 +226,7 @@ impl LogFile {
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         self.at_line_start = true;
-        self.emit_raw(&buf);
+        self.emit_raw(&buf, true);
     }
 
     /// Reopen the path (SIGUSR1 / external logrotate moved the file). On
@@ -321,6 +321,11 @@ impl LogFile {
         })
     }
 
+    /// Whether the log path is a symlink, refused: nothing is written until it is removed.
+    pub fn refused(&self) -> bool {
+        self.refusing
+    }
+
     /// The most recent write/open/rotation error, kept after recovery.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.clone()
@@ -340,25 +345,33 @@ impl LogFile {
         self.worker.wait_idle();
     }
 
-    /// Rotate if needed, write `buf` with write-through, account and broadcast.
-    fn emit_raw(&mut self, buf: &[u8]) {
+    /// Rotate if needed, write `buf` with write-through, account and broadcast. While a
+    /// rotation is in flight, a chunk that does not fit is dropped — unless it is one of
+    /// citrusd's own event lines (`overshoot`): those are short and rare, and go past the cap.
+    fn emit_raw(&mut self, buf: &[u8], overshoot: bool) {
         let len = buf.len() as u64;
         if let Some(max) = self.settings.max_size {
             if self.regular && self.size > 0 && self.size.saturating_add(len) > max {
-                if self.worker.rotating() {
+                match self.worker.rotating() {
                     // One rotation in flight at most: the disk bound holds, this chunk is lost.
-                    self.drop_behind(len);
-                    return;
+                    true if !overshoot => {
+                        self.drop_behind(len);
+                        return;
+                    }
+                    // An event line goes past the cap; the next chunk rotates.
+                    true => {}
+                    false => {
+                        if self.behind {
+                            self.behind = false;
+                            tracing::info!(
+                                path = %self.path.display(),
+                                dropped = self.bytes_dropped,
+                                "log rotation caught up; writing again"
+                            );
+                        }
+                        self.rotate();
+                    }
                 }
-                if self.behind {
-                    self.behind = false;
-                    tracing::info!(
-                        path = %self.path.display(),
-                        dropped = self.bytes_dropped,
-                        "log rotation caught up; writing again"
-                    );
-                }
-                self.rotate();
             }
         }
         if self.file.is_none() {
@@ -838,6 +851,15 @@ fn finish_rotation(base: &Path, staged: &Path, settings: &LogSettings) {
             tracing::warn!(path = %staged.display(), error = %e, "cannot delete rotated log");
         }
         return;
+    }
+    // What the shift would push past `keep` goes first: the gzip being written then never
+    // coexists with it, and the disk bound stays `keep` rotated + staged + live.
+    for (n, _, path) in list_rotated(base) {
+        if n >= u64::from(settings.keep) {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete old log");
+            }
+        }
     }
     let tmp = with_suffix(base, ".1.gz.tmp");
     let gzipped = settings.compress
