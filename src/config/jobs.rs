@@ -101,17 +101,20 @@ pub enum EventKind {
     JobFailed,
     /// A deployment failed or was rolled back, or `current` was repaired.
     Deploy,
+    /// An app's log file was refused (a symlink at its path): its output is dropped.
+    Log,
 }
 
 impl EventKind {
     /// Every event.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Errored,
         EventKind::MemoryRestart,
         EventKind::HealthFailed,
         EventKind::Disk,
         EventKind::JobFailed,
         EventKind::Deploy,
+        EventKind::Log,
     ];
 
     /// The name used in the config and in serde: `"memory_restart"`.
@@ -123,6 +126,7 @@ impl EventKind {
             EventKind::Disk => "disk",
             EventKind::JobFailed => "job_failed",
             EventKind::Deploy => "deploy",
+            EventKind::Log => "log",
         }
     }
 }

@@ -1245,7 +1245,7 @@ fn notify_errors() {
         22,
         "notify.events",
         "unknown event `job_faild`; did you mean `job_failed`? (expected one of: errored, \
-         memory_restart, health_failed, disk, job_failed, deploy)",
+         memory_restart, health_failed, disk, job_failed, deploy, log)",
     );
     assert_error(
         "[notify]\nwebhook = \"hooks.example.com/x\"\n",

@@ -15,7 +15,13 @@ const DURATION_HINT: &str = r#"expected a number with a unit, e.g. "500ms", "10s
 const SIZE_HINT: &str =
     r#"expected a number of bytes with an optional unit, e.g. "4096", "512K", "100M", "1G""#;
 
-/// Parses a duration such as `"500ms"`, `"10s"`, `"1m30s"` or `"0"` (units: ms, s, m, h, d).
+/// The longest duration any key takes: ten years. Every duration is parsed by
+/// [`parse_duration`], so none can overflow the millisecond arithmetic done with it (an
+/// `enroll_token_ttl` of 2e11 days used to wrap `now + ttl` and made every token expired).
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Parses a duration such as `"500ms"`, `"10s"`, `"1m30s"` or `"0"` (units: ms, s, m, h, d), at
+/// most [`MAX_DURATION`].
 ///
 /// The error is a complete human-readable message.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -53,7 +59,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .ok()
             .and_then(|n| n.checked_mul(unit_ms))
             .and_then(|ms| total.checked_add(Duration::from_millis(ms)))
-            .ok_or_else(|| invalid("too large"))?;
+            .filter(|total| *total <= MAX_DURATION)
+            .ok_or_else(|| {
+                invalid(&format!(
+                    "too large: the most is {} (ten years)",
+                    format_duration(MAX_DURATION)
+                ))
+            })?;
     }
     Ok(total)
 }
@@ -423,9 +435,19 @@ mod tests {
             err,
             r#"invalid duration "10": the unit is missing, e.g. "10s""#
         );
-        assert!(parse_duration("99999999999999999999d")
-            .unwrap_err()
-            .contains("too large"));
+        for huge in [
+            "99999999999999999999d",
+            "200000000000d",
+            "3651d",
+            "3650d1ms",
+        ] {
+            assert_eq!(
+                parse_duration(huge).unwrap_err(),
+                format!(r#"invalid duration "{huge}": too large: the most is 3650d (ten years)"#)
+            );
+        }
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("87600h"), Ok(MAX_DURATION));
     }
 
     #[test]

@@ -193,6 +193,7 @@ async fn stats(State(engine): State<Arc<Engine>>) -> ApiResult {
         "agents": {"total": total, "online": online, "connected": hub.connected()},
         "statusUpdates": hub.status_stored.load(std::sync::atomic::Ordering::Relaxed),
         "statusReceived": hub.status_received.load(std::sync::atomic::Ordering::Relaxed),
+        "statusThinned": hub.status_thinned.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response())
 }

@@ -40,6 +40,9 @@ pub struct Hub {
     pub status_received: AtomicU64,
     /// Status updates stored.
     pub status_stored: AtomicU64,
+    /// Status updates kept out of the history: they came less than half a `status_interval`
+    /// after the agent's previous history point (only its latest status was replaced).
+    pub status_thinned: AtomicU64,
 }
 
 struct Conn {
@@ -60,6 +63,7 @@ impl Default for Hub {
             waiters: Mutex::new(HashMap::new()),
             status_received: AtomicU64::new(0),
             status_stored: AtomicU64::new(0),
+            status_thinned: AtomicU64::new(0),
         }
     }
 }
@@ -321,6 +325,7 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
         let _ = sink.close().await;
     });
 
+    let mut gate = StatusGate::new(engine.config.status_interval / 2);
     // An agent sends a status every interval: three missed ones and it is offline. Once the
     // engine has sent a Close (replaced connection, disconnect), the peer has CLOSE_TIMEOUT to
     // answer it.
@@ -355,7 +360,9 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
             Some(Some(Ok(frame))) => frame,
         };
         match frame {
-            Message::Text(text) => handle_frame(&engine, &agent, conn, text.as_str()).await,
+            Message::Text(text) => {
+                handle_frame(&engine, &agent, conn, &mut gate, text.as_str()).await
+            }
             Message::Binary(_) => {
                 tracing::warn!(agent = %agent, "binary frame ignored: messages are JSON text frames")
             }
@@ -364,6 +371,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
         }
     };
     drop(tx);
+    if gate.thinned > 0 {
+        tracing::info!(
+            agent = %agent,
+            thinned = gate.thinned,
+            "status updates kept out of the history on this connection (sent too often)"
+        );
+    }
     if engine.hub.unregister(&agent, conn) {
         tracing::info!(agent = %agent, "agent offline: {reason}");
     }
@@ -377,9 +391,42 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
+/// The rate bound on one connection's history points: at most one per `every` (half the
+/// `status_interval`). Statuses in between still replace the agent's latest status (the store
+/// coalesces those of one batch into one row update), are counted, and never end the
+/// connection: a legitimate agent sending early (after a reconnect, an operation) loses nothing
+/// but a history point.
+struct StatusGate {
+    every: Duration,
+    last_point: Option<tokio::time::Instant>,
+    /// Statuses kept out of the history on this connection.
+    thinned: u64,
+}
+
+impl StatusGate {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last_point: None,
+            thinned: 0,
+        }
+    }
+
+    /// Whether a status arriving now becomes a history point.
+    fn admit(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.last_point.is_some_and(|at| now < at + self.every) {
+            self.thinned += 1;
+            return false;
+        }
+        self.last_point = Some(now);
+        true
+    }
+}
+
 /// Handles one text frame from an agent on its connection `conn`. A frame that cannot be used
 /// is logged and dropped: it never ends the connection.
-async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
+async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut StatusGate, text: &str) {
     let message: AgentMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -444,11 +491,25 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, text: &str) {
         }
         AgentMessage::StatusUpdate { status } => {
             engine.hub.status_received.fetch_add(1, Ordering::Relaxed);
+            let history = gate.admit();
+            if !history {
+                engine.hub.status_thinned.fetch_add(1, Ordering::Relaxed);
+                if gate.thinned == 1 {
+                    tracing::warn!(
+                        agent,
+                        "agent sends status updates more often than every {}: one per {0} goes \
+                         into the history, the others only replace its latest status (counted \
+                         as statusThinned in /admin/stats)",
+                        crate::config::format_duration(gate.every),
+                    );
+                }
+            }
             engine
                 .write(AgentWrite::Status(StatusRecord {
                     agent_id: agent.to_owned(),
                     point: history_point(&status),
                     json: text_of_status(&status),
+                    history,
                 }))
                 .await;
             Ok(())

@@ -138,6 +138,9 @@ pub struct StatusRecord {
     pub agent_id: String,
     pub json: String,
     pub point: HistoryPoint,
+    /// Whether `point` goes into the history too (else only the latest status is replaced):
+    /// the hub keeps at most one point per half `status_interval` per agent.
+    pub history: bool,
 }
 
 /// What an agent's connection writes: applied in batches by one writer task, in the order they
@@ -679,7 +682,7 @@ impl Store {
 
     /// Applies a batch of agent writes, in order, a few hundred per transaction (each hold of
     /// the write lock stays short). Of several statuses of one agent in a transaction, the last
-    /// is kept as its latest; every one becomes a history point.
+    /// is kept as its latest; each one marked `history` becomes a history point.
     pub async fn record_agent_writes(&self, batch: &[AgentWrite]) -> Result<()> {
         for chunk in batch.chunks(200) {
             self.record_agent_chunk(chunk).await?;
@@ -1174,8 +1177,8 @@ pub struct ServerUpdate<'a> {
     pub ip: Option<&'a str>,
 }
 
-/// The statuses of one transaction: the latest of each agent (the last one wins) and every
-/// history point, in multi-row statements (one round trip per chunk instead of one per row).
+/// The statuses of one transaction: the latest of each agent (the last one wins) and the
+/// history points (those marked `history`), in multi-row statements (one round trip per chunk instead of one per row).
 async fn record_statuses(
     conn: &mut sqlx::AnyConnection,
     batch: &[&StatusRecord],
@@ -1209,7 +1212,8 @@ async fn record_statuses(
         }
         query.execute(&mut *conn).await?;
     }
-    for chunk in batch.chunks(100) {
+    let points: Vec<&StatusRecord> = batch.iter().copied().filter(|r| r.history).collect();
+    for chunk in points.chunks(100) {
         let mut sql = String::from(
             "INSERT INTO agent_status_history (agent_id, at, cpu_load, memory_used, \
              memory_total, disk_used, disk_size, apps_online, apps_total) VALUES ",
@@ -1265,6 +1269,7 @@ mod tests {
                 apps_online: 1,
                 apps_total: 1,
             },
+            history: true,
         })
     }
 

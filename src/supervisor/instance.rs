@@ -28,7 +28,7 @@ use tokio::time::sleep_until;
 use super::kill::GroupStop;
 use super::lifecycle::{self, Counters, Decision, Policy};
 use super::listen::AppSockets;
-use super::logs::{LogFile, LogSettings};
+use super::logs::{self, LogFile, LogSettings};
 use super::reaper::{ExitStatus, Reaper};
 use super::spawn::{self, Marker};
 use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
@@ -126,6 +126,14 @@ pub fn log_paths(log_dir: &std::path::Path, app: &AppConfig, index: u32) -> (Pat
     )
 }
 
+/// How events name an instance: the app, with `#index` when it has several.
+fn event_name(app: &AppConfig, index: u32) -> String {
+    match app.instances > 1 {
+        true => format!("{}#{index}", app.name),
+        false => app.name.clone(),
+    }
+}
+
 fn log_settings(app: &AppConfig) -> LogSettings {
     LogSettings {
         max_size: app.log.max_size,
@@ -156,6 +164,13 @@ impl InstanceHandle {
             out: Arc::new(Mutex::new(LogFile::open(out, settings.clone())?)),
             err: Arc::new(Mutex::new(LogFile::open(err, settings)?)),
         };
+        for log in [&logs.out, &logs.err] {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = log.last_error().filter(|_| log.refused()) {
+                let who = event_name(&app, index);
+                shared.events.emit(EventKind::Log, Some(&who), &why);
+            }
+        }
         let (status_tx, status) = watch::channel(InstanceStatus {
             state: AppState::Stopped,
             pid: None,
@@ -597,11 +612,7 @@ impl Actor {
 
     /// An event for the log and the webhook.
     fn report(&self, kind: EventKind, msg: &str) {
-        let who = if self.app.instances > 1 {
-            format!("{}#{}", self.app.name, self.index)
-        } else {
-            self.app.name.clone()
-        };
+        let who = event_name(&self.app, self.index);
         self.shared.events.emit(kind, Some(&who), msg);
     }
 
@@ -1012,6 +1023,11 @@ thread_local! {
 }
 
 /// Copies a pipe into a log until every writer has closed it.
+///
+/// Back-pressure: while the log's live file is full and its previous rotation is still being
+/// processed, the pipe is not read (the app blocks in `write`), for at most
+/// [`logs::BACKPRESSURE_MAX`] at a time; past that the reader goes on and what does not fit is
+/// dropped and counted by the log, so a stuck disk cannot hang the app.
 fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
     tokio::spawn(async move {
         let rx = match pipe::Receiver::from_owned_fd(fd) {
@@ -1022,17 +1038,33 @@ fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
             }
         };
         let mut grown = false;
+        // The worker did not catch up within BACKPRESSURE_MAX: read (and drop) until it does.
+        let mut overrun = false;
         loop {
             if rx.readable().await.is_err() {
                 return;
+            }
+            let backlog = log.lock().unwrap_or_else(|e| e.into_inner()).backlog();
+            match backlog {
+                Some(backlog) if !overrun => {
+                    overrun = !backlog.wait(logs::BACKPRESSURE_MAX).await;
+                    continue;
+                }
+                Some(_) => {}
+                None => overrun = false,
             }
             // Up to 16 reads per wake, then yield so one flat-out writer cannot starve the rest.
             let eof = SCRATCH.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 // One lock for the whole burst: nothing awaits in between.
                 let mut file = log.lock().unwrap_or_else(|e| e.into_inner());
-                let limit = file.chunk_limit().min(buf.len());
                 for _ in 0..16 {
+                    let limit = match file.read_limit() {
+                        0 if !overrun => return None,
+                        0 => file.chunk_limit(),
+                        n => n,
+                    }
+                    .min(buf.len());
                     match rx.try_read(&mut buf[..limit]) {
                         Ok(0) => return Some(true),
                         Ok(n) => {

@@ -18,16 +18,37 @@
 //! only the worker ever touches numbered files, and it handles one job at a
 //! time, a gzip can never race with the next shift. Staged files left by a
 //! crash are picked up after `open`, so rotation loses no bytes.
+//!
+//! # Bounded disk use
+//! At most one rotation is in flight per log path: while the worker has not finished it, the
+//! live file is not rotated again. A writer that fills the live file meanwhile is held back
+//! ([`LogFile::read_limit`] and [`LogFile::backlog`] let the pipe reader stop reading, so the app
+//! blocks on its own `write`), and output that arrives anyway (the reader gave up waiting after
+//! [`BACKPRESSURE_MAX`], or a citrusd event line) is dropped and counted in `bytes_dropped`. So
+//! one stream's files never hold much more than `(keep + 2) × max_size`: `keep` rotated files,
+//! one staged file and the live one, however fast the app writes.
+//!
+//! # Symlinks
+//! The live file is opened with `openat(O_NOFOLLOW)` relative to its directory, and rotated
+//! files are read and written without following a symlink either: a symlink planted at a log
+//! path is refused (the error is kept as `last_error`, output is dropped and counted, the open is
+//! retried), never followed, so citrusd running as root cannot be made to append to, truncate or
+//! copy another file.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode};
 use tokio::sync::broadcast;
 
 /// Capacity of the follower broadcast channel (in chunks).
@@ -38,6 +59,12 @@ const TAIL_BLOCK: usize = 64 * 1024;
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// Infix of staged (rotated but not yet numbered) files.
 const STAGED_INFIX: &str = ".rotating.";
+/// The longest a pipe reader holds an app back waiting for the rotation in flight to finish;
+/// past it, output that does not fit is dropped (and counted) until the worker catches up.
+pub const BACKPRESSURE_MAX: Duration = Duration::from_secs(5);
+/// Bytes a timestamp prefix adds to a line at most per byte of output (a chunk of empty lines:
+/// 25 bytes of stamp and space per newline).
+const STAMP_EXPANSION: u64 = 26;
 
 /// Log behaviour for one app (shared by its out/err streams).
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +116,10 @@ pub struct LogFile {
     episodes: u64,
     /// Inside a rotation-failure episode.
     rotate_failing: bool,
+    /// Inside an episode of output dropped because the rotation in flight had not finished.
+    behind: bool,
+    /// Inside an episode of opens refused because the log path is a symlink.
+    refusing: bool,
     /// Next staging sequence number.
     seq: u64,
     /// Reused buffer for timestamped output.
@@ -105,26 +136,42 @@ impl LogFile {
     /// Opening lists no directory and starts no thread (a host opens two logs per instance at
     /// start): staged files left by an interrupted rotation, and rotated files past `max_age`,
     /// are dealt with by the next rotation's background job.
+    ///
+    /// A symlink at `path` is not an error here: the log starts closed, with the refusal as its
+    /// [`last_error`](Self::last_error) and a warning logged, drops (and counts) output, and
+    /// retries the open every second, so the app runs and the problem shows in `describe`.
     pub fn open(path: PathBuf, settings: LogSettings) -> io::Result<LogFile> {
-        let file = open_log(&path)?;
-        let meta = file.metadata()?;
-        let regular = meta.file_type().is_file();
-        let size = if regular { meta.len() } else { 0 };
-        let at_line_start = size == 0 || last_byte(&file, size) == Some(b'\n');
+        let (file, last_error) = match open_log(&path) {
+            Ok(file) => (Some(file), None),
+            Err(e) if is_symlink_refusal(&e) => {
+                tracing::warn!(path = %path.display(), "{e}");
+                (None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = file.as_ref().map(File::metadata).transpose()?;
+        let regular = meta.as_ref().is_none_or(|m| m.file_type().is_file());
+        let size = meta.as_ref().filter(|_| regular).map_or(0, |m| m.len());
+        let at_line_start = size == 0
+            || file
+                .as_ref()
+                .is_some_and(|f| last_byte(f, size) == Some(b'\n'));
         let log = LogFile {
             path: path.clone(),
             settings,
-            file: Some(file),
-            next_open_retry: None,
+            next_open_retry: file.is_none().then(|| Instant::now() + REOPEN_RETRY),
+            refusing: file.is_none(),
+            file,
             regular,
             size,
             at_line_start,
             bytes_written: 0,
             bytes_dropped: 0,
-            last_error: None,
+            last_error,
             failing: false,
             episodes: 0,
             rotate_failing: false,
+            behind: false,
             // Staged names sort after any left by an earlier run, which the next rotation's job
             // numbers first.
             seq: SystemTime::now()
@@ -146,7 +193,7 @@ impl LogFile {
         }
         if !self.settings.timestamps {
             self.at_line_start = data.ends_with(b"\n");
-            self.emit_raw(data);
+            self.emit_raw(data, false);
             return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -160,7 +207,7 @@ impl LogFile {
             buf.extend_from_slice(line);
             self.at_line_start = line.ends_with(b"\n");
         }
-        self.emit_raw(&buf);
+        self.emit_raw(&buf, false);
         self.scratch = buf;
     }
 
@@ -179,7 +226,7 @@ impl LogFile {
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         self.at_line_start = true;
-        self.emit_raw(&buf);
+        self.emit_raw(&buf, true);
     }
 
     /// Reopen the path (SIGUSR1 / external logrotate moved the file). On
@@ -243,6 +290,42 @@ impl LogFile {
             .map_or(usize::MAX, |max| max.max(4096) as usize)
     }
 
+    /// The most a pipe reader should read for the next `write_output`: [`chunk_limit`]
+    /// (Self::chunk_limit), or less while a rotation is in flight — only what still fits in the
+    /// live file, since it cannot be rotated again yet. `0`: nothing fits, wait for
+    /// [`backlog`](Self::backlog).
+    pub fn read_limit(&self) -> usize {
+        match self.room_while_rotating() {
+            Some(room) => room.min(self.chunk_limit() as u64) as usize,
+            None => self.chunk_limit(),
+        }
+    }
+
+    /// `Some` when the live file is full and the previous rotation has not finished: the reader
+    /// should stop reading (back-pressure on the app) and [`Backlog::wait`] for the worker.
+    pub fn backlog(&self) -> Option<Backlog> {
+        (self.room_while_rotating() == Some(0)).then(|| Backlog(Arc::clone(&self.worker)))
+    }
+
+    /// Bytes of app output that surely fit in the live file while a rotation is in flight
+    /// (`None`: no limit, nothing is in flight or the file is never rotated by size).
+    fn room_while_rotating(&self) -> Option<u64> {
+        let max = self.settings.max_size?;
+        if !self.regular || self.size == 0 || !self.worker.rotating() {
+            return None;
+        }
+        let room = max.saturating_sub(self.size);
+        Some(match self.settings.timestamps {
+            true => room / STAMP_EXPANSION,
+            false => room,
+        })
+    }
+
+    /// Whether the log path is a symlink, refused: nothing is written until it is removed.
+    pub fn refused(&self) -> bool {
+        self.refusing
+    }
+
     /// The most recent write/open/rotation error, kept after recovery.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.clone()
@@ -262,12 +345,33 @@ impl LogFile {
         self.worker.wait_idle();
     }
 
-    /// Rotate if needed, write `buf` with write-through, account and broadcast.
-    fn emit_raw(&mut self, buf: &[u8]) {
+    /// Rotate if needed, write `buf` with write-through, account and broadcast. While a
+    /// rotation is in flight, a chunk that does not fit is dropped — unless it is one of
+    /// citrusd's own event lines (`overshoot`): those are short and rare, and go past the cap.
+    fn emit_raw(&mut self, buf: &[u8], overshoot: bool) {
         let len = buf.len() as u64;
         if let Some(max) = self.settings.max_size {
             if self.regular && self.size > 0 && self.size.saturating_add(len) > max {
-                self.rotate();
+                match self.worker.rotating() {
+                    // One rotation in flight at most: the disk bound holds, this chunk is lost.
+                    true if !overshoot => {
+                        self.drop_behind(len);
+                        return;
+                    }
+                    // An event line goes past the cap; the next chunk rotates.
+                    true => {}
+                    false => {
+                        if self.behind {
+                            self.behind = false;
+                            tracing::info!(
+                                path = %self.path.display(),
+                                dropped = self.bytes_dropped,
+                                "log rotation caught up; writing again"
+                            );
+                        }
+                        self.rotate();
+                    }
+                }
             }
         }
         if self.file.is_none() {
@@ -308,9 +412,31 @@ impl LogFile {
                         "log write failed; dropping output until writes succeed"
                     );
                 }
-                self.last_error = Some(format!("write {}: {e}", self.path.display()));
+                // A file that could not be opened keeps the open's error, which says why.
+                if self.file.is_some() || self.last_error.is_none() {
+                    self.last_error = Some(format!("write {}: {e}", self.path.display()));
+                }
             }
         }
+    }
+
+    /// Counts `len` bytes dropped because the live file is full and the rotation in flight has
+    /// not finished (one warning per episode).
+    fn drop_behind(&mut self, len: u64) {
+        self.bytes_dropped += len;
+        self.worker.kick();
+        if !self.behind {
+            self.behind = true;
+            tracing::warn!(
+                path = %self.path.display(),
+                "log rotation is behind the app's output: dropping output until it catches up"
+            );
+        }
+        self.last_error = Some(format!(
+            "{}: output dropped while the previous rotation was still being processed \
+             (the app writes faster than rotated files are compressed and numbered)",
+            self.path.display()
+        ));
     }
 
     /// Try to open the log file again (rate-limited) after an open failure.
@@ -324,10 +450,19 @@ impl LogFile {
                 self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(file);
                 self.next_open_retry = None;
+                self.refusing = false;
             }
             Err(e) => {
                 self.next_open_retry = Some(now + REOPEN_RETRY);
-                self.last_error = Some(format!("open {}: {e}", self.path.display()));
+                if is_symlink_refusal(&e) {
+                    if !self.refusing {
+                        self.refusing = true;
+                        tracing::warn!(path = %self.path.display(), "{e}");
+                    }
+                    self.last_error = Some(e.to_string());
+                } else {
+                    self.last_error = Some(format!("open {}: {e}", self.path.display()));
+                }
             }
         }
     }
@@ -365,22 +500,87 @@ impl LogFile {
     }
 }
 
-/// Open (creating dirs 0750 and the file 0640) for appending and reading.
+/// Open (creating dirs 0750 and the file 0640) for appending and reading: the file by name
+/// relative to its directory's descriptor with `O_NOFOLLOW`, so a symlink at `path` is refused
+/// (see [`is_symlink_refusal`]), never followed.
 fn open_log(path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)?;
-        }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)?;
     }
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("log path {} names no file", path.display()),
+        )
+    })?;
+    let dir = open_dir(parent)?;
+    let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NOFOLLOW;
+    openat_file(&dir, name.as_bytes(), flags, 0o640)
+        .map_err(|e| refusal(path, e, &dir, name.as_bytes()))
+}
+
+/// The directory `dir`, opened to open files relative to it.
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("open log directory {}: {e}", dir.display()),
+        )
+    })
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC, mode)` as a `File`.
+fn openat_file(dir: &impl AsFd, name: &[u8], flags: OFlag, mode: u32) -> nix::Result<File> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    nix::fcntl::openat(
+        dir,
+        name.as_c_str(),
+        flags | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map(File::from)
+}
+
+/// The error of a failed open of `name` in `dir`: a symlink is a [`SymlinkRefused`] (`lstat`
+/// taken only to word the message).
+fn refusal(path: &Path, err: Errno, dir: &impl AsFd, name: &[u8]) -> io::Error {
+    let is_link = std::ffi::CString::new(name)
+        .ok()
+        .and_then(|n| fstatat(dir, n.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok())
+        .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+    match err {
+        Errno::ELOOP if is_link => {
+            io::Error::new(io::ErrorKind::InvalidInput, SymlinkRefused(path.to_owned()))
+        }
+        _ => io::Error::from(err),
+    }
+}
+
+/// A log path that is a symlink: refused, never followed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to open log file {}: it is a symlink (remove it: a log file must be a regular \
+     file or a device, never a link)",
+    .0.display()
+)]
+pub struct SymlinkRefused(pub PathBuf);
+
+/// Whether `e` is an open refused because the log path is a symlink.
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<SymlinkRefused>())
 }
 
 fn last_byte(file: &File, size: u64) -> Option<u8> {
@@ -510,6 +710,8 @@ fn worker_for(path: &Path) -> Arc<Worker> {
 struct WorkerState {
     queue: VecDeque<Job>,
     running: bool,
+    /// `Rotate` jobs queued or running: each one is a staged file on disk.
+    rotations: usize,
 }
 
 /// Serialises background jobs of one log path on at most one thread, which
@@ -518,6 +720,31 @@ struct WorkerState {
 struct Worker {
     state: Mutex<WorkerState>,
     idle: Condvar,
+    /// Woken each time a `Rotate` job ends, for [`Backlog::wait`].
+    rotated: tokio::sync::Notify,
+}
+
+/// A full live file waiting for the rotation in flight (see [`LogFile::backlog`]).
+pub struct Backlog(Arc<Worker>);
+
+impl Backlog {
+    /// Waits until the rotation in flight has finished, at most `limit`; `false` when it had
+    /// not by then.
+    pub async fn wait(self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let rotated = self.0.rotated.notified();
+            tokio::pin!(rotated);
+            rotated.as_mut().enable();
+            if !self.0.rotating() {
+                return true;
+            }
+            self.0.kick();
+            if tokio::time::timeout_at(deadline, rotated).await.is_err() {
+                return !self.0.rotating();
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -525,9 +752,29 @@ impl Worker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a rotation is queued or running.
+    fn rotating(&self) -> bool {
+        self.lock().rotations > 0
+    }
+
     fn submit(self: &Arc<Self>, job: Job) {
         let mut st = self.lock();
+        if matches!(job, Job::Rotate { .. }) {
+            st.rotations += 1;
+        }
         st.queue.push_back(job);
+        self.start(st);
+    }
+
+    /// Starts the thread again if jobs wait and none runs (an earlier spawn failed).
+    fn kick(self: &Arc<Self>) {
+        let st = self.lock();
+        if !st.queue.is_empty() {
+            self.start(st);
+        }
+    }
+
+    fn start(self: &Arc<Self>, mut st: MutexGuard<'_, WorkerState>) {
         if st.running {
             return;
         }
@@ -556,8 +803,13 @@ impl Worker {
                     }
                 }
             };
+            let rotation = matches!(job, Job::Rotate { .. });
             // A panic must not leave `running` set forever.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(job)));
+            if rotation {
+                self.lock().rotations -= 1;
+                self.rotated.notify_waiters();
+            }
         }
     }
 
@@ -600,6 +852,15 @@ fn finish_rotation(base: &Path, staged: &Path, settings: &LogSettings) {
         }
         return;
     }
+    // What the shift would push past `keep` goes first: the gzip being written then never
+    // coexists with it, and the disk bound stays `keep` rotated + staged + live.
+    for (n, _, path) in list_rotated(base) {
+        if n >= u64::from(settings.keep) {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete old log");
+            }
+        }
+    }
     let tmp = with_suffix(base, ".1.gz.tmp");
     let gzipped = settings.compress
         && match gzip_file(staged, &tmp) {
@@ -636,14 +897,21 @@ fn finish_rotation(base: &Path, staged: &Path, settings: &LogSettings) {
 }
 
 /// Gzip `src` into `dst` (fsynced), carrying over `src`'s mtime.
+///
+/// Neither path is followed if it is a symlink (`O_NOFOLLOW`): a link planted there makes the
+/// compression fail (the file is kept uncompressed), never reads or truncates its target.
 fn gzip_file(src: &Path, dst: &Path) -> io::Result<()> {
-    let input = File::open(src)?;
+    let input = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)?;
     let mtime = input.metadata()?.modified()?;
     let out = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dst)?;
     let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
     io::copy(&mut BufReader::with_capacity(256 * 1024, input), &mut enc)?;
@@ -676,9 +944,14 @@ fn prune(base: &Path, settings: &LogSettings) {
 }
 
 /// The last `n` lines of the file at `path` (read backwards in blocks from
-/// the end), ending in `'\n'` when the file does. A missing file → empty.
+/// the end), ending in `'\n'` when the file does. A missing file → empty; a symlink is not
+/// followed (an error).
 pub fn tail_lines(path: &Path, n: usize) -> io::Result<Vec<u8>> {
-    let file = match File::open(path) {
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -908,7 +1181,7 @@ mod tests {
         let mut i = 0;
         while all.len() < 3500 {
             let c = chunk(i);
-            log.write_output(&c);
+            log.write_waiting(&c);
             all.extend_from_slice(&c);
             i += 1;
         }
@@ -920,7 +1193,7 @@ mod tests {
         }
         // Keep going: older files are deleted, exactly `keep` remain.
         for j in 0..500 {
-            log.write_output(&chunk(i + j));
+            log.write_waiting(&chunk(i + j));
         }
         log.wait_background();
         let mut names: Vec<String> = fs::read_dir(dir.path())
@@ -953,10 +1226,10 @@ mod tests {
             ..settings()
         };
         let mut log = LogFile::open(path.clone(), s).unwrap();
-        log.write_output(b"small\n");
+        log.write_waiting(b"small\n");
         let big = vec![b'b'; 500];
-        log.write_output(&big);
-        log.write_output(b"after\n");
+        log.write_waiting(&big);
+        log.write_waiting(b"after\n");
         log.wait_background();
         assert_eq!(read(&numbered_path(&path, 2, false)), b"small\n");
         assert_eq!(read(&numbered_path(&path, 1, false)), big);
@@ -978,7 +1251,7 @@ mod tests {
         let mut i = 0;
         while all.len() < 4096 * 4 + 100 {
             let c = chunk(i);
-            log.write_output(&c);
+            log.write_waiting(&c);
             all.extend_from_slice(&c);
             i += 1;
         }
@@ -1002,12 +1275,12 @@ mod tests {
             ..settings()
         };
         let mut log = LogFile::open(path.clone(), s.clone()).unwrap();
-        log.write_output(b"one\n");
-        log.write_output(b"two.......\n");
+        log.write_waiting(b"one\n");
+        log.write_waiting(b"two.......\n");
         s.compress = true;
         log.set_settings(s.clone());
-        log.write_output(b"three.....\n");
-        log.write_output(b"four\n");
+        log.write_waiting(b"three.....\n");
+        log.write_waiting(b"four\n");
         log.wait_background();
         assert_eq!(read(&numbered_path(&path, 3, false)), b"one\n");
         // Settings apply from the next rotation on: "two" was rotated out after the change.
@@ -1031,8 +1304,8 @@ mod tests {
             ..settings()
         };
         let mut log = LogFile::open(path.clone(), s).unwrap();
-        log.write_output(b"aaaa\n");
-        log.write_output(b"bbbb\n");
+        log.write_waiting(b"aaaa\n");
+        log.write_waiting(b"bbbb\n");
         log.wait_background();
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(read(&path), b"bbbb\n");
@@ -1071,8 +1344,8 @@ mod tests {
         )
         .unwrap();
         // Pruning runs with the next rotation (opening starts no work).
-        log.write_output(b"y\n");
-        log.write_output(b"z\n");
+        log.write_waiting(b"y\n");
+        log.write_waiting(b"z\n");
         log.wait_background();
         assert_eq!(read(&numbered_path(&path, 1, false)), b"y\n");
         assert!(
@@ -1097,8 +1370,8 @@ mod tests {
         };
         let mut log = LogFile::open(path.clone(), s).unwrap();
         assert!(log.seq > 8, "new staged names sort after leftovers");
-        log.write_output(b"live\n");
-        log.write_output(&[b'x'; 99]);
+        log.write_waiting(b"live\n");
+        log.write_waiting(&[b'x'; 99]);
         log.wait_background();
         let mut want = b"oldest\nolder\nnewer\nlive\n".to_vec();
         want.extend_from_slice(&[b'x'; 99]);
@@ -1121,7 +1394,7 @@ mod tests {
             // Dropped without waiting: the next LogFile adopts nothing twice.
             let mut log = LogFile::open(path.clone(), s.clone()).unwrap();
             for _ in 0..2 {
-                log.write_output(&big);
+                log.write_waiting(&big);
                 all.extend_from_slice(&big);
             }
         }
@@ -1137,11 +1410,11 @@ mod tests {
         let path = dir.path().join("a.log");
         let moved = dir.path().join("moved.log");
         let mut log = LogFile::open(path.clone(), settings()).unwrap();
-        log.write_output(b"before\n");
+        log.write_waiting(b"before\n");
         fs::rename(&path, &moved).unwrap();
-        log.write_output(b"still old handle\n");
+        log.write_waiting(b"still old handle\n");
         log.reopen().unwrap();
-        log.write_output(b"after\n");
+        log.write_waiting(b"after\n");
         assert_eq!(read(&moved), b"before\nstill old handle\n");
         assert_eq!(read(&path), b"after\n");
         assert_eq!(log.size, 6);
@@ -1156,9 +1429,9 @@ mod tests {
             ..settings()
         };
         let mut log = LogFile::open(path.clone(), s).unwrap();
-        log.write_output(b"12345678\n");
+        log.write_waiting(b"12345678\n");
         fs::remove_file(&path).unwrap();
-        log.write_output(b"abc\n");
+        log.write_waiting(b"abc\n");
         log.wait_background();
         assert_eq!(read(&path), b"abc\n");
         assert!(log.last_error().is_none());
@@ -1224,14 +1497,14 @@ mod tests {
             ..settings()
         };
         let mut log = LogFile::open(path.clone(), s).unwrap();
-        log.write_output(b"before subscribe\n");
+        log.write_waiting(b"before subscribe\n");
         let mut rx = log.subscribe();
         let start = log.bytes_written();
         let mut i = 0;
         while log.bytes_written() - start < 1000 {
-            log.write_output(&chunk(i)[..10]);
+            log.write_waiting(&chunk(i)[..10]);
             if i % 7 == 0 {
-                log.write_event("[citrus] tick");
+                log.event_waiting("[citrus] tick");
             }
             i += 1;
         }
@@ -1303,6 +1576,158 @@ mod tests {
         log.next_open_retry = None;
         log.write_output(b"kept\n");
         assert_eq!(read(&path), b"kept\n");
+    }
+
+    impl LogFile {
+        /// `write_output` as a pipe reader does it: waiting for the rotation in flight first.
+        fn write_waiting(&mut self, data: &[u8]) {
+            if self.worker.rotating() {
+                self.wait_background();
+            }
+            self.write_output(data);
+        }
+
+        /// `write_event`, waiting for the rotation in flight first.
+        fn event_waiting(&mut self, line: &str) {
+            if self.worker.rotating() {
+                self.wait_background();
+            }
+            self.write_event(line);
+        }
+    }
+
+    /// Bytes held by `path`'s live, staged and rotated files (and a compression in progress).
+    fn disk_use(path: &Path) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        for (_, p) in siblings(path)
+            .into_iter()
+            .chain([(String::new(), path.to_owned())])
+        {
+            if let Ok(m) = fs::symlink_metadata(&p) {
+                if seen.insert(std::os::unix::fs::MetadataExt::ino(&m)) {
+                    total += m.len();
+                }
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn a_writer_faster_than_rotation_stays_within_the_disk_bound_and_counts_drops() {
+        // Synchronous writes with no back-pressure outrun the worker (gzip + fsync per 4 KiB):
+        // before the bound, every rotation staged one more file (31,550 of them in a probe).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fast-out.log");
+        let (max, keep) = (4096u64, 3u32);
+        let s = LogSettings {
+            max_size: Some(max),
+            keep,
+            compress: true,
+            ..settings()
+        };
+        let mut log = LogFile::open(path.clone(), s).unwrap();
+        let chunk = vec![b'y'; 1000];
+        let mut total = 0u64;
+        let mut worst = 0;
+        for i in 0..20_000 {
+            log.write_output(&chunk);
+            total += chunk.len() as u64;
+            if i % 50 == 0 {
+                worst = worst.max(disk_use(&path));
+                assert!(list_staged(&path).len() <= 1, "{:?}", list_staged(&path));
+            }
+        }
+        // keep rotated + one staged + the live file (+ the gzip being written, smaller).
+        assert!(
+            worst <= (u64::from(keep) + 3) * max,
+            "{worst} bytes on disk, bound {}",
+            (u64::from(keep) + 2) * max
+        );
+        assert!(log.bytes_dropped() > 0, "the writer outran the worker");
+        assert_eq!(log.bytes_written() + log.bytes_dropped(), total);
+        assert!(log.last_error().unwrap().contains("previous rotation"));
+        log.wait_background();
+        assert!(list_staged(&path).is_empty());
+        // Once the worker caught up, writing and rotating resume.
+        let before = log.bytes_written();
+        log.write_output(&chunk);
+        log.write_output(&chunk);
+        assert_eq!(log.bytes_written(), before + 2000);
+    }
+
+    #[tokio::test]
+    async fn read_limit_and_backlog_hold_a_reader_until_the_rotation_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bp.log");
+        let s = LogSettings {
+            max_size: Some(4096),
+            keep: 2,
+            compress: true,
+            ..settings()
+        };
+        let mut log = LogFile::open(path.clone(), s).unwrap();
+        assert_eq!(log.read_limit(), 4096);
+        assert!(log.backlog().is_none());
+        log.write_output(&[b'a'; 4000]);
+        log.write_output(&[b'b'; 1000]); // rotates
+        log.wait_background();
+        // As if that rotation were still in flight (a slow gzip).
+        log.worker.lock().rotations += 1;
+        assert_eq!(log.read_limit(), 3096, "only what fits while rotating");
+        log.write_output(&[b'c'; 3096]);
+        assert_eq!(log.read_limit(), 0);
+        let backlog = log.backlog().expect("full while rotating");
+        assert!(!backlog.wait(Duration::from_millis(50)).await);
+        let backlog = log.backlog().expect("still rotating");
+        let worker = Arc::clone(&log.worker);
+        let waiter = tokio::spawn(backlog.wait(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        worker.lock().rotations -= 1;
+        worker.rotated.notify_waiters();
+        assert!(waiter.await.unwrap());
+        assert!(log.backlog().is_none());
+        assert_eq!(log.read_limit(), 4096);
+        assert_eq!(log.bytes_dropped(), 0);
+        log.wait_background();
+        assert_eq!(gunzip(&numbered_path(&path, 1, true)), [b'a'; 4000]);
+    }
+
+    #[test]
+    fn a_symlink_at_the_log_path_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        fs::write(&target, b"keep me\n").unwrap();
+        let path = dir.path().join("app-out.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let mut log = LogFile::open(path.clone(), settings()).unwrap();
+        log.write_output(b"app output\n");
+        log.write_event("[citrus] spawned pid 1");
+        assert_eq!(read(&target), b"keep me\n");
+        assert_eq!(log.bytes_written(), 0);
+        assert!(log.bytes_dropped() > 11);
+        let err = log.last_error().unwrap();
+        assert!(
+            err.contains("is a symlink") && err.contains("app-out.log"),
+            "{err}"
+        );
+        assert!(
+            tail_lines(&path, 10).is_err(),
+            "tail does not follow it either"
+        );
+        // Once the link is removed, the next retry opens a real file.
+        fs::remove_file(&path).unwrap();
+        log.next_open_retry = None;
+        log.write_output(b"now\n");
+        assert_eq!(read(&path), b"now\n");
+        assert!(!fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A link planted at the compression's temporary name is not followed either.
+        std::os::unix::fs::symlink(&target, with_suffix(&path, ".1.gz.tmp")).unwrap();
+        assert!(gzip_file(&path, &with_suffix(&path, ".1.gz.tmp")).is_err());
+        assert_eq!(read(&target), b"keep me\n");
     }
 
     #[test]

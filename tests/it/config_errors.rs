@@ -103,3 +103,45 @@ fn probe_url_that_does_not_parse_is_refused() {
     let err = refused("[apps.a]\ncommand = [\"true\"]\nready = { http = \"not a url\" }\n");
     assert!(err.contains("apps.a.ready"), "{err}");
 }
+
+#[test]
+fn a_duration_past_ten_years_is_refused_naming_the_maximum() {
+    // 2e11 days passed before and overflowed the millisecond arithmetic done with it.
+    let err = refused("[apps.api]\ncommand = [\"true\"]\nkill_timeout = \"200000000000d\"\n");
+    assert!(
+        err.contains("apps.api.kill_timeout")
+            && err.contains("too large: the most is 3650d (ten years)"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("engine.toml");
+    fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nenroll_token_ttl = \"200000000000d\"\n",
+    )
+    .unwrap();
+    // Spawned, not waited on blindly: an engine that accepted the config would run on.
+    let mut engine = std::process::Command::new(crate::hub_support::ENGINE)
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("CITRUS_ADMIN_TOKEN", crate::hub_support::ADMIN_TOKEN)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = crate::support::wait_for("the engine to exit", crate::support::DEADLINE, || {
+        engine
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "still running".to_owned())
+    });
+    let out = engine.wait_with_output().unwrap();
+    assert_eq!(code.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("engine.toml:2:")
+            && stderr.contains("enroll_token_ttl")
+            && stderr.contains("too large: the most is 3650d (ten years)"),
+        "{stderr}"
+    );
+}

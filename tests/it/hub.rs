@@ -800,3 +800,62 @@ fn key_rotation_accepts_the_old_key_until_the_agent_acknowledges() {
     let frame: Value = serde_json::from_str(&third.recv(rt, DEADLINE).unwrap().unwrap()).unwrap();
     assert_eq!(frame["type"], "update_agent");
 }
+
+#[test]
+fn a_flooding_agent_gets_one_history_point_per_half_interval_and_stays_connected() {
+    // Before the bound, every status_update became a row (one agent: ~800 rows/s).
+    let engine = EngineProc::start(""); // status_interval = "1s": one point per 500 ms
+    let (id, key) = engine.enrolled_agent("flood");
+    let rt = &engine.rt;
+    let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
+    engine.wait_agent_status(&id, "online");
+    let frame = |i: usize| {
+        json!({"type": "status_update", "status": {
+            "hostname": format!("flood-{i}"), "uptime": 5, "gitVersion": null,
+            "cpu": {"load": 0.5, "cores": 2},
+            "memory": {"total": 1000, "used": 400, "free": 600},
+            "disk": [], "apps": [], "timestamp": 1
+        }})
+        .to_string()
+    };
+    let sent = 500;
+    let start = std::time::Instant::now();
+    for i in 0..sent {
+        assert!(ws.send(rt, frame(i)), "the engine closed a flooding agent");
+    }
+    // The latest status is the last one sent: nothing an agent says is lost from it.
+    wait_for("the last status", DEADLINE, || {
+        let agent = engine.agent(&id);
+        match agent["status"]["hostname"] == format!("flood-{}", sent - 1) {
+            true => Ok(()),
+            false => Err(agent["status"]["hostname"].to_string()),
+        }
+    });
+    let elapsed = start.elapsed();
+    let history = engine.get(&format!("/admin/agents/{id}/history?limit=1000"));
+    let points = history["points"].as_array().unwrap().len() as u128;
+    let bound = 1 + elapsed.as_millis() / 500;
+    assert!(
+        points <= bound,
+        "{points} history points for {sent} statuses in {elapsed:?}: at most {bound}"
+    );
+    let stats = engine.get("/admin/stats");
+    assert_eq!(stats["statusReceived"], sent as u64, "{stats}");
+    assert_eq!(
+        stats["statusThinned"].as_u64().unwrap() as u128,
+        sent as u128 - points,
+        "{stats}"
+    );
+    assert!(engine.stderr().contains("more often than every 500ms"));
+    // Still connected, and a status after the half interval is a point again.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(ws.send(rt, frame(sent)));
+    wait_for("one more point", DEADLINE, || {
+        let history = engine.get(&format!("/admin/agents/{id}/history?limit=1000"));
+        match history["points"].as_array().unwrap().len() as u128 {
+            n if n == points + 1 => Ok(()),
+            n => Err(format!("{n} points")),
+        }
+    });
+    engine.wait_agent_status(&id, "online");
+}

@@ -217,3 +217,136 @@ fn an_apps_terminal_escapes_are_shown_not_obeyed() {
     let raw = d.ctl(&["logs", "evil", "--out", "--raw"]);
     raw.code(0).stdout_has(&["\u{1b}[2Jcleared"]);
 }
+
+/// Bytes held by the files of the log `name` in `dir` (live, staged, rotated), each file once.
+fn disk_use(dir: &std::path::Path, name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(name))
+                .filter_map(|e| std::fs::symlink_metadata(e.path()).ok())
+                .filter(|m| seen.insert(m.ino()))
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_fast_writer_never_holds_more_than_keep_plus_two_files() {
+    // Before the bound, `log_max_size = "4K"` left 31,550 staged files and "10M" 2.3 GB: each
+    // rotation staged one more file than the background worker could number and compress.
+    let (total4k, total1m) = (16u64 << 20, 96u64 << 20);
+    let d = Daemon::start(&format!(
+        "[apps.fast4k]\ncommand = [\"dd\", \"if=/dev/zero\", \"bs=64k\", \"count={}\", \"status=none\"]\n\
+         restart = \"never\"\nlog_max_size = \"4K\"\nlog_keep = 3\n\
+         [apps.fast1m]\ncommand = [\"dd\", \"if=/dev/urandom\", \"bs=64k\", \"count={}\", \"status=none\"]\n\
+         restart = \"never\"\nlog_max_size = \"1M\"\nlog_keep = 2\nlog_compress = true\n",
+        total4k >> 16,
+        total1m >> 16
+    ));
+    let logs = d.dir.path().join("logs");
+    let cases = [
+        ("fast4k", 4096u64, 3u64, total4k),
+        ("fast1m", 1 << 20, 2, total1m),
+    ];
+    let mut worst = [0u64; 2];
+    let counted = |app: &str| {
+        let desc = d.ctl(&["--json", "describe", app]);
+        let v: serde_json::Value = serde_json::from_str(&desc.stdout).unwrap();
+        let out = v["instances"][0]["out_log"].clone();
+        let n = |k: &str| out[k].as_u64().unwrap_or(0);
+        (n("bytes_written"), n("bytes_dropped"), out)
+    };
+    // Sampled while the apps write, until every byte is written or counted as dropped.
+    wait_for(
+        "both writers to finish",
+        std::time::Duration::from_secs(120),
+        || {
+            let mut done = true;
+            for (i, (app, max, keep, total)) in cases.iter().enumerate() {
+                let used = disk_use(&logs, &format!("{app}-out.log"));
+                worst[i] = worst[i].max(used);
+                // keep rotated + one staged + the live file; one more file of slack for a sample
+                // that races a rename (and the gzip being written).
+                assert!(
+                    used <= (keep + 3) * max,
+                    "{app}: {used} bytes on disk, bound (log_keep + 2) × log_max_size = {}",
+                    (keep + 2) * max
+                );
+                let (written, dropped, _) = counted(app);
+                done &= written + dropped >= *total;
+            }
+            match done {
+                true => Ok(()),
+                false => Err(format!("worst so far {worst:?}")),
+            }
+        },
+    );
+    for (app, _, _, total) in cases {
+        d.wait_state(app, AppState::Stopped);
+        let (written, dropped, out) = counted(app);
+        // Every byte is written or counted as dropped; citrusd's own lines add a little.
+        assert!(
+            written + dropped >= total && written + dropped < total + 4096,
+            "{app}: {out}"
+        );
+        eprintln!("{app}: worst disk use {worst:?}, written {written}, dropped {dropped}");
+    }
+}
+
+#[test]
+fn a_symlink_at_a_log_path_is_refused_and_reported_not_followed() {
+    let hook = crate::support::Receiver::start();
+    let d = Daemon::prepare(
+        &format!(
+            "[apps.victim]\ncommand = [\"sh\", \"-c\", \"echo app-output; echo to-err >&2; exec sleep 1000\"]\n\
+             [notify]\nwebhook = \"{}\"\n",
+            hook.url
+        ),
+        &[],
+    );
+    let logs = d.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let target = d.dir.path().join("precious");
+    std::fs::write(&target, "original\n").unwrap();
+    std::os::unix::fs::symlink(&target, logs.join("victim-out.log")).unwrap();
+    let d = d.launch();
+    d.wait_state("victim", AppState::Online);
+    // The other stream is unaffected.
+    wait_for("stderr logged", DEADLINE, || {
+        let l = d.log("victim-err.log");
+        if l.contains("to-err") {
+            Ok(())
+        } else {
+            Err(l)
+        }
+    });
+    let out = wait_for("the refusal in describe", DEADLINE, || {
+        let desc = d.ctl(&["--json", "describe", "victim"]);
+        let v: serde_json::Value = serde_json::from_str(&desc.stdout).unwrap();
+        let out = v["instances"][0]["out_log"].clone();
+        match out["bytes_dropped"].as_u64() > Some(0) {
+            true => Ok(out),
+            false => Err(out.to_string()),
+        }
+    });
+    let error = out["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("victim-out.log") && error.contains("symlink"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "original\n");
+    assert!(std::fs::symlink_metadata(logs.join("victim-out.log"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    d.ctl(&["describe", "victim"])
+        .code(0)
+        .stdout_has(&["DROPPED", "symlink"]);
+    let event = hook.wait_event("log");
+    assert!(event.to_string().contains("symlink"), "{event}");
+}
