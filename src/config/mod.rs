@@ -522,7 +522,7 @@ fn resolve_app(
         after,
         cron_restart: get!(cron_restart).cloned(),
         restart: get!(restart).copied().unwrap_or(RestartPolicy::Always),
-        max_restarts: get!(max_restarts).copied().unwrap_or(10),
+        max_restarts: get!(max_restarts).map_or(10, |n| n.0),
         min_uptime: get!(min_uptime).map_or(Duration::from_secs(10), |d| d.0),
         restart_delay: get!(restart_delay).map_or(Duration::ZERO, |d| d.0),
         exp_backoff_restart_delay: get!(exp_backoff_restart_delay).map_or(Duration::ZERO, |d| d.0),
@@ -530,7 +530,7 @@ fn resolve_app(
         kill_timeout: get!(kill_timeout).map_or(Duration::from_secs(5), |d| d.0),
         log: LogConfig {
             max_size: Some(get!(log_max_size).map_or(10 << 20, |s| s.0)).filter(|&b| b > 0),
-            keep: get!(log_keep).copied().unwrap_or(5),
+            keep: get!(log_keep).map_or(5, |n| n.0),
             max_age: Some(get!(log_max_age).map_or(Duration::from_secs(14 * 86_400), |d| d.0))
                 .filter(|age| !age.is_zero()),
             compress: get!(log_compress).copied().unwrap_or(false),

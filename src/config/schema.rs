@@ -24,8 +24,7 @@ use super::jobs::{EventKind, GlobPattern};
 use super::listen::ListenAddr;
 use super::probe::{HttpProbe, TcpProbe, WebhookUrl};
 use super::units::{
-    names, AtLeastOne, Bounded, Choice, DurationValue, Named, PositiveDuration, SignalValue,
-    SizeValue,
+    names, Bounded, Choice, DurationValue, Named, PositiveDuration, SignalValue, SizeValue,
 };
 pub(crate) use super::validate::EnvTable;
 use super::validate::{check_argv, InstanceCount};
@@ -225,14 +224,14 @@ layer!(
         after: Vec<Spanned<String>>,
         cron_restart: CronSchedule,
         restart: RestartPolicy,
-        max_restarts: u32,
+        max_restarts: Bounded<u32, 0, 1_000_000>,
         min_uptime: DurationValue,
         restart_delay: DurationValue,
         exp_backoff_restart_delay: DurationValue,
         kill_signal: SignalValue,
         kill_timeout: DurationValue,
         log_max_size: SizeValue,
-        log_keep: u32,
+        log_keep: Bounded<u32, 0, 1000>,
         log_max_age: DurationValue,
         log_compress: bool,
         log_timestamps: bool,
@@ -317,7 +316,7 @@ layer!(
         tcp: TcpProbe,
         interval: PositiveDuration,
         timeout: PositiveDuration,
-        failures: AtLeastOne,
+        failures: Bounded<u32, 1, 1000>,
     }
     check: check_health
 );
@@ -674,7 +673,7 @@ layer!(
         status_interval: PositiveDuration,
         command_timeout: PositiveDuration,
         max_frame: Bounded<u64, 1024, { 64 << 20 }>,
-        auth_max_failures: AtLeastOne,
+        auth_max_failures: Bounded<u32, 1, 100_000>,
         auth_failure_window: PositiveDuration,
         digitalocean: DigitalOceanLayer,
         install: InstallLayer,

@@ -1324,7 +1324,7 @@ fn probe_errors() {
         3,
         40,
         "apps.a.health.failures",
-        "invalid value 0: must be at least 1",
+        "invalid value 0: must be from 1 to 1000",
     );
     assert_error(
         &with_app("health = { interval = \"5s\" }\n"),
@@ -2051,5 +2051,24 @@ fn listen_errors() {
         11,
         "apps.a.listen",
         "a Unix socket path holds at most 107",
+    );
+}
+
+#[test]
+fn counts_have_an_upper_bound() {
+    let app = |line: &str| format!("[apps.a]\ncommand = \"x\"\n{line}\n");
+    assert_error(
+        &app("log_keep = 100000"),
+        3,
+        12,
+        "apps.a.log_keep",
+        "must be from 0 to 1000",
+    );
+    assert_error(
+        &app("max_restarts = 4000000000"),
+        3,
+        16,
+        "apps.a.max_restarts",
+        "must be from 0 to 1000000",
     );
 }

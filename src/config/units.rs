@@ -308,9 +308,6 @@ scalar_deserialize!(
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Bounded<T, const MIN: i64, const MAX: i64>(pub T);
 
-/// A count of at least one.
-pub(crate) type AtLeastOne = Bounded<u32, 1, { i64::MAX }>;
-
 impl<T, const MIN: i64, const MAX: i64> Bounded<T, MIN, MAX> {
     fn range() -> String {
         match MAX {
