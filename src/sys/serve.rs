@@ -390,7 +390,7 @@ pub async fn json_errors(
         return response;
     }
     let (parts, body) = response.into_parts();
-    // axum's refusals are one short line; a longer text is cut, not buffered.
+    // axum's refusals are one short line; a longer text is not buffered (the status names it).
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let text = text.trim();
