@@ -148,7 +148,43 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             )
         })
         .layer(middleware::from_fn(log_mutations))
+        .layer(middleware::from_fn(|req, next| {
+            sys::serve::json_errors(req, next, control_error)
+        }))
         .with_state(daemon)
+}
+
+/// The control API's shape for an error axum answered itself (a query, path or body it cannot
+/// decode, a wrong method): `bad_request`, or `failed` for a 5xx; 422 (a body of the wrong
+/// types) becomes 400, since 422 is `invalid_config` here.
+fn control_error(status: StatusCode, message: String) -> Response {
+    let (code, hint) = match status {
+        s if s.is_server_error() => (ErrorCode::Failed, None),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorCode::BadRequest,
+            Some("the README lists each route with its method"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            ErrorCode::BadRequest,
+            Some("send the body as JSON with `Content-Type: application/json`"),
+        ),
+        _ => (
+            ErrorCode::BadRequest,
+            Some("the README lists each route and its parameters"),
+        ),
+    };
+    let status = match status {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        s => s,
+    };
+    let body = ErrorBody {
+        error: ApiError {
+            code,
+            message,
+            hint: hint.map(str::to_string),
+        },
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Connections the control socket serves at once (lowered to a quarter of the open-files limit,
@@ -193,6 +229,9 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 pub async fn serve_metrics(listener: tokio::net::TcpListener, daemon: Arc<Daemon>) {
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .layer(middleware::from_fn(|req, next| {
+            sys::serve::json_errors(req, next, control_error)
+        }))
         .with_state(daemon);
     let limits = control_limits(METRICS_MAX_CONNECTIONS);
     sys::serve::serve(
@@ -416,11 +455,8 @@ async fn save(State(d): Shared) -> ApiResult<serde_json::Value> {
     Ok(Json(json!({ "saved": true })))
 }
 
-async fn reload_config(
-    State(d): Shared,
-    body: Option<Json<ReloadRequest>>,
-) -> ApiResult<ReloadPlan> {
-    let req = body.map(|Json(r)| r).unwrap_or_default();
+async fn reload_config(State(d): Shared, body: Bytes) -> ApiResult<ReloadPlan> {
+    let req: ReloadRequest = body_or_default(&body)?;
     Ok(Json(d.reload_config(req.dry_run).await?))
 }
 
@@ -565,11 +601,21 @@ impl futures_core::Stream for ChannelBody {
     }
 }
 
+/// The most lines `GET /v1/apps/{name}/logs` answers per file.
+pub const MAX_LOG_LINES: usize = 100_000;
+
 async fn logs(
     State(d): Shared,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, HttpError> {
+    if q.lines > MAX_LOG_LINES {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            format!("lines={} is too many: at most {MAX_LOG_LINES}", q.lines),
+            Some("ask for fewer lines, or read the log file itself (`citrusctl describe` shows its path)"),
+        ));
+    }
     let views = d.supervisor.instances(Some(&name))?;
     let mut files = Vec::new();
     for v in &views {

@@ -44,7 +44,7 @@ impl ApiError {
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "too many failed attempts from this address; retry in {} s",
+                    "too many failed attempts from this address: wrong credentials are refused for {} s more",
                     wait.as_secs().max(1)
                 ),
             )
@@ -68,6 +68,7 @@ impl ApiError {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             StatusCode::BAD_GATEWAY => "upstream_failed",
@@ -103,6 +104,16 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The engine's shape for an error axum answered itself (a query or path it cannot decode, a
+/// wrong method): see [`crate::sys::serve::json_errors`]. 422 becomes 400 (`bad_request`).
+pub fn shape_error(status: StatusCode, message: String) -> Response {
+    let status = match status {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        s => s,
+    };
+    ApiError::new(status, message).into_response()
 }
 
 impl From<StoreError> for ApiError {
@@ -147,7 +158,7 @@ async fn require_admin(
     next: Next,
 ) -> Response {
     let ip = peer.ip();
-    if let Some(wait) = engine.limiter.blocked(ip) {
+    if let Some(wait) = engine.limiter.refused(ip) {
         return ApiError::too_many(wait).into_response();
     }
     let given = request
@@ -162,8 +173,10 @@ async fn require_admin(
         }
         Some(_) => "wrong admin token",
     };
-    engine.limiter.failed(ip);
-    ApiError::new(StatusCode::UNAUTHORIZED, refusal).into_response()
+    match engine.limiter.failed(ip) {
+        Some(wait) => ApiError::too_many(wait).into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, refusal).into_response(),
+    }
 }
 
 /// A JSON body, with a clear message when it is not one.
@@ -537,7 +550,7 @@ pub(super) async fn enroll(
     Body(body): Body<EnrollBody>,
 ) -> ApiResult {
     let ip = peer.ip();
-    if let Some(wait) = engine.limiter.blocked(ip) {
+    if let Some(wait) = engine.limiter.refused(ip) {
         return Err(ApiError::too_many(wait));
     }
     let at = now();
@@ -603,7 +616,7 @@ async fn refuse_enrolment(
     status: StatusCode,
     why: String,
 ) -> ApiResult {
-    engine.limiter.failed(ip);
+    let blocked = engine.limiter.failed(ip);
     tracing::warn!(agent, %ip, "enrolment refused: {why}");
     if let Ok(Some(server)) = engine.store.server_of_agent(agent).await {
         let note = format!("enrolment refused from {ip}: {why}");
@@ -611,7 +624,10 @@ async fn refuse_enrolment(
             tracing::error!("{e}");
         }
     }
-    Err(ApiError::new(status, format!("enrolment refused: {why}")))
+    match blocked {
+        Some(wait) => Err(ApiError::too_many(wait)),
+        None => Err(ApiError::new(status, format!("enrolment refused: {why}"))),
+    }
 }
 
 /// A Unix-ms time as RFC 3339 UTC.

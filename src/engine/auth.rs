@@ -40,8 +40,15 @@ pub fn matches(secret: &str, stored: &str) -> bool {
     constant_time::verify_slices_are_equal(hash(secret).as_bytes(), stored.as_bytes()).is_ok()
 }
 
-/// Counts failed attempts per address in a fixed window; past `max`, the address is refused
-/// until the window ends.
+/// How many times `auth_max_failures` an address may fail in a window before it is refused
+/// without its credential being checked at all: the bound on guesses from one address.
+pub const HARD_FACTOR: u32 = 10;
+
+/// Counts failed attempts per address in a fixed window. Past `max` failures, a wrong credential
+/// from the address is answered 429 for the rest of the window but a right one is still accepted
+/// (so a misconfigured client does not lock out the right token or the other agents behind the
+/// same address); past `max` × [`HARD_FACTOR`], nothing from the address is checked until the
+/// window ends, which bounds guessing.
 pub struct FailureLimiter {
     max: u32,
     window: Duration,
@@ -57,28 +64,41 @@ impl FailureLimiter {
         }
     }
 
-    /// `Some(wait)` if `addr` is refused for now.
-    pub fn blocked(&self, addr: IpAddr) -> Option<Duration> {
+    /// `Some(wait)` while `addr` has `at_least` failures in its window.
+    fn over(&self, addr: IpAddr, at_least: u32) -> Option<Duration> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let &(start, count) = seen.get(&addr)?;
         let elapsed = start.elapsed();
-        (count >= self.max && elapsed < self.window).then(|| self.window - elapsed)
+        (count >= at_least && elapsed < self.window).then(|| self.window - elapsed)
     }
 
-    /// Records a failure from `addr`.
-    pub fn failed(&self, addr: IpAddr) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let entry = seen.entry(addr).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
+    /// `Some(wait)` if `addr` is refused before its credential is checked (a guessing run).
+    pub fn refused(&self, addr: IpAddr) -> Option<Duration> {
+        self.over(addr, self.max.saturating_mul(HARD_FACTOR))
+    }
+
+    /// `Some(wait)` if a wrong credential from `addr` gets 429 for now.
+    pub fn blocked(&self, addr: IpAddr) -> Option<Duration> {
+        self.over(addr, self.max)
+    }
+
+    /// Records a failure from `addr`; `Some(wait)` if the address is now [`Self::blocked`].
+    pub fn failed(&self, addr: IpAddr) -> Option<Duration> {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let entry = seen.entry(addr).or_insert((now, 0));
+            if now.duration_since(entry.0) >= self.window {
+                *entry = (now, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+            // Bound the table: forget addresses whose window is over.
+            if seen.len() > 10_000 {
+                let window = self.window;
+                seen.retain(|_, (start, _)| now.duration_since(*start) < window);
+            }
         }
-        entry.1 = entry.1.saturating_add(1);
-        // Bound the table: forget addresses whose window is over.
-        if seen.len() > 10_000 {
-            let window = self.window;
-            seen.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
+        self.blocked(addr)
     }
 }
 
@@ -106,11 +126,24 @@ mod tests {
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         for _ in 0..2 {
-            limiter.failed(a);
+            assert!(limiter.failed(a).is_none());
             assert!(limiter.blocked(a).is_none());
         }
-        limiter.failed(a);
+        assert!(limiter.failed(a).is_some());
         assert!(limiter.blocked(a).is_some());
+        assert!(
+            limiter.refused(a).is_none(),
+            "only wrong credentials are refused yet"
+        );
+        for _ in 3..29 {
+            limiter.failed(a);
+        }
+        assert!(limiter.refused(a).is_none());
+        limiter.failed(a);
+        assert!(
+            limiter.refused(a).is_some(),
+            "30 failures: nothing more is checked"
+        );
         assert!(limiter.blocked(b).is_none());
         let deadline = Instant::now() + Duration::from_secs(5);
         while limiter.blocked(a).is_some() {

@@ -226,33 +226,43 @@ async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<String, ApiError> {
     let ip = peer.ip();
-    if let Some(wait) = engine.limiter.blocked(ip) {
+    if let Some(wait) = engine.limiter.refused(ip) {
         return Err(ApiError::too_many(wait));
     }
+    // A failure counts against the address; past the limit a wrong credential gets 429.
+    let fail = |error: ApiError| match engine.limiter.failed(ip) {
+        Some(wait) => ApiError::too_many(wait),
+        None => error,
+    };
     if header(headers, HEADER_CLIENT_TYPE) != Some(CLIENT_TYPE_AGENT) {
-        engine.limiter.failed(ip);
-        return Err(ApiError::new(
+        return Err(fail(ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("missing or wrong {HEADER_CLIENT_TYPE} header: agents send `{HEADER_CLIENT_TYPE}: {CLIENT_TYPE_AGENT}`"),
-        ));
+        )));
     }
-    if let Some(version) = header(headers, HEADER_PROTOCOL) {
-        if version != PROTOCOL_VERSION.to_string() {
+    match header(headers, HEADER_PROTOCOL) {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("missing {HEADER_PROTOCOL} header: agents send `{HEADER_PROTOCOL}: {PROTOCOL_VERSION}`"),
+            ))
+        }
+        Some(version) if version.trim() != PROTOCOL_VERSION.to_string() => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("unsupported protocol version {version:?}: this engine speaks {PROTOCOL_VERSION}; update citrusd"),
             ));
         }
+        Some(_) => {}
     }
     let (Some(id), Some(key)) = (
         header(headers, HEADER_AGENT_ID),
         header(headers, HEADER_AGENT_KEY),
     ) else {
-        engine.limiter.failed(ip);
-        return Err(ApiError::new(
+        return Err(fail(ApiError::new(
             StatusCode::UNAUTHORIZED,
             format!("missing {HEADER_AGENT_ID} or {HEADER_AGENT_KEY} header"),
-        ));
+        )));
     };
     let keys = engine
         .store
@@ -260,12 +270,11 @@ async fn authenticate(
         .await
         .map_err(ApiError::internal)?;
     let refused = || {
-        engine.limiter.failed(ip);
         tracing::warn!(agent = id, %ip, "agent authentication refused");
-        ApiError::new(
+        fail(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unknown agent id or wrong agent key (enrol the agent, or check its key_file)",
-        )
+        ))
     };
     let Some(keys) = keys else {
         return Err(refused());

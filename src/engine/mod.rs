@@ -301,6 +301,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
                 "no such route; the admin API is under /admin/ (see the README)",
             )
         })
+        .layer(axum::middleware::from_fn(|req, next| {
+            crate::sys::serve::json_errors(req, next, api::shape_error)
+        }))
         .with_state(engine)
 }
 

@@ -22,6 +22,11 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot make the database file {path} private (0600): {source}")]
+    Private {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the database ({what}): {source}")]
     Open { what: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
@@ -34,6 +39,44 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// Creates the SQLite file 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` the
+/// database file's mode), and takes group and other access away from an existing one and its
+/// `-wal`/`-shm`: it holds key hashes, tokens and every host's status.
+fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = |path: &Path| -> std::io::Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o077 != 0 => {
+                let mode = meta.permissions().mode() & 0o700;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+                tracing::warn!(file = %path.display(), "the database file was readable by others; it is 0600 now");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    let error = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Private { path, source }
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(error(path))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        private(&file).map_err(error(&file))?;
+    }
+    Ok(())
+}
 
 fn ctx(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { what, source }
@@ -404,6 +447,7 @@ impl Store {
                         source,
                     })?;
                 }
+                make_private(path)?;
                 (
                     sqlite_url(path),
                     format!("SQLite file {}", path.display()),

@@ -368,3 +368,52 @@ impl HttpBody for DeadlineBody {
         self.inner.size_hint()
     }
 }
+
+/// Gives an error answer that is not JSON yet (axum's own refusals: a query, path or body it
+/// cannot decode, an unknown method, a body too large) the surface's JSON shape: `shape` gets
+/// the status and a message naming the request, and makes the answer. `Allow` and `Retry-After`
+/// are kept. Successful answers, and errors already JSON, pass untouched.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    shape: fn(axum::http::StatusCode, String) -> axum::response::Response,
+) -> axum::response::Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's refusals are one short line; a longer text is not buffered (the status names it).
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = text.trim();
+    let message = match (status, text) {
+        (axum::http::StatusCode::METHOD_NOT_ALLOWED, _) => {
+            let allow = parts
+                .headers
+                .get(axum::http::header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            format!("{method} is not allowed on {path}; it takes {allow}")
+        }
+        (_, "") => format!(
+            "{method} {path}: {}",
+            status.canonical_reason().unwrap_or("refused")
+        ),
+        (_, text) => format!("{method} {path}: {text}"),
+    };
+    let mut shaped = shape(status, message);
+    for name in [axum::http::header::ALLOW, axum::http::header::RETRY_AFTER] {
+        if let Some(value) = parts.headers.get(&name) {
+            shaped.headers_mut().insert(name, value.clone());
+        }
+    }
+    shaped
+}

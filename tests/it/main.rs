@@ -7,6 +7,7 @@ mod control;
 mod deploy;
 mod digitalocean;
 mod engine;
+mod error_shapes;
 mod fleet;
 mod git_https;
 mod https_server;
