@@ -25,6 +25,7 @@ use crate::health::events::Notifier;
 use crate::health::jobs::Jobs;
 use crate::health::sdnotify;
 use crate::state::{DirLock, StateError, StateStore};
+use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::Marker;
 use crate::supervisor::{handoff, listen};
@@ -179,8 +180,9 @@ pub async fn run(
         let handed = (socket.addr.clone(), fd);
         sockets.entry(socket.app.clone()).or_default().push(handed);
     }
+    let cgroups = Cgroups::probe(&marker.supervisor_id);
     let kept: Vec<i32> = handoff.instances.iter().map(|i| i.pid).collect();
-    let leftovers = orphans::stop_previous_run(&marker, &config, &kept).await;
+    let leftovers = orphans::stop_previous_run(&marker, &config, &kept, &cgroups).await;
     if leftovers > 0 {
         tracing::warn!(
             count = leftovers,
@@ -204,6 +206,7 @@ pub async fn run(
         log_dir: daemon_cfg.log_dir.clone(),
         notify_dir,
         events: events.clone(),
+        cgroups: cgroups.clone(),
     });
     let config_path = config.path.clone();
     let supervisor = Supervisor::new(shared, config, store, &persisted, adopt, sockets).await?;
@@ -310,6 +313,7 @@ pub async fn run(
     jobs.stop();
     server.abort();
     supervisor.shutdown().await;
+    cgroups.remove_all();
     let saved = supervisor.save();
     let _ = std::fs::remove_file(&socket_path);
     saved?;

@@ -3,13 +3,16 @@
 //! whose environment carries its supervisor marker, stops them the way their app says
 //! (`kill_signal`, `kill_timeout`, SIGKILL), and only then starts the apps again: every instance
 //! runs exactly once. Processes are addressed through pidfds after re-checking their marker, so
-//! a pid reused by an unrelated process is never signalled.
+//! a pid reused by an unrelated process is never signalled. Where instances have cgroups, the
+//! members of the previous run's cgroups are orphans too (found even without the marker), and
+//! each such cgroup ends with `cgroup.kill`.
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
+use crate::supervisor::cgroup::{Cgroups, Leaf};
 use crate::supervisor::spawn::Marker;
 use crate::sys::{self, procfs, PidFd};
 
@@ -24,25 +27,62 @@ struct Orphan {
 /// Stops every process left by a previous run of this supervisor; returns how many there were.
 /// Processes of `kept` groups (instances handed over across a re-exec) and our own children are
 /// not orphans.
-pub async fn stop_previous_run(marker: &Marker, config: &Config, kept: &[i32]) -> usize {
+pub async fn stop_previous_run(
+    marker: &Marker,
+    config: &Config,
+    kept: &[i32],
+    cgroups: &Cgroups,
+) -> usize {
     let me = std::process::id() as i32;
     let wanted = [marker.supervisor_entry()];
-    let mut orphans = Vec::new();
-    for pid in procfs::all_pids() {
-        if pid == me || !procfs::environ_contains(pid, &wanted) {
+    // The previous run's cgroups, but for those of instances handed over to us.
+    let leaves: Vec<(String, Leaf)> = cgroups
+        .leaves()
+        .into_iter()
+        .map(|(app, _, leaf)| (app, leaf))
+        .filter(|(_, leaf)| {
+            !leaf
+                .members()
+                .into_iter()
+                .filter_map(procfs::stat)
+                .any(|s| kept.contains(&s.pgrp))
+        })
+        .collect();
+    let mut candidates: Vec<(i32, Option<&str>)> = leaves
+        .iter()
+        .flat_map(|(app, leaf)| {
+            leaf.members()
+                .into_iter()
+                .map(|pid| (pid, Some(app.as_str())))
+        })
+        .collect();
+    candidates.extend(procfs::all_pids().into_iter().map(|pid| (pid, None)));
+    let mut orphans: Vec<Orphan> = Vec::new();
+    for (pid, leaf_app) in candidates {
+        if pid == me || orphans.iter().any(|o| o.pid == pid) {
+            continue;
+        }
+        if leaf_app.is_none() && !procfs::environ_contains(pid, &wanted) {
             continue;
         }
         let Ok(fd) = PidFd::open(pid) else { continue };
         // Identity re-checked after the pidfd pins the process.
         let env = procfs::environ(pid);
-        if !env.iter().any(|e| e == wanted[0].as_bytes()) {
-            continue;
-        }
-        let app = env
-            .iter()
-            .find_map(|e| e.strip_prefix(b"CITRUS_APP="))
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|name| config.apps.get(name));
+        let in_leaf = |app: &str| {
+            leaves
+                .iter()
+                .any(|(a, leaf)| a == app && leaf.members().contains(&pid))
+        };
+        let name = match leaf_app {
+            Some(app) if in_leaf(app) => Some(app),
+            Some(_) => continue,
+            None if env.iter().any(|e| e == wanted[0].as_bytes()) => env
+                .iter()
+                .find_map(|e| e.strip_prefix(b"CITRUS_APP="))
+                .and_then(|v| std::str::from_utf8(v).ok()),
+            None => continue,
+        };
+        let app = name.and_then(|name| config.apps.get(name));
         let Some(stat) = procfs::stat(pid) else {
             continue;
         };
@@ -82,6 +122,13 @@ pub async fn stop_previous_run(marker: &Marker, config: &Config, kept: &[i32]) -
             }
         }
         wait_gone(&mut orphans, Duration::from_secs(5)).await;
+    }
+    for (_, leaf) in &leaves {
+        leaf.kill();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while leaf.populated() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     count
 }

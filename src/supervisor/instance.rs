@@ -25,11 +25,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
+use super::cgroup::{Cgroups, Leaf};
 use super::kill::GroupStop;
 use super::lifecycle::{self, Counters, Decision, Policy};
 use super::listen::AppSockets;
 use super::logs::{self, LogFile, LogSettings};
-use super::reaper::{ExitStatus, Reaper};
+use super::reaper::{ExitStatus, Reaper, Spawned};
 use super::spawn::{self, Marker};
 use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
 use crate::control::{AppState, LastExit};
@@ -53,6 +54,8 @@ pub struct Shared {
     pub log_dir: PathBuf,
     pub notify_dir: PathBuf,
     pub events: Arc<Notifier>,
+    /// Where instances get their cgroups (disabled where cgroup v2 is not usable).
+    pub cgroups: Cgroups,
 }
 
 /// The published status of an instance.
@@ -185,6 +188,7 @@ impl InstanceHandle {
             pipes: None,
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let leaf = shared.cgroups.leaf(&app.name, index);
         let mut actor = Actor {
             shared,
             app,
@@ -199,6 +203,7 @@ impl InstanceHandle {
             pending: Vec::new(),
             notify: None,
             sockets,
+            leaf,
         };
         if let Some(a) = adopt {
             actor.adopt(a)?;
@@ -323,6 +328,8 @@ struct Actor {
     notify: Option<NotifyListener>,
     /// The app's listening sockets (socket activation), shared with its other instances.
     sockets: Option<Arc<AppSockets>>,
+    /// The instance's cgroup, created with the actor and reused by every run.
+    leaf: Option<Leaf>,
 }
 
 const UNKNOWN: ExitStatus = ExitStatus {
@@ -707,27 +714,19 @@ impl Actor {
         if let Some(path) = notify {
             spec.extra.push(("NOTIFY_SOCKET".into(), path));
         }
-        let spawned = match &self.sockets {
-            None => spawn::command(&spec).and_then(|mut cmd| {
-                self.shared
-                    .reaper
-                    .spawn(&mut cmd)
-                    .map_err(|e| spawn::exec_error(&self.app.command, e))
-            }),
-            Some(sockets) => match sockets.bound() {
-                Err(e) => return self.cannot_start(e.to_string(), false),
-                Ok(bound) => {
-                    spawn::activated_command(&spec, &bound).and_then(|(mut cmd, plugs)| {
-                        let spawned = self.shared.reaper.spawn(&mut cmd);
-                        drop((plugs, bound));
-                        spawned.map_err(|e| spawn::exec_error(&self.app.command, e))
-                    })
-                }
-            },
-        };
+        spec.cgroup = self.leaf.as_ref().map(|l| l.procs_path().clone());
+        let mut spawned = self.spawn_child(&spec);
+        if spawned.is_err() && self.leaf.as_ref().is_some_and(|l| !l.exists()) {
+            // The cgroup was removed behind our back (an app of the same name going away at
+            // the same moment): made again, and the spawn tried once more.
+            if let Some(leaf) = &self.leaf {
+                let _ = leaf.ensure();
+            }
+            spawned = self.spawn_child(&spec);
+        }
         let child = match spawned {
             Ok(child) => child,
-            Err(e) => return self.cannot_start(e.to_string(), e.is_resource_shortage()),
+            Err((e, shortage)) => return self.cannot_start(e, shortage),
         };
         let pipes = match (child.stdout.try_clone(), child.stderr.try_clone()) {
             (Ok(o), Ok(e)) => (o, e),
@@ -983,6 +982,28 @@ impl Actor {
         result
     }
 
+    /// Spawns the child of `spec`, with the app's sockets when it has `listen`. The error says
+    /// why, and whether it was a momentary shortage of descriptors or processes.
+    fn spawn_child(&self, spec: &spawn::Spec<'_>) -> Result<Spawned, (String, bool)> {
+        let spawned = match &self.sockets {
+            None => spawn::command(spec).and_then(|mut cmd| {
+                self.shared
+                    .reaper
+                    .spawn(&mut cmd)
+                    .map_err(|e| spawn::exec_error(&self.app.command, e))
+            }),
+            Some(sockets) => match sockets.bound() {
+                Err(e) => return Err((e.to_string(), false)),
+                Ok(bound) => spawn::activated_command(spec, &bound).and_then(|(mut cmd, plugs)| {
+                    let spawned = self.shared.reaper.spawn(&mut cmd);
+                    drop((plugs, bound));
+                    spawned.map_err(|e| spawn::exec_error(&self.app.command, e))
+                }),
+            },
+        };
+        spawned.map_err(|e| (e.to_string(), e.is_resource_shortage()))
+    }
+
     /// The stop of this instance's group `pgid` with its kill settings.
     fn group(&self, pgid: i32) -> GroupStop<'_> {
         GroupStop {
@@ -994,6 +1015,7 @@ impl Actor {
                 .instance_entries(&self.app.name, self.index),
             signal: self.app.kill_signal,
             timeout: self.app.kill_timeout,
+            cgroup: self.leaf.as_ref(),
         }
     }
 

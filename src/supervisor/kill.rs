@@ -5,12 +5,17 @@
 //! subreaper, so they are re-parented to it; they are recognised among its children by the
 //! environment marker every process of ours inherits, and signalled through a pidfd after the
 //! marker is re-checked, so a reused pid is never hit.
+//!
+//! Where the instance has a cgroup (see `cgroup`), its members stand in for the escapees (a
+//! process that cleared its environment is found too), the last step is `cgroup.kill`, and the
+//! instance is gone when its cgroup is no longer populated.
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
+use super::cgroup::Leaf;
 use super::reaper::{ExitStatus, Reaper};
 use crate::config::format_duration;
 use crate::sys::{self, procfs, PidFd};
@@ -29,12 +34,17 @@ pub struct GroupStop<'a> {
     pub marker: Vec<String>,
     pub signal: Signal,
     pub timeout: Duration,
+    /// The instance's cgroup, where it has one.
+    pub cgroup: Option<&'a Leaf>,
 }
 
 impl GroupStop<'_> {
     /// True while the group or one of its escapees is alive.
     pub fn remains(&self) -> bool {
-        sys::group_alive(self.pgid) || !self.escapees().is_empty()
+        match self.cgroup {
+            Some(leaf) => leaf.populated() || sys::group_alive(self.pgid),
+            None => sys::group_alive(self.pgid) || !self.escapees().is_empty(),
+        }
     }
 
     /// Our children that are not registered spawns, are outside the group and carry the marker.
@@ -54,6 +64,13 @@ impl GroupStop<'_> {
     fn signal_all(&self, signal: Signal) {
         if let Err(e) = sys::signal_group(self.pgid, signal) {
             tracing::warn!(pgid = self.pgid, "cannot signal group: {e}");
+        }
+        if let Some(leaf) = self.cgroup {
+            match signal {
+                Signal::SIGKILL => leaf.kill(),
+                _ => leaf.signal(signal),
+            }
+            return;
         }
         for esc in self.escapees() {
             if let Ok(fd) = PidFd::open(esc.pid) {

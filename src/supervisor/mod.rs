@@ -16,6 +16,7 @@
 //! validator ([`Config::runtime_app`]); an invalid `state.json` entry is set aside.
 
 pub mod capture;
+pub mod cgroup;
 pub mod handoff;
 pub mod instance;
 pub mod kill;
@@ -279,15 +280,20 @@ impl Supervisor {
         }
         for ((app, index), orphan) in adopt {
             tracing::warn!(app = %app, index, pid = orphan.pid, "handed-over app is gone from the config: stopping it");
+            let leaf = shared.cgroups.existing_leaf(&app, index);
             let stop = kill::GroupStop {
                 reaper: &shared.reaper,
                 pgid: orphan.pid,
                 marker: shared.marker.instance_entries(&app, index),
                 signal: nix::sys::signal::Signal::SIGTERM,
                 timeout: Duration::from_secs(5),
+                cgroup: leaf.as_ref(),
             };
             let mut exit = orphan.exit;
             let _ = stop.run(Some(&mut exit), || {}).await;
+            if let Some(leaf) = &leaf {
+                leaf.remove();
+            }
         }
         Ok(Arc::new(Supervisor {
             shared,
@@ -592,7 +598,24 @@ impl Supervisor {
                 sockets.close();
             }
         }
+        self.prune_cgroups();
         Ok(())
+    }
+
+    /// Removes the cgroups of instances no longer in the table (see `cgroup`).
+    fn prune_cgroups(&self) {
+        if !self.shared.cgroups.enabled() {
+            return;
+        }
+        let live: std::collections::HashSet<(String, u32)> = self
+            .table()
+            .apps
+            .iter()
+            .flat_map(|(name, app)| app.instances.iter().map(|h| (name.clone(), h.index)))
+            .collect();
+        self.shared
+            .cgroups
+            .prune(|app, index| live.contains(&(app.to_string(), index)));
     }
 
     /// The instances of the target (every app for `None`), in display order.
@@ -825,6 +848,7 @@ impl Supervisor {
                 h.shutdown().await;
             }
         }
+        self.prune_cgroups();
         self.memory_config.notify_one();
         let errors = self.apply(to_start, Op::Start).await;
         plan.applied = true;

@@ -62,6 +62,7 @@ pub async fn run(
         marker,
         signal: Signal::SIGTERM,
         timeout: KILL_GRACE,
+        cgroup: None,
     };
     let ended = match tokio::time::timeout(timeout, &mut exit).await {
         Ok(status) => {
