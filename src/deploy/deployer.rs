@@ -561,7 +561,6 @@ impl Deployments {
             env_file: app.env_file.as_deref(),
             env: &app.env,
             extra,
-            cgroup: None,
         };
         let label = format!("build of {} {}", d.app, d.id);
         let tail = super::journal::OUTPUT_TAIL;

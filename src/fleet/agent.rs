@@ -899,7 +899,6 @@ impl Agent {
             env_file: None,
             env: &env,
             extra: vec![self.marker.supervisor_var()],
-            cgroup: None,
         };
         let child = match spawn::command(&spec).and_then(|mut c| {
             self.reaper

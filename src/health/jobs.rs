@@ -490,7 +490,6 @@ impl Jobs {
             env_file: None,
             env,
             extra: self.marker.job_vars(&job.name),
-            cgroup: None,
         };
         let label = format!("job {}", job.name);
         match oneshot::run(&self.reaper, &spec, job.timeout, OUTPUT_TAIL, &label).await {

@@ -2,21 +2,22 @@
 //! a writable unified mount, or under systemd with `Delegate=yes`).
 //!
 //! At start citrusd creates `citrus-<supervisor id>` under its own cgroup; each instance gets a
-//! leaf `<that>/<app>.<index>`, created once and reused across restarts, which the child joins
-//! between fork and exec. A process cannot leave its cgroup without write access to the
+//! leaf `<that>/<app>.<index>`, created once and reused across restarts, into which citrusd moves
+//! each child right after spawning it. A process cannot leave its cgroup without write access to the
 //! hierarchy, so `setsid` and a cleared environment do not hide it: stop ends with `cgroup.kill`
 //! and waits until `cgroup.events` says `populated 0`. No controller is enabled: only membership
 //! and `cgroup.kill` are used. Where the hierarchy is not usable, `Cgroups` is disabled and
 //! stopping relies on the process group and the environment marker (see `kill`).
 //!
 //! Cost: the write to `cgroup.procs` takes the kernel's cgroup threadgroup lock for writing,
-//! which waits for an RCU grace period (about 10 ms measured on Linux 6.18), and it sits between
-//! fork and exec. `clone3` with `CLONE_INTO_CGROUP` creates the child in the leaf without that
-//! lock, but std's `Command` cannot use it.
+//! which waits for an RCU grace period (about 10 ms measured on Linux 6.18). Made by the child
+//! between fork and exec, it put those 10 ms into every restart (1.2 → 10 ms median), so citrusd
+//! makes it from a blocking task beside the spawn instead: the child runs at once and is in its
+//! leaf a few milliseconds later; what it forks before that is still stopped through its process
+//! group and marker. `clone3` with `CLONE_INTO_CGROUP` would create the child in the leaf
+//! directly, but std's `Command` cannot use it.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
@@ -84,7 +85,7 @@ impl Cgroups {
     /// The leaf of instance `index` of `app`, not created (it may not exist).
     pub fn existing_leaf(&self, app: &str, index: u32) -> Option<Leaf> {
         let dir = self.parent.as_ref()?.join(format!("{app}.{index}"));
-        Leaf::at(dir)
+        Some(Leaf::at(dir))
     }
 
     /// Every leaf under the supervisor's cgroup (those of a previous run included), with its
@@ -102,7 +103,7 @@ impl Cgroups {
                 let name = e.file_name().to_str()?.to_string();
                 let (app, index) = name.rsplit_once('.')?;
                 let index = index.parse::<u32>().ok()?;
-                Some((app.to_string(), index, Leaf::at(e.path())?))
+                Some((app.to_string(), index, Leaf::at(e.path())))
             })
             .collect()
     }
@@ -133,14 +134,19 @@ impl Cgroups {
 #[derive(Debug)]
 pub struct Leaf {
     dir: PathBuf,
-    /// `<dir>/cgroup.procs`, built before any fork: the child writes `0` there.
-    procs: CString,
 }
 
 impl Leaf {
-    fn at(dir: PathBuf) -> Option<Leaf> {
-        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        Some(Leaf { dir, procs })
+    fn at(dir: PathBuf) -> Leaf {
+        Leaf { dir }
+    }
+
+    /// Moves process `pid` (a child just spawned) into the cgroup, making the directory again if
+    /// it went away. Blocking: the kernel may wait for an RCU grace period (~10 ms), which is why
+    /// it is done beside the spawn, not before the child's exec.
+    pub fn adopt(&self, pid: i32) -> io::Result<()> {
+        self.ensure()?;
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
     }
 
     /// True while the directory exists.
@@ -151,11 +157,6 @@ impl Leaf {
     /// Creates the directory if it is missing.
     pub fn ensure(&self) -> io::Result<()> {
         make_dir(&self.dir)
-    }
-
-    /// The path of `cgroup.procs`, for the child to join (see `spawn`).
-    pub fn procs_path(&self) -> &CString {
-        &self.procs
     }
 
     /// The processes in the cgroup now.

@@ -188,7 +188,7 @@ impl InstanceHandle {
             pipes: None,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let leaf = shared.cgroups.leaf(&app.name, index);
+        let leaf = shared.cgroups.leaf(&app.name, index).map(Arc::new);
         let mut actor = Actor {
             shared,
             app,
@@ -329,7 +329,7 @@ struct Actor {
     /// The app's listening sockets (socket activation), shared with its other instances.
     sockets: Option<Arc<AppSockets>>,
     /// The instance's cgroup, created with the actor and reused by every run.
-    leaf: Option<Leaf>,
+    leaf: Option<Arc<Leaf>>,
 }
 
 const UNKNOWN: ExitStatus = ExitStatus {
@@ -714,17 +714,7 @@ impl Actor {
         if let Some(path) = notify {
             spec.extra.push(("NOTIFY_SOCKET".into(), path));
         }
-        spec.cgroup = self.leaf.as_ref().map(|l| l.procs_path().clone());
-        let mut spawned = self.spawn_child(&spec);
-        if spawned.is_err() && self.leaf.as_ref().is_some_and(|l| !l.exists()) {
-            // The cgroup was removed behind our back (an app of the same name going away at
-            // the same moment): made again, and the spawn tried once more.
-            if let Some(leaf) = &self.leaf {
-                let _ = leaf.ensure();
-            }
-            spawned = self.spawn_child(&spec);
-        }
-        let child = match spawned {
+        let child = match self.spawn_child(&spec) {
             Ok(child) => child,
             Err((e, shortage)) => return self.cannot_start(e, shortage),
         };
@@ -739,6 +729,16 @@ impl Actor {
             }
         };
         self.shortage_retries = 0;
+        if let Some(leaf) = self.leaf.clone() {
+            // Beside the child's start, not before its exec: joining a cgroup can take ~10 ms.
+            // Until it is in, what it forks is still stopped through its group and marker.
+            let (pid, app, index) = (child.pid, self.app.name.clone(), self.index);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = leaf.adopt(pid) {
+                    tracing::warn!(app = %app, instance = index, pid, "cannot move the instance into its cgroup: {e}");
+                }
+            });
+        }
         drain(child.stdout, self.logs.out.clone());
         drain(child.stderr, self.logs.err.clone());
         self.event(&format!(
@@ -1015,7 +1015,7 @@ impl Actor {
                 .instance_entries(&self.app.name, self.index),
             signal: self.app.kill_signal,
             timeout: self.app.kill_timeout,
-            cgroup: self.leaf.as_ref(),
+            cgroup: self.leaf.as_deref(),
         }
     }
 

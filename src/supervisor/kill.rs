@@ -6,9 +6,11 @@
 //! environment marker every process of ours inherits, and signalled through a pidfd after the
 //! marker is re-checked, so a reused pid is never hit.
 //!
-//! Where the instance has a cgroup (see `cgroup`), its members stand in for the escapees (a
-//! process that cleared its environment is found too), the last step is `cgroup.kill`, and the
-//! instance is gone when its cgroup is no longer populated.
+//! Where the instance has a cgroup (see `cgroup`), its members are signalled too (a process that
+//! cleared its environment is found there), the last step includes `cgroup.kill`, and the instance
+//! is gone only when its cgroup is no longer populated as well. The marker scan stays: a process
+//! forked in the first milliseconds, before citrusd moved the instance into its cgroup, is not
+//! in it.
 
 use std::time::Duration;
 
@@ -41,10 +43,9 @@ pub struct GroupStop<'a> {
 impl GroupStop<'_> {
     /// True while the group or one of its escapees is alive.
     pub fn remains(&self) -> bool {
-        match self.cgroup {
-            Some(leaf) => leaf.populated() || sys::group_alive(self.pgid),
-            None => sys::group_alive(self.pgid) || !self.escapees().is_empty(),
-        }
+        sys::group_alive(self.pgid)
+            || self.cgroup.is_some_and(Leaf::populated)
+            || !self.escapees().is_empty()
     }
 
     /// Our children that are not registered spawns, are outside the group and carry the marker.
@@ -70,7 +71,6 @@ impl GroupStop<'_> {
                 Signal::SIGKILL => leaf.kill(),
                 _ => leaf.signal(signal),
             }
-            return;
         }
         for esc in self.escapees() {
             if let Ok(fd) = PidFd::open(esc.pid) {

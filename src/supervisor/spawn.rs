@@ -147,8 +147,6 @@ pub struct Spec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Set last, over everything else: citrusd's own variables and markers.
     pub extra: Vec<EnvVar>,
-    /// The `cgroup.procs` file of the cgroup the child joins before exec (see `cgroup`).
-    pub cgroup: Option<CString>,
 }
 
 impl<'a> Spec<'a> {
@@ -164,7 +162,6 @@ impl<'a> Spec<'a> {
             env_file: app.env_file.as_deref(),
             env: &app.env,
             extra,
-            cgroup: None,
         }
     }
 }
@@ -218,17 +215,11 @@ fn prepare(spec: &Spec<'_>) -> Result<(Command, Vec<(OsString, OsString)>), Spaw
     }
     let ids = identity.map(|id| (id.uid, id.gid, id.groups));
     let fd_limit = crate::sys::app_fd_limit();
-    let cgroup = spec.cgroup.clone();
     // SAFETY: the closure runs in the child between fork and exec, so it may only make
-    // async-signal-safe calls: open, write, close, setsid, setrlimit, setgroups, setgid and setuid
-    // are plain syscalls, and every value it uses (the cgroup path, the id vector, the limit) was
-    // built before the fork and is only read. The cgroup is joined first, while the child still
-    // has citrusd's rights over it.
+    // async-signal-safe calls: setsid, setrlimit, setgroups, setgid and setuid are plain syscalls,
+    // and every value it uses (the id vector, the limit) was built before the fork and is only read.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(procs) = &cgroup {
-                join_cgroup(procs)?;
-            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -247,25 +238,6 @@ fn prepare(spec: &Spec<'_>) -> Result<(Command, Vec<(OsString, OsString)>), Spaw
         });
     }
     Ok((cmd, env))
-}
-
-/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writes `0`).
-/// Async-signal-safe: only open, write and close; nothing allocates.
-fn join_cgroup(procs: &CString) -> std::io::Result<()> {
-    // SAFETY: `procs` is a NUL-terminated path; open returns a new fd or -1.
-    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: writes one byte from a static buffer to the fd just opened, then closes it.
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-    let error = std::io::Error::last_os_error();
-    // SAFETY: `fd` was opened above and is closed once.
-    unsafe { libc::close(fd) };
-    if written < 0 {
-        return Err(error);
-    }
-    Ok(())
 }
 
 /// The command of an instance of an app with `listen` (socket activation): as [`command`], plus

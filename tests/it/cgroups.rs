@@ -11,11 +11,15 @@ use nix::sys::signal::Signal;
 
 use crate::support::{wait_for, with_daemon_table, Daemon, DEADLINE};
 
-/// The app: a child that calls setsid and re-executes itself as `sleep` with an empty
-/// environment (no marker), then the leader becomes a sleeper too.
+/// The app: once citrusd has moved it into its cgroup (a few milliseconds after the spawn), a
+/// child that calls setsid and re-executes itself as `sleep` with an empty environment (no
+/// marker), then the leader becomes a sleeper too.
 const ESCAPER: &str = r#"[apps.esc]
 command = ["/usr/bin/python3", "-c", '''
-import os
+import os, time
+deadline = time.monotonic() + 10
+while not open("/proc/self/cgroup").read().rstrip().endswith("/esc.0") and time.monotonic() < deadline:
+    time.sleep(0.01)
 pid = os.fork()
 if pid == 0:
     os.setsid()
