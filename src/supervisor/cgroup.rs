@@ -19,10 +19,15 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::OnceLock;
 
 use nix::sys::signal::Signal;
 
 use crate::sys::PidFd;
+
+/// Moves waiting for the mover thread at most; one is queued per spawn.
+const MOVES_QUEUED: usize = 4096;
 
 /// The cgroup of one supervisor, or nothing where cgroup v2 is not usable.
 #[derive(Clone, Debug, Default)]
@@ -142,11 +147,39 @@ impl Leaf {
     }
 
     /// Moves process `pid` (a child just spawned) into the cgroup, making the directory again if
-    /// it went away. Blocking: the kernel may wait for an RCU grace period (~10 ms), which is why
-    /// it is done beside the spawn, not before the child's exec.
-    pub fn adopt(&self, pid: i32) -> io::Result<()> {
-        self.ensure()?;
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+    /// it went away. Blocking: the kernel may wait for an RCU grace period (~10 ms).
+    fn adopt(dir: &Path, pid: i32) -> io::Result<()> {
+        make_dir(dir)?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+    }
+
+    /// Has process `pid` moved into the cgroup by citrusd's one mover thread, beside the spawn
+    /// rather than before the child's exec; `label` names it in a failure's log line.
+    pub fn adopt_soon(&self, pid: i32, label: String) {
+        static MOVER: OnceLock<Option<SyncSender<(PathBuf, i32, String)>>> = OnceLock::new();
+        let mover = MOVER.get_or_init(|| {
+            let (tx, rx) = sync_channel::<(PathBuf, i32, String)>(MOVES_QUEUED);
+            let spawned = std::thread::Builder::new()
+                .name("cgroup-mover".into())
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    for (dir, pid, label) in rx {
+                        if let Err(e) = Leaf::adopt(&dir, pid) {
+                            tracing::warn!(pid, "cannot move {label} into its cgroup: {e}");
+                        }
+                    }
+                });
+            spawned.ok().map(|_| tx)
+        });
+        let queued = mover
+            .as_ref()
+            .is_some_and(|tx| tx.try_send((self.dir.clone(), pid, label.clone())).is_ok());
+        if !queued {
+            tracing::warn!(
+                pid,
+                "cannot move {label} into its cgroup: the mover is not running or is full"
+            );
+        }
     }
 
     /// True while the directory exists.
@@ -190,13 +223,25 @@ impl Leaf {
     /// Sends `signal` to every member, each through a pidfd after its membership is re-checked
     /// (a pid reused by another process is never hit).
     pub fn signal(&self, signal: Signal) {
+        self.signal_outside(signal, None);
+    }
+
+    /// Sends `signal` to every member not in process group `pgid` (those got it from the group
+    /// signal already: a second one would run a shell's trap twice); returns the pids signalled.
+    pub fn signal_outside(&self, signal: Signal, pgid: Option<i32>) -> Vec<i32> {
+        let mut signalled = Vec::new();
         for pid in self.members() {
+            let in_group = pgid.is_some() && crate::sys::procfs::stat(pid).map(|s| s.pgrp) == pgid;
+            if in_group {
+                continue;
+            }
             if let Ok(fd) = PidFd::open(pid) {
-                if self.contains(pid) {
-                    let _ = fd.send_signal(signal);
+                if self.contains(pid) && fd.send_signal(signal).is_ok() {
+                    signalled.push(pid);
                 }
             }
         }
+        signalled
     }
 
     /// Kills every member at once (`cgroup.kill`, Linux ≥ 5.14; SIGKILL to each member before).

@@ -188,7 +188,7 @@ impl InstanceHandle {
             pipes: None,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let leaf = shared.cgroups.leaf(&app.name, index).map(Arc::new);
+        let leaf = shared.cgroups.leaf(&app.name, index);
         let mut actor = Actor {
             shared,
             app,
@@ -329,7 +329,7 @@ struct Actor {
     /// The app's listening sockets (socket activation), shared with its other instances.
     sockets: Option<Arc<AppSockets>>,
     /// The instance's cgroup, created with the actor and reused by every run.
-    leaf: Option<Arc<Leaf>>,
+    leaf: Option<Leaf>,
 }
 
 const UNKNOWN: ExitStatus = ExitStatus {
@@ -729,15 +729,13 @@ impl Actor {
             }
         };
         self.shortage_retries = 0;
-        if let Some(leaf) = self.leaf.clone() {
+        if let Some(leaf) = &self.leaf {
             // Beside the child's start, not before its exec: joining a cgroup can take ~10 ms.
             // Until it is in, what it forks is still stopped through its group and marker.
-            let (pid, app, index) = (child.pid, self.app.name.clone(), self.index);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = leaf.adopt(pid) {
-                    tracing::warn!(app = %app, instance = index, pid, "cannot move the instance into its cgroup: {e}");
-                }
-            });
+            leaf.adopt_soon(
+                child.pid,
+                format!("{} instance {}", self.app.name, self.index),
+            );
         }
         drain(child.stdout, self.logs.out.clone());
         drain(child.stderr, self.logs.err.clone());
@@ -1015,7 +1013,7 @@ impl Actor {
                 .instance_entries(&self.app.name, self.index),
             signal: self.app.kill_signal,
             timeout: self.app.kill_timeout,
-            cgroup: self.leaf.as_deref(),
+            cgroup: self.leaf.as_ref(),
         }
     }
 

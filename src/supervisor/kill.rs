@@ -66,13 +66,18 @@ impl GroupStop<'_> {
         if let Err(e) = sys::signal_group(self.pgid, signal) {
             tracing::warn!(pgid = self.pgid, "cannot signal group: {e}");
         }
-        if let Some(leaf) = self.cgroup {
-            match signal {
-                Signal::SIGKILL => leaf.kill(),
-                _ => leaf.signal(signal),
+        let signalled = match self.cgroup {
+            Some(leaf) if signal == Signal::SIGKILL => {
+                leaf.kill();
+                Vec::new()
             }
-        }
+            Some(leaf) => leaf.signal_outside(signal, Some(self.pgid)),
+            None => Vec::new(),
+        };
         for esc in self.escapees() {
+            if signalled.contains(&esc.pid) {
+                continue;
+            }
             if let Ok(fd) = PidFd::open(esc.pid) {
                 if procfs::environ_contains(esc.pid, &self.marker) {
                     let _ = fd.send_signal(signal);
