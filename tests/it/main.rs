@@ -8,6 +8,7 @@ mod deploy;
 mod digitalocean;
 mod engine;
 mod fleet;
+mod fuzz;
 mod git_https;
 mod https_server;
 mod hub;
