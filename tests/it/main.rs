@@ -10,6 +10,7 @@ mod digitalocean;
 mod engine;
 mod error_shapes;
 mod fleet;
+mod fuzz;
 mod git_https;
 mod https_server;
 mod hub;
