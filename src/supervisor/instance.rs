@@ -788,33 +788,28 @@ impl Actor {
     /// descriptors or processes (`shortage`) is not the app's fault: `backoff`, and the spawn is
     /// retried after [`lifecycle::shortage_delay`].
     fn cannot_start(&mut self, msg: String, shortage: bool) -> Result<(), String> {
-        if shortage {
+        let (state, error) = if shortage {
             self.shortage_retries = self.shortage_retries.saturating_add(1);
             let delay = lifecycle::shortage_delay(self.shortage_retries);
+            self.backoff_until = Some(Instant::now() + delay);
             let msg = format!("cannot start: {msg}; retrying in {}", human(delay));
             tracing::warn!(app = %self.app.name, instance = self.index, "{msg}");
             self.event(&msg);
-            self.backoff_until = Some(Instant::now() + delay);
-            self.set(|s| {
-                s.state = AppState::Backoff;
-                s.pid = None;
-                s.since = None;
-                s.last_error = Some(msg.clone());
-            });
-            self.fail_pending(&msg);
-            return Err(msg);
-        }
-        tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {msg}");
-        self.event(&format!("cannot start: {msg}"));
-        self.report(EventKind::Errored, &format!("cannot start: {msg}"));
+            (AppState::Backoff, msg)
+        } else {
+            tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {msg}");
+            self.event(&format!("cannot start: {msg}"));
+            self.report(EventKind::Errored, &format!("cannot start: {msg}"));
+            (AppState::Errored, msg)
+        };
         self.set(|s| {
-            s.state = AppState::Errored;
+            s.state = state;
             s.pid = None;
             s.since = None;
-            s.last_error = Some(msg.clone());
+            s.last_error = Some(error.clone());
         });
-        self.fail_pending(&msg);
-        Err(msg)
+        self.fail_pending(&error);
+        Err(error)
     }
 
     /// Ready: `online`, waiting callers answered, liveness checks and watchdog armed.
