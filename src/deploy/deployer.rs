@@ -207,9 +207,9 @@ impl Deployments {
             (_, None) => None,
         };
         let mut running = self.running();
-        self.check_idle(app, &running)?;
-        let releases = deploy.releases();
         let existing = self.journal.list(app);
+        check_idle(app, &running, &existing)?;
+        let releases = deploy.releases();
         let id =
             release::new_id(|id| releases.join(id).exists() || existing.iter().any(|d| d.id == id));
         let d = Deployment::new(id, app, git_ref, operation);
@@ -221,28 +221,6 @@ impl Deployments {
         self.publish(&d);
         tokio::spawn(self.handle().drive(d.clone()));
         Ok(d)
-    }
-
-    /// Refuses while `app` has a deployment in flight or one waiting to be resumed.
-    fn check_idle(
-        &self,
-        app: &str,
-        running: &HashMap<String, watch::Sender<Deployment>>,
-    ) -> Result<(), DeployError> {
-        let busy = running.get(app).map(|tx| tx.borrow().clone()).or_else(|| {
-            self.journal
-                .list(app)
-                .into_iter()
-                .find(|d| !d.phase.is_final())
-        });
-        match busy {
-            Some(d) => Err(DeployError::Busy {
-                app: app.into(),
-                id: d.id,
-                phase: d.phase,
-            }),
-            None => Ok(()),
-        }
     }
 
     fn handle(&self) -> Arc<Deployments> {
@@ -296,7 +274,8 @@ impl Deployments {
     /// start, everything left by the previous citrusd; later (`stuck_only`), those untouched
     /// for [`STUCK_AFTER`]. Returns how many were taken up.
     pub fn resume(&self, stuck_only: bool) -> usize {
-        let apps: Vec<String> = self.supervisor.config().apps.keys().cloned().collect();
+        // Only apps with a journal: one directory read, not one per app.
+        let apps = self.journal.apps();
         let now = crate::sys::now_ms();
         let mut resumed = 0;
         for app in apps {
@@ -473,11 +452,8 @@ impl Deployments {
             return d.end(Phase::Failed, error, output);
         };
         let back = {
-            let deploy = Arc::new(deploy.clone());
-            let previous = previous.clone();
-            tokio::task::spawn_blocking(move || release::switch(&deploy, &previous))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            let (deploy, previous) = (deploy.clone(), previous.clone());
+            blocking_io(move || release::switch(&deploy, &previous)).await
         };
         let mut error = format!("{error}; rolled back to {previous}");
         match back {
@@ -696,7 +672,7 @@ impl Deployments {
         };
         let mut d = {
             let mut running = self.running();
-            self.check_idle(app, &running)?;
+            check_idle(app, &running, &records)?;
             let id = release::new_id(|id| records.iter().any(|d| d.id == id));
             let mut d = Deployment::new(id, app, None, None);
             d.kind = Kind::Rollback;
@@ -797,6 +773,36 @@ impl Deployments {
     }
 }
 
+/// Refuses while `app` has a deployment in flight (in `running`) or one waiting to be resumed
+/// (in its journal `records`).
+fn check_idle(
+    app: &str,
+    running: &HashMap<String, watch::Sender<Deployment>>,
+    records: &[Deployment],
+) -> Result<(), DeployError> {
+    let busy = running
+        .get(app)
+        .map(|tx| tx.borrow().clone())
+        .or_else(|| records.iter().find(|d| !d.phase.is_final()).cloned());
+    match busy {
+        Some(d) => Err(DeployError::Busy {
+            app: app.into(),
+            id: d.id,
+            phase: d.phase,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs blocking file-system work off the event loop.
+async fn blocking_io<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+}
+
 /// Fetches `source` into `dir` (emptied first); returns the commit (git) and a summary line.
 fn fetch(
     deploy: &DeployConfig,
@@ -887,16 +893,15 @@ async fn link_shared(deploy: &DeployConfig, dir: &Path) -> PhaseResult {
         return Ok(String::new());
     }
     let (deploy, dir) = (deploy.clone(), dir.to_path_buf());
-    tokio::task::spawn_blocking(move || release::link_shared(&deploy, &dir))
+    blocking_io(move || release::link_shared(&deploy, &dir))
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         .map_err(|e| PhaseFailure::new(format!("cannot link the shared paths: {e}")))
 }
 
 /// `creating_symlinks`: `current` switched to `id`, unless it already points there.
 async fn switch(deploy: &DeployConfig, id: &str) -> PhaseResult {
     let (deploy, id) = (deploy.clone(), id.to_owned());
-    tokio::task::spawn_blocking(move || {
+    blocking_io(move || {
         if release::current(&deploy)?.as_deref() == Some(id.as_str()) {
             return Ok(format!("current already -> releases/{id}"));
         }
@@ -906,7 +911,6 @@ async fn switch(deploy: &DeployConfig, id: &str) -> PhaseResult {
         release::switch(&deploy, &id).map(|()| format!("current -> releases/{id}"))
     })
     .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
     .map_err(|e| PhaseFailure::new(format!("cannot switch current: {e}")))
 }
 

@@ -201,6 +201,17 @@ impl Journal {
         write_atomic(&path, &json, 0o600).map_err(err("write", &path))
     }
 
+    /// The apps that have records.
+    pub fn apps(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
     /// Every deployment of `app`, newest first. Unreadable records are logged and skipped.
     pub fn list(&self, app: &str) -> Vec<Deployment> {
         let dir = self.app_dir(app);
@@ -265,6 +276,7 @@ mod tests {
         assert_eq!(list[0].phases[1].output, "fetched");
         assert!(list[1].ended_ms.is_some() && list[0].ended_ms.is_none());
         assert!(journal.list("other").is_empty());
+        assert_eq!(journal.apps(), ["web"]);
         let json: serde_json::Value = serde_json::to_value(&b).unwrap();
         for key in [
             "id",
