@@ -29,10 +29,10 @@ use super::update::PendingUpdate;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
 use crate::deploy::{Deployment, Deployments};
 use crate::state::write_atomic;
-use crate::supervisor::capture::OutputTail;
 use crate::supervisor::handoff;
+use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::reaper::Reaper;
-use crate::supervisor::spawn::{self, Marker, Spec};
+use crate::supervisor::spawn::{Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
 use crate::sys::now_ms;
 
@@ -40,6 +40,8 @@ use crate::sys::now_ms;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Output kept in a report: the last 64 KiB.
 const OUTPUT_TAIL: usize = 64 * 1024;
+/// A site command (`[fleet.sites]`) still running after this is stopped and fails.
+const SITE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What `citrusctl fleet` shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -887,7 +889,8 @@ impl Agent {
         });
     }
 
-    /// Runs an argv (no shell) to completion; returns success, the last 64 KiB of output and an error.
+    /// Runs an argv (no shell) to completion, at most [`SITE_TIMEOUT`]; returns success, the last
+    /// 64 KiB of output and an error.
     async fn run_argv(&self, argv: &[String]) -> (bool, String, Option<String>) {
         let env = std::collections::BTreeMap::new();
         let inherit = vec!["PATH".to_string()];
@@ -900,24 +903,17 @@ impl Agent {
             env: &env,
             extra: vec![self.marker.supervisor_var()],
         };
-        let child = match spawn::command(&spec).and_then(|mut c| {
-            self.reaper
-                .spawn(&mut c)
-                .map_err(|e| spawn::exec_error(argv, e))
-        }) {
-            Ok(c) => c,
-            Err(e) => return (false, String::new(), Some(e.to_string())),
+        let done =
+            match oneshot::run(&self.reaper, &spec, SITE_TIMEOUT, OUTPUT_TAIL, &argv[0]).await {
+                Ok(done) => done,
+                Err(e) => return (false, String::new(), Some(e.to_string())),
+            };
+        let error = match &done.ended {
+            Ended::Exited(s) if s.success() => None,
+            Ended::Exited(s) => Some(format!("{} exited with {s}", argv[0])),
+            Ended::TimedOut(msg) => Some(format!("{} was {msg}", argv[0])),
         };
-        let tail = OutputTail::new(OUTPUT_TAIL);
-        let readers = tail.capture([child.stdout, child.stderr]);
-        let status = child.exit.await.ok();
-        readers.finish(Duration::from_secs(5)).await;
-        let output = tail.text();
-        match status {
-            Some(s) if s.success() => (true, output, None),
-            Some(s) => (false, output, Some(format!("{} exited with {s}", argv[0]))),
-            None => (false, output, Some(format!("{} vanished", argv[0]))),
-        }
+        (error.is_none(), done.output, error)
     }
 
     fn handle(&self) -> Arc<Agent> {
