@@ -337,7 +337,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
         any::<f64>().prop_map(|f| json!(f)),
-        proptest::sample::select(JSON_WORDS).prop_map(|s| json!(s)),
+        proptest::sample::select(json_words()).prop_map(|s| json!(s)),
         piece().prop_map(Value::String),
     ];
     leaf.prop_recursive(3, 16, 4, |inner| {
@@ -372,20 +372,13 @@ const JSON_KEYS: &[&str] = &[
     "commitId",
 ];
 
-/// String values those keys take, valid and not.
+/// String values those keys take, valid and not; [`json_words`] adds the command types.
 const JSON_WORDS: &[&str] = &[
     "",
     "web",
     "all",
     "../../x",
     "a\u{0}b",
-    "create_site",
-    "delete_site",
-    "rotate_key",
-    "update_agent",
-    "rollback_agent",
-    "app_control",
-    "deploy_app",
     "start",
     "stop",
     "restart",
@@ -412,6 +405,12 @@ const JSON_WORDS: &[&str] = &[
     "20261206T042200123Z",
 ];
 
+/// [`JSON_WORDS`] and every engine command type.
+fn json_words() -> Vec<&'static str> {
+    let types = citrus::fleet::protocol::EngineMessage::TYPES;
+    JSON_WORDS.iter().chain(types).copied().collect()
+}
+
 /// One structural edit of a JSON seed, at the `Index`-th node in document order.
 #[derive(Clone, Debug)]
 enum JsonEdit {
@@ -428,7 +427,7 @@ fn json_edit() -> impl Strategy<Value = JsonEdit> {
     prop_oneof![
         3 => (any::<Index>(), proptest::collection::vec(edit(), 1..=3))
             .prop_map(|(at, edits)| JsonEdit::Text(at, edits)),
-        3 => (any::<Index>(), proptest::sample::select(JSON_WORDS))
+        3 => (any::<Index>(), proptest::sample::select(json_words()))
             .prop_map(|(at, w)| JsonEdit::Word(at, w)),
         3 => (any::<Index>(), json_value()).prop_map(|(at, v)| JsonEdit::Replace(at, v)),
         1 => any::<Index>().prop_map(JsonEdit::Remove),
