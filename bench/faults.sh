@@ -3,7 +3,7 @@
 #
 # Usage: bench/faults.sh [--quick] [--help]
 #
-#   --quick            leaves out the slow cases (the connection floods, ~40 s each).
+#   --quick            leaves out the heavy cases (the connection floods: 3000 sockets each).
 #   BENCH_FAULTS_ONLY  run only the cases whose test name contains this text.
 #   CARGO_TARGET_DIR   respected (cargo's own variable).
 #
@@ -29,6 +29,7 @@ CASES=(
     "disk full|state dir full: stop, stop all, delete, start --name refused whole|app_validation::commands_whose_state_write_fails_change_nothing|"
     "disk full|deploy root full: the deployment fails, current untouched|deploy::a_full_disk_fails_the_deployment_and_leaves_current_alone|"
     "read-only dirs|state and log dirs turn read-only under citrusd: commands refused whole, apps run, rotation drops and counts, all works again after|faults::read_only_state_and_log_dirs_refuse_changes_whole_and_lose_nothing|"
+    "read-only dirs|state or log dir read-only from the start: refused in one line naming the file|faults::dirs_read_only_from_the_start_are_refused_in_one_line|"
     "read-only dirs|reload-config with a log file that cannot be opened: nothing applied|faults::a_reload_that_cannot_open_a_log_file_changes_nothing|"
     "EMFILE spawn|no descriptor left (pipes, env_file, user lookup): backoff, then online by itself|faults::a_spawn_without_descriptors_backs_off_and_recovers_by_itself|"
     "connection flood|3000 half-sent requests on the control socket (nofile 1024)|connections::half_sent_requests_neither_starve_citrusd_nor_stay|slow"

@@ -1,7 +1,7 @@
-//! Partial failures (issue 10): state and log dirs that turn read-only under a running citrusd,
-//! a spawn with no descriptor left, and a `reload-config` that cannot open a log file. Each
-//! refused change is refused whole, the apps keep running, and everything works again once the
-//! fault is gone.
+//! Partial failures (issue 10): state and log dirs that turn read-only under a running citrusd
+//! (or are read-only from its start), a spawn with no descriptor left, and a `reload-config`
+//! that cannot open a log file. Each refused change is refused whole, the apps keep running, and
+//! everything works again once the fault is gone.
 
 use std::fs;
 
@@ -9,7 +9,7 @@ use citrus::control::{AppState, AppStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::{wait_for, with_daemon_table, Daemon, Tmpfs, DEADLINE};
+use crate::support::{citrusd_once, wait_for, with_daemon_table, Daemon, Tmpfs, DEADLINE};
 
 /// `(pid, state)` of every app, by name: what must not change when a command is refused.
 fn snapshot(d: &Daemon) -> Vec<(String, Option<u32>, AppState)> {
@@ -159,6 +159,39 @@ fn read_only_state_and_log_dirs_refuse_changes_whole_and_lose_nothing() {
         serde_json::from_str(&fs::read_to_string(&state_file).unwrap()).unwrap();
     let persisted: Vec<&String> = state["apps"].as_object().unwrap().keys().collect();
     assert_eq!(persisted, ["chatty", "late", "newcomer"]);
+}
+
+#[test]
+fn dirs_read_only_from_the_start_are_refused_in_one_line() {
+    // citrusd holds no directory open across operations: state and log files are opened by
+    // path, so a read-only mount is seen at once, at start as later. At start it refuses to run
+    // without its lock file or its apps' logs, naming the file, once.
+    let d = Daemon::prepare(SLEEPER, &[]);
+    let Some(state) = Tmpfs::mount(&d.dir.path().join("state"), "1m") else {
+        return;
+    };
+    let Some(logs) = Tmpfs::mount(&d.dir.path().join("logs"), "1m") else {
+        return;
+    };
+    let read_only = state.read_only();
+    let run = citrusd_once(d.dir.path(), &d.config);
+    run.code(1)
+        .stderr_has(&["cannot open", "state/citrusd.lock", "Read-only file system"]);
+    assert_eq!(
+        run.stderr.matches("Read-only file system").count(),
+        1,
+        "{run:?}"
+    );
+    drop(read_only);
+    let read_only = logs.read_only();
+    let run = citrusd_once(d.dir.path(), &d.config);
+    run.code(1).stderr_has(&[
+        "api: cannot open log file",
+        "logs/api-out.log",
+        "Read-only file system",
+    ]);
+    assert!(d.marked(Some("api")).is_empty(), "no app was started");
+    drop(read_only);
 }
 
 /// Sets `pid`'s soft open-files limit (the hard one stays); returns the previous soft limit.
