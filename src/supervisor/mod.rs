@@ -387,6 +387,7 @@ impl Supervisor {
         ))
     }
 
+    /// The app, its instance actors started: one per (log files, child to take back).
     fn assemble(
         shared: &Arc<Shared>,
         config: Arc<AppConfig>,
