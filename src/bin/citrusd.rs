@@ -57,10 +57,26 @@ fn main() -> ExitCode {
     match run(config, args.env, socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("citrusd: {e:#}");
+            eprintln!("citrusd: {}", explain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause the text already says (the
+/// library's errors name their source in their own message).
+fn explain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(config: Config, env: Option<String>, socket: PathBuf) -> anyhow::Result<()> {

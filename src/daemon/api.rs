@@ -320,11 +320,8 @@ async fn action(
     reply(&d, &names)
 }
 
-async fn add_app(
-    State(d): Shared,
-    body: Result<Json<AddApp>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<ActionReply> {
-    let Json(req) = body.map_err(|e| HttpError::new(ErrorCode::BadRequest, e.body_text(), None))?;
+async fn add_app(State(d): Shared, body: Bytes) -> ApiResult<ActionReply> {
+    let req: AddApp = decode_body(&body)?;
     let names = d.supervisor.add(req).await?;
     reply(&d, &names)
 }
@@ -334,17 +331,12 @@ async fn delete_app(State(d): Shared, Path(name): Path<String>) -> ApiResult<Act
     Ok(Json(ActionReply { apps: Vec::new() }))
 }
 
-/// A JSON body that may be empty (the default then).
-fn body_or_default<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        HttpError::new(
-            ErrorCode::BadRequest,
-            format!("invalid request body: {e}"),
-            None,
-        )
+/// Every request body: one JSON object, an empty body being `{}` (see
+/// [`sys::serve::json_object`]).
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    sys::serve::json_object(body).map_err(|message| {
+        let hint = Some("the README lists each route and its body");
+        HttpError::new(ErrorCode::BadRequest, message, hint)
     })
 }
 
@@ -353,7 +345,7 @@ async fn deploy(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let req: DeployRequest = body_or_default(&body)?;
+    let req: DeployRequest = decode_body(&body)?;
     let deployment = d.deploys.start(&name, req.git_ref, None)?;
     Ok((StatusCode::ACCEPTED, Json(DeploymentReply { deployment })).into_response())
 }
@@ -417,7 +409,7 @@ async fn rollback(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<DeploymentReply> {
-    let req: RollbackRequest = body_or_default(&body)?;
+    let req: RollbackRequest = decode_body(&body)?;
     let deployment = d.deploys.rollback(&name, req.to).await?;
     Ok(Json(DeploymentReply { deployment }))
 }
@@ -456,7 +448,7 @@ async fn save(State(d): Shared) -> ApiResult<serde_json::Value> {
 }
 
 async fn reload_config(State(d): Shared, body: Bytes) -> ApiResult<ReloadPlan> {
-    let req: ReloadRequest = body_or_default(&body)?;
+    let req: ReloadRequest = decode_body(&body)?;
     Ok(Json(d.reload_config(req.dry_run).await?))
 }
 

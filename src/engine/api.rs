@@ -179,7 +179,8 @@ async fn require_admin(
     }
 }
 
-/// A JSON body, with a clear message when it is not one.
+/// A JSON object body (an empty one is `{}`), with a clear message when it is not one (see
+/// [`crate::sys::serve::json_object`]).
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
@@ -188,14 +189,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-            axum::body::Bytes::from_static(b"{}")
-        } else {
-            bytes
-        };
-        serde_json::from_slice(&bytes)
+        crate::sys::serve::json_object(&bytes)
             .map(Body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            .map_err(ApiError::bad_request)
     }
 }
 

@@ -937,6 +937,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn create_site_floats_survive_parse_and_serialise_exactly() {
+        // Without serde_json's `float_roundtrip` the first came back as 1.0 and the second as
+        // 9007199254740994.0.
+        for written in [
+            "0.9999999999999999",
+            "9007199254740993.0",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            let want: f64 = written.parse().unwrap();
+            let frame = format!(
+                r#"{{"type":"create_site","id":"f","domain":"a.com","options":{{"x":{written}}}}}"#
+            );
+            let mut text = frame;
+            // Engine side and agent side: parse, serialise, parse again.
+            for _ in 0..2 {
+                let message = parse_engine(&text).unwrap();
+                let EngineMessage::CreateSite { options, .. } = &message else {
+                    panic!("{text}");
+                };
+                let got = options.as_ref().unwrap()["x"].as_f64().unwrap();
+                assert_eq!(got.to_bits(), want.to_bits(), "{written} became {got}");
+                text = serde_json::to_string(&message).unwrap();
+            }
+        }
+    }
+
     fn reply_value(err: &ProtocolError) -> Value {
         to_value(&err.reply())
     }

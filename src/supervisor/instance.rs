@@ -89,11 +89,77 @@ pub struct Adoption {
     pub memory_restarts: u32,
 }
 
+/// An [`Adoption`] whose pipes are ready for its instance (see [`Adoption::prepare`]).
+pub struct Adopted {
+    child: Adoption,
+    /// Duplicates of the pipes, kept for a later handoff.
+    pipes: (OwnedFd, OwnedFd),
+}
+
+impl Adoption {
+    /// The part of taking the child back that can fail: its pipes made close-on-exec again (the
+    /// handoff cleared it, and later children must not inherit them) and duplicated.
+    pub fn prepare(self) -> io::Result<Adopted> {
+        for fd in [&self.out, &self.err] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+        }
+        let pipes = (self.out.try_clone()?, self.err.try_clone()?);
+        Ok(Adopted { child: self, pipes })
+    }
+}
+
 /// The out and err log files of an instance.
 #[derive(Clone)]
 pub struct InstanceLogs {
     pub out: Arc<Mutex<LogFile>>,
     pub err: Arc<Mutex<LogFile>>,
+}
+
+/// A log file of an instance that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open log file {}: {source}", .path.display())]
+pub struct LogOpenError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl InstanceLogs {
+    /// Opens the out and err logs of instance `index` of `app` (see [`log_paths`]). A log path
+    /// that is a symlink is no error: that log starts closed, refused, and raises a `log` event.
+    pub fn open(
+        shared: &Shared,
+        app: &AppConfig,
+        index: u32,
+    ) -> Result<InstanceLogs, LogOpenError> {
+        let (out, err) = log_paths(&shared.log_dir, app, index);
+        let settings = log_settings(app);
+        let open = |path: PathBuf| match LogFile::open(path.clone(), settings.clone()) {
+            Ok(log) => Ok(Arc::new(Mutex::new(log))),
+            Err(source) => Err(LogOpenError { path, source }),
+        };
+        let logs = InstanceLogs {
+            out: open(out)?,
+            err: open(err)?,
+        };
+        for log in [&logs.out, &logs.err] {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = log.last_error().filter(|_| log.refused()) {
+                let who = event_name(app, index);
+                shared.events.emit(EventKind::Log, Some(&who), &why);
+            }
+        }
+        Ok(logs)
+    }
+
+    /// The path of the out log (the err log is beside it).
+    pub fn out_path(&self) -> PathBuf {
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.path().to_path_buf()
+    }
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -152,26 +218,23 @@ fn closed() -> String {
 }
 
 impl InstanceHandle {
-    /// Opens the instance's logs and starts its actor (idle: nothing runs until `start`).
-    /// `sockets` are the app's listening sockets, if it has `listen`.
+    /// Starts the instance's actor (idle: nothing runs until `start`, unless it takes back the
+    /// child in `adopt`), writing to `logs` (switched to the app's log settings). `sockets` are
+    /// the app's listening sockets, if it has `listen`. Everything that can fail (opening the
+    /// logs, preparing an adoption) is done before.
     pub fn spawn(
         shared: Arc<Shared>,
         app: Arc<AppConfig>,
         index: u32,
         sockets: Option<Arc<AppSockets>>,
-        adopt: Option<Adoption>,
-    ) -> io::Result<InstanceHandle> {
-        let (out, err) = log_paths(&shared.log_dir, &app, index);
+        logs: InstanceLogs,
+        adopt: Option<Adopted>,
+    ) -> InstanceHandle {
         let settings = log_settings(&app);
-        let logs = InstanceLogs {
-            out: Arc::new(Mutex::new(LogFile::open(out, settings.clone())?)),
-            err: Arc::new(Mutex::new(LogFile::open(err, settings)?)),
-        };
         for log in [&logs.out, &logs.err] {
-            let log = log.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(why) = log.last_error().filter(|_| log.refused()) {
-                let who = event_name(&app, index);
-                shared.events.emit(EventKind::Log, Some(&who), &why);
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            if *log.settings() != settings {
+                log.set_settings(settings.clone());
             }
         }
         let (status_tx, status) = watch::channel(InstanceStatus {
@@ -206,15 +269,15 @@ impl InstanceHandle {
             leaf,
         };
         if let Some(a) = adopt {
-            actor.adopt(a)?;
+            actor.adopt(a);
         }
         tokio::spawn(actor.run(rx));
-        Ok(InstanceHandle {
+        InstanceHandle {
             index,
             tx,
             status,
             logs,
-        })
+        }
     }
 
     async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), String> {
@@ -657,15 +720,7 @@ impl Actor {
     }
 
     /// Takes back a child the previous citrusd handed over: online, same pid, logs continue.
-    fn adopt(&mut self, a: Adoption) -> io::Result<()> {
-        for fd in [&a.out, &a.err] {
-            // The handoff cleared close-on-exec; set it again so later children do not inherit.
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )?;
-        }
-        let pipes = (a.out.try_clone()?, a.err.try_clone()?);
+    fn adopt(&mut self, Adopted { child: a, pipes }: Adopted) {
         let raw = (pipes.0.as_raw_fd(), pipes.1.as_raw_fd());
         drain(a.out, self.logs.out.clone());
         drain(a.err, self.logs.err.clone());
@@ -694,7 +749,6 @@ impl Actor {
         });
         // Liveness checks and the watchdog resume as after a readiness.
         self.become_online();
-        Ok(())
     }
 
     fn spawn(&mut self) -> Result<(), String> {

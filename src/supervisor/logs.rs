@@ -26,7 +26,9 @@
 //! blocks on its own `write`), and output that arrives anyway (the reader gave up waiting after
 //! [`BACKPRESSURE_MAX`], or a citrusd event line) is dropped and counted in `bytes_dropped`. So
 //! one stream's files never hold much more than `(keep + 2) × max_size`: `keep` rotated files,
-//! one staged file and the live one, however fast the app writes.
+//! one staged file and the live one, however fast the app writes. A live file that cannot be
+//! rotated at all (its directory read-only) is full too: output past `max_size` is dropped and
+//! counted, and every chunk tries the rotation again.
 //!
 //! # Symlinks
 //! The live file is opened with `openat(O_NOFOLLOW)` relative to its directory, and rotated
@@ -369,7 +371,12 @@ impl LogFile {
                                 "log rotation caught up; writing again"
                             );
                         }
-                        self.rotate();
+                        // A file that cannot be rotated (read-only directory) is full: the disk
+                        // bound holds, this chunk is lost and counted, the next one retries.
+                        if !self.rotate() && !overshoot {
+                            self.bytes_dropped += len;
+                            return;
+                        }
                     }
                 }
             }
@@ -468,13 +475,14 @@ impl LogFile {
     }
 
     /// Move the live file to a staging name, open a fresh one and queue the
-    /// rest (numbering, gzip, pruning) to the background worker.
-    fn rotate(&mut self) {
+    /// rest (numbering, gzip, pruning) to the background worker. `false` when the live file
+    /// could not be moved (e.g. a read-only directory): it stays, full, and the next chunk
+    /// retries.
+    fn rotate(&mut self) -> bool {
         let staged = staged_path(&self.path, self.seq);
         match fs::rename(&self.path, &staged) {
             Ok(()) => {
                 self.seq += 1;
-                self.rotate_failing = false;
                 self.worker.submit(Job::Rotate {
                     base: self.path.clone(),
                     staged,
@@ -484,19 +492,34 @@ impl LogFile {
             // Moved away externally: just start a fresh file.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
-                // Keep writing to the current file; retry at the next chunk.
                 if !self.rotate_failing {
                     self.rotate_failing = true;
-                    tracing::warn!(path = %self.path.display(), error = %e, "log rotation failed");
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "log rotation failed; dropping output until the file can be rotated"
+                    );
                 }
-                self.last_error = Some(format!("rotate {}: {e}", self.path.display()));
-                return;
+                self.last_error = Some(format!(
+                    "rotate {}: {e}; output is dropped (and counted) until the log can be rotated",
+                    self.path.display()
+                ));
+                return false;
             }
+        }
+        if self.rotate_failing {
+            self.rotate_failing = false;
+            tracing::info!(
+                path = %self.path.display(),
+                dropped = self.bytes_dropped,
+                "log rotation works again"
+            );
         }
         self.size = 0;
         self.file = None;
         self.next_open_retry = None;
         self.retry_open();
+        true
     }
 }
 
@@ -1576,6 +1599,42 @@ mod tests {
         log.next_open_retry = None;
         log.write_output(b"kept\n");
         assert_eq!(read(&path), b"kept\n");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_rotated_drops_and_counts_what_is_past_max_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let small = LogSettings {
+            max_size: Some(10),
+            keep: 2,
+            ..settings()
+        };
+        let mut log = LogFile::open(path.clone(), small).unwrap();
+        log.write_output(b"0123456789");
+        // A directory at the staging name: the rename fails (EISDIR), as in a read-only dir.
+        let blocker = staged_path(&path, log.seq);
+        fs::create_dir(&blocker).unwrap();
+        log.write_output(b"dropped\n");
+        log.write_output(b"again\n");
+        assert_eq!(log.bytes_dropped(), 14);
+        assert_eq!(read(&path), b"0123456789");
+        let error = log.last_error().unwrap();
+        assert!(
+            error.contains("rotate") && error.contains("a.log"),
+            "{error}"
+        );
+        // citrusd's own lines still go past the cap.
+        log.write_event("[citrus] still here");
+        assert!(read(&path).ends_with(b"[citrus] still here\n"));
+        // Once the rename works, the next chunk rotates and is written.
+        fs::remove_dir(&blocker).unwrap();
+        log.write_output(b"kept\n");
+        log.wait_background();
+        assert_eq!(read(&path), b"kept\n");
+        assert_eq!(log.bytes_dropped(), 14);
+        assert!(!log.rotate_failing);
+        assert!(read(&numbered_path(&path, 1, false)).starts_with(b"0123456789"));
     }
 
     impl LogFile {

@@ -8,12 +8,15 @@
 //! the apps of one level are handled concurrently, so stopping 100 independent apps takes as long
 //! as the slowest, not the sum.
 //!
-//! Every command that changes what is persisted is all-or-nothing: the new state is written
-//! first (computed from a copy of the table) and only then applied, so a failed write (disk
-//! full, read-only state dir) leaves the apps and the file exactly as they were and the caller
-//! is told so ([`SupervisorError::NotDone`]). `add` rolls the file back if the app cannot be
-//! made after all. App definitions from `state.json` and the control API go through the config's
-//! validator ([`Config::runtime_app`]); an invalid `state.json` entry is set aside.
+//! Every command that changes what is persisted is all-or-nothing: what can fail is done first
+//! — the log files of apps to be made are opened, then the new state is written (computed from
+//! a copy of the table) — and only then is anything applied, which cannot fail any more. So a
+//! log directory or state directory that is full or read-only leaves the apps and the file
+//! exactly as they were, and the caller is told so ([`SupervisorError::NotDone`]). An app that
+//! replaces another of the same name (`reload-config`, health recovery) keeps its predecessor's
+//! log files open rather than opening them again. App definitions from `state.json` and the
+//! control API go through the config's validator ([`Config::runtime_app`]); an invalid
+//! `state.json` entry is set aside.
 
 pub mod capture;
 pub mod cgroup;
@@ -40,7 +43,7 @@ use crate::state::{
     Desired, PersistedApp, PersistedState, RuntimeApp, SetAside, StateError, StateStore,
 };
 use crate::sys::procfs;
-pub use instance::{Adoption, InstanceHandle, InstanceStatus, Shared};
+pub use instance::{Adoption, InstanceHandle, InstanceLogs, InstanceStatus, LogOpenError, Shared};
 use listen::AppSockets;
 
 /// Errors of supervisor operations; the control API maps each to a status and exit code.
@@ -56,17 +59,31 @@ pub enum SupervisorError {
     Failed(String),
     #[error(transparent)]
     State(#[from] StateError),
-    /// The change could not be persisted, so nothing was done; `what` says what was not, e.g.
-    /// "api was not stopped".
+    /// A file the change needs could not be written or opened, so nothing was done; `what` says
+    /// what was not, e.g. "api was not stopped".
     #[error("{what}: {source}; nothing was changed")]
-    NotDone { what: String, source: StateError },
+    NotDone { what: String, source: NotDoneCause },
+}
+
+/// Why a command was not done: the state file could not be written, or a log file opened.
+#[derive(Debug, thiserror::Error)]
+pub enum NotDoneCause {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Log(#[from] LogOpenError),
 }
 
 impl SupervisorError {
-    /// `what` (e.g. "api was not stopped") was not done because `source` could not be written.
-    fn not_done(what: impl Into<String>) -> impl FnOnce(StateError) -> SupervisorError {
+    /// `what` (e.g. "api was not stopped") was not done because of `source`.
+    fn not_done<E: Into<NotDoneCause>>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> SupervisorError {
         let what = what.into();
-        move |source| SupervisorError::NotDone { what, source }
+        move |source| SupervisorError::NotDone {
+            what,
+            source: source.into(),
+        }
     }
 }
 
@@ -304,25 +321,44 @@ impl Supervisor {
         }))
     }
 
-    /// An app whose instances listen on `sockets` (see `listen`).
+    /// The log files of each instance of `config`: those of the instance of `previous` (the app
+    /// it replaces) that writes to the same files, else opened now. All or nothing; the error
+    /// names the file that could not be opened.
+    fn open_logs(
+        shared: &Shared,
+        config: &AppConfig,
+        previous: Option<&App>,
+    ) -> Result<Vec<InstanceLogs>, LogOpenError> {
+        let kept: Vec<&InstanceLogs> = previous
+            .map(|app| app.instances.iter().map(|h| h.logs()).collect())
+            .unwrap_or_default();
+        (0..config.instances)
+            .map(|i| {
+                let (out, _) = instance::log_paths(&shared.log_dir, config, i);
+                match kept.iter().find(|logs| logs.out_path() == out) {
+                    Some(logs) => Ok((*logs).clone()),
+                    None => InstanceLogs::open(shared, config, i),
+                }
+            })
+            .collect()
+    }
+
+    /// An app whose instances write to `logs` (one per instance, see [`Self::open_logs`]) and
+    /// listen on `sockets` (see `listen`). Cannot fail: what can was done before.
     fn make_app(
         shared: &Arc<Shared>,
         config: Arc<AppConfig>,
         runtime: bool,
         desired: Desired,
         sockets: Option<Arc<AppSockets>>,
-    ) -> Result<App, SupervisorError> {
-        Self::make_app_adopting(
-            shared,
-            config,
-            runtime,
-            desired,
-            sockets,
-            &mut HashMap::new(),
-        )
+        logs: Vec<InstanceLogs>,
+    ) -> App {
+        let adopted = logs.into_iter().map(|logs| (logs, None)).collect();
+        Self::assemble(shared, config, runtime, desired, sockets, adopted)
     }
 
-    /// As `make_app`, giving instances their children back from `adopt` (after a re-exec).
+    /// As `make_app` at start-up: the logs opened here, and instances given their children back
+    /// from `adopt` (after a re-exec).
     fn make_app_adopting(
         shared: &Arc<Shared>,
         config: Arc<AppConfig>,
@@ -331,24 +367,51 @@ impl Supervisor {
         sockets: Option<Arc<AppSockets>>,
         adopt: &mut HashMap<(String, u32), Adoption>,
     ) -> Result<App, SupervisorError> {
-        let instances = (0..config.instances)
-            .map(|i| {
-                let child = adopt.remove(&(config.name.clone(), i));
-                let sockets = sockets.clone();
-                InstanceHandle::spawn(shared.clone(), config.clone(), i, sockets, child)
-                    .map(Arc::new)
+        let name = &config.name;
+        let logs = Self::open_logs(shared, &config, None)
+            .map_err(|e| SupervisorError::Failed(format!("{name}: {e}")))?;
+        let mut adopted = Vec::with_capacity(logs.len());
+        for (i, logs) in (0..).zip(logs) {
+            let child = adopt.remove(&(name.clone(), i)).map(|child| {
+                let pid = child.pid;
+                child.prepare().map_err(|e| {
+                    SupervisorError::Failed(format!(
+                        "{name}: cannot take back pid {pid} of instance {i}: {e}"
+                    ))
+                })
+            });
+            adopted.push((logs, child.transpose()?));
+        }
+        Ok(Self::assemble(
+            shared, config, runtime, desired, sockets, adopted,
+        ))
+    }
+
+    /// The app, its instance actors started: one per (log files, child to take back).
+    fn assemble(
+        shared: &Arc<Shared>,
+        config: Arc<AppConfig>,
+        runtime: bool,
+        desired: Desired,
+        sockets: Option<Arc<AppSockets>>,
+        instances: Vec<(InstanceLogs, Option<instance::Adopted>)>,
+    ) -> App {
+        let instances = (0..)
+            .zip(instances)
+            .map(|(i, (logs, child))| {
+                let (shared, config, sockets) = (shared.clone(), config.clone(), sockets.clone());
+                Arc::new(InstanceHandle::spawn(
+                    shared, config, i, sockets, logs, child,
+                ))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                SupervisorError::Failed(format!("cannot open the logs of {}: {e}", config.name))
-            })?;
-        Ok(App {
+            .collect();
+        App {
             config,
             runtime,
             desired,
             instances,
             sockets,
-        })
+        }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -515,7 +578,7 @@ impl Supervisor {
     }
 
     /// Adds and starts an app at run time. The definition goes through the config's validator;
-    /// the app is persisted before it is made, and the file rolled back if it cannot be made.
+    /// its log files are opened, then it is persisted, then made (which cannot fail).
     pub async fn add(&self, req: AddApp) -> Result<Vec<String>, SupervisorError> {
         let name = req.name.clone();
         {
@@ -529,6 +592,9 @@ impl Supervisor {
                     "an app named {name:?} already exists; pick another --name or `citrusctl delete {name}` first"
                 )));
             }
+            let not_added = format!("{name} was not added");
+            let logs = Self::open_logs(&self.shared, &config, None)
+                .map_err(SupervisorError::not_done(not_added.clone()))?;
             let mut state = t.persisted();
             let entry = PersistedApp {
                 desired: Desired::Running,
@@ -537,23 +603,11 @@ impl Supervisor {
             state.apps.insert(name.clone(), entry);
             self.store
                 .save(&state)
-                .map_err(SupervisorError::not_done(format!("{name} was not added")))?;
+                .map_err(SupervisorError::not_done(not_added))?;
             let config = Arc::new(config);
             let sockets = AppSockets::new(&config);
-            match Self::make_app(&self.shared, config, true, Desired::Running, sockets) {
-                Ok(app) => {
-                    t.apps.insert(name.clone(), app);
-                }
-                Err(e) => {
-                    return Err(match self.store.save(&t.persisted()) {
-                        Ok(()) => SupervisorError::Failed(format!("{name} was not added: {e}")),
-                        Err(rollback) => SupervisorError::Failed(format!(
-                            "{name} was not added: {e}; and {rollback}, so the state file still \
-                             lists it until the next change"
-                        )),
-                    });
-                }
-            }
+            let app = Self::make_app(&self.shared, config, true, Desired::Running, sockets, logs);
+            t.apps.insert(name.clone(), app);
         }
         self.start(&Target::App(name.clone()))
             .await
@@ -765,9 +819,18 @@ impl Supervisor {
         if dry_run {
             return Ok(plan);
         }
-        // The state after the reload, persisted before anything is stopped or started.
+        let not_reloaded = "the config was not reloaded";
+        // What can fail comes first, before anything is stopped or started: the log files of the
+        // apps that start or restart (a restarted app keeps its own open), then the state after
+        // the reload. Applying it cannot fail.
+        let mut logs: HashMap<String, Vec<InstanceLogs>> = HashMap::new();
         {
             let t = self.table();
+            for name in plan.restart.iter().chain(&plan.start) {
+                let opened = Self::open_logs(&self.shared, &new.apps[name], t.apps.get(name))
+                    .map_err(SupervisorError::not_done(not_reloaded))?;
+                logs.insert(name.clone(), opened);
+            }
             let mut state = t.persisted();
             for name in &plan.stop {
                 state.apps.remove(name);
@@ -791,7 +854,7 @@ impl Supervisor {
             }
             self.store
                 .save(&state)
-                .map_err(SupervisorError::not_done("the config was not reloaded"))?;
+                .map_err(SupervisorError::not_done(not_reloaded))?;
         }
         // Stop removed and changed apps (reverse order), then swap the table, then start.
         let going: Vec<String> = plan.stop.iter().chain(&plan.restart).cloned().collect();
@@ -810,7 +873,8 @@ impl Supervisor {
                         };
                         // Unchanged `listen`: the very same sockets, open all along.
                         let sockets = AppSockets::carry(app.sockets.as_ref(), &cfg);
-                        let made = Self::make_app(&self.shared, cfg, false, desired, sockets)?;
+                        let logs = logs.remove(name).unwrap_or_default();
+                        let made = Self::make_app(&self.shared, cfg, false, desired, sockets, logs);
                         if desired == Desired::Running {
                             to_start.push(name.clone());
                         }
@@ -829,10 +893,9 @@ impl Supervisor {
                     Desired::Stopped
                 };
                 let sockets = AppSockets::new(&cfg);
-                t.apps.insert(
-                    name.clone(),
-                    Self::make_app(&self.shared, cfg, false, desired, sockets)?,
-                );
+                let logs = logs.remove(name).unwrap_or_default();
+                let made = Self::make_app(&self.shared, cfg, false, desired, sockets, logs);
+                t.apps.insert(name.clone(), made);
                 if desired == Desired::Running {
                     to_start.push(name.clone());
                 }
@@ -979,8 +1042,18 @@ impl Supervisor {
                 None => return Ok(()),
             };
             let old = &t.apps[app];
+            let logs = Self::open_logs(&self.shared, &fresh, Some(old))
+                .map_err(|e| SupervisorError::Failed(format!("{app} was not respawned: {e}")))?;
             let sockets = AppSockets::carry(old.sockets.as_ref(), &fresh);
-            let made = Self::make_app(&self.shared, fresh, old.runtime, Desired::Running, sockets)?;
+            let runtime = old.runtime;
+            let made = Self::make_app(
+                &self.shared,
+                fresh,
+                runtime,
+                Desired::Running,
+                sockets,
+                logs,
+            );
             t.apps.insert(app.to_string(), made);
         }
         let errors = self.apply(vec![app.to_string()], Op::Start).await;

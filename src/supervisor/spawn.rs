@@ -14,7 +14,7 @@ use std::process::Command;
 use nix::unistd::{Gid, Uid, User};
 
 use super::listen::Bound;
-use crate::config::{read_env_file, AppConfig, MAX_LISTEN};
+use crate::config::{read_env_file, AppConfig, EnvFileError, MAX_LISTEN};
 
 /// Environment variables that mark a process as one of ours: the supervisor (derived from the
 /// state directory), the app and the instance. They survive double forks and let citrusd find the
@@ -70,10 +70,15 @@ pub fn entries(vars: &[EnvVar]) -> Vec<String> {
 pub enum SpawnError {
     #[error("working directory {0} does not exist")]
     MissingCwd(String),
-    #[error("{0}")]
-    EnvFile(String),
+    #[error(transparent)]
+    EnvFile(#[from] EnvFileError),
+    /// `errno`: the lookup itself failed (e.g. EMFILE opening `/etc/passwd`).
     #[error("user {user:?}: {reason}")]
-    User { user: String, reason: String },
+    User {
+        user: String,
+        reason: String,
+        errno: Option<nix::errno::Errno>,
+    },
     #[error("cannot start {program:?}: {source}")]
     Exec {
         program: String,
@@ -84,9 +89,19 @@ pub enum SpawnError {
 
 impl SpawnError {
     /// True when the spawn failed for a momentary shortage of descriptors or processes (see
-    /// [`crate::sys::is_resource_shortage`]): worth retrying, not the app's fault.
+    /// [`crate::sys::is_resource_shortage`]), be it in the exec, reading the env file or
+    /// looking up the user: worth retrying, not the app's fault.
     pub fn is_resource_shortage(&self) -> bool {
-        matches!(self, SpawnError::Exec { source, .. } if crate::sys::is_resource_shortage(source))
+        match self {
+            SpawnError::Exec { source, .. }
+            | SpawnError::EnvFile(EnvFileError::Read { source, .. }) => {
+                crate::sys::is_resource_shortage(source)
+            }
+            SpawnError::User {
+                errno: Some(errno), ..
+            } => crate::sys::is_resource_shortage(&std::io::Error::from(*errno)),
+            _ => false,
+        }
     }
 }
 
@@ -104,9 +119,15 @@ fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
     let err = |reason: String| SpawnError::User {
         user: name.to_string(),
         reason,
+        errno: None,
+    };
+    let failed = |errno: nix::errno::Errno, what: &str| SpawnError::User {
+        user: name.to_string(),
+        reason: format!("{what}{errno}"),
+        errno: Some(errno),
     };
     let user = User::from_name(name)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| failed(e, "cannot look it up: "))?
         .ok_or_else(|| err("no such user".into()))?;
     if user.uid == Uid::effective() {
         return Ok(Identity {
@@ -124,7 +145,7 @@ fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
     }
     let cname = std::ffi::CString::new(name).map_err(|e| err(e.to_string()))?;
     let groups = nix::unistd::getgrouplist(&cname, user.gid)
-        .map_err(|e| err(format!("cannot list groups: {e}")))?
+        .map_err(|e| failed(e, "cannot list groups: "))?
         .into_iter()
         .map(Gid::as_raw)
         .collect();
@@ -196,7 +217,7 @@ fn prepare(spec: &Spec<'_>) -> Result<(Command, Vec<(OsString, OsString)>), Spaw
         set_var(&mut env, "LOGNAME".into(), id.name.clone().into());
     }
     if let Some(path) = spec.env_file {
-        let vars = read_env_file(path).map_err(|e| SpawnError::EnvFile(e.to_string()))?;
+        let vars = read_env_file(path)?;
         for (k, v) in vars {
             set_var(&mut env, k.into(), v.into());
         }
@@ -460,6 +481,22 @@ mod tests {
             assert!(!failed(errno).is_resource_shortage(), "errno {errno}");
         }
         assert!(!SpawnError::MissingCwd("/nope".into()).is_resource_shortage());
+        // Reading the env file and looking up the user can run short of descriptors too.
+        let env_file = |errno| {
+            SpawnError::from(EnvFileError::Read {
+                path: "/etc/app.env".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert!(env_file(libc::EMFILE).is_resource_shortage());
+        assert!(!env_file(libc::ENOENT).is_resource_shortage());
+        let user = |errno| SpawnError::User {
+            user: "app".into(),
+            reason: "cannot look it up".into(),
+            errno,
+        };
+        assert!(user(Some(nix::errno::Errno::ENFILE)).is_resource_shortage());
+        assert!(!user(None).is_resource_shortage());
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //!   reading) ends the connection; an idle stream (a quiet `logs --follow`) is not a stall.
 //! - **Upgrades.** An upgraded connection (the engine's agent WebSocket) leaves the cap and the
 //!   header timeout when the upgrade completes; the write stall still applies to it.
+//!
+//! Both APIs decode their JSON request bodies through [`json_object`] and answer refusals through
+//! [`json_errors`], each in its own error shape.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -369,6 +372,33 @@ impl HttpBody for DeadlineBody {
     }
 }
 
+/// The one message for a request body that is JSON but not an object.
+pub const NOT_AN_OBJECT: &str = "the body must be a JSON object";
+
+/// Decodes a request body that must be one JSON object; an empty body is `{}`. serde alone
+/// would take a JSON array for a struct, field by field in order (`["a"]` as `{"name": "a"}`),
+/// so anything else is refused first. The error is the message to answer `bad_request` with.
+pub fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let text = body.trim_ascii_start();
+    let kind = match text.first() {
+        None => return serde_json::from_slice(b"{}").map_err(|e| format!("empty body: {e}")),
+        Some(b'{') => None,
+        Some(b'[') => Some("an array"),
+        Some(b'"') => Some("a string"),
+        Some(b'-' | b'0'..=b'9') => Some("a number"),
+        Some(b't' | b'f') => Some("a boolean"),
+        Some(b'n') => Some("null"),
+        Some(_) => Some("something else"),
+    };
+    match kind {
+        // Not JSON at all: serde's message says where it fails.
+        Some(kind) if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() => {
+            Err(format!("{NOT_AN_OBJECT}, not {kind}"))
+        }
+        _ => serde_json::from_slice(text).map_err(|e| format!("invalid JSON body: {e}")),
+    }
+}
+
 /// Gives an error answer that is not JSON yet (axum's own refusals: a query, path or body it
 /// cannot decode, an unknown method, a body too large) the surface's JSON shape: `shape` gets
 /// the status and a message naming the request, and makes the answer. `Allow` and `Retry-After`
@@ -416,4 +446,47 @@ pub async fn json_errors(
         }
     }
     shaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    struct Named {
+        name: Option<String>,
+    }
+
+    #[test]
+    fn only_an_object_or_nothing_decodes() {
+        let ok = |body: &str| json_object::<Named>(body.as_bytes());
+        assert_eq!(ok(""), Ok(Named::default()));
+        assert_eq!(ok(" \n"), Ok(Named::default()));
+        assert_eq!(ok(r#" {"name": "a"}"#).unwrap().name.as_deref(), Some("a"));
+        // serde alone reads this as {"name": "a"}.
+        assert_eq!(
+            ok(r#"["a"]"#).unwrap_err(),
+            "the body must be a JSON object, not an array"
+        );
+        for (body, kind) in [
+            ("\"a\"", "a string"),
+            ("-1", "a number"),
+            ("true", "a boolean"),
+        ] {
+            assert_eq!(
+                ok(body).unwrap_err(),
+                format!("{NOT_AN_OBJECT}, not {kind}")
+            );
+        }
+        assert_eq!(
+            ok("null").unwrap_err(),
+            format!("{NOT_AN_OBJECT}, not null")
+        );
+        // Not JSON at all, or an object of the wrong types: serde says where.
+        assert!(ok("nope").unwrap_err().starts_with("invalid JSON body: "));
+        assert!(ok("[1,").unwrap_err().starts_with("invalid JSON body: "));
+        assert!(ok(r#"{"name": 5}"#)
+            .unwrap_err()
+            .starts_with("invalid JSON body: invalid type"));
+    }
 }

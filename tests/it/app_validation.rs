@@ -4,12 +4,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use citrus::control::AppState;
 
 use crate::config_errors::refused;
-use crate::support::{wait_for, Daemon, DEADLINE};
+use crate::support::{wait_for, Daemon, Tmpfs, DEADLINE};
 
 const API: &str = "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n";
 
@@ -172,64 +171,15 @@ fn env_keys_are_checked_in_the_config() {
     d.wait_state("api", AppState::Online);
 }
 
-/// A small tmpfs mounted at a path, unmounted (lazily) when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a 1 MiB tmpfs at `at`; `None` (with a message) where mounting is not allowed.
-    fn mount(at: &Path) -> Option<Tmpfs> {
-        fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
-            .arg(at)
-            .output();
-        match out {
-            Ok(out) if out.status.success() => Some(Tmpfs(at.to_owned())),
-            Ok(out) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs here ({}); the full-state-dir case needs root",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount ({e})");
-                None
-            }
-        }
-    }
-
-    /// Fills the file system until a write fails with ENOSPC.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = fs::File::create(self.0.join("filler")).unwrap();
-        let block = vec![0u8; 64 << 10];
-        loop {
-            if let Err(e) = f.write_all(&block).and_then(|_| f.sync_all()) {
-                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
-                break;
-            }
-        }
-    }
-
-    fn free(&self) {
-        fs::remove_file(self.0.join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn commands_whose_state_write_fails_change_nothing() {
     let d = Daemon::prepare(API, &[]);
-    let Some(disk) = Tmpfs::mount(&d.dir.path().join("state")) else {
+    let Some(disk) = Tmpfs::mount(&d.dir.path().join("state"), "1m") else {
         return;
     };
     let mut d = d.launch();
+    // Declared after the daemon: unmounted before its temp dir is removed.
+    let disk = disk;
     d.ctl(&["start", "--name", "adhoc", "--", "sleep", "1001"])
         .code(0);
     let api = d.wait_state("api", AppState::Online)[0].pid;

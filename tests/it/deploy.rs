@@ -742,22 +742,11 @@ fn the_engine_deploys_through_a_real_agent_and_sees_a_broken_commit_rolled_back(
 
 #[test]
 fn a_full_disk_fails_the_deployment_and_leaves_current_alone() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let s = site(None, "", "");
     let root = s.root();
-    fs::create_dir_all(&root).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&root)
-        .status();
-    if !mounted.is_ok_and(|st| st.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some(_disk) = crate::support::Tmpfs::mount(&root, "1m") else {
         return;
-    }
-    let _mount = crate::logs::Mount(root.clone());
+    };
     s.ctl(&["deploy", "web"]).code(0);
     s.wait_serving("v1");
     let before = s.current().unwrap();

@@ -300,3 +300,81 @@ fn engine_database_is_private() {
     let mode = std::fs::metadata(&db).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
+
+/// Bodies that serde alone would take field by field in order (`["a"]` as `{"name": "a"}`).
+const NOT_OBJECTS: [&str; 5] = [r#"["x", ["sleep", "1"]]"#, "[true]", r#""x""#, "7", "null"];
+
+#[test]
+fn bodies_must_be_json_objects_on_both_apis() {
+    let d = Daemon::start("[apps.web]\ncommand = [\"sleep\", \"60\"]\n");
+    for path in [
+        "/v1/apps",
+        "/v1/reload-config",
+        "/v1/apps/web/deploy",
+        "/v1/apps/web/rollback",
+    ] {
+        for body in NOT_OBJECTS {
+            let reply = control(&d.socket, "POST", path, Some(body));
+            assert_eq!(reply.0, 400, "{path} {body}: {reply:?}");
+            let error = control_error(&reply);
+            assert_eq!(error["code"], "bad_request", "{path} {body}");
+            let message = error["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("the body must be a JSON object, not "),
+                "{path} {body}: {message}"
+            );
+        }
+    }
+    // Before, `["x", ["sleep", "1"]]` added an app named x.
+    assert!(d.app("x").is_empty());
+    let reply = control(
+        &d.socket,
+        "POST",
+        "/v1/apps",
+        Some(r#" {"name": "x", "command": ["sleep", "61"]}"#),
+    );
+    assert_eq!(reply.0, 200, "{reply:?}");
+
+    let engine = EngineProc::start("");
+    let (id, _) = engine.create_agent("objects");
+    let call = |path: &str, body: &str| {
+        engine.rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .post(format!("{}{path}", engine.url()))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        })
+    };
+    for path in [
+        "/admin/agents".to_string(),
+        format!("/admin/agents/{id}/deploy"),
+        format!("/admin/agents/{id}/commands"),
+        "/agent/enroll".to_string(),
+    ] {
+        for body in NOT_OBJECTS {
+            let (status, reply) = call(&path, body);
+            assert_eq!(status, 400, "{path} {body}: {reply}");
+            assert_eq!(engine_error(status, &reply), "bad_request", "{path}");
+            let message = reply["error"]["message"].as_str().unwrap();
+            assert!(
+                message.starts_with("the body must be a JSON object, not "),
+                "{path} {body}: {message}"
+            );
+        }
+    }
+    // Before, `["x", ...]` created an agent named x.
+    let agents = engine.get("/admin/agents");
+    let names: Vec<&str> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["objects"]);
+}

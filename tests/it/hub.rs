@@ -862,3 +862,74 @@ fn a_flooding_agent_gets_one_history_point_per_half_interval_and_stays_connected
     });
     engine.wait_agent_status(&id, "online");
 }
+
+/// Each float as written, and the value Rust's own (correctly rounded) parser makes of it.
+const FLOATS: [&str; 6] = [
+    "0.30000000000000004",
+    "1.7976931348623157e308",
+    "0.9999999999999999",
+    "9007199254740993.0",
+    "5e-324",
+    "2.2250738585072014e-308",
+];
+
+/// The number after `"key":` in a JSON text, parsed by Rust (not serde_json).
+fn number_in(text: &str, key: &str) -> f64 {
+    let start = text
+        .find(&format!("\"{key}\":"))
+        .unwrap_or_else(|| panic!("{key} in {text}"));
+    let rest = text[start + key.len() + 3..].trim_start();
+    let end = rest.find([',', '}', ']']).unwrap();
+    rest[..end].trim().parse().unwrap()
+}
+
+#[test]
+fn create_site_options_reach_the_agent_digit_for_digit() {
+    // Before `float_roundtrip`, 0.9999999999999999 arrived as 1.0 and 9007199254740993.0 as
+    // 9007199254740994.0 (the exact value is 9007199254740992).
+    let engine = EngineProc::start("");
+    let (id, key) = engine.enrolled_agent("floats");
+    let rt = &engine.rt;
+    let mut ws = raw_connect(rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
+    engine.wait_agent_status(&id, "online");
+    let options: Vec<String> = (0..FLOATS.len())
+        .map(|i| format!("\"f{i}\": {}", FLOATS[i]))
+        .collect();
+    let body = format!(
+        "{{\"type\": \"create_site\", \"domain\": \"floats.example.com\", \"options\": {{{}}}}}",
+        options.join(", ")
+    );
+    let (status, answer) = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/admin/agents/{id}/commands", engine.url()))
+            .bearer_auth(crate::hub_support::ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    assert_eq!(status, 202, "{answer}");
+    let frame = ws.recv(rt, DEADLINE).unwrap().unwrap();
+    for (i, written) in FLOATS.iter().enumerate() {
+        let want: f64 = written.parse().unwrap();
+        let got = number_in(&frame, &format!("f{i}"));
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{written} arrived as {got}: {frame}"
+        );
+        // What the agent makes of the frame is the same value.
+        let parsed = citrus::fleet::protocol::parse_engine(&frame).unwrap();
+        let citrus::fleet::protocol::EngineMessage::CreateSite { options, .. } = parsed else {
+            panic!("{frame}");
+        };
+        let agent_side = options.unwrap()[&format!("f{i}")].as_f64().unwrap();
+        assert_eq!(
+            agent_side.to_bits(),
+            want.to_bits(),
+            "{written}: {agent_side}"
+        );
+    }
+}

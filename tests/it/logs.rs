@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use citrus::control::AppState;
 
-use crate::support::{count, wait_for, Daemon, CITRUSCTL, DEADLINE};
+use crate::support::{count, wait_for, Daemon, Tmpfs, CITRUSCTL, DEADLINE};
 
 #[test]
 fn tail_out_err_and_follow() {
@@ -147,38 +147,18 @@ fn a_flat_out_writer_loses_no_byte() {
     assert_eq!(d.app("flood")[0].last_exit.as_ref().unwrap().code, Some(0));
 }
 
-/// Unmounts a test's tmpfs on drop.
-pub struct Mount(pub std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_drops_bytes_counts_them_and_never_blocks_the_app() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
     let d = Daemon::prepare(
         "[apps.flood]\ncommand = [\"dd\", \"if=/dev/zero\", \"bs=64k\", \"count=64\", \"status=none\"]\nrestart = \"never\"\nlog_max_size = \"0\"\n",
         &[],
     );
-    let logs = d.dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&logs)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount a tmpfs here");
+    let Some(disk) = Tmpfs::mount(&d.dir.path().join("logs"), "256k") else {
         return;
-    }
+    };
     let d = d.launch();
     // Declared after the daemon so it is unmounted first and the temp dir can then be removed.
-    let _mount = Mount(logs);
+    let _disk = disk;
     // 4 MiB into a 256 KiB disk: the app still finishes, citrusd still answers.
     let row = d.wait_state("flood", AppState::Stopped);
     assert_eq!(row[0].last_exit.as_ref().unwrap().code, Some(0));

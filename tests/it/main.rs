@@ -9,6 +9,7 @@ mod deploy;
 mod digitalocean;
 mod engine;
 mod error_shapes;
+mod faults;
 mod fleet;
 mod fuzz;
 mod git_https;

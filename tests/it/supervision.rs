@@ -98,22 +98,22 @@ exec sleep 1003
         "[apps.tree]\ncommand = [\"sh\", \"-c\", '''{script}''']\nkill_timeout = \"300ms\"\n"
     ));
     d.wait_state("tree", AppState::Online);
-    let pids = wait_for("the tree's 3 sleepers", DEADLINE, || {
-        let p = d.marked(Some("tree"));
-        if p.len() >= 3 {
-            Ok(p)
-        } else {
-            Err(format!("{p:?}"))
-        }
-    });
-    let sessions: std::collections::HashSet<i32> = pids
-        .iter()
-        .filter_map(|p| procfs::stat(*p))
-        .map(|s| s.pgrp)
-        .collect();
-    assert!(
-        sessions.len() >= 2,
-        "the double fork should have left the group: {pids:?}"
+    // Three marked processes may be seen before the double fork has called setsid: wait for both.
+    wait_for(
+        "the tree's 3 sleepers, the double fork out of the group",
+        DEADLINE,
+        || {
+            let p = d.marked(Some("tree"));
+            let groups: std::collections::HashSet<i32> = p
+                .iter()
+                .filter_map(|p| procfs::stat(*p))
+                .map(|s| s.pgrp)
+                .collect();
+            match p.len() >= 3 && groups.len() >= 2 {
+                true => Ok(()),
+                false => Err(format!("{p:?} in groups {groups:?}")),
+            }
+        },
     );
     let r = d.ctl(&["stop", "tree"]);
     r.code(0);

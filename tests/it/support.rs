@@ -494,3 +494,93 @@ pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A small tmpfs mounted for a fault test (a full disk, a read-only directory), unmounted
+/// (lazily) when dropped. Declare it after the [`Daemon`] whose dirs it holds, so that it is
+/// unmounted before the daemon's temp dir is removed.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=`, e.g. `"1m"`) at `at`, created if missing.
+    /// `None`, after printing `SKIPPED: <why>`, where mounting is not allowed (it needs root).
+    pub fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+            return None;
+        }
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs(at.to_owned())),
+            Ok(out) => {
+                let why = String::from_utf8_lossy(&out.stderr);
+                eprintln!("SKIPPED: cannot mount a tmpfs here ({})", why.trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount ({e})");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system until a write fails with ENOSPC (see [`Tmpfs::free`]).
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut f = fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 64 << 10];
+        loop {
+            if let Err(e) = f.write_all(&block).and_then(|_| f.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+    }
+
+    /// Removes what [`Tmpfs::fill`] wrote.
+    pub fn free(&self) {
+        fs::remove_file(self.0.join("filler")).unwrap();
+    }
+
+    /// Makes the path read-only until the guard is dropped: a read-only bind mount of the tmpfs
+    /// on top of itself. Files opened before stay writable (they belong to the mount below), as
+    /// when a disk turns read-only under a running daemon that holds its lock and log files;
+    /// every new open for writing, create, rename or unlink through the path fails with EROFS.
+    /// (A plain `remount,ro` fails with EBUSY while such files are open.)
+    #[track_caller]
+    pub fn read_only(&self) -> ReadOnly {
+        let run = |args: &[&str]| {
+            let st = Command::new("mount").args(args).arg(&self.0).status();
+            assert!(st.is_ok_and(|s| s.success()), "mount {args:?} {:?}", self.0);
+        };
+        run(&["--bind", &self.0.to_string_lossy()]);
+        let guard = ReadOnly(self.0.clone());
+        run(&["-o", "remount,bind,ro"]);
+        guard
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The read-only bind mount of [`Tmpfs::read_only`]: unmounted (lazily) when dropped, which
+/// makes the path writable again.
+pub struct ReadOnly(PathBuf);
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
