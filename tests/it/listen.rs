@@ -166,13 +166,34 @@ impl Client {
 
     /// Stops it; returns (answers, failures).
     fn finish(self) -> (Vec<String>, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap();
-        let results = std::mem::take(&mut *self.results.lock().unwrap());
+        let results = self.stop_and_take();
         let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
         let ok = ok.into_iter().map(Result::unwrap).collect();
         let failed = failed.into_iter().map(|r| r.unwrap_err()).collect();
         (ok, failed)
+    }
+
+    /// Stops it; returns the longest run of consecutive refused connections, and how many
+    /// were refused in all.
+    fn finish_refusals(self) -> (usize, usize) {
+        let (mut run, mut longest, mut all) = (0, 0, 0);
+        for result in self.stop_and_take() {
+            match result {
+                Err(e) if e.contains("refused") => {
+                    run += 1;
+                    all += 1;
+                    longest = longest.max(run);
+                }
+                _ => run = 0,
+            }
+        }
+        (longest, all)
+    }
+
+    fn stop_and_take(self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        std::mem::take(&mut *self.results.lock().unwrap())
     }
 }
 
@@ -450,13 +471,14 @@ fn a_rolling_reload_waits_until_the_new_instance_listens_on_a_shared_port() {
     client.wait_answer("an answer from a new instance", |a| {
         after.contains(&pid_of(a))
     });
-    let (_, failures) = client.finish();
-    // A connection queued on a closing SO_REUSEPORT listener may be reset; none may be refused.
-    let refused: Vec<&String> = failures.iter().filter(|f| f.contains("refused")).collect();
+    // A connection queued on a closing SO_REUSEPORT listener may be reset, and a SYN that the
+    // kernel hashed to a listener in the instant it closes is refused (without the
+    // net.ipv4.tcp_migrate_req sysctl, nothing moves it to the sibling): at most one such per
+    // stopped instance, never a run. A gap with nobody listening (the new instance's 0.8 s
+    // before it binds) would refuse every request in it: a long run.
+    let (longest, all) = client.finish_refusals();
     assert!(
-        refused.is_empty(),
-        "nobody listened for a while: {} refused, e.g. {:?}",
-        refused.len(),
-        refused.first()
+        longest <= 2 && all <= 2,
+        "nobody listened for a while: {all} refused, {longest} in a row"
     );
 }
