@@ -149,8 +149,8 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
         .route_layer(middleware::from_fn_with_state(engine, require_admin))
 }
 
-/// Checks `Authorization: Bearer <admin token>` in constant time; failures count against the
-/// caller's address.
+/// Checks `Authorization: Bearer <admin token>` in constant time (failures count against the
+/// caller's address), or else a panel session ([`super::panel::session::authorize_api`]).
 async fn require_admin(
     State(engine): State<Arc<Engine>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -166,6 +166,17 @@ async fn require_admin(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // Without a bearer token, the web panel's session cookie (and its CSRF token) may do.
+    if given.is_none() {
+        let (method, headers) = (request.method(), request.headers());
+        if let Some(verdict) = super::panel::session::authorize_api(&engine, method, headers).await
+        {
+            return match verdict {
+                Ok(()) => next.run(request).await,
+                Err(refusal) => refusal.into_response(),
+            };
+        }
+    }
     let refusal = match given {
         None => "missing `Authorization: Bearer <admin token>` header (the token is in the engine's admin_token_file or CITRUS_ADMIN_TOKEN)",
         Some(token) if auth::matches(token.trim(), &engine.admin_token_hash) => {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cloud_init;
 pub mod digitalocean;
 pub mod hub;
+pub mod panel;
 pub mod provision;
 pub mod store;
 
@@ -304,6 +305,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .layer(axum::middleware::from_fn(|req, next| {
             crate::sys::serve::json_errors(req, next, api::shape_error)
         }))
+        // The web panel answers pages, not JSON: outside the layer above.
+        .merge(panel::routes())
         .with_state(engine)
 }
 

@@ -14,6 +14,9 @@ use sqlx::{AnyPool, Row};
 use crate::config::Database;
 use crate::deploy::Phase;
 
+mod sessions;
+pub use sessions::SessionRow;
+
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "deployments",
         include_str!("../../migrations/engine/0003_deployments.sql"),
+    ),
+    (
+        5,
+        "sessions",
+        include_str!("../../migrations/engine/0005_sessions.sql"),
     ),
 ];
 

@@ -19,6 +19,7 @@ mod hub_support;
 mod jobs;
 mod listen;
 mod logs;
+mod panel;
 mod persistence;
 mod probes;
 mod provision;
