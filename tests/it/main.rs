@@ -1,6 +1,7 @@
 //! Integration tests: the real citrusd and citrusctl binaries, real processes, signals, sockets.
 
 mod app_validation;
+mod browser;
 mod cgroups;
 mod config_errors;
 mod connections;

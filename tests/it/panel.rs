@@ -7,6 +7,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
 
+use crate::browser::Browser;
 use crate::hub_support::{EngineProc, ADMIN_TOKEN};
 
 /// The panel's Content-Security-Policy, as the issue asks for it.
@@ -341,4 +342,25 @@ fn assets_are_content_addressed_and_immutable() {
         let stale = url.replacen("/assets/", "/assets/0", 1);
         assert_eq!(http.get(&stale, None).status().as_u16(), 404, "{stale}");
     }
+}
+
+// ---- in a real browser ------------------------------------------------------------------------
+
+#[test]
+fn browser_login_fails_with_a_wrong_token_then_succeeds() {
+    let engine = EngineProc::start("");
+    let browser = Browser::start("login");
+    let base = engine.url();
+    browser.goto(&format!("{base}/servers"));
+    // Sent to the login form.
+    browser.find("#token");
+    assert_eq!(browser.url(), format!("{base}/login"));
+    browser.screenshot("login");
+    browser.login_with(&base, "not-the-token");
+    browser.wait_text("#login-error", "wrong admin token");
+    browser.screenshot("login-wrong");
+    browser.login(&base);
+    browser.goto(&format!("{base}/servers"));
+    browser.find("#deploy-server");
+    browser.screenshot("servers");
 }
