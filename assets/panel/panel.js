@@ -324,11 +324,434 @@
     live('', { operation: showOperation });
   }
 
+  // ---- figures (as the server renders them) -------------------------------------------------
+
+  /** A percent (0–100) as a bar; classes as fleet::bar_percent (5 % steps, warn > 75, bad > 90). */
+  function barPercent(percent) {
+    const bar = el('span', { class: 'bar' });
+    if (percent === null || percent === undefined || Number.isNaN(percent)) return bar;
+    const p = Math.min(100, Math.max(0, percent));
+    if (p > 90) bar.classList.add('bad'); else if (p > 75) bar.classList.add('warn');
+    bar.title = `${p.toFixed(0)} %`;
+    bar.append(el('span', { class: `w${Math.round(p / 5) * 5}` }));
+    return bar;
+  }
+
+  function usedOf(used, total) {
+    if (used === null || used === undefined || !total) return null;
+    return used * 100 / total;
+  }
+
+  function cpuText(s) {
+    if (s.load === null || s.load === undefined) return null;
+    return `${s.load.toFixed(0)} %${s.cores ? ` of ${s.cores} cores` : ''}`;
+  }
+
+  function appCounts(apps) {
+    const part = (n, label, cls) => el('span', { class: `${cls}${n === 0 ? ' zero' : ''}`, text: `${n} ${label}` });
+    const node = el('span', { class: 'apps-counts' },
+      part(apps.online, 'online', 'online'), part(apps.errored, 'errored', 'errored'),
+      part(apps.stopped, 'stopped', ''));
+    if (apps.other > 0) node.append(el('span', { text: `${apps.other} other` }));
+    return node;
+  }
+
+  // ---- Fleet --------------------------------------------------------------------------------
+
+  function fillAgent(row, s) {
+    row.dataset.id = s.id;
+    row.dataset.name = s.name;
+    row.dataset.hostname = s.hostname || '';
+    row.dataset.problem = String(s.problem);
+    row.classList.toggle('problem', s.problem > 0);
+    const agent = [el('span', { class: `dot ${tone(s.status)}`, title: s.status }),
+      el('a', { href: `/agents/${encodeURIComponent(s.id)}`, text: s.name })];
+    if (s.hostname) agent.push(el('br'), el('span', { class: 'muted', text: s.hostname }));
+    fill(row, 'agent', ...agent);
+    fill(row, 'status', badge(s.status));
+    fill(row, 'version', s.version || '—', ...(s.gitVersion ? [el('br'), el('code', { class: 'muted', text: s.gitVersion })] : []));
+    const cpu = cpuText(s);
+    fill(row, 'cpu', ...(cpu ? [el('span', { class: 'figure', text: cpu }), barPercent(s.load)] : []));
+    const figure = (used, total) => (used === null || used === undefined || !total ? [] : [
+      el('span', { class: 'figure', text: `${fmtBytes(used)} / ${fmtBytes(total)}` }), barPercent(usedOf(used, total))]);
+    fill(row, 'memory', ...figure(s.memoryUsed, s.memoryTotal));
+    fill(row, 'disk', ...figure(s.diskUsed, s.diskSize));
+    fill(row, 'apps', appCounts(s.apps));
+    fill(row, 'seen', timeEl(s.lastSeenAt));
+  }
+
+  /** As AgentSummary::matches on the server: name, id or hostname, ignoring case. */
+  function agentMatches(row, query) {
+    if (!query) return true;
+    const has = (text) => (text || '').toLowerCase().includes(query);
+    return has(row.dataset.name) || has(row.dataset.id) || has(row.dataset.hostname);
+  }
+
+  function fleetPage() {
+    const table = document.getElementById('agents');
+    const body = table.tBodies[0];
+    const template = document.getElementById('agent-row');
+    const filter = document.getElementById('filter');
+    const count = document.getElementById('agent-count');
+    const none = document.getElementById('no-agents');
+    const more = document.getElementById('more-agents');
+    const serverQuery = filter.value.trim().toLowerCase();
+    let total = Number(count.dataset.total);
+    const shownLimit = 500;
+
+    const order = (a, b) => (Number(b.dataset.problem) - Number(a.dataset.problem))
+      || (a.dataset.name < b.dataset.name ? -1 : a.dataset.name > b.dataset.name ? 1 : 0)
+      || (a.dataset.id < b.dataset.id ? -1 : 1);
+    const applyFilter = () => {
+      const query = filter.value.trim().toLowerCase();
+      let shown = 0;
+      for (const row of body.rows) {
+        row.hidden = !agentMatches(row, query);
+        if (!row.hidden) shown += 1;
+      }
+      none.hidden = shown > 0;
+      count.textContent = query === serverQuery ? `${total} agents${query ? ' matching' : ''}` : `${shown} shown`;
+    };
+    const resort = () => {
+      const rows = [...body.rows].sort(order);
+      body.append(...rows);
+    };
+    filter.addEventListener('input', applyFilter);
+
+    let pending = new Map();
+    let scheduled = false;
+    const flush = () => {
+      scheduled = false;
+      for (const s of pending.values()) {
+        let row = [...body.rows].find((r) => r.dataset.id === s.id);
+        if (!row) {
+          // Rows past the rendered ones stay counted, not shown.
+          if (!agentMatchesSummary(s, serverQuery)) continue;
+          if (body.rows.length >= shownLimit) { total += 1; more.hidden = false; continue; }
+          row = fromTemplate(template);
+          body.append(row);
+          total += 1;
+        }
+        fillAgent(row, s);
+        highlight(row);
+      }
+      pending = new Map();
+      resort();
+      applyFilter();
+      const shownNode = document.getElementById('shown');
+      const totalNode = document.getElementById('total');
+      if (shownNode) shownNode.textContent = String(body.rows.length);
+      if (totalNode) totalNode.textContent = String(total);
+    };
+    const agentMatchesSummary = (s, query) => !query || [s.name, s.id, s.hostname]
+      .some((t) => (t || '').toLowerCase().includes(query));
+
+    const servers = document.getElementById('servers');
+    const provisioning = document.getElementById('provisioning');
+    const serverTemplate = document.getElementById('server-row');
+    const showServer = (s) => {
+      const sbody = servers.tBodies[0];
+      let row = [...sbody.rows].find((r) => r.dataset.id === s.id);
+      if (s.deleted || s.status === 'active') {
+        if (row) row.remove();
+      } else {
+        if (!row) { row = fromTemplate(serverTemplate); sbody.append(row); }
+        row.dataset.id = s.id;
+        fill(row, 'name', el('a', { href: `/agents/${encodeURIComponent(s.agentId)}`, text: s.name }));
+        fill(row, 'status', badge(s.status));
+        fill(row, 'ip', s.ip || null);
+        fill(row, 'error', s.error || null);
+        fill(row, 'updated', timeEl(s.updatedAt));
+        highlight(row);
+      }
+      provisioning.hidden = sbody.rows.length === 0;
+    };
+
+    live('', {
+      agent: (s) => {
+        pending.set(s.id, s);
+        if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+      },
+      server: showServer,
+    });
+  }
+
+  // ---- Agent page ---------------------------------------------------------------------------
+
+  /** As fleet::validate_domain on the server (and the agent): the reason a domain is refused. */
+  function domainError(domain) {
+    if (!domain) return 'domain is empty';
+    if (domain.length > 253) return `domain is ${domain.length} bytes long, the limit is 253`;
+    const bad = [...domain].find((c) => !/[A-Za-z0-9.-]/.test(c));
+    if (bad !== undefined) return `domain contains ${JSON.stringify(bad)}: only letters, digits, '-' and '.' are allowed`;
+    const labels = domain.toLowerCase().split('.');
+    for (const label of labels) {
+      if (!label) return 'domain has an empty label (leading or trailing \'.\', or "..")';
+      if (label.length > 63) return `domain label is ${label.length} chars long, the limit is 63`;
+      if (label.startsWith('-') || label.endsWith('-')) return `domain label "${label}" starts or ends with '-'`;
+    }
+    if (labels.length < 2) return 'domain needs at least two labels, as in example.com';
+    if (/^[0-9]+$/.test(labels[labels.length - 1])) return "domain's last label is all digits (an IP address is not a domain)";
+    return '';
+  }
+
+  function fmtUptime(ms) { return fmtSpan(ms); }
+
+  function appRow(app) {
+    const row = el('tr', { data: { app: app.name } });
+    const name = el('td', { text: app.name });
+    if (app.instance > 0) name.append(el('span', { class: 'muted', text: ` #${app.instance}` }));
+    const dash = () => el('span', { class: 'muted', text: '—' });
+    row.append(
+      name,
+      el('td', {}, badge(app.state)),
+      el('td', { class: 'num' }, app.pid ? String(app.pid) : dash()),
+      el('td', { class: 'num' }, app.state === 'online' ? fmtUptime(app.uptime_ms || 0) : dash()),
+      el('td', { class: 'num', text: String(app.restarts || 0) }),
+      el('td', { class: 'num', text: fmtBytes(app.memory_bytes || 0) }),
+      el('td', { class: 'num', text: `${(app.cpu_percent || 0).toFixed(1)} %` }),
+      el('td', {}, app.release ? el('code', { text: app.release }) : dash()),
+      el('td', { class: 'row-actions' }, ...['start', 'stop', 'restart'].map((action) => el('button', {
+        class: 'small', type: 'button', data: { appAction: action }, text: action[0].toUpperCase() + action.slice(1),
+      }))),
+    );
+    return row;
+  }
+
+  /** The chart of one series with uPlot; `points` from the history API. */
+  function drawChart(node, label, xs, ys) {
+    for (const old of node.querySelectorAll('.uplot')) old.remove();
+    if (!window.uPlot) return null;
+    const width = Math.max(240, node.clientWidth - 4);
+    const options = {
+      width, height: 180,
+      legend: { show: false },
+      scales: { x: { time: true }, y: { range: [0, 100] } },
+      axes: [{ stroke: '#6b7385', grid: { stroke: '#eef0f4' } }, { stroke: '#6b7385', grid: { stroke: '#eef0f4' }, size: 40 }],
+      series: [{}, { label, stroke: '#e8a317', width: 2, fill: 'rgba(232,163,23,0.12)', points: { show: xs.length < 60 } }],
+    };
+    return new window.uPlot(options, [xs, ys], node);
+  }
+
+  function agentPage() {
+    const agentId = document.getElementById('facts').dataset.agent;
+    const appsBody = document.getElementById('apps').tBodies[0];
+    const actionError = document.getElementById('action-error');
+    const log = document.getElementById('action-log');
+    const boxTemplate = document.getElementById('op-box');
+
+    // -- actions and their operations
+    const boxes = new Map();
+    const fillBox = (box, op) => {
+      fill(box, 'type', op.type);
+      fill(box, 'target', operationDetail(op.command));
+      fill(box, 'status', badge(op.status));
+      fill(box, 'updated', timeEl(op.updatedAt));
+      fill(box, 'error', op.error || null);
+      const out = box.querySelector('[data-f="output"]');
+      out.textContent = op.output || '';
+      out.hidden = !op.output;
+      box.dataset.status = op.status;
+    };
+    watchers.add((op) => { const box = boxes.get(op.id); if (box) fillBox(box, op); });
+    const act = async (method, path, body) => {
+      actionError.hidden = true;
+      try {
+        const answer = await api(method, path, body);
+        const op = answer.operation;
+        const box = boxTemplate.content.firstElementChild.cloneNode(true);
+        box.dataset.id = op.id;
+        boxes.set(op.id, box);
+        log.prepend(box);
+        while (log.children.length > 10) log.lastElementChild.remove();
+        fillBox(box, op);
+        showOperation(op);
+        // The stream may have told the end before the box existed.
+        const now = await api('GET', `/admin/operations/${encodeURIComponent(op.id)}`);
+        if (now && now.operation && now.operation.updatedAt >= op.updatedAt) fillBox(box, now.operation);
+      } catch (e) {
+        flash(actionError, e.message, false);
+      }
+    };
+    const command = (body) => act('POST', `/admin/agents/${encodeURIComponent(agentId)}/commands`, body);
+
+    appsBody.addEventListener('click', (event) => {
+      const button = event.target.closest('button[data-app-action]');
+      if (!button) return;
+      const app = button.closest('tr').dataset.app;
+      command({ type: 'app_control', app, action: button.dataset.appAction });
+    });
+    document.getElementById('deploy-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      const form = event.target;
+      const body = { app: form.elements.app.value };
+      const ref = form.elements.ref.value.trim();
+      if (ref) body.ref = ref;
+      act('POST', `/admin/agents/${encodeURIComponent(agentId)}/deploy`, body);
+    });
+    const domain = document.getElementById('site-domain');
+    domain.addEventListener('input', () => domain.setCustomValidity(domainError(domain.value.trim())));
+    document.getElementById('site-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      domain.setCustomValidity(domainError(domain.value.trim()));
+      if (!event.target.reportValidity()) return;
+      const type = (event.submitter && event.submitter.dataset.site) || 'create_site';
+      command({ type, domain: domain.value.trim() });
+    });
+    document.getElementById('agent-form').addEventListener('click', (event) => {
+      const button = event.target.closest('button[data-agent-action]');
+      if (!button) return;
+      if (button.dataset.agentAction === 'rotate') act('POST', `/admin/agents/${encodeURIComponent(agentId)}/rotate-key`);
+      else command({ type: button.dataset.agentAction });
+    });
+    document.getElementById('rollback-form').addEventListener('submit', (event) => {
+      event.preventDefault();
+      if (!event.target.reportValidity()) return;
+      const commit = event.target.elements.commitId.value.trim();
+      command(commit ? { type: 'rollback_agent', commitId: commit } : { type: 'rollback_agent' });
+    });
+
+    // -- charts
+    let range = 'hour';
+    const charts = {};
+    const series = { x: [], cpu: [], memory: [], disk: [] };
+    const note = document.getElementById('chart-note');
+    const redraw = () => {
+      charts.cpu = drawChart(document.getElementById('chart-cpu'), 'CPU %', series.x, series.cpu);
+      charts.memory = drawChart(document.getElementById('chart-memory'), 'Memory %', series.x, series.memory);
+      charts.disk = drawChart(document.getElementById('chart-disk'), 'Disk %', series.x, series.disk);
+    };
+    const loadHistory = async () => {
+      try {
+        const history = await api('GET', `/admin/agents/${encodeURIComponent(agentId)}/history?range=${range}`);
+        const points = history.points || [];
+        series.x = points.map((p) => p.at / 1000);
+        series.cpu = points.map((p) => p.cpuLoad);
+        series.memory = points.map((p) => usedOf(p.memoryUsed, p.memoryTotal));
+        series.disk = points.map((p) => usedOf(p.diskUsed, p.diskSize));
+        note.textContent = `${points.length} points${history.bucketMs ? `, ${fmtSpan(history.bucketMs)} each` : ''}`;
+        redraw();
+      } catch (e) {
+        note.textContent = e.message;
+      }
+    };
+    for (const button of document.querySelectorAll('.ranges button')) {
+      button.addEventListener('click', () => {
+        range = button.dataset.range;
+        for (const b of document.querySelectorAll('.ranges button')) b.classList.toggle('active', b === button);
+        loadHistory();
+      });
+    }
+    let resizeTimer = null;
+    window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(redraw, 200); });
+    loadHistory();
+
+    // -- live figures and apps
+    const facts = document.getElementById('facts');
+    const setFact = (field, ...nodes) => fill(facts, field, ...nodes);
+    const showSummary = (s) => {
+      if (s.id !== agentId) return;
+      document.getElementById('agent-status').replaceChildren(badge(s.status));
+      setFact('hostname', s.hostname || '—');
+      setFact('version', s.version || '—');
+      setFact('cpu', cpuText(s) || '—');
+      const pair = (u, t) => (u === null || u === undefined || !t ? '—' : `${fmtBytes(u)} / ${fmtBytes(t)}`);
+      setFact('memory', pair(s.memoryUsed, s.memoryTotal));
+      setFact('disk', pair(s.diskUsed, s.diskSize));
+      setFact('connected', timeEl(s.connectedAt));
+      setFact('seen', timeEl(s.lastSeenAt));
+      const bars = facts.querySelectorAll('.bar');
+      const values = [s.load, usedOf(s.memoryUsed, s.memoryTotal), usedOf(s.diskUsed, s.diskSize)];
+      bars.forEach((bar, i) => bar.replaceWith(barPercent(values[i])));
+    };
+    const showApps = (message) => {
+      if (message.agent !== agentId) return;
+      const apps = message.apps || [];
+      appsBody.replaceChildren(...apps.map(appRow));
+      document.getElementById('app-count').textContent = String(apps.length);
+      document.getElementById('no-apps').hidden = apps.length > 0;
+      const select = document.getElementById('deploy-app');
+      const chosen = select.value;
+      const names = [...new Set(apps.map((a) => a.name))];
+      select.replaceChildren(...names.map((n) => el('option', { value: n, text: n })));
+      if (names.includes(chosen)) select.value = chosen;
+    };
+
+    // -- events
+    const events = document.getElementById('events');
+    const noEvents = document.getElementById('no-events');
+    const loadEvents = () => fillEvents(events, noEvents, `?agent=${encodeURIComponent(agentId)}&limit=50`);
+    loadEvents();
+
+    live(`?agent=${encodeURIComponent(agentId)}`, {
+      agent: showSummary,
+      apps: showApps,
+      operation: (op) => { if (op.agentId === agentId) showOperation(op); },
+      event: (e) => { if (e.agentId === agentId) addEvent(events, noEvents, e); },
+      reload: () => window.location.reload(),
+    });
+  }
+
+  // ---- Events -------------------------------------------------------------------------------
+
+  function eventRow(e, showAgent) {
+    const row = el('tr', { data: { id: String(e.id), kind: e.kind } });
+    row.append(el('td', {}, timeEl(e.at)));
+    if (showAgent) {
+      row.append(el('td', {}, el('a', { href: `/agents/${encodeURIComponent(e.agentId)}`, text: agentNames.get(e.agentId) || e.agentName || e.agentId })));
+    }
+    row.append(
+      el('td', {}, el('span', { class: `badge ${/fail|errored|disk/.test(e.kind) ? 'bad' : 'idle'}`, text: e.kind })),
+      el('td', { text: e.app || '' }),
+      el('td', { class: 'output', text: e.message }),
+    );
+    return row;
+  }
+
+  function addEvent(table, empty, e) {
+    const body = table.tBodies[0];
+    if ([...body.rows].some((r) => r.dataset.id === String(e.id))) return;
+    const row = eventRow(e, !table.dataset.agent);
+    body.prepend(row);
+    highlight(row);
+    while (body.rows.length > 200) body.lastElementChild.remove();
+    empty.hidden = true;
+  }
+
+  async function fillEvents(table, empty, query) {
+    try {
+      const answer = await api('GET', `/admin/events${query}`);
+      const body = table.tBodies[0];
+      body.replaceChildren(...(answer.events || []).map((e) => eventRow(e, !table.dataset.agent)));
+      empty.hidden = body.rows.length > 0;
+      empty.textContent = 'No event yet.';
+    } catch (e) {
+      empty.hidden = false;
+      empty.textContent = e.message;
+    }
+  }
+
+  function eventsPage() {
+    const table = document.getElementById('events');
+    const empty = document.getElementById('no-events');
+    const kind = document.getElementById('event-kind');
+    const query = () => `?limit=200${kind.value ? `&kind=${encodeURIComponent(kind.value)}` : ''}`;
+    kind.addEventListener('change', () => fillEvents(table, empty, query()));
+    fillEvents(table, empty, query());
+    live('', {
+      event: (e) => { if (!kind.value || kind.value === e.kind) addEvent(table, empty, e); },
+      reload: () => fillEvents(table, empty, query()),
+    });
+  }
+
   // ---- dispatch -----------------------------------------------------------------------------
 
   const pages = {
+    fleet: fleetPage,
+    agent: agentPage,
     servers: serversPage,
     operations: operationsPage,
+    events: eventsPage,
   };
   if (pages[page]) pages[page]();
 })();

@@ -159,13 +159,6 @@ impl Browser {
             .map_or(0, |all| all.len())
     }
 
-    /// The text of the element matching `css` (waiting for it).
-    #[track_caller]
-    pub fn text(&self, css: &str) -> String {
-        let element = self.find(css);
-        self.rt.block_on(element.text()).unwrap()
-    }
-
     #[track_caller]
     pub fn click(&self, css: &str) {
         let element = self.find(css);

@@ -7,7 +7,7 @@ use crate::hub_support::{agent_headers, raw_connect, EngineProc, ENGINE};
 use crate::support::{wait_for, Daemon, DEADLINE};
 
 /// A citrusd whose agent enrols at `engine` with `token` and creates sites with `echo`.
-fn agent_daemon(engine: &EngineProc, id: &str, token: &str) -> Daemon {
+pub fn agent_daemon(engine: &EngineProc, id: &str, token: &str) -> Daemon {
     Daemon::start(&format!(
         "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n\
          [fleet]\nengine_url = \"{}\"\nagent_id = \"{id}\"\nkey_file = \"agent.key\"\n\

@@ -8,7 +8,12 @@ use reqwest::redirect::Policy;
 use serde_json::{json, Value};
 
 use crate::browser::Browser;
+use crate::digitalocean::FakeDo;
+use crate::hub::agent_daemon;
+use crate::hub_deploy::connected_agent;
 use crate::hub_support::{EngineProc, ADMIN_TOKEN};
+use crate::provision::engine_with;
+use crate::support::{wait_for, DEADLINE};
 
 /// The panel's Content-Security-Policy, as the issue asks for it.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -363,4 +368,250 @@ fn browser_login_fails_with_a_wrong_token_then_succeeds() {
     browser.goto(&format!("{base}/servers"));
     browser.find("#deploy-server");
     browser.screenshot("servers");
+}
+
+/// Counts the pixels of the series colour (#e8a317) in the first canvas under `selector`.
+fn chart_pixels(selector: &str) -> String {
+    format!(
+        "const c = document.querySelector('{selector} canvas'); if (!c) return 0;\n\
+         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;\n\
+         for (let i = 0; i < d.length; i += 4) {{\n\
+           if (d[i] > 200 && d[i + 1] > 130 && d[i + 1] < 190 && d[i + 2] < 90 && d[i + 3] > 200) n++;\n\
+         }}\n\
+         return n;"
+    )
+}
+
+#[test]
+fn browser_sees_an_agent_come_online_restarts_its_app_and_draws_its_charts() {
+    let engine = EngineProc::start("command_timeout = \"20s\"\n");
+    let (id, token) = engine.create_agent("web-1");
+    let browser = Browser::start("agent");
+    let base = engine.url();
+    browser.login(&base);
+    let row = format!("#agents tr[data-id='{id}']");
+    browser.wait_text(&format!("{row} [data-f=status]"), "offline");
+    browser.wait_live();
+    browser.exec("window.samePage = true;", vec![]);
+
+    // The agent comes online and its app shows, without a reload.
+    let daemon = agent_daemon(&engine, &id, &token);
+    browser.wait_text(&format!("{row} [data-f=status]"), "online");
+    browser.wait_text(&format!("{row} [data-f=apps]"), "1 online");
+    assert_eq!(
+        browser.exec("return window.samePage === true;", vec![]),
+        json!(true),
+        "the page was not reloaded"
+    );
+    browser.screenshot("fleet");
+
+    // Its page: apps, and a chart drawn from the history.
+    wait_for("history points", DEADLINE, || {
+        let history = engine.get(&format!("/admin/agents/{id}/history?range=hour"));
+        match history["points"].as_array().map_or(0, Vec::len) {
+            n if n >= 3 => Ok(()),
+            n => Err(format!("{n} points")),
+        }
+    });
+    browser.click(&format!("{row} [data-f=agent] a"));
+    browser.wait_text("#apps tbody tr[data-app=api]", "online");
+    browser.wait_text("#chart-note", "points");
+    browser.wait_js("the memory chart's line", &chart_pixels("#chart-memory"));
+    browser.click(".ranges button[data-range=day]");
+    browser.wait_js("the day's memory chart", &chart_pixels("#chart-memory"));
+
+    // Restart the app: the operation's box follows it to the end.
+    let before = daemon.app("api")[0].restarts;
+    browser.click("#apps tr[data-app=api] button[data-app-action=restart]");
+    browser.wait_text("#action-log .op-box [data-f=type]", "app_control");
+    browser.wait_text("#action-log .op-box [data-f=status]", "completed");
+    assert!(daemon.app("api")[0].restarts > before);
+    browser.wait_text("table.operations tbody tr [data-f=status]", "completed");
+    browser.wait_text("#apps tbody tr[data-app=api]", "online");
+    browser.screenshot("agent");
+
+    // A domain the agent would refuse is refused in the browser, before any request.
+    browser.type_into("#site-domain", "bad_domain.com");
+    browser.click("#site-form button[data-site=create_site]");
+    let message = browser.exec(
+        "return document.getElementById('site-domain').validationMessage;",
+        vec![],
+    );
+    assert!(
+        message.as_str().unwrap().contains("only letters, digits"),
+        "{message}"
+    );
+    assert_eq!(browser.count("#action-log .op-box"), 1, "no new operation");
+    // A good one runs.
+    browser.type_into("#site-domain", "shop.example.com");
+    browser.click("#site-form button[data-site=create_site]");
+    wait_for("two operation boxes", DEADLINE, || {
+        match browser.count("#action-log .op-box") {
+            2 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    });
+    let output = browser.wait_js(
+        "the site's output",
+        "const b = document.querySelector('#action-log .op-box'); \
+         return b.dataset.status === 'completed' && b.querySelector('pre').textContent;",
+    );
+    assert!(
+        output
+            .as_str()
+            .unwrap()
+            .contains("created shop.example.com"),
+        "{output}"
+    );
+
+    // The Operations page lists both.
+    browser.goto(&format!("{base}/operations"));
+    browser.wait_text("table.operations", "create_site");
+    browser.wait_text("table.operations", "app_control");
+    browser.screenshot("operations");
+}
+
+#[test]
+fn browser_deploys_a_server_watches_its_states_and_deletes_it() {
+    let fake = FakeDo::start();
+    // Slow enough to see `provisioning` (200 ms polls).
+    fake.set_active_after(6);
+    let engine = engine_with(&fake, fake.token(), "");
+    let browser = Browser::start("servers");
+    let base = engine.url();
+    browser.login(&base);
+    browser.goto(&format!("{base}/servers"));
+    browser.wait_live();
+    // Every state the row shows, in order.
+    browser.exec(
+        "window.states = [];
+         const seen = () => {
+           for (const b of document.querySelectorAll('#servers [data-f=status] .badge')) {
+             if (window.states[window.states.length - 1] !== b.textContent) window.states.push(b.textContent);
+           }
+         };
+         new MutationObserver(seen).observe(document.getElementById('servers'), {subtree: true, childList: true, characterData: true});",
+        vec![],
+    );
+    browser.type_into("#server-name", "web-panel");
+    browser.click("#deploy-server button[type=submit]");
+    browser.wait_text("#deploy-result", "being created");
+    let row = "#servers tbody tr[data-name='web-panel']";
+    browser.wait_text(&format!("{row} [data-f=status]"), "initializing");
+    browser.wait_text(&format!("{row} [data-f=ip]"), "203.0.113.1");
+    let states = browser.exec("return window.states;", vec![]);
+    let states: Vec<&str> = states
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let at = |s: &str| states.iter().position(|x| *x == s);
+    assert!(
+        at("provisioning").is_some() && at("provisioning") < at("initializing"),
+        "{states:?}"
+    );
+    browser.screenshot("servers");
+
+    // The overview shows it among the servers on their way.
+    browser.goto(&format!("{base}/"));
+    browser.wait_text("#provisioning", "web-panel");
+    browser.wait_text("#provisioning", "initializing");
+    browser.screenshot("fleet");
+
+    // Deletion asks first, naming the droplet.
+    browser.goto(&format!("{base}/servers"));
+    browser.click(&format!("{row} button[data-action=delete-server]"));
+    let question = browser.wait_text("#confirm-text", "web-panel");
+    assert!(question.contains("droplet 1000"), "{question}");
+    browser.screenshot("servers-confirm");
+    browser.click("#confirm-yes");
+    browser.wait_text("#deploy-result", "droplet 1000 destroyed");
+    wait_for("the row to go", DEADLINE, || match browser.count(row) {
+        0 => Ok(()),
+        n => Err(n.to_string()),
+    });
+    assert_eq!(fake.deleted(), vec![1000]);
+}
+
+const EVIL: &str = "<img src=x onerror=alert(1)>";
+
+/// A status naming the host and its one app `EVIL`.
+fn evil_status(hostname: &str) -> String {
+    json!({"type": "status_update", "status": {
+        "hostname": hostname, "uptime": 1, "gitVersion": null,
+        "cpu": {"load": 12.0, "cores": 2},
+        "memory": {"total": 1 << 30, "used": 1 << 29, "free": 1 << 29},
+        "disk": [{"fs": "/", "size": 10u64 << 30, "used": 9u64 << 30 + 1, "available": 1 << 29}],
+        "apps": [{"name": EVIL, "instance": 0, "pid": 42, "state": "errored", "restarts": 3,
+                  "unstable_restarts": 3, "memory_restarts": 0, "uptime_ms": 0,
+                  "memory_bytes": 0, "cpu_percent": 0.0, "last_exit": null}],
+        "timestamp": 1
+    }})
+    .to_string()
+}
+
+/// Whether the page has no element an agent's text could have injected, and no alert is open.
+#[track_caller]
+fn assert_nothing_injected(browser: &Browser) {
+    assert_eq!(browser.alert(), None, "an alert is open");
+    let injected = browser.exec(
+        "return document.querySelectorAll('img, main script, [onerror]').length;",
+        vec![],
+    );
+    assert_eq!(injected, json!(0));
+}
+
+#[test]
+fn browser_renders_hostile_names_and_output_as_text() {
+    let engine = EngineProc::start("status_interval = \"1m\"\ncommand_timeout = \"20s\"\n");
+    let (id, _key, mut ws) = connected_agent(&engine, "evil");
+    assert!(ws.send(&engine.rt, evil_status(EVIL)));
+    wait_for("the hostile status", DEADLINE, || {
+        let agent = engine.agent(&id);
+        match agent["status"]["hostname"] == EVIL {
+            true => Ok(()),
+            false => Err(agent["status"].to_string()),
+        }
+    });
+    // An operation whose output is hostile.
+    let (status, body) =
+        engine.command(&id, json!({"type": "create_site", "domain": "example.com"}));
+    assert_eq!(status, 202, "{body}");
+    let op = body["operation"]["id"].as_str().unwrap().to_owned();
+    let frame = ws.recv(&engine.rt, DEADLINE).expect("the command").unwrap();
+    assert!(frame.contains(&op), "{frame}");
+    let output = format!("<script>alert(2)</script>{EVIL}");
+    let report = json!({"type": "site_operation", "id": op, "operation": "create",
+                        "status": "completed", "domain": "example.com", "output": output});
+    assert!(ws.send(&engine.rt, report.to_string()));
+    engine.wait_operation(&op);
+
+    let browser = Browser::start("xss");
+    let base = engine.url();
+    browser.login(&base);
+    let row = format!("#agents tr[data-id='{id}']");
+    assert!(browser.wait_text(&row, EVIL).contains("1 errored"));
+    assert_nothing_injected(&browser);
+    browser.screenshot("fleet");
+
+    browser.click(&format!("{row} [data-f=agent] a"));
+    browser.wait_text("#apps tbody", EVIL);
+    browser.wait_text("[data-f=hostname]", EVIL);
+    let shown = browser.exec(
+        "return document.querySelector('table.operations pre').textContent;",
+        vec![],
+    );
+    assert_eq!(shown, json!(output));
+    // The same through the live stream: the script's own rendering.
+    browser.wait_live();
+    assert!(ws.send(&engine.rt, evil_status(&format!("{EVIL}-2"))));
+    browser.wait_text("[data-f=hostname]", &format!("{EVIL}-2"));
+    browser.wait_text("#apps tbody", EVIL);
+    assert_nothing_injected(&browser);
+    browser.screenshot("agent");
+
+    browser.goto(&format!("{base}/operations"));
+    browser.wait_text("table.operations", "create_site");
+    assert_nothing_injected(&browser);
 }

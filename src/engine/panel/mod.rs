@@ -9,6 +9,7 @@
 //! server and set with `textContent` in the browser.
 
 mod assets;
+mod events;
 mod layout;
 mod login;
 mod operations;
@@ -39,6 +40,7 @@ pub fn routes() -> Router<Arc<Engine>> {
         .route("/logout", axum::routing::post(login::logout))
         .route("/servers", get(servers::page))
         .route("/operations", get(operations::page))
+        .route("/events", get(events::page))
         .route("/assets/{hash}/{name}", get(assets::serve))
         .layer(axum::middleware::map_response(security_headers))
 }
