@@ -18,6 +18,7 @@ mod hub_deploy;
 mod hub_support;
 mod jobs;
 mod listen;
+mod live;
 mod logs;
 mod persistence;
 mod probes;
