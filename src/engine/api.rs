@@ -146,6 +146,7 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
             "/admin/servers/{id}",
             get(get_server).delete(provision::delete_server),
         )
+        .merge(super::live::http::routes())
         .route_layer(middleware::from_fn_with_state(engine, require_admin))
 }
 
@@ -218,6 +219,7 @@ async fn stats(State(engine): State<Arc<Engine>>) -> ApiResult {
         "statusUpdates": hub.status_stored.load(std::sync::atomic::Ordering::Relaxed),
         "statusReceived": hub.status_received.load(std::sync::atomic::Ordering::Relaxed),
         "statusThinned": hub.status_thinned.load(std::sync::atomic::Ordering::Relaxed),
+        "live": engine.live.stats(),
     }))
     .into_response())
 }
@@ -615,6 +617,7 @@ pub(super) async fn enroll(
         )
         .await;
     }
+    engine.live.enrolled(&body.agent_id);
     tracing::info!(agent = %body.agent_id, %ip, "agent enrolled");
     Ok(Json(json!({ "key": key })).into_response())
 }
@@ -631,8 +634,9 @@ async fn refuse_enrolment(
     tracing::warn!(agent, %ip, "enrolment refused: {why}");
     if let Ok(Some(server)) = engine.store.server_of_agent(agent).await {
         let note = format!("enrolment refused from {ip}: {why}");
-        if let Err(e) = engine.store.note_server_error(&server.id, &note, at).await {
-            tracing::error!("{e}");
+        match engine.store.note_server_error(&server.id, &note, at).await {
+            Ok(()) => engine.live.server_changed(&engine.store, &server.id).await,
+            Err(e) => tracing::error!("{e}"),
         }
     }
     match blocked {

@@ -311,11 +311,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let conn = engine.hub.register(&agent, tx.clone());
+    let at = now();
+    engine.live.online(&agent, conn, at);
     engine
         .write(AgentWrite::Online {
             agent_id: agent.clone(),
             connection: conn,
-            at: now(),
+            at,
         })
         .await;
     super::provision::agent_connected(&engine, &agent).await;
@@ -390,11 +392,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     if engine.hub.unregister(&agent, conn) {
         tracing::info!(agent = %agent, "agent offline: {reason}");
     }
+    let at = now();
+    engine.live.offline(&agent, conn, at);
     engine
         .write(AgentWrite::Offline {
             agent_id: agent.clone(),
             connection: conn,
-            at: now(),
+            at,
         })
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -489,6 +493,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             if agent_id != agent {
                 tracing::warn!(agent, said = %agent_id, "agent_connected names another agent id");
             }
+            engine.live.version(agent, &version, git_version.as_deref());
             engine
                 .write(AgentWrite::Version {
                     agent_id: agent.to_owned(),
@@ -513,11 +518,14 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
                     );
                 }
             }
+            let point = history_point(&status);
+            let json = text_of_status(&status);
+            engine.live.status(agent, status, point.at);
             engine
                 .write(AgentWrite::Status(StatusRecord {
                     agent_id: agent.to_owned(),
-                    point: history_point(&status),
-                    json: text_of_status(&status),
+                    point,
+                    json,
                     history,
                 }))
                 .await;
@@ -577,6 +585,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
                     // that comes on the new connection finds the key already promoted.)
                     Ok(true) => {
                         if engine.hub.unregister(agent, conn) {
+                            engine.live.offline(agent, conn, now());
                             tracing::info!(
                                 agent,
                                 "key rotated; waiting for the agent to reconnect"
@@ -645,6 +654,7 @@ async fn report(
         .await?
     {
         engine.hub.operation_changed(id);
+        engine.live.operation_changed(&engine.store, id).await;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cloud_init;
 pub mod digitalocean;
 pub mod hub;
+pub mod live;
 pub mod panel;
 pub mod provision;
 pub mod store;
@@ -24,7 +25,9 @@ use crate::config::{format_duration, EngineConfig};
 use crate::fleet::protocol::EngineMessage;
 use crate::state::write_atomic;
 use api::ApiError;
-use store::{AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError};
+use store::{
+    AgentRow, AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError,
+};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,8 @@ pub struct Engine {
     pub config: EngineConfig,
     pub store: Store,
     pub hub: hub::Hub,
+    /// The fleet in memory and the panel's live streams.
+    pub live: live::Live,
     pub limiter: auth::FailureLimiter,
     /// SHA-256 of the admin token.
     admin_token_hash: String,
@@ -92,16 +97,22 @@ impl Engine {
         name: &str,
     ) -> Result<(String, i64), StoreError> {
         let token = auth::random_hex(32);
-        let expires_at = now() + self.config.enroll_token_ttl.as_millis() as i64;
+        let at = now();
+        let expires_at = at + self.config.enroll_token_ttl.as_millis() as i64;
         self.store
-            .insert_agent(
-                id,
-                name,
-                None,
-                Some((&auth::hash(&token), expires_at)),
-                now(),
-            )
+            .insert_agent(id, name, None, Some((&auth::hash(&token), expires_at)), at)
             .await?;
+        self.live.created(&AgentRow {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            status: "offline".into(),
+            enrolled: false,
+            version: None,
+            git_version: None,
+            connected_at: None,
+            last_seen_at: None,
+            created_at: at,
+        });
         Ok((token, expires_at))
     }
 
@@ -147,13 +158,14 @@ impl Engine {
             }
         }
         tracing::info!(agent, operation = id, kind, "command sent");
-        let operation = self.store.get_operation(id).await?;
-        operation.ok_or_else(|| {
+        let operation = self.store.get_operation(id).await?.ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "operation vanished",
             )
-        })
+        })?;
+        self.live.operation(&operation);
+        Ok(operation)
     }
 }
 
@@ -234,6 +246,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         }
         _ => None,
     };
+    let live = live::Live::load(&store).await?;
     let listener = listen(config.listen).map_err(|source| EngineError::Listen {
         addr: config.listen,
         source,
@@ -244,6 +257,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         config,
         store,
         hub: hub::Hub::default(),
+        live,
         admin_token_hash,
         digitalocean,
         provision_wake: Notify::new(),
@@ -328,6 +342,7 @@ impl Bound {
             tokio::spawn(provision::run(engine.clone())),
             tokio::spawn(timeout_operations(engine.clone())),
             tokio::spawn(prune_history(engine.clone())),
+            tokio::spawn(live::run(engine.clone())),
         ];
         tracing::info!(
             listen = %listener.local_addr().map_err(EngineError::Serve)?,
@@ -339,6 +354,7 @@ impl Bound {
         let on_shutdown = async move {
             shutdown.await;
             closer.hub.close_all("citrus-engine is shutting down");
+            closer.live.streams.close_all();
             let _ = down_tx.send(true);
         };
         let limits = http_limits();
@@ -384,6 +400,7 @@ async fn timeout_operations(engine: Arc<Engine>) {
                 for id in ids {
                     tracing::warn!(operation = %id, "operation timed out");
                     engine.hub.operation_changed(&id);
+                    engine.live.operation_changed(&engine.store, &id).await;
                 }
             }
             Err(e) => tracing::error!("{e}"),

@@ -808,6 +808,19 @@ impl Store {
         )))
     }
 
+    /// Every agent's latest status (JSON as received), by agent id: the live view's start.
+    pub async fn latest_statuses(&self) -> Result<std::collections::HashMap<String, String>> {
+        let what = "reading the agents' statuses";
+        let rows = sqlx::query("SELECT agent_id, status FROM agent_status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx(what))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("agent_id")?, row.try_get("status")?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(ctx(what))
+    }
+
     /// The agent's history since `since`, oldest first, at most `limit` points (the newest).
     pub async fn history(&self, id: &str, since: i64, limit: i64) -> Result<Vec<HistoryPoint>> {
         let what = "reading status history";

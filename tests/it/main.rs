@@ -19,6 +19,7 @@ mod hub_deploy;
 mod hub_support;
 mod jobs;
 mod listen;
+mod live;
 mod logs;
 mod panel;
 mod persistence;

@@ -8,8 +8,10 @@
 //! are `no-store`. Values from agents (hostnames, app names, output) are escaped by maud on the
 //! server and set with `textContent` in the browser.
 
+mod agent;
 mod assets;
 mod events;
+mod fleet;
 mod layout;
 mod login;
 mod operations;
@@ -36,6 +38,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// The panel's routes: pages, login and logout, assets.
 pub fn routes() -> Router<Arc<Engine>> {
     Router::new()
+        .route("/", get(fleet::page))
+        .route("/agents/{id}", get(agent::page))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
         .route("/servers", get(servers::page))

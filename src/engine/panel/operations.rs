@@ -84,7 +84,7 @@ pub(super) async fn page(
         .store
         .list_operations(agent.as_deref(), LIMIT)
         .await?;
-    let names = agent_names(&engine).await?;
+    let names = agent_names(&engine, &ops);
     let content = html! {
         h1 { "Operations" }
         @if let Some(agent) = &agent {
@@ -101,15 +101,15 @@ pub(super) async fn page(
     Ok(layout::render(page, Some(&session), content))
 }
 
-/// Agent names by id.
-async fn agent_names(
-    engine: &Engine,
-) -> Result<HashMap<String, String>, crate::engine::store::StoreError> {
-    Ok(engine
-        .store
-        .list_agents()
-        .await?
-        .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect())
+/// The names of the agents of `ops`, by id, from the live view.
+fn agent_names(engine: &Engine, ops: &[OperationRow]) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for op in ops {
+        if !names.contains_key(&op.agent_id) {
+            if let Some(view) = engine.live.agent(&op.agent_id) {
+                names.insert(op.agent_id.clone(), view.summary.name);
+            }
+        }
+    }
+    names
 }
