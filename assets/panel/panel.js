@@ -410,7 +410,8 @@
         if (!row.hidden) shown += 1;
       }
       none.hidden = shown > 0;
-      count.textContent = query === serverQuery ? `${total} agents${query ? ' matching' : ''}` : `${shown} shown`;
+      count.textContent = query === serverQuery
+        ? `${total} agent${total === 1 ? '' : 's'}${query ? ' matching' : ''}` : `${shown} shown`;
     };
     const resort = () => {
       const rows = [...body.rows].sort(order);
@@ -518,15 +519,15 @@
     return row;
   }
 
-  /** The chart of one series with uPlot; `points` from the history API. */
-  function drawChart(node, label, xs, ys) {
+  /** The chart of one series with uPlot over [from, to] (Unix seconds). */
+  function drawChart(node, label, xs, ys, from, to) {
     for (const old of node.querySelectorAll('.uplot')) old.remove();
     if (!window.uPlot) return null;
     const width = Math.max(240, node.clientWidth - 4);
     const options = {
       width, height: 180,
       legend: { show: false },
-      scales: { x: { time: true }, y: { range: [0, 100] } },
+      scales: { x: { time: true, range: () => [from, to] }, y: { range: [0, 100] } },
       axes: [{ stroke: '#6b7385', grid: { stroke: '#eef0f4' } }, { stroke: '#6b7385', grid: { stroke: '#eef0f4' }, size: 40 }],
       series: [{}, { label, stroke: '#e8a317', width: 2, fill: 'rgba(232,163,23,0.12)', points: { show: xs.length < 60 } }],
     };
@@ -535,6 +536,7 @@
 
   function agentPage() {
     const agentId = document.getElementById('facts').dataset.agent;
+    agentNames.set(agentId, document.getElementById('agent-name').textContent);
     const appsBody = document.getElementById('apps').tBodies[0];
     const actionError = document.getElementById('action-error');
     const log = document.getElementById('action-log');
@@ -616,10 +618,14 @@
     const charts = {};
     const series = { x: [], cpu: [], memory: [], disk: [] };
     const note = document.getElementById('chart-note');
+    const spans = { hour: 3600, day: 86400, week: 7 * 86400 };
     const redraw = () => {
-      charts.cpu = drawChart(document.getElementById('chart-cpu'), 'CPU %', series.x, series.cpu);
-      charts.memory = drawChart(document.getElementById('chart-memory'), 'Memory %', series.x, series.memory);
-      charts.disk = drawChart(document.getElementById('chart-disk'), 'Disk %', series.x, series.disk);
+      const to = Date.now() / 1000;
+      const from = to - spans[range];
+      const draw = (id, label, ys) => drawChart(document.getElementById(id), label, series.x, ys, from, to);
+      charts.cpu = draw('chart-cpu', 'CPU %', series.cpu);
+      charts.memory = draw('chart-memory', 'Memory %', series.memory);
+      charts.disk = draw('chart-disk', 'Disk %', series.disk);
     };
     const loadHistory = async () => {
       try {

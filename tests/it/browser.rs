@@ -212,9 +212,29 @@ impl Browser {
         self.rt.block_on(self.client().get_alert_text()).ok()
     }
 
-    /// Saves `target/panel-screenshots/<test>-<page>.png`.
+    /// Saves `target/panel-screenshots/<test>-<page>.png`: the whole page (the window grows to
+    /// its height for the shot, at most 4000 px), 1280 px wide or as wide as the window is.
     pub fn screenshot(&self, page: &str) -> PathBuf {
-        let png = self.rt.block_on(self.client().screenshot()).unwrap();
+        let client = self.client();
+        let (width, height) = self.rt.block_on(client.get_window_size()).unwrap();
+        let content = self
+            .exec("return document.documentElement.scrollHeight;", vec![])
+            .as_u64()
+            .unwrap_or(height);
+        let chrome = height.saturating_sub(
+            self.exec("return window.innerHeight;", vec![])
+                .as_u64()
+                .unwrap_or(height),
+        );
+        let tall = (content + chrome).clamp(height, 4000);
+        self.rt
+            .block_on(client.set_window_size(width as u32, tall as u32))
+            .unwrap();
+        let png = self.rt.block_on(client.screenshot());
+        self.rt
+            .block_on(client.set_window_size(width as u32, height as u32))
+            .unwrap();
+        let png = png.unwrap();
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}-{page}.png", self.test));

@@ -542,7 +542,7 @@ fn evil_status(hostname: &str) -> String {
         "hostname": hostname, "uptime": 1, "gitVersion": null,
         "cpu": {"load": 12.0, "cores": 2},
         "memory": {"total": 1 << 30, "used": 1 << 29, "free": 1 << 29},
-        "disk": [{"fs": "/", "size": 10u64 << 30, "used": 9u64 << 30 + 1, "available": 1 << 29}],
+        "disk": [{"fs": "/", "size": 10u64 << 30, "used": (9u64 << 30) + 1, "available": 1 << 29}],
         "apps": [{"name": EVIL, "instance": 0, "pid": 42, "state": "errored", "restarts": 3,
                   "unstable_restarts": 3, "memory_restarts": 0, "uptime_ms": 0,
                   "memory_bytes": 0, "cpu_percent": 0.0, "last_exit": null}],

@@ -17,6 +17,9 @@ use crate::engine::live::AgentSummary;
 use crate::engine::store::ServerRow;
 use crate::engine::Engine;
 
+/// The longest filter used.
+const QUERY_MAX: usize = 200;
+
 /// Agents rendered at most: the page stays small at 10,000 agents.
 pub const SHOWN: usize = 500;
 
@@ -116,6 +119,14 @@ fn server_row(s: Option<&ServerRow>) -> Markup {
     }
 }
 
+/// "1 agent", "3 agents".
+fn plural(n: usize, word: &str) -> String {
+    match n {
+        1 => format!("1 {word}"),
+        n => format!("{n} {word}s"),
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct FleetQuery {
     q: Option<String>,
@@ -127,7 +138,13 @@ pub(super) async fn page(
     session: Session,
     Query(query): Query<FleetQuery>,
 ) -> PageResult {
-    let filter = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    // As long as `GET /admin/fleet` takes it; the rest of a longer one is ignored.
+    let filter = query
+        .q
+        .as_deref()
+        .map(|q| q.trim().chars().take(QUERY_MAX).collect::<String>())
+        .filter(|q| !q.is_empty());
+    let filter = filter.as_deref();
     let (agents, total) = engine.live.snapshot(filter, SHOWN);
     let servers: Vec<ServerRow> = engine
         .store
@@ -139,7 +156,7 @@ pub(super) async fn page(
     let content = html! {
         div.head {
             h1 { "Fleet" }
-            span.count #agent-count data-total=(total) { (total) " agents" @if filter.is_some() { " matching" } }
+            span.count #agent-count data-total=(total) { (plural(total, "agent")) @if filter.is_some() { " matching" } }
         }
         form.toolbar method="get" action="/" {
             input #filter type="search" name="q" value=[filter] placeholder="Filter by name, hostname or id" autocomplete="off";
