@@ -165,7 +165,18 @@
       .map((k) => command[k]).filter((v) => typeof v === 'string').join(' ');
   }
 
+  /** Whether `op` is no older than what `node` shows (a final status is never undone). */
+  function newer(node, op) {
+    const final = (status) => status === 'completed' || status === 'failed';
+    if (final(node.dataset.status) && !final(op.status)) return false;
+    if (Number(node.dataset.updated || 0) > op.updatedAt) return false;
+    node.dataset.status = op.status;
+    node.dataset.updated = String(op.updatedAt);
+    return true;
+  }
+
   function fillOperation(row, op) {
+    if (!newer(row, op)) return;
     row.dataset.id = op.id;
     row.dataset.agent = op.agentId;
     fill(row, 'type', el('code', { text: op.type }));
@@ -496,26 +507,32 @@
     return '';
   }
 
-  function fmtUptime(ms) { return fmtSpan(ms); }
-
-  function appRow(app) {
-    const row = el('tr', { data: { app: app.name } });
+  /** Fills an app row's cells but its buttons (a click on them is never lost to an update). */
+  function fillAppRow(row, app) {
+    row.dataset.app = app.name;
+    row.dataset.instance = String(app.instance || 0);
+    const dash = () => el('span', { class: 'muted', text: '—' });
     const name = el('td', { text: app.name });
     if (app.instance > 0) name.append(el('span', { class: 'muted', text: ` #${app.instance}` }));
-    const dash = () => el('span', { class: 'muted', text: '—' });
-    row.append(
+    const cells = [
       name,
       el('td', {}, badge(app.state)),
       el('td', { class: 'num' }, app.pid ? String(app.pid) : dash()),
-      el('td', { class: 'num' }, app.state === 'online' ? fmtUptime(app.uptime_ms || 0) : dash()),
+      el('td', { class: 'num' }, app.state === 'online' ? fmtSpan(app.uptime_ms || 0) : dash()),
       el('td', { class: 'num', text: String(app.restarts || 0) }),
       el('td', { class: 'num', text: fmtBytes(app.memory_bytes || 0) }),
       el('td', { class: 'num', text: `${(app.cpu_percent || 0).toFixed(1)} %` }),
       el('td', {}, app.release ? el('code', { text: app.release }) : dash()),
-      el('td', { class: 'row-actions' }, ...['start', 'stop', 'restart'].map((action) => el('button', {
+    ];
+    cells.forEach((cell, i) => {
+      const old = row.cells[i];
+      if (old) old.replaceWith(cell); else row.append(cell);
+    });
+    if (row.cells.length === cells.length) {
+      row.append(el('td', { class: 'row-actions' }, ...['start', 'stop', 'restart'].map((action) => el('button', {
         class: 'small', type: 'button', data: { appAction: action }, text: action[0].toUpperCase() + action.slice(1),
-      }))),
-    );
+      }))));
+    }
     return row;
   }
 
@@ -545,6 +562,7 @@
     // -- actions and their operations
     const boxes = new Map();
     const fillBox = (box, op) => {
+      if (!newer(box, op)) return;
       fill(box, 'type', op.type);
       fill(box, 'target', operationDetail(op.command));
       fill(box, 'status', badge(op.status));
@@ -553,7 +571,6 @@
       const out = box.querySelector('[data-f="output"]');
       out.textContent = op.output || '';
       out.hidden = !op.output;
-      box.dataset.status = op.status;
     };
     watchers.add((op) => { const box = boxes.get(op.id); if (box) fillBox(box, op); });
     const act = async (method, path, body) => {
@@ -570,7 +587,7 @@
         showOperation(op);
         // The stream may have told the end before the box existed.
         const now = await api('GET', `/admin/operations/${encodeURIComponent(op.id)}`);
-        if (now && now.operation && now.operation.updatedAt >= op.updatedAt) fillBox(box, now.operation);
+        if (now && now.operation) fillBox(box, now.operation);
       } catch (e) {
         flash(actionError, e.message, false);
       }
@@ -673,7 +690,15 @@
     const showApps = (message) => {
       if (message.agent !== agentId) return;
       const apps = message.apps || [];
-      appsBody.replaceChildren(...apps.map(appRow));
+      const rows = new Map([...appsBody.rows].map((r) => [`${r.dataset.app}#${r.dataset.instance || 0}`, r]));
+      const kept = apps.map((app) => {
+        const key = `${app.name}#${app.instance || 0}`;
+        const row = rows.get(key) || el('tr');
+        rows.delete(key);
+        return fillAppRow(row, app);
+      });
+      for (const gone of rows.values()) gone.remove();
+      appsBody.append(...kept);
       document.getElementById('app-count').textContent = String(apps.length);
       document.getElementById('no-apps').hidden = apps.length > 0;
       const select = document.getElementById('deploy-app');

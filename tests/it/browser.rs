@@ -159,10 +159,18 @@ impl Browser {
             .map_or(0, |all| all.len())
     }
 
+    /// Clicks the element matching `css`, finding it again if the page replaced it meanwhile
+    /// (a live update).
     #[track_caller]
     pub fn click(&self, css: &str) {
-        let element = self.find(css);
-        self.rt.block_on(element.click()).unwrap();
+        wait_for(&format!("a click on {css}"), DEADLINE, || {
+            self.rt
+                .block_on(async {
+                    let element = self.client().find(Locator::Css(css)).await?;
+                    element.click().await
+                })
+                .map_err(|e| e.to_string())
+        });
     }
 
     /// Replaces the value of the input matching `css` with `text`.
@@ -205,6 +213,13 @@ impl Browser {
                 v => Ok(v),
             }
         })
+    }
+
+    /// Resizes the window (a phone: 390 × 844).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.rt
+            .block_on(self.client().set_window_size(width, height))
+            .unwrap();
     }
 
     /// The text of an open alert, if any.

@@ -39,7 +39,7 @@ fn app_row(app: &Value) -> Markup {
     let name = text("name");
     let state = text("state");
     html! {
-        tr data-app=(name) {
+        tr data-app=(name) data-instance=(num("instance").unwrap_or(0)) {
             td { (name) @if let Some(i) = num("instance").filter(|i| *i > 0) { span.muted { " #" (i) } } }
             td { (badge(state)) }
             td.num { @if let Some(pid) = num("pid") { (pid) } @else { span.muted { "—" } } }

@@ -31,7 +31,8 @@ pub(super) fn detail(command: &serde_json::Value) -> String {
 /// name when known.
 pub(super) fn row(op: Option<&OperationRow>, agent: Option<&str>) -> Markup {
     html! {
-        tr data-id=[op.map(|o| &o.id)] data-agent=[op.map(|o| &o.agent_id)] {
+        tr data-id=[op.map(|o| &o.id)] data-agent=[op.map(|o| &o.agent_id)]
+            data-status=[op.map(|o| &o.status)] data-updated=[op.map(|o| o.updated_at)] {
             td data-f="type" { @if let Some(o) = op { code { (o.kind) } } }
             td data-f="target" {
                 @if let Some(o) = op {
