@@ -102,6 +102,8 @@ impl Browser {
                 ],
             }),
         );
+        // The console, to find script errors and refusals of the Content-Security-Policy.
+        capabilities.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         // An alert must not be dismissed behind the test's back: the XSS test looks for one.
         capabilities.insert("unhandledPromptBehavior".into(), json!("ignore"));
         let client = rt
@@ -222,6 +224,22 @@ impl Browser {
             .unwrap();
     }
 
+    /// The console entries since the last call that say something is broken in the page: a
+    /// script error or a refusal by the Content-Security-Policy (network errors such as a 401
+    /// page are not).
+    pub fn console_errors(&self) -> Vec<String> {
+        let log = self
+            .rt
+            .block_on(self.client().issue_cmd(BrowserLog))
+            .unwrap_or_else(|e| panic!("cannot read the browser's console: {e}"));
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE" && entry["source"] != "network")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// The text of an open alert, if any.
     pub fn alert(&self) -> Option<String> {
         self.rt.block_on(self.client().get_alert_text()).ok()
@@ -229,7 +247,14 @@ impl Browser {
 
     /// Saves `target/panel-screenshots/<test>-<page>.png`: the whole page (the window grows to
     /// its height for the shot, at most 4000 px), 1280 px wide or as wide as the window is.
+    /// Fails if the console has an error (a script error, a CSP refusal) since the last shot.
+    #[track_caller]
     pub fn screenshot(&self, page: &str) -> PathBuf {
+        let errors = self.console_errors();
+        assert!(
+            errors.is_empty(),
+            "the console of {page} has errors: {errors:#?}"
+        );
         let client = self.client();
         let (width, height) = self.rt.block_on(client.get_window_size()).unwrap();
         let content = self
@@ -296,5 +321,27 @@ impl Drop for Browser {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = self.driver.wait();
+    }
+}
+
+/// Chromedriver's console log (`POST /session/{id}/se/log {"type": "browser"}`): the entries
+/// since the previous call.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        (
+            axum::http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
     }
 }

@@ -368,6 +368,10 @@ fn browser_login_fails_with_a_wrong_token_then_succeeds() {
     browser.goto(&format!("{base}/servers"));
     browser.find("#deploy-server");
     browser.screenshot("servers");
+    // The console check of every screenshot sees errors (it would see a CSP refusal).
+    browser.exec("console.error('probe');", vec![]);
+    let errors = browser.console_errors();
+    assert!(errors.iter().any(|e| e.contains("probe")), "{errors:?}");
 }
 
 /// Counts the pixels of the series colour (#e8a317) in the first canvas under `selector`.
