@@ -200,7 +200,7 @@
 
   /** Agent names seen in the page's operation rows (for rows that arrive live). */
   const agentNames = new Map();
-  for (const link of document.querySelectorAll('table.operations [data-f="target"] a')) {
+  for (const link of document.querySelectorAll('table.operations [data-f="target"] a, table.events [data-f="agent"] a')) {
     const row = link.closest('tr');
     if (row && row.dataset.agent) agentNames.set(row.dataset.agent, link.textContent);
   }
@@ -708,71 +708,54 @@
       if (names.includes(chosen)) select.value = chosen;
     };
 
-    // -- events
-    const events = document.getElementById('events');
-    const noEvents = document.getElementById('no-events');
-    const loadEvents = () => fillEvents(events, noEvents, `?agent=${encodeURIComponent(agentId)}&limit=50`);
-    loadEvents();
-
     live(`?agent=${encodeURIComponent(agentId)}`, {
       agent: showSummary,
       apps: showApps,
       operation: (op) => { if (op.agentId === agentId) showOperation(op); },
-      event: (e) => { if (e.agentId === agentId) addEvent(events, noEvents, e); },
+      event: showEvent,
       reload: () => window.location.reload(),
     });
   }
 
   // ---- Events -------------------------------------------------------------------------------
 
-  function eventRow(e, showAgent) {
-    const row = el('tr', { data: { id: String(e.id), kind: e.kind } });
-    row.append(el('td', {}, timeEl(e.at)));
-    if (showAgent) {
-      row.append(el('td', {}, el('a', { href: `/agents/${encodeURIComponent(e.agentId)}`, text: agentNames.get(e.agentId) || e.agentName || e.agentId })));
+  /** As events::tone on the server. */
+  function eventTone(kind) {
+    switch (kind) {
+      case 'errored': case 'health_failed': case 'job_failed': case 'disk': return 'bad';
+      case 'memory_restart': case 'deploy': return 'busy';
+      default: return 'idle';
     }
-    row.append(
-      el('td', {}, el('span', { class: `badge ${/fail|errored|disk/.test(e.kind) ? 'bad' : 'idle'}`, text: e.kind })),
-      el('td', { text: e.app || '' }),
-      el('td', { class: 'output', text: e.message }),
-    );
-    return row;
   }
 
-  function addEvent(table, empty, e) {
-    const body = table.tBodies[0];
-    if ([...body.rows].some((r) => r.dataset.id === String(e.id))) return;
-    const row = eventRow(e, !table.dataset.agent);
-    body.prepend(row);
-    highlight(row);
-    while (body.rows.length > 200) body.lastElementChild.remove();
-    empty.hidden = true;
-  }
-
-  async function fillEvents(table, empty, query) {
-    try {
-      const answer = await api('GET', `/admin/events${query}`);
+  /** Puts a live event into every events table of the page that shows its agent and kind. */
+  function showEvent(e) {
+    for (const table of document.querySelectorAll('table[data-live="events"]')) {
+      const card = table.closest('.card');
+      if (card.dataset.agent && card.dataset.agent !== e.agentId) continue;
+      if (card.dataset.kind && card.dataset.kind !== e.kind) continue;
       const body = table.tBodies[0];
-      body.replaceChildren(...(answer.events || []).map((e) => eventRow(e, !table.dataset.agent)));
-      empty.hidden = body.rows.length > 0;
-      empty.textContent = 'No event yet.';
-    } catch (e) {
-      empty.hidden = false;
-      empty.textContent = e.message;
+      if ([...body.rows].some((r) => r.dataset.id === String(e.id))) continue;
+      const row = fromTemplate(card.querySelector('template.event-row'));
+      row.dataset.id = String(e.id);
+      row.dataset.agent = e.agentId;
+      fill(row, 'at', timeEl(e.at));
+      fill(row, 'agent', el('a', { href: `/agents/${encodeURIComponent(e.agentId)}`, text: agentNames.get(e.agentId) || e.agentId }));
+      fill(row, 'kind', el('span', { class: `badge ${eventTone(e.kind)}`, text: e.kind }));
+      fill(row, 'app', e.app || null);
+      fill(row, 'message', e.message);
+      body.prepend(row);
+      highlight(row);
+      while (body.rows.length > 200) body.lastElementChild.remove();
+      card.querySelector('.empty').hidden = true;
     }
   }
 
   function eventsPage() {
-    const table = document.getElementById('events');
-    const empty = document.getElementById('no-events');
-    const kind = document.getElementById('event-kind');
-    const query = () => `?limit=200${kind.value ? `&kind=${encodeURIComponent(kind.value)}` : ''}`;
-    kind.addEventListener('change', () => fillEvents(table, empty, query()));
-    fillEvents(table, empty, query());
-    live('', {
-      event: (e) => { if (!kind.value || kind.value === e.kind) addEvent(table, empty, e); },
-      reload: () => fillEvents(table, empty, query()),
-    });
+    const form = document.getElementById('event-filter');
+    document.getElementById('event-kind').addEventListener('change', () => form.submit());
+    form.querySelector('button').hidden = true;
+    live('', { event: showEvent });
   }
 
   // ---- dispatch -----------------------------------------------------------------------------

@@ -219,6 +219,8 @@ async fn stats(State(engine): State<Arc<Engine>>) -> ApiResult {
         "statusUpdates": hub.status_stored.load(std::sync::atomic::Ordering::Relaxed),
         "statusReceived": hub.status_received.load(std::sync::atomic::Ordering::Relaxed),
         "statusThinned": hub.status_thinned.load(std::sync::atomic::Ordering::Relaxed),
+        "eventsStored": engine.live.events_stored.load(std::sync::atomic::Ordering::Relaxed),
+        "eventsDropped": engine.live.events_dropped.load(std::sync::atomic::Ordering::Relaxed),
         "live": engine.live.stats(),
     }))
     .into_response())
@@ -288,6 +290,8 @@ async fn get_agent(State(engine): State<Arc<Engine>>, Path(id): Path<String>) ->
 struct HistoryQuery {
     since: Option<i64>,
     limit: Option<i64>,
+    /// `hour`, `day` or `week`: downsampled (see [`super::live::history`]).
+    range: Option<String>,
 }
 
 async fn agent_history(
@@ -300,6 +304,16 @@ async fn agent_history(
         .get_agent(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("agent", &id))?;
+    if let Some(range) = q.range.as_deref() {
+        use super::live::history;
+        if q.since.is_some() || q.limit.is_some() {
+            return Err(ApiError::bad_request(
+                "give either `range` (hour, day, week) or `since`/`limit`, not both",
+            ));
+        }
+        let body = history::downsampled(&engine, &id, history::Range::parse(range)?).await?;
+        return Ok(Json(body).into_response());
+    }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let points = engine
         .store

@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::api::ApiError;
+use super::live::events;
 use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord};
 use super::{auth, now, Engine};
 use crate::control::AppState;
@@ -605,7 +606,13 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             }
         }
         AgentMessage::Event { kind, app, message } => {
-            tracing::info!(agent, kind = %kind, app = ?app, "event: {message}");
+            let at = now();
+            if engine.live.admit_event(agent, at) {
+                let id = engine.store.next_event_id();
+                let row = events::row(id, agent, &kind, app.as_deref(), &message, at);
+                tracing::info!(agent, kind = %row.kind, app = ?row.app, "event: {}", row.message);
+                engine.write(AgentWrite::Event(row)).await;
+            }
             Ok(())
         }
         AgentMessage::Error { id, error } => {
@@ -727,6 +734,11 @@ pub async fn agent_writer(
                         .hub
                         .status_stored
                         .fetch_add(statuses as u64, Ordering::Relaxed);
+                    for write in &batch {
+                        if let AgentWrite::Event(event) = write {
+                            engine.live.event(event);
+                        }
+                    }
                 }
                 Err(e) => tracing::error!(
                     "{} agent writes lost ({statuses} status updates): {e}",

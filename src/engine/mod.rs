@@ -409,7 +409,7 @@ async fn timeout_operations(engine: Arc<Engine>) {
     }
 }
 
-/// Deletes status history older than `status_history_retention`.
+/// Deletes status history and events older than `status_history_retention`.
 async fn prune_history(engine: Arc<Engine>) {
     let retention = engine.config.status_history_retention;
     // Often, so that each pass deletes little (a minute of history at most, for long retentions).
@@ -424,6 +424,7 @@ async fn prune_history(engine: Arc<Engine>) {
             Ok(n) => tracing::debug!("pruned {n} status history points"),
             Err(e) => tracing::error!("{e}"),
         }
+        live::events::prune(&engine).await;
         tokio::time::sleep(every).await;
     }
 }

@@ -150,10 +150,24 @@ impl Sse {
         &mut self,
         what: &str,
         within: Duration,
+        pred: impl FnMut(&str, &Value) -> bool,
+    ) -> Message {
+        self.wait_since(self.seen.len(), what, within, pred)
+    }
+
+    /// As [`Sse::wait`], accepting also a message already read since `seen[from]`.
+    #[track_caller]
+    pub fn wait_since(
+        &mut self,
+        from: usize,
+        what: &str,
+        within: Duration,
         mut pred: impl FnMut(&str, &Value) -> bool,
     ) -> Message {
+        if let Some(m) = self.seen[from..].iter().find(|m| pred(&m.event, &m.data)) {
+            return m.clone();
+        }
         let deadline = Instant::now() + within;
-        let from = self.seen.len();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next(left) {
@@ -270,6 +284,7 @@ fn a_real_agent_online_errored_operation_and_offline_reach_the_stream() {
     assert_eq!(apps["apps"][0]["state"], "online");
 
     // An app going errored.
+    let (fleet_mark, page_mark) = (fleet.seen.len(), page.seen.len());
     daemon
         .ctl(&["start", "--name", "crashy", "--", "false"])
         .code(0);
@@ -286,7 +301,7 @@ fn a_real_agent_online_errored_operation_and_offline_reach_the_stream() {
         "{}",
         errored.data
     );
-    page.wait("the errored app on the agent's page", LIVE, |e, d| {
+    page.wait_since(page_mark, "the errored app on its page", LIVE, |e, d| {
         e == "apps"
             && d["apps"]
                 .as_array()
@@ -294,6 +309,17 @@ fn a_real_agent_online_errored_operation_and_offline_reach_the_stream() {
                 .iter()
                 .any(|a| a["name"] == "crashy" && a["state"] == "errored")
     });
+    // Its `errored` event: stored, served, and on both streams.
+    let event = fleet.wait_since(fleet_mark, "the errored event", LIVE, |e, d| {
+        e == "event" && d["agentId"] == id && d["kind"] == "errored"
+    });
+    assert_eq!(event.data["app"], "crashy");
+    in_time(&event, event.data["at"].as_i64().unwrap(), "the event");
+    page.wait_since(page_mark, "the event on its page", LIVE, |e, d| {
+        e == "event" && d["kind"] == "errored"
+    });
+    let events = engine.get(&format!("/admin/events?agent={id}&kind=errored"))["events"].clone();
+    assert_eq!(events[0], event.data, "{events}");
     // The overview lists it first.
     let listed = engine.get("/admin/fleet");
     assert_eq!(listed["agents"][0]["id"], id);
@@ -661,4 +687,229 @@ fn live_and_fleet_refuse_bad_input_with_json_errors() {
         assert_eq!(status, 401, "{path}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
+}
+
+#[test]
+fn events_are_bounded_stored_and_served_newest_first() {
+    let engine = EngineProc::start("");
+    let rt = &engine.rt;
+    let (id, mut ws) = raw_agent(&engine, "noisy");
+    let (quiet, _) = engine.create_agent("quiet");
+    let mut fleet = Sse::open(&engine, "");
+    let long = format!("{}END", "m".repeat(10_000));
+    let event = |n: usize| {
+        let (kind, message) = match n {
+            0 => ("disk", long.clone()),
+            n if n % 2 == 0 => ("errored", format!("app web errored ({n})")),
+            n => (
+                "memory_restart",
+                format!("app web over its memory limit ({n})"),
+            ),
+        };
+        json!({"type": "event", "kind": kind, "app": "web", "message": message}).to_string()
+    };
+    // 65 in a minute: the budget is 60, the rest are counted and dropped.
+    for n in 0..65 {
+        assert!(ws.send(rt, event(n)));
+    }
+    let stats = wait_for("the events stored", DEADLINE, || {
+        let stats = engine.get("/admin/stats");
+        match (
+            stats["eventsStored"].as_u64(),
+            stats["eventsDropped"].as_u64(),
+        ) {
+            (Some(60), Some(5)) => Ok(stats),
+            _ => Err(stats.to_string()),
+        }
+    });
+    assert_eq!(stats["eventsStored"], 60);
+    // Each stored one reached the stream once stored.
+    let first = fleet.wait("the first event", DEADLINE, |e, d| {
+        e == "event" && d["kind"] == "disk"
+    });
+    let message = first.data["message"].as_str().unwrap();
+    assert_eq!(message.len(), 4096, "bounded to 4 KiB");
+    assert!(message.ends_with('…') && !message.contains("END"));
+    for _ in 1..60 {
+        fleet.wait("the other events", LIVE, |e, _| e == "event");
+    }
+
+    let all = engine.get(&format!("/admin/events?agent={id}"))["events"].clone();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 60, "the default limit is 100");
+    let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    assert_eq!(all[59]["kind"], "disk");
+    assert_eq!(all[0]["message"], "app web over its memory limit (59)");
+    assert_eq!(all[0]["agentId"], id);
+    assert_eq!(all[0]["app"], "web");
+    // Pages: `before` the oldest of the previous page.
+    let page = engine.get(&format!("/admin/events?agent={id}&limit=10"))["events"].clone();
+    assert_eq!(page.as_array().unwrap().len(), 10);
+    let next = engine.get(&format!("/admin/events?limit=10&before={}", ids[9]))["events"].clone();
+    let next: Vec<i64> = next
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(next, ids[10..20]);
+    let restarts = engine.get("/admin/events?kind=memory_restart&limit=1000")["events"].clone();
+    assert_eq!(restarts.as_array().unwrap().len(), 30);
+    assert!(restarts
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["kind"] == "memory_restart"));
+    let none = engine.get(&format!("/admin/events?agent={quiet}"))["events"].clone();
+    assert_eq!(none, json!([]));
+
+    // Bad input: one clear message each.
+    for (query, status, needle) in [
+        ("limit=0", 400, "from 1 to 1000"),
+        ("limit=1001", 400, "from 1 to 1000"),
+        ("limit=ten", 400, "from 1 to 1000"),
+        ("before=abc", 400, "`before`"),
+        ("before=-5", 400, "`before`"),
+        ("agent=nope", 404, "no agent with id \"nope\""),
+    ] {
+        let (got, body) = engine.admin("GET", &format!("/admin/events?{query}"), None);
+        assert_eq!(got, status, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{query}: {message}");
+    }
+    let long_kind = "k".repeat(65);
+    let (got, body) = engine.admin("GET", &format!("/admin/events?kind={long_kind}"), None);
+    assert_eq!(got, 400, "{body}");
+}
+
+#[test]
+fn events_follow_the_history_retention() {
+    let engine = EngineProc::start("status_history_retention = \"1s\"\n");
+    let rt = &engine.rt;
+    let (id, mut ws) = raw_agent(&engine, "old-news");
+    let event = json!({"type": "event", "kind": "errored", "app": "web", "message": "gone soon"});
+    assert!(ws.send(rt, event.to_string()));
+    let path = format!("/admin/events?agent={id}");
+    wait_for("the event stored", DEADLINE, || {
+        match engine.get(&path)["events"].as_array().map_or(0, Vec::len) {
+            1 => Ok(()),
+            n => Err(format!("{n} events")),
+        }
+    });
+    wait_for("the event pruned", DEADLINE, || {
+        match engine.get(&path)["events"].as_array().map_or(0, Vec::len) {
+            0 => Ok(()),
+            n => Err(format!("{n} events")),
+        }
+    });
+}
+
+#[test]
+fn a_week_of_history_is_downsampled_to_at_most_300_points() {
+    use citrus::engine::store::{AgentWrite, HistoryPoint, StatusRecord, Store};
+    let mut engine = EngineProc::prepare("", &[]);
+    let id = "week-agent";
+    let now = now_ms();
+    let week: i64 = 7 * 24 * 3600 * 1000;
+    // A week of 10-second points, written before the engine starts: 60,467 of them.
+    engine.rt.block_on(async {
+        let db = citrus::config::Database::Sqlite(engine.dir.path().join("state/engine.db"));
+        let store = Store::open(&db).await.unwrap();
+        store
+            .insert_agent(id, "week", Some("hash"), None, now - week)
+            .await
+            .unwrap();
+        // From a minute after the week's start to a minute before now.
+        let points: Vec<AgentWrite> = (0..(week - 130_000) / 10_000)
+            .map(|i| {
+                let at = now - week + 60_000 + i * 10_000;
+                AgentWrite::Status(StatusRecord {
+                    agent_id: id.into(),
+                    json: "{}".into(),
+                    point: HistoryPoint {
+                        at,
+                        // Alternating within each pair of points; a bucket holds whole pairs
+                        // or one more of the second: averages between 40 and 60.
+                        cpu_load: if i % 2 == 0 { 40.0 } else { 60.0 },
+                        memory_used: 1000,
+                        memory_total: 4000,
+                        disk_used: 2000 + i % 2 * 1000,
+                        disk_size: 10_000,
+                        apps_online: 3 - i % 2,
+                        apps_total: 3,
+                    },
+                    history: true,
+                })
+            })
+            .collect();
+        for chunk in points.chunks(5000) {
+            store.record_agent_writes(chunk).await.unwrap();
+        }
+        store.close().await;
+    });
+    engine.spawn();
+    let raw = engine.get(&format!("/admin/agents/{id}/history?limit=10000"));
+    assert_eq!(
+        raw["points"].as_array().unwrap().len(),
+        10_000,
+        "the old form keeps working"
+    );
+
+    for (range, bucket, at_least) in [
+        ("week", 2_016_000, 290),
+        ("day", 288_000, 290),
+        ("hour", 12_000, 290),
+    ] {
+        let history = engine.get(&format!("/admin/agents/{id}/history?range={range}"));
+        assert_eq!(history["range"], range);
+        assert_eq!(history["bucketMs"], bucket);
+        let points = history["points"].as_array().unwrap();
+        assert!(
+            (at_least..=300).contains(&points.len()),
+            "{range}: {} points",
+            points.len()
+        );
+        let ats: Vec<i64> = points.iter().map(|p| p["at"].as_i64().unwrap()).collect();
+        assert!(
+            ats.windows(2).all(|w| w[1] - w[0] >= bucket),
+            "{range}: buckets in order"
+        );
+        assert!(ats
+            .iter()
+            .all(|at| at % bucket == 0 && *at > now - week - bucket));
+        for p in points {
+            let load = p["cpuLoad"].as_f64().unwrap();
+            assert!((40.0..=60.0).contains(&load), "{range}: {p}");
+            assert_eq!(p["memoryUsed"], 1000);
+            assert_eq!(p["memoryTotal"], 4000);
+            let disk = p["diskUsed"].as_i64().unwrap();
+            assert!((2000..=3000).contains(&disk), "{range}: {p}");
+            assert_eq!(p["appsTotal"], 3);
+        }
+        if range == "week" {
+            // 201.6 points a bucket: their averages are the pairs' (50, 2500) but for the odd one.
+            let mid = &points[points.len() / 2];
+            assert!(
+                (mid["cpuLoad"].as_f64().unwrap() - 50.0).abs() < 0.2,
+                "{mid}"
+            );
+            assert_eq!(mid["appsOnline"], 2, "the fewest online in the bucket");
+        }
+    }
+
+    // Bad input.
+    for (query, status, needle) in [
+        ("range=year", 400, "one of hour, day, week"),
+        ("range=week&since=5", 400, "either `range`"),
+    ] {
+        let (got, body) = engine.admin("GET", &format!("/admin/agents/{id}/history?{query}"), None);
+        assert_eq!(got, status, "{query}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+    let (got, body) = engine.admin("GET", "/admin/agents/nope/history?range=day", None);
+    assert_eq!(got, 404, "{body}");
 }

@@ -604,6 +604,16 @@ fn browser_renders_hostile_names_and_output_as_text() {
                         "status": "completed", "domain": "example.com", "output": output});
     assert!(ws.send(&engine.rt, report.to_string()));
     engine.wait_operation(&op);
+    // And a hostile event.
+    let event = json!({"type": "event", "kind": "errored", "app": EVIL, "message": format!("{EVIL} stored")});
+    assert!(ws.send(&engine.rt, event.to_string()));
+    wait_for("the stored event", DEADLINE, || {
+        let events = engine.get("/admin/events");
+        match events["events"].as_array().map_or(0, Vec::len) {
+            1 => Ok(()),
+            n => Err(format!("{n} events")),
+        }
+    });
 
     let browser = Browser::start("xss");
     let base = engine.url();
@@ -629,7 +639,24 @@ fn browser_renders_hostile_names_and_output_as_text() {
     assert_nothing_injected(&browser);
     browser.screenshot("agent");
 
+    browser.wait_text("table.events", &format!("{EVIL} stored"));
+
     browser.goto(&format!("{base}/operations"));
     browser.wait_text("table.operations", "create_site");
     assert_nothing_injected(&browser);
+    browser.screenshot("operations");
+
+    // Events: the stored one from the server, a new one through the stream.
+    browser.goto(&format!("{base}/events"));
+    browser.wait_text("table.events", &format!("{EVIL} stored"));
+    browser.wait_live();
+    let event = json!({"type": "event", "kind": "health_failed", "app": EVIL, "message": format!("{EVIL} live")});
+    assert!(ws.send(&engine.rt, event.to_string()));
+    let text = browser.wait_text("table.events tbody tr", &format!("{EVIL} live"));
+    assert!(
+        text.contains("evil") && text.contains("health_failed"),
+        "{text}"
+    );
+    assert_nothing_injected(&browser);
+    browser.screenshot("events");
 }

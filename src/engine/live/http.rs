@@ -28,6 +28,7 @@ pub fn routes() -> Router<Arc<Engine>> {
     Router::new()
         .route("/admin/fleet", get(fleet))
         .route("/admin/live", get(live))
+        .route("/admin/events", get(super::events::list))
 }
 
 /// `?limit=` as a whole number in `1..=max`, else a 400 naming the range.

@@ -14,6 +14,8 @@
 //! and events are published as they change, each serialised once. Streams are bounded queues
 //! (see [`stream`]): a slow one gets `reload`, never slows the hub.
 
+pub mod events;
+pub mod history;
 pub mod http;
 pub mod stream;
 pub mod summary;
@@ -26,7 +28,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
-use super::store::{AgentRow, OperationRow, ServerRow, Store, StoreError};
+use super::store::{AgentRow, EventRow, OperationRow, ServerRow, Store, StoreError};
 use super::Engine;
 use crate::control::AppStatus;
 use crate::fleet::protocol::HostStatus;
@@ -63,6 +65,8 @@ struct Entry {
     conn: Option<u64>,
     /// The tick (modulo [`FIGURES_EVERY`]) its figures go out on.
     phase: u64,
+    /// Its events' budget.
+    events: events::Gate,
 }
 
 impl Entry {
@@ -80,6 +84,7 @@ impl Entry {
             watch_apps: false,
             watched: 0,
             conn: None,
+            events: events::Gate::default(),
             phase: hash % FIGURES_EVERY,
         }
     }
@@ -98,6 +103,9 @@ pub struct Live {
     agents: Mutex<HashMap<String, Entry>>,
     pub streams: Streams,
     ticks: AtomicU64,
+    /// Agents' events stored, and those over their budget (not stored).
+    pub events_stored: AtomicU64,
+    pub events_dropped: AtomicU64,
 }
 
 impl Live {
@@ -124,6 +132,8 @@ impl Live {
             agents: Mutex::new(agents),
             streams: Streams::default(),
             ticks: AtomicU64::new(0),
+            events_stored: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
         })
     }
 
@@ -238,6 +248,33 @@ impl Live {
                 .map(|a| serde_json::to_value(a).expect("AppStatus serialises to JSON"))
                 .collect(),
         })
+    }
+
+    /// Whether the agent's event at `at` is within its budget ([`events::EVENTS_PER_MINUTE`]);
+    /// the excess is counted, and logged once per window.
+    pub fn admit_event(&self, agent: &str, at: i64) -> bool {
+        let admit = match self.lock().get_mut(agent) {
+            Some(entry) => entry.events.admit(at),
+            None => return false,
+        };
+        if admit != events::Admit::Yes {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if admit == events::Admit::FirstDropped {
+            tracing::warn!(
+                agent,
+                "agent sends more than {} events a minute: the rest of this minute's are dropped \
+                 (counted as eventsDropped in /admin/stats)",
+                events::EVENTS_PER_MINUTE
+            );
+        }
+        admit == events::Admit::Yes
+    }
+
+    /// An event was stored.
+    pub fn event(&self, event: &EventRow) {
+        self.events_stored.fetch_add(1, Ordering::Relaxed);
+        self.publish("event", event, Some(&event.agent_id));
     }
 
     /// The live view's figures for `GET /admin/stats`.

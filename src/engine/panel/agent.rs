@@ -15,11 +15,13 @@ use serde_json::Value;
 use super::fleet::{bar, bar_percent};
 use super::layout::{self, badge, bytes, time, Nav, Page};
 use super::session::Session;
-use super::{operations, PageError, PageResult};
+use super::{events, operations, PageError, PageResult};
+use crate::engine::store::EventFilter;
 use crate::engine::Engine;
 
-/// Operations listed on the page.
+/// Operations and events listed on the page.
 const OPERATIONS: i64 = 20;
+const EVENTS: i64 = 50;
 
 /// An uptime or a span in ms, short: "3 d 4 h", "12 min".
 fn span(ms: u64) -> String {
@@ -72,6 +74,11 @@ pub(super) async fn page(
     let s = &view.summary;
     let server = engine.store.server_of_agent(&id).await?;
     let ops = engine.store.list_operations(Some(&id), OPERATIONS).await?;
+    let filter = EventFilter {
+        agent_id: Some(&id),
+        ..Default::default()
+    };
+    let events = engine.store.list_events(filter, EVENTS).await?;
     let names = HashMap::from([(s.id.clone(), s.name.clone())]);
     let mut app_names: Vec<&str> = view
         .apps
@@ -180,15 +187,9 @@ pub(super) async fn page(
             div.head { h2 { "Recent operations" } a href={ "/operations?agent=" (s.id) } { "all" } }
             (operations::table(&ops, &names))
         }
-        section.card {
+        section.card data-agent=(s.id) {
             h2 { "Events" }
-            div.scroll {
-                table #events data-agent=(s.id) {
-                    thead { tr { th { "When" } th { "Kind" } th { "App" } th { "Message" } } }
-                    tbody {}
-                }
-            }
-            p.muted #no-events { "No event yet." }
+            (events::table(&events, &names, false))
         }
     };
     let page = Page {

@@ -85,7 +85,7 @@ pub(super) async fn page(
         .store
         .list_operations(agent.as_deref(), LIMIT)
         .await?;
-    let names = agent_names(&engine, &ops);
+    let names = super::events::names(&engine, ops.iter().map(|o| &o.agent_id));
     let content = html! {
         h1 { "Operations" }
         @if let Some(agent) = &agent {
@@ -100,17 +100,4 @@ pub(super) async fn page(
         charts: false,
     };
     Ok(layout::render(page, Some(&session), content))
-}
-
-/// The names of the agents of `ops`, by id, from the live view.
-fn agent_names(engine: &Engine, ops: &[OperationRow]) -> HashMap<String, String> {
-    let mut names = HashMap::new();
-    for op in ops {
-        if !names.contains_key(&op.agent_id) {
-            if let Some(view) = engine.live.agent(&op.agent_id) {
-                names.insert(op.agent_id.clone(), view.summary.name);
-            }
-        }
-    }
-    names
 }
