@@ -652,7 +652,7 @@
         series.cpu = points.map((p) => p.cpuLoad);
         series.memory = points.map((p) => usedOf(p.memoryUsed, p.memoryTotal));
         series.disk = points.map((p) => usedOf(p.diskUsed, p.diskSize));
-        note.textContent = `${points.length} points${history.bucketMs ? `, ${fmtSpan(history.bucketMs)} each` : ''}`;
+        note.textContent = `${points.length} point${points.length === 1 ? '' : 's'}${history.bucketMs ? `, ${fmtSpan(history.bucketMs)} each` : ''}`;
         redraw();
       } catch (e) {
         note.textContent = e.message;
