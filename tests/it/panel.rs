@@ -126,7 +126,14 @@ fn assert_panel_headers(headers: &HeaderMap) {
 fn panel_pages_redirect_to_login_without_a_session() {
     let engine = EngineProc::start("");
     let http = Http::new(&engine);
-    for path in ["/servers", "/operations"] {
+    for path in [
+        "/",
+        "/?q=web",
+        "/servers",
+        "/operations",
+        "/events",
+        "/agents/x",
+    ] {
         let response = http.get(path, None);
         assert_eq!(response.status().as_u16(), 303, "{path}");
         assert_eq!(header(response.headers(), "location"), "/login", "{path}");
@@ -349,6 +356,33 @@ fn assets_are_content_addressed_and_immutable() {
     }
 }
 
+#[test]
+fn the_overview_renders_at_most_500_agents_and_filters_on_the_server() {
+    let engine = EngineProc::start("");
+    for i in 0..505 {
+        engine.create_agent(&format!("host-{i:04}"));
+    }
+    let http = Http::new(&engine);
+    let (cookie, _) = http.login();
+    let page = http.get("/", Some(&cookie)).text().unwrap();
+    assert_eq!(page.matches("<tr data-id=").count(), 500);
+    assert!(page.contains("505 agents"), "the count of all of them");
+    assert!(
+        page.contains("Showing <span id=\"shown\">500</span> of <span id=\"total\">505</span>"),
+        "the count of the rest"
+    );
+    assert!(page.len() < 1_000_000, "{} bytes", page.len());
+    // `?q=` filters on the server (name, id or hostname, ignoring case).
+    let page = http.get("/?q=HOST-0042", Some(&cookie)).text().unwrap();
+    assert_eq!(page.matches("<tr data-id=").count(), 1);
+    assert!(page.contains(">host-0042<"));
+    assert!(page.contains("1 agent matching"));
+    // An unknown agent's page is a 404 page.
+    let response = http.get("/agents/nope", Some(&cookie));
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(response.text().unwrap().contains("no agent with id"));
+}
+
 // ---- in a real browser ------------------------------------------------------------------------
 
 #[test]
@@ -408,6 +442,20 @@ fn browser_sees_an_agent_come_online_restarts_its_app_and_draws_its_charts() {
         "the page was not reloaded"
     );
     browser.screenshot("fleet");
+    // The filter narrows the rows at once, in the browser.
+    let hidden = format!("return document.querySelector(\"{row}\").hidden;");
+    browser.type_into("#filter", "no-such-host");
+    browser.wait_js("the row hidden", &hidden);
+    assert_eq!(
+        browser.exec(
+            "return document.getElementById('no-agents').hidden;",
+            vec![]
+        ),
+        json!(false)
+    );
+    browser.type_into("#filter", "WEB-");
+    browser.wait_js("the row shown", &hidden.replace("return ", "return !"));
+    browser.type_into("#filter", "");
 
     // Its page: apps, and a chart drawn from the history.
     wait_for("history points", DEADLINE, || {
