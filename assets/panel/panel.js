@@ -369,17 +369,22 @@
 
   // ---- Fleet --------------------------------------------------------------------------------
 
+  /** As fleet::state on the server: an agent that never enrolled is pending. */
+  function agentState(s) {
+    return !s.enrolled && s.status === 'offline' ? 'pending' : s.status;
+  }
+
   function fillAgent(row, s) {
     row.dataset.id = s.id;
     row.dataset.name = s.name;
     row.dataset.hostname = s.hostname || '';
     row.dataset.problem = String(s.problem);
     row.classList.toggle('problem', s.problem > 0);
-    const agent = [el('span', { class: `dot ${tone(s.status)}`, title: s.status }),
+    const agent = [el('span', { class: `dot ${tone(agentState(s))}`, title: agentState(s) }),
       el('a', { href: `/agents/${encodeURIComponent(s.id)}`, text: s.name })];
     if (s.hostname) agent.push(el('br'), el('span', { class: 'muted', text: s.hostname }));
     fill(row, 'agent', ...agent);
-    fill(row, 'status', badge(s.status));
+    fill(row, 'status', badge(agentState(s)));
     fill(row, 'version', s.version || '—', ...(s.gitVersion ? [el('br'), el('code', { class: 'muted', text: s.gitVersion })] : []));
     const cpu = cpuText(s);
     fill(row, 'cpu', ...(cpu ? [el('span', { class: 'figure', text: cpu }), barPercent(s.load)] : []));
@@ -674,7 +679,7 @@
     const setFact = (field, ...nodes) => fill(facts, field, ...nodes);
     const showSummary = (s) => {
       if (s.id !== agentId) return;
-      document.getElementById('agent-status').replaceChildren(badge(s.status));
+      document.getElementById('agent-status').replaceChildren(badge(agentState(s)));
       setFact('hostname', s.hostname || '—');
       setFact('version', s.version || '—');
       setFact('cpu', cpuText(s) || '—');

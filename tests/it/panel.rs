@@ -428,7 +428,8 @@ fn browser_sees_an_agent_come_online_restarts_its_app_and_draws_its_charts() {
     let base = engine.url();
     browser.login(&base);
     let row = format!("#agents tr[data-id='{id}']");
-    browser.wait_text(&format!("{row} [data-f=status]"), "offline");
+    // Not enrolled yet: pending.
+    browser.wait_text(&format!("{row} [data-f=status]"), "pending");
     browser.wait_live();
     browser.exec("window.samePage = true;", vec![]);
 

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use maud::{html, Markup};
 use serde_json::Value;
 
-use super::fleet::{bar, bar_percent};
+use super::fleet::{self, bar, bar_percent};
 use super::layout::{self, badge, bytes, time, Nav, Page};
 use super::session::Session;
 use super::{events, operations, PageError, PageResult};
@@ -89,7 +89,7 @@ pub(super) async fn page(
     let content = html! {
         div.head {
             h1 #agent-name { (s.name) }
-            span #agent-status { (badge(s.status)) }
+            span #agent-status { (badge(fleet::state(s))) }
             @if let Some(server) = &server {
                 span.muted { "server " (badge(&server.status)) @if let Some(e) = &server.error { " " span.error { (e) } } }
             }

@@ -47,6 +47,14 @@ pub(super) fn bar_percent(percent: Option<f64>) -> Markup {
     html! { span class={ "bar" (tone) } title={ (format!("{p:.0}")) " %" } { span class={ "w" (step) } {} } }
 }
 
+/// The state shown: an agent that never enrolled is `pending` (not a problem), else its status.
+pub(super) fn state(s: &AgentSummary) -> &'static str {
+    match (s.enrolled, s.status) {
+        (false, "offline") => "pending",
+        (_, status) => status,
+    }
+}
+
 /// The counts of an agent's apps by state, errored in red.
 fn app_counts(s: &AgentSummary) -> Markup {
     let a = &s.apps;
@@ -70,12 +78,12 @@ pub(super) fn agent_row(s: Option<&AgentSummary>) -> Markup {
             class=[s.filter(|s| s.problem > 0).map(|_| "problem")] {
             td data-f="agent" data-label="Agent" {
                 @if let Some(s) = s {
-                    span class={ "dot " (layout::tone(s.status)) } title=(s.status) {}
+                    span class={ "dot " (layout::tone(state(s))) } title=(state(s)) {}
                     a href={ "/agents/" (s.id) } { (s.name) }
                     @if let Some(h) = &s.hostname { br; span.muted { (h) } }
                 }
             }
-            td data-f="status" data-label="State" { @if let Some(s) = s { (badge(s.status)) } }
+            td data-f="status" data-label="State" { @if let Some(s) = s { (badge(state(s))) } }
             td data-f="version" data-label="Version" {
                 @if let Some(s) = s {
                     (s.version.as_deref().unwrap_or("—"))
