@@ -146,11 +146,12 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
             "/admin/servers/{id}",
             get(get_server).delete(provision::delete_server),
         )
+        .merge(super::live::http::routes())
         .route_layer(middleware::from_fn_with_state(engine, require_admin))
 }
 
-/// Checks `Authorization: Bearer <admin token>` in constant time; failures count against the
-/// caller's address.
+/// Checks `Authorization: Bearer <admin token>` in constant time (failures count against the
+/// caller's address), or else a panel session ([`super::panel::session::authorize_api`]).
 async fn require_admin(
     State(engine): State<Arc<Engine>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -166,6 +167,17 @@ async fn require_admin(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
+    // Without a bearer token, the web panel's session cookie (and its CSRF token) may do.
+    if given.is_none() {
+        let (method, headers) = (request.method(), request.headers());
+        if let Some(verdict) = super::panel::session::authorize_api(&engine, method, headers).await
+        {
+            return match verdict {
+                Ok(()) => next.run(request).await,
+                Err(refusal) => refusal.into_response(),
+            };
+        }
+    }
     let refusal = match given {
         None => "missing `Authorization: Bearer <admin token>` header (the token is in the engine's admin_token_file or CITRUS_ADMIN_TOKEN)",
         Some(token) if auth::matches(token.trim(), &engine.admin_token_hash) => {
@@ -203,6 +215,9 @@ async fn stats(State(engine): State<Arc<Engine>>) -> ApiResult {
         "statusUpdates": hub.status_stored.load(std::sync::atomic::Ordering::Relaxed),
         "statusReceived": hub.status_received.load(std::sync::atomic::Ordering::Relaxed),
         "statusThinned": hub.status_thinned.load(std::sync::atomic::Ordering::Relaxed),
+        "eventsStored": engine.live.events_stored.load(std::sync::atomic::Ordering::Relaxed),
+        "eventsDropped": engine.live.events_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "live": engine.live.stats(),
     }))
     .into_response())
 }
@@ -271,6 +286,8 @@ async fn get_agent(State(engine): State<Arc<Engine>>, Path(id): Path<String>) ->
 struct HistoryQuery {
     since: Option<i64>,
     limit: Option<i64>,
+    /// `hour`, `day` or `week`: downsampled (see [`super::live::history`]).
+    range: Option<String>,
 }
 
 async fn agent_history(
@@ -283,6 +300,16 @@ async fn agent_history(
         .get_agent(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("agent", &id))?;
+    if let Some(range) = q.range.as_deref() {
+        use super::live::history;
+        if q.since.is_some() || q.limit.is_some() {
+            return Err(ApiError::bad_request(
+                "give either `range` (hour, day, week) or `since`/`limit`, not both",
+            ));
+        }
+        let body = history::downsampled(&engine, &id, history::Range::parse(range)?).await?;
+        return Ok(Json(body).into_response());
+    }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let points = engine
         .store
@@ -600,6 +627,7 @@ pub(super) async fn enroll(
         )
         .await;
     }
+    engine.live.enrolled(&body.agent_id);
     tracing::info!(agent = %body.agent_id, %ip, "agent enrolled");
     Ok(Json(json!({ "key": key })).into_response())
 }
@@ -616,8 +644,9 @@ async fn refuse_enrolment(
     tracing::warn!(agent, %ip, "enrolment refused: {why}");
     if let Ok(Some(server)) = engine.store.server_of_agent(agent).await {
         let note = format!("enrolment refused from {ip}: {why}");
-        if let Err(e) = engine.store.note_server_error(&server.id, &note, at).await {
-            tracing::error!("{e}");
+        match engine.store.note_server_error(&server.id, &note, at).await {
+            Ok(()) => engine.live.server_changed(&engine.store, &server.id).await,
+            Err(e) => tracing::error!("{e}"),
         }
     }
     match blocked {

@@ -16,6 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::api::ApiError;
+use super::live::events;
 use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord};
 use super::{auth, now, Engine};
 use crate::control::AppState;
@@ -311,11 +312,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let conn = engine.hub.register(&agent, tx.clone());
+    let at = now();
+    engine.live.online(&agent, conn, at);
     engine
         .write(AgentWrite::Online {
             agent_id: agent.clone(),
             connection: conn,
-            at: now(),
+            at,
         })
         .await;
     super::provision::agent_connected(&engine, &agent).await;
@@ -390,11 +393,13 @@ async fn serve(engine: Arc<Engine>, agent: String, socket: WebSocket) {
     if engine.hub.unregister(&agent, conn) {
         tracing::info!(agent = %agent, "agent offline: {reason}");
     }
+    let at = now();
+    engine.live.offline(&agent, conn, at);
     engine
         .write(AgentWrite::Offline {
             agent_id: agent.clone(),
             connection: conn,
-            at: now(),
+            at,
         })
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -489,6 +494,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             if agent_id != agent {
                 tracing::warn!(agent, said = %agent_id, "agent_connected names another agent id");
             }
+            engine.live.version(agent, &version, git_version.as_deref());
             engine
                 .write(AgentWrite::Version {
                     agent_id: agent.to_owned(),
@@ -513,11 +519,14 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
                     );
                 }
             }
+            let point = history_point(&status);
+            let json = text_of_status(&status);
+            engine.live.status(agent, status, point.at);
             engine
                 .write(AgentWrite::Status(StatusRecord {
                     agent_id: agent.to_owned(),
-                    point: history_point(&status),
-                    json: text_of_status(&status),
+                    point,
+                    json,
                     history,
                 }))
                 .await;
@@ -577,6 +586,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
                     // that comes on the new connection finds the key already promoted.)
                     Ok(true) => {
                         if engine.hub.unregister(agent, conn) {
+                            engine.live.offline(agent, conn, now());
                             tracing::info!(
                                 agent,
                                 "key rotated; waiting for the agent to reconnect"
@@ -596,7 +606,13 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             }
         }
         AgentMessage::Event { kind, app, message } => {
-            tracing::info!(agent, kind = %kind, app = ?app, "event: {message}");
+            let at = now();
+            if engine.live.admit_event(agent, at) {
+                let id = engine.store.next_event_id();
+                let row = events::row(id, agent, &kind, app.as_deref(), &message, at);
+                tracing::info!(agent, kind = %row.kind, app = ?row.app, "event: {}", row.message);
+                engine.write(AgentWrite::Event(row)).await;
+            }
             Ok(())
         }
         AgentMessage::Error { id, error } => {
@@ -645,6 +661,7 @@ async fn report(
         .await?
     {
         engine.hub.operation_changed(id);
+        engine.live.operation_changed(&engine.store, id).await;
     }
     Ok(())
 }
@@ -717,6 +734,11 @@ pub async fn agent_writer(
                         .hub
                         .status_stored
                         .fetch_add(statuses as u64, Ordering::Relaxed);
+                    for write in &batch {
+                        if let AgentWrite::Event(event) = write {
+                            engine.live.event(event);
+                        }
+                    }
                 }
                 Err(e) => tracing::error!(
                     "{} agent writes lost ({statuses} status updates): {e}",

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod cloud_init;
 pub mod digitalocean;
 pub mod hub;
+pub mod live;
+pub mod panel;
 pub mod provision;
 pub mod store;
 
@@ -23,7 +25,9 @@ use crate::config::{format_duration, EngineConfig};
 use crate::fleet::protocol::EngineMessage;
 use crate::state::write_atomic;
 use api::ApiError;
-use store::{AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError};
+use store::{
+    AgentRow, AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError,
+};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub struct Engine {
     pub config: EngineConfig,
     pub store: Store,
     pub hub: hub::Hub,
+    /// The fleet in memory and the panel's live streams.
+    pub live: live::Live,
     pub limiter: auth::FailureLimiter,
     /// SHA-256 of the admin token.
     admin_token_hash: String,
@@ -91,16 +97,22 @@ impl Engine {
         name: &str,
     ) -> Result<(String, i64), StoreError> {
         let token = auth::random_hex(32);
-        let expires_at = now() + self.config.enroll_token_ttl.as_millis() as i64;
+        let at = now();
+        let expires_at = at + self.config.enroll_token_ttl.as_millis() as i64;
         self.store
-            .insert_agent(
-                id,
-                name,
-                None,
-                Some((&auth::hash(&token), expires_at)),
-                now(),
-            )
+            .insert_agent(id, name, None, Some((&auth::hash(&token), expires_at)), at)
             .await?;
+        self.live.created(&AgentRow {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            status: "offline".into(),
+            enrolled: false,
+            version: None,
+            git_version: None,
+            connected_at: None,
+            last_seen_at: None,
+            created_at: at,
+        });
         Ok((token, expires_at))
     }
 
@@ -146,13 +158,14 @@ impl Engine {
             }
         }
         tracing::info!(agent, operation = id, kind, "command sent");
-        let operation = self.store.get_operation(id).await?;
-        operation.ok_or_else(|| {
+        let operation = self.store.get_operation(id).await?.ok_or_else(|| {
             ApiError::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                 "operation vanished",
             )
-        })
+        })?;
+        self.live.operation(&operation);
+        Ok(operation)
     }
 }
 
@@ -233,6 +246,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         }
         _ => None,
     };
+    let live = live::Live::load(&store).await?;
     let listener = listen(config.listen).map_err(|source| EngineError::Listen {
         addr: config.listen,
         source,
@@ -243,6 +257,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         config,
         store,
         hub: hub::Hub::default(),
+        live,
         admin_token_hash,
         digitalocean,
         provision_wake: Notify::new(),
@@ -304,6 +319,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .layer(axum::middleware::from_fn(|req, next| {
             crate::sys::serve::json_errors(req, next, api::shape_error)
         }))
+        // The web panel answers pages, not JSON: outside the layer above.
+        .merge(panel::routes())
         .with_state(engine)
 }
 
@@ -325,6 +342,7 @@ impl Bound {
             tokio::spawn(provision::run(engine.clone())),
             tokio::spawn(timeout_operations(engine.clone())),
             tokio::spawn(prune_history(engine.clone())),
+            tokio::spawn(live::run(engine.clone())),
         ];
         tracing::info!(
             listen = %listener.local_addr().map_err(EngineError::Serve)?,
@@ -336,6 +354,7 @@ impl Bound {
         let on_shutdown = async move {
             shutdown.await;
             closer.hub.close_all("citrus-engine is shutting down");
+            closer.live.streams.close_all();
             let _ = down_tx.send(true);
         };
         let limits = http_limits();
@@ -381,6 +400,7 @@ async fn timeout_operations(engine: Arc<Engine>) {
                 for id in ids {
                     tracing::warn!(operation = %id, "operation timed out");
                     engine.hub.operation_changed(&id);
+                    engine.live.operation_changed(&engine.store, &id).await;
                 }
             }
             Err(e) => tracing::error!("{e}"),
@@ -389,7 +409,7 @@ async fn timeout_operations(engine: Arc<Engine>) {
     }
 }
 
-/// Deletes status history older than `status_history_retention`.
+/// Deletes status history and events older than `status_history_retention`.
 async fn prune_history(engine: Arc<Engine>) {
     let retention = engine.config.status_history_retention;
     // Often, so that each pass deletes little (a minute of history at most, for long retentions).
@@ -404,6 +424,7 @@ async fn prune_history(engine: Arc<Engine>) {
             Ok(n) => tracing::debug!("pruned {n} status history points"),
             Err(e) => tracing::error!("{e}"),
         }
+        live::events::prune(&engine).await;
         tokio::time::sleep(every).await;
     }
 }

@@ -107,6 +107,7 @@ pub(super) async fn deploy_with_agent(
         updated_at: at,
     };
     engine.store.insert_server(&server).await?;
+    engine.live.server(&server);
     let request = CreateDroplet {
         name: name.clone(),
         region: d.region.clone(),
@@ -165,6 +166,7 @@ async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDrop
     if let Err(e) = moved {
         tracing::error!(server = %server, "{e}");
     }
+    engine.live.server_changed(&engine.store, &server).await;
     engine.creating.lock().remove(&server);
     engine.provision_wake.notify_one();
 }
@@ -182,6 +184,7 @@ pub async fn agent_connected(engine: &Engine, agent: &str) {
             .await?
         {
             tracing::info!(server = %server.id, "server active: its agent connected");
+            engine.live.server_changed(&engine.store, &server.id).await;
         }
         Ok::<_, super::store::StoreError>(())
     }
@@ -223,10 +226,13 @@ async fn fail(
         ..Default::default()
     };
     let from = ["creating", "provisioning", "initializing"];
-    engine
+    if engine
         .store
         .move_server(&server.id, &from, "failed", update, now())
-        .await?;
+        .await?
+    {
+        engine.live.server_changed(&engine.store, &server.id).await;
+    }
     Ok(())
 }
 
@@ -264,10 +270,13 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
                         ip: d.public_ipv4.as_deref(),
                         ..Default::default()
                     };
-                    engine
+                    if engine
                         .store
                         .move_server(&server.id, &["provisioning"], "initializing", update, now())
-                        .await?;
+                        .await?
+                    {
+                        engine.live.server_changed(&engine.store, &server.id).await;
+                    }
                     tracing::info!(server = %server.id, ip = ?d.public_ipv4, "droplet active; waiting for its agent");
                     Ok(())
                 }
@@ -285,7 +294,9 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
                     engine
                         .store
                         .note_server_error(&server.id, &note, now())
-                        .await
+                        .await?;
+                    engine.live.server_changed(&engine.store, &server.id).await;
+                    Ok(())
                 }
             }
         }
@@ -334,6 +345,8 @@ pub(super) async fn delete_server(
         .disconnect(&server.agent_id, 1000, "server deleted");
     engine.store.delete_server(&id).await?;
     engine.store.delete_agent(&server.agent_id).await?;
+    engine.live.server_deleted(&id, &server.agent_id);
+    engine.live.deleted(&server.agent_id);
     tracing::info!(server = %id, droplet = ?server.droplet_id, "server deleted");
     Ok(Json(json!({
         "success": true,

@@ -1,10 +1,12 @@
 //! The engine's store: agents, servers, agent status and its history, operations and the
-//! deployments among them. One schema
+//! deployments among them, the agents' events. One schema
 //! (`migrations/engine/`) for SQLite (the embedded default) and PostgreSQL, through sqlx's
 //! `Any` driver; migrations run at open. Times are Unix milliseconds.
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -13,6 +15,9 @@ use sqlx::{AnyPool, Row};
 
 use crate::config::Database;
 use crate::deploy::Phase;
+
+mod sessions;
+pub use sessions::SessionRow;
 
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +104,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "deployments",
         include_str!("../../migrations/engine/0003_deployments.sql"),
     ),
+    (
+        4,
+        "events",
+        include_str!("../../migrations/engine/0004_events.sql"),
+    ),
+    (
+        5,
+        "sessions",
+        include_str!("../../migrations/engine/0005_sessions.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -129,6 +144,8 @@ pub struct Store {
     writer: AnyPool,
     /// SQLite (else PostgreSQL): the few statements that differ ask.
     sqlite: bool,
+    /// The id of the last event given out ([`Store::next_event_id`]).
+    last_event: Arc<AtomicI64>,
 }
 
 /// An agent as the admin API shows it.
@@ -206,12 +223,36 @@ pub enum AgentWrite {
     },
     /// A status update.
     Status(StatusRecord),
+    /// An `event` message.
+    Event(EventRow),
     /// The agent is offline, if `connection` is still its current one.
     Offline {
         agent_id: String,
         connection: u64,
         at: i64,
     },
+}
+
+/// An agent's `event` message as stored (bounded by the hub) and served.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    /// Increasing: a newer event has a greater id.
+    pub id: i64,
+    pub agent_id: String,
+    pub kind: String,
+    pub app: Option<String>,
+    pub message: String,
+    pub at: i64,
+}
+
+/// Which events [`Store::list_events`] lists.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventFilter<'a> {
+    pub agent_id: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    /// Only events with a smaller id (the next page of a newest-first list).
+    pub before: Option<i64>,
 }
 
 /// An operation: a command sent to an agent and its outcome.
@@ -326,7 +367,7 @@ pub struct ServerRow {
     pub updated_at: i64,
 }
 
-/// Rows of status history deleted per statement by [`Store::prune_history`].
+/// Rows deleted per statement by [`Store::prune_history`] and [`Store::prune_events`].
 const PRUNE_BATCH: u64 = 1000;
 
 /// An agent's row; `last_seen_at` is the later of its last connect/disconnect and its latest
@@ -343,6 +384,7 @@ const DEPLOYMENT_COLUMNS: &str =
                                   output, error, created_at, updated_at";
 const SERVER_COLUMNS: &str = "id, name, agent_id, status, droplet_id, ip, region, size, image, \
                               error, created_at, updated_at";
+const EVENT_COLUMNS: &str = "id, agent_id, kind, app, message, at";
 
 fn agent(row: &AnyRow) -> std::result::Result<AgentRow, sqlx::Error> {
     Ok(AgentRow {
@@ -404,6 +446,17 @@ fn server(row: &AnyRow) -> std::result::Result<ServerRow, sqlx::Error> {
         error: row.try_get("error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn event(row: &AnyRow) -> std::result::Result<EventRow, sqlx::Error> {
+    Ok(EventRow {
+        id: row.try_get("id")?,
+        agent_id: row.try_get("agent_id")?,
+        kind: row.try_get("kind")?,
+        app: row.try_get("app")?,
+        message: row.try_get("message")?,
+        at: row.try_get("at")?,
     })
 }
 
@@ -490,10 +543,16 @@ impl Store {
             true => open(options, connections).await?,
             false => writer.clone(),
         };
+        let last_event: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM events")
+            .fetch_one(&pool)
+            .await
+            .and_then(|row| row.try_get("id"))
+            .map_err(ctx("reading the last event id"))?;
         Ok(Store {
             pool,
             writer,
             sqlite,
+            last_event: Arc::new(AtomicI64::new(last_event)),
         })
     }
 
@@ -711,6 +770,7 @@ impl Store {
         for sql in [
             "DELETE FROM agent_status_history WHERE agent_id = $1",
             "DELETE FROM agent_status WHERE agent_id = $1",
+            "DELETE FROM events WHERE agent_id = $1",
             "DELETE FROM agents WHERE id = $1",
         ] {
             sqlx::query(sql)
@@ -744,6 +804,16 @@ impl Store {
                     statuses.push(record);
                     continue;
                 }
+                AgentWrite::Event(e) => sqlx::query(
+                    "INSERT INTO events (id, agent_id, kind, app, message, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(e.id)
+                .bind(e.agent_id.as_str())
+                .bind(e.kind.as_str())
+                .bind(e.app.as_deref())
+                .bind(e.message.as_str())
+                .bind(e.at),
                 AgentWrite::Online {
                     agent_id,
                     connection,
@@ -800,6 +870,19 @@ impl Store {
         )))
     }
 
+    /// Every agent's latest status (JSON as received), by agent id: the live view's start.
+    pub async fn latest_statuses(&self) -> Result<std::collections::HashMap<String, String>> {
+        let what = "reading the agents' statuses";
+        let rows = sqlx::query("SELECT agent_id, status FROM agent_status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx(what))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("agent_id")?, row.try_get("status")?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(ctx(what))
+    }
+
     /// The agent's history since `since`, oldest first, at most `limit` points (the newest).
     pub async fn history(&self, id: &str, since: i64, limit: i64) -> Result<Vec<HistoryPoint>> {
         let what = "reading status history";
@@ -828,11 +911,17 @@ impl Store {
     /// of rows, and one statement for all of them would hold the writer (and every command's
     /// write behind it) for seconds.
     pub async fn prune_history(&self, before: i64) -> Result<u64> {
+        self.prune("agent_status_history", before, "pruning status history")
+            .await
+    }
+
+    /// Deletes `table`'s rows whose `at` is before `before`, [`PRUNE_BATCH`] per statement.
+    async fn prune(&self, table: &'static str, before: i64, what: &'static str) -> Result<u64> {
         // The row id of each store: SQLite's rowid, PostgreSQL's ctid.
         let row = if self.sqlite { "rowid" } else { "ctid" };
         let sql = format!(
-            "DELETE FROM agent_status_history WHERE {row} IN \
-             (SELECT {row} FROM agent_status_history WHERE at < $1 LIMIT $2)"
+            "DELETE FROM {table} WHERE {row} IN \
+             (SELECT {row} FROM {table} WHERE at < $1 LIMIT $2)"
         );
         let mut total = 0;
         loop {
@@ -841,12 +930,85 @@ impl Store {
                 .bind(PRUNE_BATCH as i64)
                 .execute(&self.writer)
                 .await
-                .map_err(ctx("pruning status history"))?;
+                .map_err(ctx(what))?;
             total += done.rows_affected();
             if done.rows_affected() < PRUNE_BATCH {
                 return Ok(total);
             }
         }
+    }
+
+    /// The agent's history since `from`, averaged over buckets of `bucket` ms aligned on
+    /// `from`, oldest first: one point per bucket that has any, `at` its start. Load, memory and
+    /// disk are averages (rounded); apps online the fewest and apps total the most seen in the bucket.
+    pub async fn history_buckets(
+        &self,
+        id: &str,
+        from: i64,
+        bucket: i64,
+    ) -> Result<Vec<HistoryPoint>> {
+        let what = "reading status history";
+        let rows = sqlx::query(
+            "SELECT $2 + ((at - $2) / $3) * $3 AS at, \
+             CAST(AVG(cpu_load) AS DOUBLE PRECISION) AS cpu_load, \
+             CAST(ROUND(AVG(memory_used)) AS BIGINT) AS memory_used, \
+             CAST(ROUND(AVG(memory_total)) AS BIGINT) AS memory_total, \
+             CAST(ROUND(AVG(disk_used)) AS BIGINT) AS disk_used, \
+             CAST(ROUND(AVG(disk_size)) AS BIGINT) AS disk_size, \
+             MIN(apps_online) AS apps_online, MAX(apps_total) AS apps_total \
+             FROM agent_status_history WHERE agent_id = $1 AND at >= $2 \
+             GROUP BY 1 ORDER BY 1",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(bucket.max(1))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(what))?;
+        rows.iter()
+            .map(history_point)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(ctx(what))
+    }
+
+    // ---- events ------------------------------------------------------------------------
+
+    /// A new event id, greater than every one given before (also by earlier runs).
+    pub fn next_event_id(&self) -> i64 {
+        self.last_event.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Events matching `filter`, newest first, at most `limit`.
+    pub async fn list_events(&self, filter: EventFilter<'_>, limit: i64) -> Result<Vec<EventRow>> {
+        let what = "listing events";
+        let mut conditions = vec!["id < $1".to_owned()];
+        let mut args: Vec<&str> = Vec::new();
+        for (column, value) in [("agent_id", filter.agent_id), ("kind", filter.kind)] {
+            if let Some(value) = value {
+                args.push(value);
+                conditions.push(format!("{column} = ${}", args.len() + 2));
+            }
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE {} ORDER BY id DESC LIMIT $2",
+            conditions.join(" AND ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.before.unwrap_or(i64::MAX))
+            .bind(limit);
+        for arg in args {
+            query = query.bind(arg);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(ctx(what))?;
+        rows.iter()
+            .map(event)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(ctx(what))
+    }
+
+    /// Deletes the events older than `before`; returns how many went.
+    pub async fn prune_events(&self, before: i64) -> Result<u64> {
+        self.prune("events", before, "pruning events").await
     }
 
     // ---- operations --------------------------------------------------------------------
@@ -1476,6 +1638,121 @@ mod tests {
         assert_eq!(json["updatedAt"], 500);
         assert!(store
             .list_deployments("other", 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    fn event_write(store: &Store, agent: &str, kind: &str, at: i64) -> AgentWrite {
+        AgentWrite::Event(EventRow {
+            id: store.next_event_id(),
+            agent_id: agent.into(),
+            kind: kind.into(),
+            app: None,
+            message: format!("{kind} at {at}"),
+            at,
+        })
+    }
+
+    #[tokio::test]
+    async fn events_are_listed_newest_first_filtered_paged_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::Sqlite(dir.path().join("engine.db"));
+        let store = Store::open(&db).await.unwrap();
+        let writes: Vec<AgentWrite> = (0..1500)
+            .map(|i| {
+                let agent = if i % 3 == 0 { "a" } else { "b" };
+                let kind = if i % 2 == 0 { "errored" } else { "disk" };
+                event_write(&store, agent, kind, i)
+            })
+            .collect();
+        store.record_agent_writes(&writes).await.unwrap();
+        let all = store
+            .list_events(EventFilter::default(), 2000)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1500);
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+        assert_eq!(all[0].at, 1499);
+        let filter = EventFilter {
+            agent_id: Some("a"),
+            kind: Some("errored"),
+            before: None,
+        };
+        let page = store.list_events(filter, 10).await.unwrap();
+        assert_eq!(page.len(), 10);
+        assert!(page
+            .iter()
+            .all(|e| e.agent_id == "a" && e.kind == "errored"));
+        assert_eq!(page[0].at, 1494);
+        let next = EventFilter {
+            before: Some(page[9].id),
+            ..filter
+        };
+        let page2 = store.list_events(next, 10).await.unwrap();
+        assert_eq!(page2[0].at, page[9].at - 6);
+        // Older than 1,200: 1,200 events go, in two batches.
+        assert_eq!(store.prune_events(1200).await.unwrap(), 1200);
+        let left = store
+            .list_events(EventFilter::default(), 2000)
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 300);
+        store.close().await;
+        // Ids keep increasing after a restart.
+        let store = Store::open(&db).await.unwrap();
+        assert_eq!(store.next_event_id(), all[0].id + 1);
+    }
+
+    #[tokio::test]
+    async fn history_buckets_average_each_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
+            .await
+            .unwrap();
+        let write = |at: i64, load: f64, used: i64, online: i64| {
+            AgentWrite::Status(StatusRecord {
+                agent_id: "a".into(),
+                json: "{}".into(),
+                point: HistoryPoint {
+                    at,
+                    cpu_load: load,
+                    memory_used: used,
+                    memory_total: 100,
+                    disk_used: used * 2,
+                    disk_size: 1000,
+                    apps_online: online,
+                    apps_total: 3,
+                },
+                history: true,
+            })
+        };
+        let writes = [
+            write(990, 99.0, 99, 0),
+            write(1000, 10.0, 10, 3),
+            write(1050, 20.0, 20, 2),
+            write(1099, 30.0, 31, 3),
+            write(1100, 50.0, 50, 1),
+            write(1350, 70.0, 70, 3),
+        ];
+        store.record_agent_writes(&writes).await.unwrap();
+        let points = store.history_buckets("a", 1000, 100).await.unwrap();
+        let got: Vec<(i64, f64, i64, i64, i64)> = points
+            .iter()
+            .map(|p| (p.at, p.cpu_load, p.memory_used, p.disk_used, p.apps_online))
+            .collect();
+        // Before `from`: left out. 1000-1099: averages (20, 20.33 → 20, 40.67 → 41) and the
+        // fewest online; an empty bucket (1200) has no point.
+        assert_eq!(
+            got,
+            [
+                (1000, 20.0, 20, 41, 2),
+                (1100, 50.0, 50, 100, 1),
+                (1300, 70.0, 70, 140, 3)
+            ]
+        );
+        assert!(store
+            .history_buckets("other", 1000, 100)
             .await
             .unwrap()
             .is_empty());

@@ -7,7 +7,7 @@ use crate::hub_support::{agent_headers, raw_connect, EngineProc, ENGINE};
 use crate::support::{wait_for, Daemon, DEADLINE};
 
 /// A citrusd whose agent enrols at `engine` with `token` and creates sites with `echo`.
-fn agent_daemon(engine: &EngineProc, id: &str, token: &str) -> Daemon {
+pub fn agent_daemon(engine: &EngineProc, id: &str, token: &str) -> Daemon {
     Daemon::start(&format!(
         "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n\
          [fleet]\nengine_url = \"{}\"\nagent_id = \"{id}\"\nkey_file = \"agent.key\"\n\
@@ -544,6 +544,21 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     let history = engine.get(&format!("/admin/agents/{id}/history"));
     assert_eq!(history["points"][0]["cpuLoad"], 12.5);
     assert_eq!(history["points"][0]["diskUsed"], 40);
+    // Downsampled in SQL, and events stored and listed, as with SQLite.
+    let hour = engine.get(&format!("/admin/agents/{id}/history?range=hour"));
+    assert_eq!(hour["points"][0]["cpuLoad"], 12.5, "{hour}");
+    assert_eq!(hour["points"][0]["memoryUsed"], 400, "{hour}");
+    let event = json!({"type": "event", "kind": "disk", "message": "/ is 91 % full"});
+    assert!(ws.send(rt, event.to_string()));
+    let events = wait_for("the event in PostgreSQL", DEADLINE, || {
+        let events = engine.get(&format!("/admin/events?agent={id}&kind=disk"))["events"].clone();
+        match events.as_array().map_or(0, Vec::len) {
+            1 => Ok(events),
+            _ => Err(events.to_string()),
+        }
+    });
+    assert_eq!(events[0]["message"], "/ is 91 % full");
+    assert!(events[0]["app"].is_null());
     let (status, body) = engine.command(
         &id,
         json!({"type": "create_site", "domain": "pg.example.com"}),
@@ -626,6 +641,9 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     let agent = engine.agent(&id);
     assert_eq!(agent["agent"]["status"], "offline");
     assert_eq!(agent["status"]["hostname"], "pg-host");
+    // The fleet view is loaded from PostgreSQL too.
+    let fleet = engine.get("/admin/fleet");
+    assert_eq!(fleet["agents"][0]["hostname"], "pg-host", "{fleet}");
     assert_eq!(
         engine.get(&format!("/admin/operations/{op_id}"))["operation"]["output"],
         "done"
@@ -646,13 +664,21 @@ fn postgresql_store_has_the_same_schema_and_behaviour() {
     )
     .unwrap();
     engine.spawn();
-    wait_for("the history pruned in PostgreSQL", DEADLINE, || {
-        let history = engine.get(&format!("/admin/agents/{id}/history"));
-        match history["points"].as_array().map_or(0, Vec::len) {
-            0 => Ok(()),
-            n => Err(format!("{n} points")),
-        }
-    });
+    wait_for(
+        "the history and events pruned in PostgreSQL",
+        DEADLINE,
+        || {
+            let history = engine.get(&format!("/admin/agents/{id}/history"));
+            let events = engine.get(&format!("/admin/events?agent={id}"));
+            match (
+                history["points"].as_array().map_or(0, Vec::len),
+                events["events"].as_array().map_or(0, Vec::len),
+            ) {
+                (0, 0) => Ok(()),
+                n => Err(format!("{n:?} points and events")),
+            }
+        },
+    );
     assert_eq!(engine.agent(&id)["status"]["hostname"], "pg-host");
 }
 

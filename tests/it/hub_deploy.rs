@@ -14,7 +14,7 @@ fn engine() -> EngineProc {
 }
 
 /// An enrolled agent, connected and online.
-fn connected_agent(engine: &EngineProc, name: &str) -> (String, String, RawAgent) {
+pub fn connected_agent(engine: &EngineProc, name: &str) -> (String, String, RawAgent) {
     let (id, key) = engine.enrolled_agent(name);
     let ws = raw_connect(&engine.rt, &engine.ws_url(), &agent_headers(&id, &key)).unwrap();
     engine.wait_agent_status(&id, "online");

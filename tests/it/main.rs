@@ -1,6 +1,7 @@
 //! Integration tests: the real citrusd and citrusctl binaries, real processes, signals, sockets.
 
 mod app_validation;
+mod browser;
 mod cgroups;
 mod config_errors;
 mod connections;
@@ -19,7 +20,9 @@ mod hub_deploy;
 mod hub_support;
 mod jobs;
 mod listen;
+mod live;
 mod logs;
+mod panel;
 mod persistence;
 mod probes;
 mod provision;

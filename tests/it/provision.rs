@@ -10,7 +10,7 @@ use crate::support::{wait_for, Daemon, DEADLINE};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-fn engine_with(fake: &FakeDo, token: &str, extra: &str) -> EngineProc {
+pub fn engine_with(fake: &FakeDo, token: &str, extra: &str) -> EngineProc {
     EngineProc::start_env(
         &format!(
             "status_interval = \"500ms\"\n{extra}\
