@@ -568,13 +568,20 @@ layer!(
         repo: PathBuf,
         remote: GitName,
         branch: GitName,
+        build: CommandValue,
+        binary: PathBuf,
         confirm_timeout: PositiveDuration,
     }
     check: check_update
 );
 
+/// `repo` is needed by every key of the git-checkout path; `confirm_timeout` alone (for release
+/// updates) needs none.
 fn check_update(_: &UpdateLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
-    section.require(diags, "[fleet.update]", "repo", r#"repo = "/opt/citrus""#);
+    let git_keys = ["remote", "branch", "build", "binary"];
+    if git_keys.iter().any(|k| section.key(k).is_some()) {
+        section.require(diags, "[fleet.update]", "repo", r#"repo = "/opt/citrus""#);
+    }
 }
 
 /// An argv: an array of strings, or one string split shell-words style. Never empty.

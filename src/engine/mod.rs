@@ -109,6 +109,7 @@ impl Engine {
             enrolled: false,
             version: None,
             git_version: None,
+            binary_sha256: None,
             connected_at: None,
             last_seen_at: None,
             created_at: at,
