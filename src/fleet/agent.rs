@@ -830,7 +830,12 @@ impl Agent {
         let report = |status, output, error: Option<String>| {
             request.report(&id, status, output, error, self.git_version())
         };
-        if let Some(p) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             let msg = format!(
                 "refused: {} {} is still waiting for its confirmation",
                 p.kind, p.id
@@ -1167,7 +1172,11 @@ impl Agent {
 
     /// Runs an argv (no shell) to completion, at most [`SITE_TIMEOUT`]; returns success, the last
     /// 64 KiB of output and an error.
-    async fn run_argv(&self, argv: &[String], cwd: &std::path::Path) -> (bool, String, Option<String>) {
+    async fn run_argv(
+        &self,
+        argv: &[String],
+        cwd: &std::path::Path,
+    ) -> (bool, String, Option<String>) {
         let env = std::collections::BTreeMap::new();
         let inherit = vec!["PATH".to_string()];
         let spec = Spec {

@@ -290,7 +290,6 @@ pub fn client(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
-
 /// Where HEAD was and where it is now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Moved {
@@ -390,8 +389,15 @@ pub(crate) mod tests {
         restore_previous(&exe).unwrap();
         assert_eq!(fs::read_to_string(&exe).unwrap(), "new");
         assert!(!previous_of(&exe).exists());
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("citrusd")], "no temp file left");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("citrusd")],
+            "no temp file left"
+        );
         let err = swap_previous(&exe).unwrap_err().to_string();
         assert!(err.contains("citrusd.prev"), "{err}");
     }
