@@ -9,6 +9,7 @@ pub mod hub;
 pub mod live;
 pub mod panel;
 pub mod provision;
+pub mod releases;
 pub mod store;
 
 use std::future::Future;
@@ -230,6 +231,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
     let admin_token_hash = auth::hash(&admin_token(&config)?);
     let store = Store::open(&config.database).await?;
     store.all_offline().await?;
+    releases::clean_uploads(&config.releases_dir);
     if let Some(local) = &config.local_agent {
         let key = read_or_create_secret(&local.key_file, "agent key")?;
         store
@@ -310,6 +312,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(|| async { Json(serde_json::json!({"ok": true})) }),
         )
         .merge(api::admin_routes(engine.clone()))
+        .merge(releases::public_routes())
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -26,6 +26,7 @@ mod panel;
 mod persistence;
 mod probes;
 mod provision;
+mod releases;
 mod signals;
 mod supervision;
 mod support;
