@@ -396,6 +396,9 @@ async fn send_command(engine: &Engine, agent: &str, body: Map<String, Value>) ->
     }
     let id = auth::new_uuid();
     let mut object = body;
+    if let (true, Some(sha256)) = (kind == "update_agent", object.get_mut("sha256")) {
+        super::releases::check_update(engine, sha256).await?;
+    }
     object.insert("id".into(), Value::String(id.clone()));
     let message = parse_engine(&Value::Object(object).to_string()).map_err(|e| match e {
         ProtocolError::UnknownType { ty, .. } => ApiError::bad_request(format!(

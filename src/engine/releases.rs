@@ -82,6 +82,21 @@ pub async fn find(engine: &Engine, sha256: &str) -> Result<ReleaseRow, ApiError>
     })
 }
 
+/// Checks the `sha256` of an `update_agent` command before it is sent: a string naming a
+/// release this engine has (any case; stored lowercase back into the command), else a 400 or
+/// 404 saying so — an agent is never sent to download what the engine cannot serve.
+pub async fn check_update(engine: &Engine, sha256: &mut serde_json::Value) -> Result<(), ApiError> {
+    let serde_json::Value::String(text) = sha256 else {
+        return Err(bad_request(
+            "field `sha256` must be a string: the SHA-256 of a release (GET /admin/releases)",
+        ));
+    };
+    let lower = text.to_ascii_lowercase();
+    find(engine, &lower).await?;
+    *text = lower;
+    Ok(())
+}
+
 /// Why the first bytes of an upload are not a citrusd for `arch`; `None` when they are the
 /// header of a 64-bit little-endian ELF executable (`ET_EXEC`, or `ET_DYN` for PIE) for it.
 pub fn elf_refusal(header: &[u8], arch: &str) -> Option<String> {

@@ -320,3 +320,49 @@ fn release_paths_must_be_a_sha256() {
     let (status, body) = raw(&e, &head, b"");
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn update_agent_to_a_release_the_engine_lacks_is_refused_before_sending() {
+    use crate::hub_support::{agent_headers, raw_connect};
+    let e = EngineProc::start("");
+    let (id, key) = e.enrolled_agent("web-1");
+    let mut ws = raw_connect(&e.rt, &e.ws_url(), &agent_headers(&id, &key)).unwrap();
+    e.wait_agent_status(&id, "online");
+    let refused = |sha256: Value, want: u16, part: &str| {
+        let (status, body) = e.command(
+            &id,
+            serde_json::json!({"type": "update_agent", "sha256": sha256}),
+        );
+        assert_eq!(status, want, "{sha256}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(part),
+            "{sha256}: {message:?} lacks {part:?}"
+        );
+    };
+    refused(Value::String("0".repeat(64)), 404, "no release");
+    refused(
+        Value::String("../../etc/passwd".into()),
+        400,
+        "64 lowercase hex",
+    );
+    refused(Value::String("ab".repeat(33)), 400, "64 lowercase hex");
+    refused(serde_json::json!(42), 400, "must be a string");
+    // Nothing was recorded or sent.
+    let ops = e.get(&format!("/admin/agents/{id}/operations"));
+    assert_eq!(ops["operations"], serde_json::json!([]), "{ops}");
+    // A release it has (named in any case) goes through.
+    let binary = fake_elf(62, 10_000);
+    let sha = sha256_hex(&binary);
+    assert_eq!(
+        upload(&e, "version=1.0.0&arch=x86_64", binary, false).0,
+        201
+    );
+    let (status, body) = e.command(
+        &id,
+        serde_json::json!({"type": "update_agent", "sha256": sha.to_uppercase()}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let frame = ws.recv(&e.rt, crate::support::DEADLINE).unwrap().unwrap();
+    assert!(frame.contains("\"update_agent\""), "{frame}");
+}
