@@ -51,6 +51,8 @@ pub struct EngineConfig {
     pub releases_dir: PathBuf,
     /// The largest release accepted by `POST /admin/releases`, in bytes (default 64 MiB).
     pub max_release_size: u64,
+    /// A citrusd.toml fragment (apps, jobs, `[fleet.sites]`) every provisioned host gets.
+    pub host_profile: Option<PathBuf>,
 }
 
 /// Where the engine keeps its state.
@@ -211,6 +213,7 @@ fn resolve(layer: &EngineLayer, path: PathBuf, base: &Path) -> EngineConfig {
         }),
         releases_dir,
         max_release_size: value(&layer.max_release_size).map_or(64 << 20, |s| s.0),
+        host_profile: value(&layer.host_profile).map(|file| base.join(file)),
     }
 }
 

@@ -680,6 +680,7 @@ layer!(
         local_agent: LocalAgentLayer,
         releases_dir: PathBuf,
         max_release_size: SizeValue,
+        host_profile: PathBuf,
     }
     check: check_engine
 );

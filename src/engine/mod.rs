@@ -56,6 +56,8 @@ pub enum EngineError {
     Serve(std::io::Error),
     #[error("DigitalOcean client: {0}")]
     DigitalOcean(#[from] digitalocean::DoError),
+    #[error("host profile {path}: {why}")]
+    HostProfile { path: String, why: String },
 }
 
 /// Unix milliseconds now.
@@ -79,6 +81,8 @@ pub struct Engine {
     pub provision_wake: Notify,
     /// Servers whose droplet is being created by this process.
     creating: provision::Creating,
+    /// The checked host profile (`host_profile`), empty without one.
+    pub host_profile: String,
     /// To the task that applies agents' writes in batches ([`hub::agent_writer`]).
     writes: mpsc::Sender<AgentWrite>,
 }
@@ -232,6 +236,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
     let store = Store::open(&config.database).await?;
     store.all_offline().await?;
     releases::clean_uploads(&config.releases_dir);
+    let host_profile = provision::load_host_profile(&config)?;
     if let Some(local) = &config.local_agent {
         let key = read_or_create_secret(&local.key_file, "agent key")?;
         store
@@ -264,6 +269,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         digitalocean,
         provision_wake: Notify::new(),
         creating: provision::Creating::default(),
+        host_profile,
         writes,
     });
     Ok(Bound {
