@@ -685,8 +685,27 @@ layer!(
         digitalocean: DigitalOceanLayer,
         install: InstallLayer,
         local_agent: LocalAgentLayer,
+        releases_dir: PathBuf,
+        max_release_size: SizeValue,
+        host_profile: PathBuf,
     }
+    check: check_engine
 );
+
+/// A citrusd binary is several MiB: a smaller `max_release_size` would refuse every release.
+fn check_engine(engine: &EngineLayer, diags: &mut Diagnostics<'_>, _: &Section<'_>) {
+    if let Some(size) = engine
+        .max_release_size
+        .as_ref()
+        .filter(|s| s.value.0 < 1 << 20)
+    {
+        diags.error(
+            size.span.clone(),
+            "max_release_size",
+            "max_release_size is below 1 MiB, smaller than any citrusd binary: use e.g. \"64M\"",
+        );
+    }
+}
 
 layer!(
     /// `[digitalocean]` in `engine.toml`.

@@ -19,6 +19,9 @@ use crate::deploy::Phase;
 mod sessions;
 pub use sessions::SessionRow;
 
+mod releases;
+pub use releases::ReleaseRow;
+
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,6 +116,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "sessions",
         include_str!("../../migrations/engine/0005_sessions.sql"),
+    ),
+    (
+        6,
+        "releases",
+        include_str!("../../migrations/engine/0006_releases.sql"),
     ),
     (
         7,
