@@ -13,7 +13,7 @@ use citrus::control::AppState;
 
 use crate::engine::{Engine, Serve};
 use crate::fleet::{agent, KEY};
-use crate::support::{Daemon, Tmpfs, CITRUSD};
+use crate::support::{Daemon, Tmpfs, CITRUSD, DEADLINE};
 
 fn sha256(bytes: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
@@ -295,4 +295,70 @@ fn a_new_binary_that_cannot_start_is_put_back_by_the_units_guard() {
     // A start without an update in flight leaves the binary alone.
     assert_eq!(run_unit_guard(&exe, &state), "");
     assert_eq!(sha_of(&exe), sha_a);
+}
+
+#[test]
+fn update_agent_through_the_real_engine_installs_its_release_and_the_engine_records_it() {
+    use crate::hub_support::EngineProc;
+    use crate::support::wait_for;
+    // The test's citrusd is a debug build, bigger than the 64 MiB default.
+    let engine = EngineProc::start("max_release_size = \"512M\"\n");
+    let (id, key) = engine.enrolled_agent("selfupdate");
+    let (a, b) = binaries();
+    let (sha_a, sha_b) = (sha256(&a), sha256(&b));
+    let (status, body) = crate::releases::upload(&engine, "version=0.1.0-b&arch=x86_64", b, false);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["release"]["sha256"], sha_b.as_str());
+    let mut d = Daemon::prepare(
+        &format!(
+            "[apps.api]\ncommand = [\"sleep\", \"1000\"]\n[fleet]\nengine_url = \"{}\"\n\
+             agent_id = \"{id}\"\nkey_file = \"agent.key\"\nstatus_interval = \"300ms\"\n\
+             reconnect_delay = \"100ms\"\n",
+            engine.ws_url()
+        ),
+        &[],
+    );
+    fs::write(d.dir.path().join("agent.key"), &key).unwrap();
+    let exe = d.dir.path().join("citrusd");
+    fs::write(&exe, &a).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    d.program = exe.clone();
+    let d = d.launch();
+    let binary = |want: &str| {
+        wait_for(
+            &format!("the engine to record binary {want}"),
+            DEADLINE,
+            || {
+                let agent = engine.agent(&id);
+                let row = if agent["agent"].is_object() {
+                    &agent["agent"]
+                } else {
+                    &agent
+                };
+                match row["binarySha256"].as_str() {
+                    Some(sha) if sha == want => Ok(()),
+                    _ => Err(agent.to_string()),
+                }
+            },
+        )
+    };
+    binary(&sha_a);
+    let pid = d.app("api")[0].pid;
+    let (status, body) = engine.command(
+        &id,
+        serde_json::json!({"type": "update_agent", "sha256": sha_b}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+    assert!(op["output"].as_str().unwrap().contains(&sha_b), "{op}");
+    binary(&sha_b);
+    assert_eq!(d.app("api")[0].pid, pid, "the app kept its pid");
+    assert_eq!(sha_of(&exe), sha_b);
+    // A release the engine does not have never reaches the agent.
+    let (status, body) = engine.command(
+        &id,
+        serde_json::json!({"type": "update_agent", "sha256": "1".repeat(64)}),
+    );
+    assert_eq!(status, 404, "{body}");
 }
