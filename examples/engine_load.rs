@@ -753,6 +753,7 @@ async fn session(
         agent_id: shared.ids[idx].clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         git_version: Some(GIT_VERSION.to_owned()),
+        binary_sha256: None,
     };
     if send(&mut ws, &hello).await.is_err()
         || send(&mut ws, &status_update(idx, connected_at))
@@ -847,6 +848,7 @@ fn status_update(idx: usize, connected_at: u64) -> AgentMessage {
             hostname: format!("load-{idx}"),
             uptime: 86_400 + now / 1000 % 86_400,
             git_version: Some(GIT_VERSION.to_owned()),
+            binary_sha256: None,
             cpu: CpuStatus {
                 load: (wobble % 1000) as f64 / 10.0,
                 cores: 2,
@@ -899,7 +901,7 @@ fn answer(text: &str, key: &mut String) -> (Vec<AgentMessage>, bool) {
             };
             return (vec![reply], true);
         }
-        EngineMessage::UpdateAgent { id } => vec![AgentMessage::UpdateOperation {
+        EngineMessage::UpdateAgent { id, .. } => vec![AgentMessage::UpdateOperation {
             id,
             status: done,
             git_version: Some(GIT_VERSION.to_owned()),
@@ -909,8 +911,8 @@ fn answer(text: &str, key: &mut String) -> (Vec<AgentMessage>, bool) {
         EngineMessage::RollbackAgent { id, commit_id } => vec![AgentMessage::RollbackOperation {
             id,
             status: done,
-            git_version: Some(commit_id.chars().take(12).collect()),
-            commit_id,
+            git_version: commit_id.as_ref().map(|c| c.chars().take(12).collect()),
+            commit_id: commit_id.unwrap_or_default(),
             output: Some("rolled back (simulated)".into()),
             error: None,
         }],

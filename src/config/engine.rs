@@ -46,6 +46,13 @@ pub struct EngineConfig {
     pub install: Option<InstallConfig>,
     /// `[local_agent]`: the agent of the engine's own host.
     pub local_agent: Option<LocalAgentConfig>,
+    /// Where uploaded citrusd releases are kept, one file per SHA-256 (default: `releases/`
+    /// beside the SQLite file, or `state/releases` beside this file with PostgreSQL).
+    pub releases_dir: PathBuf,
+    /// The largest release accepted by `POST /admin/releases`, in bytes (default 64 MiB).
+    pub max_release_size: u64,
+    /// A citrusd.toml fragment (apps, jobs, `[fleet.sites]`) every provisioned host gets.
+    pub host_profile: Option<PathBuf>,
 }
 
 /// Where the engine keeps its state.
@@ -170,6 +177,11 @@ fn resolve(layer: &EngineLayer, path: PathBuf, base: &Path) -> EngineConfig {
         None => Database::Sqlite(base.join("state/engine.db")),
     };
     let minutes = |m: u64| Duration::from_secs(60 * m);
+    let releases_dir = match (value(&layer.releases_dir), &database) {
+        (Some(dir), _) => base.join(dir),
+        (None, Database::Sqlite(file)) => file.parent().unwrap_or(base).join("releases"),
+        (None, Database::Postgres(_)) => base.join("state/releases"),
+    };
     EngineConfig {
         path,
         listen,
@@ -199,6 +211,9 @@ fn resolve(layer: &EngineLayer, path: PathBuf, base: &Path) -> EngineConfig {
                 key_file: base.join(value(&local.key_file)?),
             })
         }),
+        releases_dir,
+        max_release_size: value(&layer.max_release_size).map_or(64 << 20, |s| s.0),
+        host_profile: value(&layer.host_profile).map(|file| base.join(file)),
     }
 }
 
@@ -386,6 +401,22 @@ key_file = "../keys/agent.key"
         let local = c.local_agent.unwrap();
         assert_eq!(local.name, "local");
         assert_eq!(local.key_file, Path::new("/etc/citrus/../keys/agent.key"));
+    }
+
+    #[test]
+    fn releases_dir_and_max_release_size() {
+        let c = parse("").unwrap();
+        assert_eq!(c.releases_dir, Path::new("/etc/citrus/state/releases"));
+        assert_eq!(c.max_release_size, 64 << 20);
+        let c = parse("database_url = \"postgres://db/citrus\"").unwrap();
+        assert_eq!(c.releases_dir, Path::new("/etc/citrus/state/releases"));
+        let c = parse("database_url = \"sqlite:///var/lib/citrus/e.db\"").unwrap();
+        assert_eq!(c.releases_dir, Path::new("/var/lib/citrus/releases"));
+        let c = parse("releases_dir = \"/srv/rel\"\nmax_release_size = \"100M\"").unwrap();
+        assert_eq!(c.releases_dir, Path::new("/srv/rel"));
+        assert_eq!(c.max_release_size, 100 << 20);
+        let e = parse("max_release_size = \"10K\"").unwrap_err();
+        assert!(e.contains("below 1 MiB"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct FleetConfig {
     /// The engine's enrolment endpoint derived from `engine_url`: ws→http, wss→https, same host
     /// and port, path `/agent/enroll`.
     pub enroll_url: String,
+    /// Where the engine serves releases, derived like `enroll_url`: path `/releases/`, to which
+    /// a release's SHA-256 is appended.
+    pub releases_url: String,
     /// This agent's id: 1 to 64 letters, digits, `_`, `.` or `-`.
     pub agent_id: String,
     /// The agent's key, absolute.
@@ -85,15 +88,21 @@ impl SiteTemplates {
     }
 }
 
-/// `[fleet.update]`: where citrus updates itself from.
+/// `[fleet.update]`: how citrus updates itself. Releases from the engine need none of it; the
+/// git-checkout path needs `repo`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpdateConfig {
-    /// The git checkout, absolute.
-    pub repo: PathBuf,
+    /// The git checkout, absolute; `None` when only release updates are used.
+    pub repo: Option<PathBuf>,
     /// The remote to pull from.
     pub remote: String,
     /// The branch to pull.
     pub branch: String,
+    /// Run (argv, no shell, in `repo`) after the checkout moved, before re-executing.
+    pub build: Option<Vec<String>>,
+    /// The citrusd the build made (absolute, or relative to `repo`): installed in place of the
+    /// running binary (kept as `citrusd.prev`) before re-executing.
+    pub binary: Option<PathBuf>,
     /// How long a re-executed citrusd has to reconnect to the engine after an update before it
     /// goes back to the previous version on its own (default 2 minutes).
     pub confirm_timeout: Duration,
@@ -109,6 +118,7 @@ const WS_SCHEMES: Schemes = &[("ws", 80), ("wss", 443)];
 pub(crate) struct EngineUrl {
     pub url: String,
     pub enroll_url: String,
+    pub releases_url: String,
     /// `wss://`.
     pub tls: bool,
 }
@@ -125,6 +135,7 @@ impl Scalar for EngineUrl {
         Ok(Self {
             url: format!("{}://{authority}{path}", url.scheme),
             enroll_url: format!("{http}://{authority}/agent/enroll"),
+            releases_url: format!("{http}://{authority}/releases/"),
             tls,
         })
     }
@@ -213,6 +224,7 @@ pub(super) fn resolve(fleet: &FleetLayer, base: &Path) -> Option<FleetConfig> {
     Some(FleetConfig {
         engine_url: engine.url.clone(),
         enroll_url: engine.enroll_url.clone(),
+        releases_url: engine.releases_url.clone(),
         agent_id: value(&fleet.agent_id)?.0.clone(),
         key_file: base.join(value(&fleet.key_file)?),
         enroll_token: value(&fleet.enroll_token).map(|token| token.0.clone()),
@@ -228,8 +240,11 @@ fn resolve_update(update: &UpdateLayer, base: &Path) -> Option<UpdateConfig> {
     let name = |field: &Option<Field<GitName>>, default: &str| {
         value(field).map_or_else(|| default.to_owned(), |name| name.0.clone())
     };
+    let repo = value(&update.repo).map(|r| base.join(r));
     Some(UpdateConfig {
-        repo: base.join(value(&update.repo)?),
+        binary: value(&update.binary).and_then(|b| Some(repo.as_ref()?.join(b))),
+        build: value(&update.build).map(|b| b.0.clone()),
+        repo,
         remote: name(&update.remote, "origin"),
         branch: name(&update.branch, "main"),
         confirm_timeout: value(&update.confirm_timeout).map_or(Duration::from_secs(120), |d| d.0),

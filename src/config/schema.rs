@@ -568,13 +568,20 @@ layer!(
         repo: PathBuf,
         remote: GitName,
         branch: GitName,
+        build: CommandValue,
+        binary: PathBuf,
         confirm_timeout: PositiveDuration,
     }
     check: check_update
 );
 
+/// `repo` is needed by every key of the git-checkout path; `confirm_timeout` alone (for release
+/// updates) needs none.
 fn check_update(_: &UpdateLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
-    section.require(diags, "[fleet.update]", "repo", r#"repo = "/opt/citrus""#);
+    let git_keys = ["remote", "branch", "build", "binary"];
+    if git_keys.iter().any(|k| section.key(k).is_some()) {
+        section.require(diags, "[fleet.update]", "repo", r#"repo = "/opt/citrus""#);
+    }
 }
 
 /// An argv: an array of strings, or one string split shell-words style. Never empty.
@@ -678,8 +685,27 @@ layer!(
         digitalocean: DigitalOceanLayer,
         install: InstallLayer,
         local_agent: LocalAgentLayer,
+        releases_dir: PathBuf,
+        max_release_size: SizeValue,
+        host_profile: PathBuf,
     }
+    check: check_engine
 );
+
+/// A citrusd binary is several MiB: a smaller `max_release_size` would refuse every release.
+fn check_engine(engine: &EngineLayer, diags: &mut Diagnostics<'_>, _: &Section<'_>) {
+    if let Some(size) = engine
+        .max_release_size
+        .as_ref()
+        .filter(|s| s.value.0 < 1 << 20)
+    {
+        diags.error(
+            size.span.clone(),
+            "max_release_size",
+            "max_release_size is below 1 MiB, smaller than any citrusd binary: use e.g. \"64M\"",
+        );
+    }
+}
 
 layer!(
     /// `[digitalocean]` in `engine.toml`.

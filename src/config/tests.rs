@@ -1430,6 +1430,8 @@ delete = "ee site delete {domain} --yes"
 repo = "src/citrus"
 remote = "upstream"
 branch = "stable"
+build = ["cargo", "build", "--profile", "dist"]
+binary = "target/dist/citrusd"
 "#;
 
 #[test]
@@ -1440,6 +1442,7 @@ fn fleet_round_trip() {
         Some(FleetConfig {
             engine_url: "wss://engine.example.com/agent".into(),
             enroll_url: "https://engine.example.com/agent/enroll".into(),
+            releases_url: "https://engine.example.com/releases/".into(),
             agent_id: "3f1c9a7e-5b2d-4c8e-9f00-1a2b3c4d5e6f".into(),
             key_file: "/etc/citrus/agent.key".into(),
             enroll_token: Some(Secret::new("tok-SECRET-123")),
@@ -1458,9 +1461,11 @@ fn fleet_round_trip() {
                 delete: Some(strings(&["ee", "site", "delete", "{domain}", "--yes"])),
             },
             update: Some(UpdateConfig {
-                repo: "/etc/citrus/src/citrus".into(),
+                repo: Some("/etc/citrus/src/citrus".into()),
                 remote: "upstream".into(),
                 branch: "stable".into(),
+                build: Some(strings(&["cargo", "build", "--profile", "dist"])),
+                binary: Some("/etc/citrus/src/citrus/target/dist/citrusd".into()),
                 confirm_timeout: Duration::from_secs(120),
             }),
         })
@@ -1477,6 +1482,7 @@ fn fleet_defaults() {
         Some(FleetConfig {
             engine_url: "ws://10.0.0.5:8080/".into(),
             enroll_url: "http://10.0.0.5:8080/agent/enroll".into(),
+            releases_url: "http://10.0.0.5:8080/releases/".into(),
             agent_id: "web-1".into(),
             key_file: "/etc/citrus/agent.key".into(),
             enroll_token: None,
@@ -1485,12 +1491,31 @@ fn fleet_defaults() {
             reconnect_delay: Duration::from_secs(5),
             sites: SiteTemplates::default(),
             update: Some(UpdateConfig {
-                repo: "/opt/citrus".into(),
+                repo: Some("/opt/citrus".into()),
                 remote: "origin".into(),
                 branch: "main".into(),
+                build: None,
+                binary: None,
                 confirm_timeout: Duration::from_secs(120),
             }),
         })
+    );
+}
+
+#[test]
+fn fleet_update_for_releases_needs_no_repo_but_the_git_keys_do() {
+    let text = "[fleet]\nengine_url = \"ws://10.0.0.5:8080\"\nagent_id = \"web-1\"\n\
+                key_file = \"agent.key\"\n[fleet.update]\nconfirm_timeout = \"30s\"\n";
+    let update = parse(text).unwrap().fleet.unwrap().update.unwrap();
+    assert_eq!(update.repo, None);
+    assert_eq!(update.binary, None);
+    assert_eq!(update.confirm_timeout, Duration::from_secs(30));
+    assert_error(
+        &fleet("update = { build = [\"make\"] }\n"),
+        2,
+        1,
+        "fleet.update",
+        "[fleet.update] has no `repo`; add e.g. repo = \"/opt/citrus\"",
     );
 }
 

@@ -70,6 +70,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             StatusCode::BAD_GATEWAY => "upstream_failed",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -147,6 +148,7 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
             get(get_server).delete(provision::delete_server),
         )
         .merge(super::live::http::routes())
+        .merge(super::releases::admin_routes())
         .route_layer(middleware::from_fn_with_state(engine, require_admin))
 }
 
@@ -394,6 +396,9 @@ async fn send_command(engine: &Engine, agent: &str, body: Map<String, Value>) ->
     }
     let id = auth::new_uuid();
     let mut object = body;
+    if let (true, Some(sha256)) = (kind == "update_agent", object.get_mut("sha256")) {
+        super::releases::check_update(engine, sha256).await?;
+    }
     object.insert("id".into(), Value::String(id.clone()));
     let message = parse_engine(&Value::Object(object).to_string()).map_err(|e| match e {
         ProtocolError::UnknownType { ty, .. } => ApiError::bad_request(format!(

@@ -37,6 +37,9 @@ pub struct CloudInit<'a> {
     /// The engine's `status_interval`: the agent must report at least this often, or the engine
     /// takes it for silent after 3 intervals.
     pub status_interval: Duration,
+    /// The host profile (`host_profile` in engine.toml): citrusd.toml text put before the
+    /// generated `[daemon]` and `[fleet]`, checked by [`check_host_profile`] at engine start.
+    pub host_profile: &'a str,
 }
 
 impl fmt::Debug for CloudInit<'_> {
@@ -48,6 +51,7 @@ impl fmt::Debug for CloudInit<'_> {
             .field("citrusd_url", &self.citrusd_url)
             .field("citrusd_sha256", &self.citrusd_sha256)
             .field("status_interval", &self.status_interval)
+            .field("host_profile", &self.host_profile.len())
             .finish()
     }
 }
@@ -79,11 +83,17 @@ pub fn render(p: &CloudInit) -> Result<String, CloudInitError> {
     ))
 }
 
-/// The `/etc/citrus/citrusd.toml` the script writes: `[daemon]` directories as the systemd unit
-/// creates them and `[fleet]` with the enrolment token; no apps. Values are TOML-escaped, but only
-/// [`render`] checks them.
+/// The `/etc/citrus/citrusd.toml` the script writes: the host profile as written (so that its
+/// line numbers are the profile file's), then `[daemon]` directories as the systemd unit creates
+/// them and `[fleet]` with the enrolment token. Values are TOML-escaped, but only [`render`]
+/// checks them.
 pub fn citrusd_config(p: &CloudInit) -> String {
-    format!(
+    let profile = match p.host_profile.trim_end() {
+        "" => String::new(),
+        text => format!("{text}\n\n"),
+    };
+    profile
+        + &format!(
         "# Written at first boot by citrus-engine's cloud-init. citrusd exchanges the single-use\n\
          # enroll_token for its agent key (key_file) when it first connects.\n\
          \n\
@@ -113,7 +123,62 @@ fn validate(p: &CloudInit) -> Result<(), CloudInitError> {
     check_token(p.enroll_token).map_err(invalid("enroll_token"))?;
     check_url(p.citrusd_url, &["http", "https"]).map_err(invalid("citrusd_url"))?;
     check_sha256(p.citrusd_sha256).map_err(invalid("citrusd_sha256"))?;
+    check_delimiters(p.host_profile).map_err(invalid("host_profile"))?;
     Ok(())
+}
+
+/// The heredoc delimiters of the template: a line of the profile equal to one would end the
+/// quoted text early and run the rest as shell.
+const DELIMITERS: &[&str] = &["CITRUS_EOF", "CITRUS_UNIT_EOF", "CITRUS_SHA_EOF"];
+
+fn check_delimiters(text: &str) -> Result<(), String> {
+    match text.lines().position(|l| DELIMITERS.contains(&l.trim())) {
+        Some(at) => Err(format!(
+            "line {} is a heredoc delimiter of the cloud-init script; change it",
+            at + 1
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks a host profile (the text of the file `path`) as the host's citrusd will read it: no
+/// `[daemon]` and no `[fleet]` keys of its own (cloud-init writes those; `[fleet.sites]` and
+/// `[fleet.update]` are the profile's), then the whole citrusd.toml of a sample host through
+/// citrusd's own validation, so that every app, job and site template is checked as on the host.
+pub fn check_host_profile(text: &str, path: &std::path::Path) -> Result<(), String> {
+    check_delimiters(text)?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    if table.contains_key("daemon") {
+        return Err(
+            "[daemon] is written by cloud-init (state_dir and log_dir as the systemd unit makes them); remove it from the profile".into(),
+        );
+    }
+    if let Some(fleet) = table.get("fleet") {
+        let keys: Vec<&String> = match fleet.as_table() {
+            Some(fleet) => fleet
+                .keys()
+                .filter(|k| !matches!(k.as_str(), "sites" | "update"))
+                .collect(),
+            None => return Err("`fleet` must be a table ([fleet.sites], [fleet.update])".into()),
+        };
+        if let Some(key) = keys.first() {
+            return Err(format!(
+                "[fleet] {key} is written by cloud-init for each host; the profile may hold only [fleet.sites] and [fleet.update]"
+            ));
+        }
+    }
+    let sample = CloudInit {
+        engine_url: "wss://engine.example.com/agent",
+        agent_id: "00000000-0000-4000-8000-000000000000",
+        enroll_token: "sample",
+        citrusd_url: "https://engine.example.com/releases/sample",
+        citrusd_sha256: "",
+        status_interval: Duration::from_secs(60),
+        host_profile: text,
+    };
+    crate::config::Config::parse(&citrusd_config(&sample), path, None)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// `SCHEME://HOST[:PORT][/PATH][?QUERY]` with one of `schemes`, in characters that are inert in
@@ -245,6 +310,7 @@ mod tests {
             citrusd_url: "https://releases.example.com/citrusd-x86_64",
             citrusd_sha256: SHA,
             status_interval: Duration::from_secs(60),
+            host_profile: "",
         }
     }
 
@@ -291,7 +357,7 @@ mod tests {
         // The log exists with mode 0600 before the first write into it.
         let created = at(r#"install -m 600 /dev/null "$LOG""#);
         let redirected = at(r#"exec >>"$LOG" 2>&1"#);
-        assert!(at("LOG=/var/log/citrus-init.log") < created);
+        assert!(at(r#"LOG="$ROOT/var/log/citrus-init.log""#) < created);
         assert!(created < redirected);
         assert!(lines[..redirected].iter().all(|l| !l.starts_with("log ")));
         // Download, check, install, in that order; a mismatch stops the script.
@@ -304,7 +370,7 @@ mod tests {
             .iter()
             .position(|l| l.contains("sha256sum -c"))
             .unwrap();
-        let install = at(r#"install -m 755 "$WORK/citrusd" /usr/local/bin/citrusd"#);
+        let install = at(r#"install -m 755 "$WORK/citrusd" "$ROOT/usr/local/bin/citrusd""#);
         assert!(redirected < curl && curl < check && check < install);
         assert!(lines[check..install]
             .iter()
@@ -314,12 +380,12 @@ mod tests {
         assert_eq!(sums, format!("{SHA}  citrusd\n"));
         // The config is 0600 before it is written; the unit is the project's.
         assert!(
-            at("install -m 600 /dev/null /etc/citrus/citrusd.toml")
-                < at("cat > /etc/citrus/citrusd.toml <<'CITRUS_EOF'")
+            at(r#"install -m 600 /dev/null "$ROOT/etc/citrus/citrusd.toml""#)
+                < at(r#"cat > "$ROOT/etc/citrus/citrusd.toml" <<'CITRUS_EOF'"#)
         );
         let (_, unit) = heredoc(
             &script,
-            "cat > /etc/systemd/system/citrusd.service <<'CITRUS_UNIT_EOF'\n",
+            "cat > \"$ROOT/etc/systemd/system/citrusd.service\" <<'CITRUS_UNIT_EOF'\n",
             "CITRUS_UNIT_EOF",
         );
         assert_eq!(unit, SERVICE);
@@ -335,7 +401,7 @@ mod tests {
         assert_eq!(script.matches(TOKEN).count(), 1);
         let (start, config) = heredoc(
             &script,
-            "cat > /etc/citrus/citrusd.toml <<'CITRUS_EOF'\n",
+            "cat > \"$ROOT/etc/citrus/citrusd.toml\" <<'CITRUS_EOF'\n",
             "CITRUS_EOF",
         );
         assert_eq!(config, citrusd_config(&params()));
@@ -566,6 +632,69 @@ mod tests {
                 assert!(!shown.contains("abc"), "{shown}");
             }
         }
+    }
+
+    const PROFILE: &str = r#"[fleet.sites]
+create = ["ee", "site", "create", "{domain}"]
+
+[jobs.health]
+schedule = "*/5 * * * *"
+kind = "health"
+
+[apps.node-exporter]
+command = ["/usr/local/bin/node_exporter"]
+"#;
+
+    #[test]
+    fn the_host_profile_comes_first_and_is_read_as_citrusd_reads_it() {
+        let path = std::path::Path::new("/etc/citrus/host.toml");
+        check_host_profile(PROFILE, path).unwrap();
+        let p = CloudInit {
+            host_profile: PROFILE,
+            ..params()
+        };
+        let config = citrusd_config(&p);
+        assert!(config.starts_with(PROFILE), "{config}");
+        let table: toml::Table = toml::from_str(&config).unwrap();
+        assert_eq!(
+            table["fleet"]["sites"]["create"][3].as_str(),
+            Some("{domain}")
+        );
+        assert_eq!(table["fleet"]["agent_id"].as_str(), Some(p.agent_id));
+        assert!(table["apps"]["node-exporter"].is_table());
+        let script = render(&p).unwrap();
+        assert!(script.contains(PROFILE));
+
+        let refused = |text: &str, part: &str| {
+            let why = check_host_profile(text, path).unwrap_err();
+            assert!(why.contains(part), "{text:?}: {why:?} lacks {part:?}");
+        };
+        refused(
+            "[daemon]\nstate_dir = \"/tmp\"\n",
+            "[daemon] is written by cloud-init",
+        );
+        refused(
+            "[fleet]\nagent_id = \"x\"\n",
+            "[fleet] agent_id is written by cloud-init",
+        );
+        refused("[apps.web]\ncommand = []\n", "host.toml:");
+        refused(
+            "[jobs.x]\nschedule = \"61 * * * *\"\nkind = \"health\"\n",
+            "host.toml:2",
+        );
+        refused(
+            "[fleet.sites]\ncreate = [\"rm -rf {domain}\", \"x\"]\nbogus = 1\n",
+            "bogus",
+        );
+        refused(
+            "[apps.a]\ncommand = [\"x\"]\nenv = { A = \"\"\"\nCITRUS_EOF\nreboot\"\"\" }\n",
+            "heredoc delimiter",
+        );
+        let p = CloudInit {
+            host_profile: "x = 1\nCITRUS_EOF\nreboot\n",
+            ..params()
+        };
+        assert_eq!(render(&p).unwrap_err().field, "host_profile");
     }
 
     #[test]

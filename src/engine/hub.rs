@@ -490,6 +490,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             agent_id,
             version,
             git_version,
+            binary_sha256,
         } => {
             if agent_id != agent {
                 tracing::warn!(agent, said = %agent_id, "agent_connected names another agent id");
@@ -500,6 +501,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
                     agent_id: agent.to_owned(),
                     version,
                     git_version,
+                    binary_sha256,
                 })
                 .await;
             Ok(())

@@ -9,6 +9,7 @@ pub mod hub;
 pub mod live;
 pub mod panel;
 pub mod provision;
+pub mod releases;
 pub mod store;
 
 use std::future::Future;
@@ -55,6 +56,8 @@ pub enum EngineError {
     Serve(std::io::Error),
     #[error("DigitalOcean client: {0}")]
     DigitalOcean(#[from] digitalocean::DoError),
+    #[error("host profile {path}: {why}")]
+    HostProfile { path: String, why: String },
 }
 
 /// Unix milliseconds now.
@@ -78,6 +81,8 @@ pub struct Engine {
     pub provision_wake: Notify,
     /// Servers whose droplet is being created by this process.
     creating: provision::Creating,
+    /// The checked host profile (`host_profile`), empty without one.
+    pub host_profile: String,
     /// To the task that applies agents' writes in batches ([`hub::agent_writer`]).
     writes: mpsc::Sender<AgentWrite>,
 }
@@ -109,6 +114,7 @@ impl Engine {
             enrolled: false,
             version: None,
             git_version: None,
+            binary_sha256: None,
             connected_at: None,
             last_seen_at: None,
             created_at: at,
@@ -230,6 +236,8 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
     let admin_token_hash = auth::hash(&admin_token(&config)?);
     let store = Store::open(&config.database).await?;
     store.all_offline().await?;
+    releases::clean_uploads(&config.releases_dir);
+    let host_profile = provision::load_host_profile(&config)?;
     if let Some(local) = &config.local_agent {
         let key = read_or_create_secret(&local.key_file, "agent key")?;
         store
@@ -262,6 +270,7 @@ pub async fn bind(config: EngineConfig) -> Result<Bound, EngineError> {
         digitalocean,
         provision_wake: Notify::new(),
         creating: provision::Creating::default(),
+        host_profile,
         writes,
     });
     Ok(Bound {
@@ -310,6 +319,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(|| async { Json(serde_json::json!({"ok": true})) }),
         )
         .merge(api::admin_routes(engine.clone()))
+        .merge(releases::public_routes())
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -15,11 +15,11 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::api::{check_name, ApiError, Body, NameBody};
+use super::api::{check_name, ApiError, Body};
 use super::cloud_init::{self, CloudInit};
 use super::digitalocean::{CreateDroplet, DoError};
 use super::store::{ServerRow, ServerUpdate};
-use super::{auth, now, Engine};
+use super::{auth, now, releases, Engine, EngineError};
 use crate::config::format_duration;
 
 /// Servers whose droplet this process is creating right now (the enrolment token of each lives
@@ -47,10 +47,80 @@ pub fn agent_url(public_url: &str) -> String {
     format!("{ws}/agent")
 }
 
-/// `POST /admin/servers/deploy-with-agent {name?}` → 202 with the server in `creating`.
+/// Reads and checks `host_profile` (see [`cloud_init::check_host_profile`]); empty without one.
+pub(super) fn load_host_profile(
+    config: &crate::config::EngineConfig,
+) -> Result<String, EngineError> {
+    let Some(path) = &config.host_profile else {
+        return Ok(String::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::File {
+        what: "read the host profile",
+        path: path.display().to_string(),
+        source,
+    })?;
+    cloud_init::check_host_profile(&text, path).map_err(|why| EngineError::HostProfile {
+        path: path.display().to_string(),
+        why,
+    })?;
+    Ok(text)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeployBody {
+    name: Option<String>,
+    /// The release (SHA-256) cloud-init installs, instead of the default.
+    release: Option<String>,
+}
+
+/// Where cloud-init gets citrusd: the release asked for, else `[install]` (the override), else
+/// the engine's newest release for the droplets' arch; the URL and its SHA-256.
+async fn citrusd_source(
+    engine: &Engine,
+    release: Option<&str>,
+) -> Result<(String, String), ApiError> {
+    let public = &engine.config.public_url;
+    if let Some(sha256) = release {
+        let release = releases::find(engine, &sha256.to_ascii_lowercase()).await?;
+        if release.arch != releases::DROPLET_ARCH {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "release {} is for {}, but droplets are {}: pick a {} release",
+                    release.sha256,
+                    release.arch,
+                    releases::DROPLET_ARCH,
+                    releases::DROPLET_ARCH
+                ),
+            ));
+        }
+        return Ok((
+            format!("{public}/releases/{}", release.sha256),
+            release.sha256,
+        ));
+    }
+    if let Some(install) = &engine.config.install {
+        return Ok((install.citrusd_url.clone(), install.citrusd_sha256.clone()));
+    }
+    match engine.store.newest_release(releases::DROPLET_ARCH).await? {
+        Some(release) => Ok((format!("{public}/releases/{}", release.sha256), release.sha256)),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no citrusd to install: upload a release (POST /admin/releases?version=V&arch={}, see the README's \"Releases\") or set [install] in {}",
+                releases::DROPLET_ARCH,
+                engine.config.path.display()
+            ),
+        )),
+    }
+}
+
+/// `POST /admin/servers/deploy-with-agent {name?, release?}` → 202 with the server in
+/// `creating`.
 pub(super) async fn deploy_with_agent(
     State(engine): State<Arc<Engine>>,
-    Body(body): Body<NameBody>,
+    Body(body): Body<DeployBody>,
 ) -> Result<axum::response::Response, ApiError> {
     let Some(_) = &engine.digitalocean else {
         return Err(ApiError::new(
@@ -58,15 +128,10 @@ pub(super) async fn deploy_with_agent(
             "DigitalOcean is not configured: start the engine with DO_API_TOKEN in its environment",
         ));
     };
-    let Some(install) = engine.config.install.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "no [install] section in {}: cloud-init needs citrusd_url and citrusd_sha256",
-                engine.config.path.display()
-            ),
-        ));
-    };
+    if let Some(name) = &body.name {
+        check_name(name)?;
+    }
+    let (citrusd_url, citrusd_sha256) = citrusd_source(&engine, body.release.as_deref()).await?;
     let server_id = auth::new_uuid();
     let agent_id = auth::new_uuid();
     let name = body
@@ -81,9 +146,10 @@ pub(super) async fn deploy_with_agent(
         engine_url: &engine_url,
         agent_id: &agent_id,
         enroll_token: &token,
-        citrusd_url: &install.citrusd_url,
-        citrusd_sha256: &install.citrusd_sha256,
+        citrusd_url: &citrusd_url,
+        citrusd_sha256: &citrusd_sha256,
         status_interval: engine.config.status_interval,
+        host_profile: &engine.host_profile,
     })
     .map_err(|e| {
         ApiError::new(

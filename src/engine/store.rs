@@ -19,6 +19,9 @@ use crate::deploy::Phase;
 mod sessions;
 pub use sessions::SessionRow;
 
+mod releases;
+pub use releases::ReleaseRow;
+
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -114,6 +117,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions",
         include_str!("../../migrations/engine/0005_sessions.sql"),
     ),
+    (
+        6,
+        "releases",
+        include_str!("../../migrations/engine/0006_releases.sql"),
+    ),
+    (
+        7,
+        "agent binary",
+        include_str!("../../migrations/engine/0007_agent_binary.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -158,6 +171,8 @@ pub struct AgentRow {
     pub enrolled: bool,
     pub version: Option<String>,
     pub git_version: Option<String>,
+    /// SHA-256 of the citrusd binary it runs, as it last reported.
+    pub binary_sha256: Option<String>,
     pub connected_at: Option<i64>,
     pub last_seen_at: Option<i64>,
     pub created_at: i64,
@@ -220,6 +235,7 @@ pub enum AgentWrite {
         agent_id: String,
         version: String,
         git_version: Option<String>,
+        binary_sha256: Option<String>,
     },
     /// A status update.
     Status(StatusRecord),
@@ -373,7 +389,7 @@ const PRUNE_BATCH: u64 = 1000;
 /// An agent's row; `last_seen_at` is the later of its last connect/disconnect and its latest
 /// status (which is written at every status, the agent's row is not).
 const AGENT_SELECT: &str = "SELECT a.id, a.name, a.status, a.key_hash, a.version, a.git_version, \
-     a.connected_at, a.created_at, \
+     a.binary_sha256, a.connected_at, a.created_at, \
      CASE WHEN a.last_seen_at IS NULL OR s.received_at > a.last_seen_at THEN s.received_at \
      ELSE a.last_seen_at END AS last_seen_at \
      FROM agents a LEFT JOIN agent_status s ON s.agent_id = a.id";
@@ -394,6 +410,7 @@ fn agent(row: &AnyRow) -> std::result::Result<AgentRow, sqlx::Error> {
         enrolled: row.try_get::<Option<String>, _>("key_hash")?.is_some(),
         version: row.try_get("version")?,
         git_version: row.try_get("git_version")?,
+        binary_sha256: row.try_get("binary_sha256")?,
         connected_at: row.try_get("connected_at")?,
         last_seen_at: row.try_get("last_seen_at")?,
         created_at: row.try_get("created_at")?,
@@ -829,10 +846,15 @@ impl Store {
                     agent_id,
                     version,
                     git_version,
-                } => sqlx::query("UPDATE agents SET version = $1, git_version = $2 WHERE id = $3")
-                    .bind(version.as_str())
-                    .bind(git_version.as_deref())
-                    .bind(agent_id.as_str()),
+                    binary_sha256,
+                } => sqlx::query(
+                    "UPDATE agents SET version = $1, git_version = $2, binary_sha256 = $4 \
+                     WHERE id = $3",
+                )
+                .bind(version.as_str())
+                .bind(git_version.as_deref())
+                .bind(agent_id.as_str())
+                .bind(binary_sha256.as_deref()),
                 AgentWrite::Offline {
                     agent_id,
                     connection,

@@ -77,6 +77,67 @@ pub struct Agent {
     state_dir: std::path::PathBuf,
     /// An update this process was re-executed for, confirmed at the first connect.
     pending: Mutex<Option<PendingUpdate>>,
+    /// An update or rollback accepted and not yet handed to the new process: another is refused.
+    updating: std::sync::atomic::AtomicBool,
+    /// SHA-256 of the binary this process runs (`/proc/self/exe`), read once at start.
+    binary_sha256: std::sync::OnceLock<String>,
+}
+
+/// What an `update_agent` / `rollback_agent` asks for.
+#[derive(Clone, Debug, PartialEq)]
+enum UpdateRequest {
+    /// Move the checkout to `remote/branch` (then `build`, `binary`).
+    Git,
+    /// Reset the checkout to a commit.
+    GitRollback(String),
+    /// Install this release from the engine.
+    Release(String),
+    /// Back to `citrusd.prev`.
+    BinaryRollback,
+}
+
+impl UpdateRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Git | Self::Release(_) => "update",
+            Self::GitRollback(_) | Self::BinaryRollback => "rollback",
+        }
+    }
+
+    /// The report of this request's progress.
+    fn report(
+        &self,
+        id: &str,
+        status: OperationStatus,
+        output: Option<String>,
+        error: Option<String>,
+        git_version: Option<String>,
+    ) -> AgentMessage {
+        match self {
+            Self::GitRollback(_) | Self::BinaryRollback => AgentMessage::RollbackOperation {
+                id: id.to_owned(),
+                status,
+                commit_id: match self {
+                    Self::GitRollback(c) => c.clone(),
+                    _ => String::new(),
+                },
+                git_version,
+                output,
+                error,
+            },
+            Self::Git | Self::Release(_) => AgentMessage::UpdateOperation {
+                id: id.to_owned(),
+                status,
+                git_version,
+                output,
+                error,
+            },
+        }
+    }
+}
+
+fn short(c: &str) -> String {
+    c.chars().take(12).collect()
 }
 
 /// Starts of a new version that has not confirmed its update yet after which it is taken as
@@ -184,6 +245,8 @@ impl Agent {
             busy_domains: Mutex::new(HashSet::new()),
             reconnect: tokio::sync::Notify::new(),
             stopping: tokio::sync::watch::Sender::new(false),
+            updating: std::sync::atomic::AtomicBool::new(false),
+            binary_sha256: std::sync::OnceLock::new(),
         });
         tokio::spawn(agent.clone().run());
         tokio::spawn(report_deployments(
@@ -197,44 +260,118 @@ impl Agent {
     }
 
     /// After a re-exec for an update: if the new version has not reached the engine by the
-    /// deadline, go back to the previous commit and re-execute again.
+    /// deadline, go back to the previous binary (or commit) and re-execute again.
     async fn confirm_or_revert(self: Arc<Self>, p: PendingUpdate) {
         let wait = Duration::from_millis(p.deadline_ms.saturating_sub(now_ms()));
         tokio::time::sleep(wait).await;
-        if self
+        let still_waiting = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
+            .as_ref()
+            .is_some_and(|p| p.reverted.is_none());
+        if !still_waiting {
             return;
         }
-        let Some(update) = self.config.update.clone() else {
-            return;
+        let timeout = self.confirm_timeout();
+        let back = match &p.binary {
+            Some(b) => format!("the previous binary {}", short(&b.previous_sha256)),
+            None => short(&p.previous),
         };
         let reason = format!(
-            "the new version did not reach the engine within {}; went back to {}",
-            crate::config::format_duration(update.confirm_timeout),
-            &p.previous[..p.previous.len().min(12)]
+            "the new version did not reach the engine within {}; went back to {back}",
+            crate::config::format_duration(timeout),
         );
         tracing::error!("{reason}");
+        let (binary, repo) = (p.binary.clone(), self.repo());
         let previous = p.previous.clone();
-        let back =
-            tokio::task::spawn_blocking(move || super::update::reset_to(&update.repo, &previous))
-                .await;
+        // `previous` is the commit for the git path (also when it installed a binary it built).
+        let back = tokio::task::spawn_blocking(move || {
+            if let Some(b) = &binary {
+                super::update::restore_previous(&b.exe).map_err(|e| e.to_string())?;
+            }
+            match (binary.is_some_and(|b| b.previous_sha256 == previous), repo) {
+                (true, _) => Ok(()),
+                (false, Some(repo)) => super::update::reset_to(&repo, &previous).map(drop),
+                (false, None) => Err("no [fleet.update] repo to go back in".to_string()),
+            }
+        })
+        .await;
         if let Ok(Err(e)) | Err(e) = back.map_err(|e| e.to_string()) {
             tracing::error!("cannot go back to the previous version: {e}");
             return;
         }
+        let _ = std::fs::remove_file(self.state_dir.join(super::update::MARKER));
         let update = PendingUpdate {
             reverted: Some(reason),
             deadline_ms: u64::MAX,
             ..p
         };
         store_update(&self.state_dir, &update, 0);
+        self.re_exec();
+    }
+
+    /// Re-executes citrusd (the binary at the path it was started from) with the handoff;
+    /// returns only when that failed, after logging why.
+    fn re_exec(&self) -> std::io::Error {
         let handoff = self.supervisor.handoff();
-        let e = handoff::exec(&handoff, &self.state_dir);
+        let e = match super::update::running_exe() {
+            Ok(exe) => handoff::exec_program(&handoff, &self.state_dir, &exe),
+            Err(e) => e,
+        };
         tracing::error!("cannot re-execute citrusd: {e}");
+        e
+    }
+
+    /// `[fleet.update] confirm_timeout` (2 minutes without the section).
+    fn confirm_timeout(&self) -> Duration {
+        self.config
+            .update
+            .as_ref()
+            .map_or(Duration::from_secs(120), |u| u.confirm_timeout)
+    }
+
+    fn repo(&self) -> Option<std::path::PathBuf> {
+        self.config.update.as_ref()?.repo.clone()
+    }
+
+    /// Reads the running binary's SHA-256 once; then, if an unconfirmed binary update is
+    /// recorded but this is the binary it replaced, the new one never got far enough to confirm
+    /// and the unit's guard put the old one back: the update is reported `failed`.
+    async fn read_binary(&self) {
+        if self.binary_sha256.get().is_some() {
+            return;
+        }
+        let sha = tokio::task::spawn_blocking(|| {
+            super::update::sha256_file(std::path::Path::new("/proc/self/exe"))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        let sha = match sha {
+            Ok(sha) => sha,
+            Err(e) => {
+                tracing::warn!("cannot read the running binary's SHA-256: {e}");
+                return;
+            }
+        };
+        let _ = self.binary_sha256.set(sha.clone());
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = pending.as_mut() else { return };
+        let Some(b) = &p.binary else { return };
+        if p.reverted.is_none() && b.sha256 != sha {
+            let reason = format!(
+                "the new binary {} stopped before it reached the engine; {} runs again \
+                 (put back by the service's guard)",
+                short(&b.sha256),
+                short(&sha),
+            );
+            tracing::error!("{reason}");
+            p.reverted = Some(reason);
+            p.deadline_ms = u64::MAX;
+            store_update(&self.state_dir, p, 0);
+            let _ = std::fs::remove_file(self.state_dir.join(super::update::MARKER));
+        }
     }
 
     /// At the first connect after an update's re-exec: the update is done (or was reverted).
@@ -249,15 +386,16 @@ impl Agent {
         };
         // Confirmed (or reported reverted): nothing is in flight any more.
         let _ = std::fs::remove_file(update_file(&self.state_dir));
+        let _ = std::fs::remove_file(self.state_dir.join(super::update::MARKER));
         let (status, error) = match p.reverted {
             None => (OperationStatus::Completed, None),
             Some(reason) => (OperationStatus::Failed, Some(reason)),
         };
         let git_version = self.git_version();
-        let output = Some(format!(
-            "running {}",
-            git_version.clone().unwrap_or_default()
-        ));
+        let output = Some(match (&p.binary, self.binary_sha256.get()) {
+            (Some(_), Some(sha)) => format!("running binary {sha}"),
+            _ => format!("running {}", git_version.clone().unwrap_or_default()),
+        });
         self.report(if p.kind == "rollback" {
             AgentMessage::RollbackOperation {
                 id: p.id,
@@ -326,6 +464,7 @@ impl Agent {
     }
 
     async fn run(self: Arc<Self>) {
+        self.read_binary().await;
         let mut attempt: u32 = 0;
         let mut stop = self.stopping.subscribe();
         loop {
@@ -494,6 +633,7 @@ impl Agent {
             agent_id: self.config.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             git_version: self.git_version(),
+            binary_sha256: self.binary_sha256.get().cloned(),
         };
         let send_err =
             |e: tungstenite::Error| LinkError::Other(format!("connection to {url} lost: {e}"));
@@ -553,7 +693,7 @@ impl Agent {
 
     /// The checkout's HEAD (12 hex digits), read through git2 like the updates themselves.
     fn git_version(&self) -> Option<String> {
-        let repo = &self.config.update.as_ref()?.repo;
+        let repo = self.config.update.as_ref()?.repo.as_ref()?;
         let head = super::update::head(repo).ok()?;
         Some(head.chars().take(12).collect())
     }
@@ -566,6 +706,7 @@ impl Agent {
                 hostname: crate::sys::hostname(),
                 uptime: system::uptime(),
                 git_version: self.git_version(),
+                binary_sha256: self.binary_sha256.get().cloned(),
                 cpu: wire::CpuStatus { load, cores },
                 memory: wire::MemoryStatus { total, used, free },
                 disk: system::filesystems()
@@ -654,8 +795,14 @@ impl Agent {
                 }
             }
             EngineMessage::AppControl { id, app, action } => self.app_control(id, app, action),
-            EngineMessage::UpdateAgent { id } => self.update(id, None),
-            EngineMessage::RollbackAgent { id, commit_id } => self.update(id, Some(commit_id)),
+            EngineMessage::UpdateAgent { id, sha256 } => self.update(
+                id,
+                sha256.map_or(UpdateRequest::Git, UpdateRequest::Release),
+            ),
+            EngineMessage::RollbackAgent { id, commit_id } => self.update(
+                id,
+                commit_id.map_or(UpdateRequest::BinaryRollback, UpdateRequest::GitRollback),
+            ),
             EngineMessage::DeployApp { id, app, git_ref } => {
                 // Its progress is reported by `report_deployments`, phase by phase.
                 if let Err(e) = self.deploys.start(&app, git_ref, Some(id.clone())) {
@@ -674,114 +821,248 @@ impl Agent {
         }
     }
 
-    /// `update_agent` (commit None) or `rollback_agent`: move the checkout with git2, then
-    /// re-execute citrusd keeping the apps; the new process confirms once it reaches the engine.
-    fn update(&self, id: String, commit: Option<String>) {
-        let kind = if commit.is_some() {
-            "rollback"
-        } else {
-            "update"
+    /// `update_agent` or `rollback_agent`: install a release (or go back to `citrusd.prev`), or
+    /// move the checkout with git2 (then build and install what it made, when configured); then
+    /// re-execute citrusd keeping the apps. The new process confirms once it reaches the engine.
+    /// One at a time: another request while one is in flight is refused.
+    fn update(&self, id: String, request: UpdateRequest) {
+        use std::sync::atomic::Ordering;
+        let report = |status, output, error: Option<String>| {
+            request.report(&id, status, output, error, self.git_version())
         };
-        let (task_id, task_commit) = (id.clone(), commit.clone());
-        let report = move |status: OperationStatus,
-                           output: Option<String>,
-                           error: Option<String>,
-                           git_version: Option<String>| match &commit {
-            Some(c) => AgentMessage::RollbackOperation {
-                id: id.clone(),
-                status,
-                commit_id: c.clone(),
-                git_version,
-                output,
-                error,
-            },
-            None => AgentMessage::UpdateOperation {
-                id: id.clone(),
-                status,
-                git_version,
-                output,
-                error,
-            },
-        };
-        let Some(update) = self.config.update.clone() else {
-            let msg = "no [fleet.update] repo is configured on this host".to_string();
-            return self.report(report(OperationStatus::Failed, None, Some(msg), None));
-        };
-        self.report(report(
-            OperationStatus::Starting,
-            None,
-            None,
-            self.git_version(),
-        ));
+        if let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let msg = format!(
+                "refused: {} {} is still waiting for its confirmation",
+                p.kind, p.id
+            );
+            return self.report(report(OperationStatus::Failed, None, Some(msg)));
+        }
+        if self.updating.swap(true, Ordering::SeqCst) {
+            let msg = "refused: another update or rollback of this agent is in flight; \
+                       wait for its report"
+                .to_string();
+            return self.report(report(OperationStatus::Failed, None, Some(msg)));
+        }
+        let git = matches!(request, UpdateRequest::Git | UpdateRequest::GitRollback(_));
+        if git && self.repo().is_none() {
+            self.updating.store(false, Ordering::SeqCst);
+            let msg = "no [fleet.update] repo is configured on this host; send update_agent \
+                       with the sha256 of a release instead"
+                .to_string();
+            return self.report(report(OperationStatus::Failed, None, Some(msg)));
+        }
+        self.report(report(OperationStatus::Starting, None, None));
         let agent = self.handle();
         tokio::spawn(async move {
-            let repo = update.repo.clone();
-            let (remote, branch) = (update.remote.clone(), update.branch.clone());
-            let (id, commit) = (task_id, task_commit);
-            let previous = match super::update::head(&update.repo) {
-                Ok(h) => h,
-                Err(e) => {
-                    return agent.report(report(OperationStatus::Failed, None, Some(e), None));
-                }
-            };
-            let pending = PendingUpdate {
-                id,
-                kind: kind.to_string(),
-                commit_id: commit.clone(),
-                previous: previous.clone(),
-                deadline_ms: now_ms() + update.confirm_timeout.as_millis() as u64,
-                reverted: None,
-            };
-            store_update(&agent.state_dir, &pending, 0);
-            let target = commit.clone();
-            let ca_file = agent.config.ca_file.clone();
-            let moved = tokio::task::spawn_blocking(move || match &target {
-                Some(c) => super::update::reset_to(&repo, c),
-                None => {
-                    let tls = super::tls::client_config(ca_file.as_deref())?;
-                    super::git_https::with_tls(tls, || super::update::pull(&repo, &remote, &branch))
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            let moved = match moved {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = std::fs::remove_file(update_file(&agent.state_dir));
-                    return agent.report(report(
-                        OperationStatus::Failed,
-                        None,
-                        Some(e),
-                        agent.git_version(),
-                    ));
-                }
-            };
-            let short = |c: &str| c.chars().take(12).collect::<String>();
-            let output = format!("{} -> {}", short(&moved.previous), short(&moved.current));
-            if moved.previous == moved.current {
-                let _ = std::fs::remove_file(update_file(&agent.state_dir));
-                let out = Some(format!("already at {}", short(&moved.current)));
-                return agent.report(report(
-                    OperationStatus::Completed,
-                    out,
-                    None,
-                    agent.git_version(),
-                ));
-            }
-            tracing::info!(kind, "checkout moved {output}: re-executing citrusd");
-            let handoff = agent.supervisor.handoff();
-            let e = handoff::exec(&handoff, &agent.state_dir);
-            // Still here: the exec failed. Put the checkout back and say why.
+            let result = agent.clone().run_update(&id, &request).await;
+            agent.updating.store(false, Ordering::SeqCst);
             let _ = std::fs::remove_file(update_file(&agent.state_dir));
-            let _ = super::update::reset_to(&update.repo, &moved.previous);
-            let error = Some(format!("cannot re-execute citrusd: {e}"));
-            agent.report(report(
-                OperationStatus::Failed,
-                Some(output),
-                error,
-                agent.git_version(),
-            ));
+            let _ = std::fs::remove_file(agent.state_dir.join(super::update::MARKER));
+            let (status, output, error) = match result {
+                Ok(done) => (OperationStatus::Completed, Some(done), None),
+                Err((output, e)) => (OperationStatus::Failed, output, Some(e)),
+            };
+            let git_version = agent.git_version();
+            agent.report(request.report(&id, status, output, error, git_version));
         });
+    }
+
+    /// The record of an update in flight, kept until the new process confirms it.
+    fn pending_for(
+        &self,
+        id: &str,
+        request: &UpdateRequest,
+        previous: String,
+        binary: Option<super::update::BinaryChange>,
+    ) -> PendingUpdate {
+        PendingUpdate {
+            id: id.to_owned(),
+            kind: request.kind().to_string(),
+            commit_id: match request {
+                UpdateRequest::GitRollback(c) => Some(c.clone()),
+                _ => None,
+            },
+            previous,
+            deadline_ms: now_ms() + self.confirm_timeout().as_millis() as u64,
+            reverted: None,
+            binary,
+        }
+    }
+
+    /// Does the update up to the re-exec. Returns only when there is nothing to re-execute for
+    /// (`Ok`, the output) or when something failed (the output so far and why), with what it
+    /// changed undone.
+    async fn run_update(
+        self: Arc<Self>,
+        id: &str,
+        request: &UpdateRequest,
+    ) -> Result<String, (Option<String>, String)> {
+        use super::update as up;
+        let exe = up::running_exe()
+            .map_err(|e| (None, format!("cannot find the running citrusd binary: {e}")))?;
+        let running = self.binary_sha256.get().cloned().unwrap_or_default();
+        let (staged, new_sha) = match request {
+            UpdateRequest::Release(sha256) => {
+                if *sha256 == running {
+                    return Ok(format!("already running binary {sha256}"));
+                }
+                let tls = self.tls().map_err(|e| (None, e))?;
+                let client = up::client((*tls).clone()).map_err(|e| (None, e))?;
+                let url = format!("{}{sha256}", self.config.releases_url);
+                tracing::info!(%url, "downloading a release");
+                let tmp = up::download(&client, &url, sha256, &exe, up::MAX_RELEASE)
+                    .await
+                    .map_err(|e| (None, e.to_string()))?;
+                (Some(tmp), sha256.clone())
+            }
+            UpdateRequest::BinaryRollback => {
+                let prev = up::previous_of(&exe);
+                let sha = tokio::task::spawn_blocking(move || up::sha256_file(&prev))
+                    .await
+                    .map_err(|e| (None, e.to_string()))?
+                    .map_err(|e| (None, format!("no previous binary to go back to: {e}")))?;
+                (None, sha)
+            }
+            UpdateRequest::Git | UpdateRequest::GitRollback(_) => {
+                return self.run_git_update(id, request, &exe, &running).await;
+            }
+        };
+        let output = format!("binary {} -> {}", short(&running), short(&new_sha));
+        let change = up::BinaryChange {
+            exe: exe.clone(),
+            sha256: new_sha,
+            previous_sha256: running.clone(),
+        };
+        let pending = self.pending_for(id, request, running, Some(change));
+        self.install_and_exec(&exe, staged, pending, output).await
+    }
+
+    /// The git path: move the checkout, run `build`, install `binary` if configured, re-execute.
+    async fn run_git_update(
+        self: Arc<Self>,
+        id: &str,
+        request: &UpdateRequest,
+        exe: &std::path::Path,
+        running: &str,
+    ) -> Result<String, (Option<String>, String)> {
+        use super::update as up;
+        let update = self.config.update.clone().expect("checked by `update`");
+        let repo = update.repo.clone().expect("checked by `update`");
+        let r = repo.clone();
+        let previous = tokio::task::spawn_blocking(move || up::head(&r))
+            .await
+            .map_err(|e| (None, e.to_string()))?
+            .map_err(|e| (None, e))?;
+        store_update(
+            &self.state_dir,
+            &self.pending_for(id, request, previous.clone(), None),
+            0,
+        );
+        let (target, r) = (request.clone(), repo.clone());
+        let (remote, branch) = (update.remote.clone(), update.branch.clone());
+        let ca_file = self.config.ca_file.clone();
+        let moved = tokio::task::spawn_blocking(move || match &target {
+            UpdateRequest::GitRollback(c) => up::reset_to(&r, c),
+            _ => {
+                let tls = super::tls::client_config(ca_file.as_deref())?;
+                super::git_https::with_tls(tls, || up::pull(&r, &remote, &branch))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
+        .map_err(|e| (None, e))?;
+        let output = format!("{} -> {}", short(&moved.previous), short(&moved.current));
+        if moved.previous == moved.current {
+            return Ok(format!("already at {}", short(&moved.current)));
+        }
+        let undo = |why: String| {
+            let _ = up::reset_to(&repo, &moved.previous);
+            (Some(output.clone()), why)
+        };
+        if let Some(build) = &update.build {
+            let (ok, out, error) = self.run_argv(build, &repo).await;
+            if !ok {
+                let why = format!(
+                    "the build failed: {}; the checkout went back to {}\n{out}",
+                    error.unwrap_or_default(),
+                    short(&moved.previous)
+                );
+                return Err(undo(why));
+            }
+        }
+        let Some(built) = &update.binary else {
+            tracing::info!("checkout moved {output}: re-executing citrusd");
+            let e = self.re_exec();
+            return Err(undo(format!("cannot re-execute citrusd: {e}")));
+        };
+        let (b, e) = (built.clone(), exe.to_owned());
+        let staged = tokio::task::spawn_blocking(move || {
+            let sha = up::sha256_file(&b)?;
+            up::stage_copy(&b, &e).map(|tmp| (tmp, sha))
+        })
+        .await
+        .map_err(|e| undo(e.to_string()))?
+        .map_err(|e| undo(e.to_string()))?;
+        let change = up::BinaryChange {
+            exe: exe.to_owned(),
+            sha256: staged.1,
+            previous_sha256: running.to_owned(),
+        };
+        let pending = self.pending_for(id, request, moved.previous.clone(), Some(change));
+        self.install_and_exec(exe, Some(staged.0), pending, output.clone())
+            .await
+            .map_err(|(out, why)| {
+                let _ = up::reset_to(&repo, &moved.previous);
+                (out, why)
+            })
+    }
+
+    /// Records `pending` and the marker the unit's guard looks for, puts `staged` in place of
+    /// `exe` (or swaps `exe` with `citrusd.prev` when `None`), and re-executes. Returns only on
+    /// failure, with the old binary back in place.
+    async fn install_and_exec(
+        &self,
+        exe: &std::path::Path,
+        staged: Option<std::path::PathBuf>,
+        pending: PendingUpdate,
+        output: String,
+    ) -> Result<String, (Option<String>, String)> {
+        use super::update as up;
+        let failed = |why: String| (Some(output.clone()), why);
+        store_update(&self.state_dir, &pending, 0);
+        let marker = self.state_dir.join(up::MARKER);
+        write_atomic(&marker, exe.as_os_str().as_encoded_bytes(), 0o600).map_err(|e| {
+            if let Some(tmp) = &staged {
+                let _ = std::fs::remove_file(tmp);
+            }
+            failed(format!("cannot write {}: {e}", marker.display()))
+        })?;
+        let (e, swap) = (exe.to_owned(), staged.is_none());
+        let installed = tokio::task::spawn_blocking(move || match &staged {
+            Some(tmp) => up::install(&e, tmp).inspect_err(|_| {
+                let _ = std::fs::remove_file(tmp);
+            }),
+            None => up::swap_previous(&e),
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+        installed.map_err(|e| failed(e.to_string()))?;
+        tracing::info!("installed {output}: re-executing citrusd");
+        let e = self.re_exec();
+        // Still here: put the old binary back.
+        let back = match swap {
+            true => up::swap_previous(exe),
+            false => up::restore_previous(exe),
+        };
+        if let Err(b) = back {
+            tracing::error!("cannot put the previous binary back: {b}");
+        }
+        Err(failed(format!("cannot re-execute citrusd: {e}")))
     }
 
     fn site(
@@ -836,7 +1117,7 @@ impl Agent {
         let argv = SiteTemplates::render(&template, &domain);
         let agent = self.handle();
         tokio::spawn(async move {
-            let (ok, output, error) = agent.run_argv(&argv).await;
+            let (ok, output, error) = agent.run_argv(&argv, std::path::Path::new("/")).await;
             agent
                 .busy_domains
                 .lock()
@@ -891,12 +1172,16 @@ impl Agent {
 
     /// Runs an argv (no shell) to completion, at most [`SITE_TIMEOUT`]; returns success, the last
     /// 64 KiB of output and an error.
-    async fn run_argv(&self, argv: &[String]) -> (bool, String, Option<String>) {
+    async fn run_argv(
+        &self,
+        argv: &[String],
+        cwd: &std::path::Path,
+    ) -> (bool, String, Option<String>) {
         let env = std::collections::BTreeMap::new();
         let inherit = vec!["PATH".to_string()];
         let spec = Spec {
             command: argv,
-            cwd: Some(std::path::Path::new("/")),
+            cwd: Some(cwd),
             user: None,
             inherit_env: &inherit,
             env_file: None,

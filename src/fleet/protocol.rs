@@ -86,6 +86,9 @@ pub struct HostStatus {
     pub uptime: u64,
     /// Serialised as `null` when unknown.
     pub git_version: Option<String>,
+    /// SHA-256 (64 lowercase hex) of the citrusd binary running; absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary_sha256: Option<String>,
     pub cpu: CpuStatus,
     pub memory: MemoryStatus,
     pub disk: Vec<DiskStatus>,
@@ -107,6 +110,9 @@ pub enum AgentMessage {
         agent_id: String,
         version: String,
         git_version: Option<String>,
+        /// SHA-256 (64 lowercase hex) of the citrusd binary running; absent from older agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary_sha256: Option<String>,
     },
     /// Periodic host and app status.
     StatusUpdate { status: HostStatus },
@@ -139,10 +145,12 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// Progress of a `rollback_agent` command.
+    /// Progress of a `rollback_agent` command; `commitId` repeats the commit asked for (empty
+    /// for a rollback to the previous binary).
     RollbackOperation {
         id: String,
         status: OperationStatus,
+        #[serde(default)]
         commit_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         git_version: Option<String>,
@@ -220,10 +228,20 @@ pub enum EngineMessage {
     DeleteSite { id: String, domain: String },
     /// Replace the agent key.
     RotateKey { id: String, new_key: String },
-    /// Update the agent to the newest version.
-    UpdateAgent { id: String },
-    /// Roll the agent back to a commit.
-    RollbackAgent { id: String, commit_id: String },
+    /// Update the agent: with `sha256`, install that release from the engine
+    /// (`/releases/<sha256>`); without, move the git checkout to the newest commit.
+    UpdateAgent {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+    },
+    /// Roll the agent back: to a commit of the checkout, or without `commitId` to the previous
+    /// binary (`citrusd.prev`).
+    RollbackAgent {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit_id: Option<String>,
+    },
     /// Start, stop or restart an app.
     AppControl {
         id: String,
@@ -257,7 +275,7 @@ impl EngineMessage {
             Self::CreateSite { id, .. }
             | Self::DeleteSite { id, .. }
             | Self::RotateKey { id, .. }
-            | Self::UpdateAgent { id }
+            | Self::UpdateAgent { id, .. }
             | Self::RollbackAgent { id, .. }
             | Self::AppControl { id, .. }
             | Self::DeployApp { id, .. } => id,
@@ -382,9 +400,18 @@ fn check_fields(message: &mut EngineMessage) -> Result<(), String> {
         EngineMessage::CreateSite { domain, .. } | EngineMessage::DeleteSite { domain, .. } => {
             *domain = validate_domain(domain).map_err(|e| format!("field `domain`: {e}"))?;
         }
-        EngineMessage::RollbackAgent { commit_id, .. } => {
+        EngineMessage::RollbackAgent {
+            commit_id: Some(commit_id),
+            ..
+        } => {
             *commit_id =
                 validate_commit(commit_id).map_err(|e| format!("field `commitId`: {e}"))?;
+        }
+        EngineMessage::UpdateAgent {
+            sha256: Some(sha256),
+            ..
+        } => {
+            *sha256 = validate_sha256(sha256).map_err(|e| format!("field `sha256`: {e}"))?;
         }
         EngineMessage::RotateKey { new_key, .. } => {
             if new_key.is_empty() || !new_key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -394,10 +421,23 @@ fn check_fields(message: &mut EngineMessage) -> Result<(), String> {
             }
         }
         EngineMessage::UpdateAgent { .. }
+        | EngineMessage::RollbackAgent { .. }
         | EngineMessage::AppControl { .. }
         | EngineMessage::DeployApp { .. } => {}
     }
     Ok(())
+}
+
+/// A release's SHA-256: exactly 64 hex digits (any case). Returns it lowercased.
+pub fn validate_sha256(sha256: &str) -> Result<String, String> {
+    if sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(sha256.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "{:?} is not a SHA-256: give the 64 hex digits of a release (GET /admin/releases)",
+            sha256.chars().take(80).collect::<String>()
+        ))
+    }
 }
 
 /// A domain as a DNS name: 1..=253 chars total, labels 1..=63 of [a-z0-9-] (ASCII,
@@ -571,14 +611,16 @@ mod tests {
                 agent_id: "a1".into(),
                 version: "0.3.0".into(),
                 git_version: Some("abc1234".into()),
+                binary_sha256: Some("ab".repeat(32)),
             },
-            json!({"type": "agent_connected", "agentId": "a1", "version": "0.3.0", "gitVersion": "abc1234"}),
+            json!({"type": "agent_connected", "agentId": "a1", "version": "0.3.0", "gitVersion": "abc1234", "binarySha256": "ab".repeat(32)}),
         );
         check_agent(
             AgentMessage::AgentConnected {
                 agent_id: "a1".into(),
                 version: "0.3.0".into(),
                 git_version: None,
+                binary_sha256: None,
             },
             json!({"type": "agent_connected", "agentId": "a1", "version": "0.3.0", "gitVersion": null}),
         );
@@ -600,6 +642,7 @@ mod tests {
                     hostname: "h1".into(),
                     uptime: 3600,
                     git_version: None,
+                    binary_sha256: Some("cd".repeat(32)),
                     cpu: CpuStatus {
                         load: 12.5,
                         cores: 4,
@@ -625,6 +668,7 @@ mod tests {
                     "hostname": "h1",
                     "uptime": 3600,
                     "gitVersion": null,
+                    "binarySha256": "cd".repeat(32),
                     "cpu": {"load": 12.5, "cores": 4},
                     "memory": {"total": 8000, "used": 3000, "free": 5000},
                     "disk": [{"fs": "/dev/sda1", "size": 100, "used": 40, "available": 60}],
@@ -870,13 +914,31 @@ mod tests {
         );
         parse_ok(
             r#"{"type":"update_agent","id":"u1"}"#,
-            EngineMessage::UpdateAgent { id: "u1".into() },
+            EngineMessage::UpdateAgent {
+                id: "u1".into(),
+                sha256: None,
+            },
         );
         parse_ok(
             r#"{"type":"rollback_agent","id":"r1","commitId":"ABCDEF1"}"#,
             EngineMessage::RollbackAgent {
                 id: "r1".into(),
-                commit_id: "abcdef1".into(),
+                commit_id: Some("abcdef1".into()),
+            },
+        );
+        parse_ok(
+            r#"{"type":"rollback_agent","id":"r2"}"#,
+            EngineMessage::RollbackAgent {
+                id: "r2".into(),
+                commit_id: None,
+            },
+        );
+        let upper = "AB".repeat(32);
+        parse_ok(
+            &format!(r#"{{"type":"update_agent","id":"u3","sha256":"{upper}"}}"#),
+            EngineMessage::UpdateAgent {
+                id: "u3".into(),
+                sha256: Some("ab".repeat(32)),
             },
         );
         for (word, action) in [
@@ -912,7 +974,10 @@ mod tests {
         // Unknown extra fields are ignored.
         parse_ok(
             r#"{"type":"update_agent","id":"u2","future":1}"#,
-            EngineMessage::UpdateAgent { id: "u2".into() },
+            EngineMessage::UpdateAgent {
+                id: "u2".into(),
+                sha256: None,
+            },
         );
     }
 
@@ -1078,6 +1143,16 @@ mod tests {
                 "commitId",
             ),
             (
+                r#"{"type":"update_agent","id":"h","sha256":"../../etc/passwd"}"#,
+                Some("h"),
+                "sha256",
+            ),
+            (
+                r#"{"type":"update_agent","id":"i","sha256":"abc"}"#,
+                Some("i"),
+                "64 hex digits",
+            ),
+            (
                 r#"{"type":"rotate_key","id":"f","newKey":""}"#,
                 Some("f"),
                 "newKey",
@@ -1139,10 +1214,13 @@ mod tests {
                 id: "1".into(),
                 new_key: "k".into(),
             },
-            EngineMessage::UpdateAgent { id: "1".into() },
+            EngineMessage::UpdateAgent {
+                id: "1".into(),
+                sha256: Some("ab".repeat(32)),
+            },
             EngineMessage::RollbackAgent {
                 id: "1".into(),
-                commit_id: "abcdef1".into(),
+                commit_id: Some("abcdef1".into()),
             },
             EngineMessage::AppControl {
                 id: "1".into(),

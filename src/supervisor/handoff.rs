@@ -73,6 +73,14 @@ pub fn take() -> Option<Handoff> {
 /// Writes `handoff` into `state_dir` and re-executes citrusd with the same arguments. Returns only
 /// on failure.
 pub fn exec(handoff: &Handoff, state_dir: &Path) -> io::Error {
+    match std::env::current_exe() {
+        Ok(exe) => exec_program(handoff, state_dir, &exe),
+        Err(e) => e,
+    }
+}
+
+/// As [`exec`], running the binary at `exe` (a self-update renamed a new one there).
+pub fn exec_program(handoff: &Handoff, state_dir: &Path, exe: &Path) -> io::Error {
     let path = state_dir.join("handoff.json");
     let json = serde_json::to_vec(handoff).expect("handoff serialises");
     if let Err(e) = write_atomic(&path, &json, 0o600) {
@@ -90,10 +98,6 @@ pub fn exec(handoff: &Handoff, state_dir: &Path) -> io::Error {
             }
         }
     }
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
     let cstr =
         |b: &[u8]| CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
     let program = match cstr(exe.as_os_str().as_bytes()) {

@@ -26,6 +26,19 @@ struct State {
     connects: Vec<HashMap<String, String>>,
     refused: u32,
     current: Option<mpsc::UnboundedSender<String>>,
+    /// `GET /releases/<sha256>`: the bytes and how to serve them.
+    releases: HashMap<String, (Vec<u8>, Serve)>,
+}
+
+/// How the stand-in serves a release.
+#[derive(Clone, Copy, Debug)]
+pub enum Serve {
+    /// Whole, with its length.
+    Whole,
+    /// Only the first n bytes (and that length): a truncated file.
+    Truncated(usize),
+    /// Its full length announced, 64 KiB sent, then nothing more while the connection lasts.
+    Stalled,
 }
 
 /// The fake engine.
@@ -121,6 +134,12 @@ impl Engine {
         }
     }
 
+    /// Serves `bytes` at `GET /releases/<sha256>` as `serve` says.
+    pub fn serve_release(&self, sha256: &str, bytes: Vec<u8>, serve: Serve) {
+        let mut s = self.state.lock().unwrap();
+        s.releases.insert(sha256.to_string(), (bytes, serve));
+    }
+
     /// Drops the listener and every connection.
     pub fn stop(&mut self) {
         if let Some(s) = self.server.take() {
@@ -209,11 +228,60 @@ async fn bind_outside_ephemeral_range() -> TcpListener {
 }
 
 async fn handle(stream: TcpStream, state: Arc<Mutex<State>>) {
-    let mut head = [0u8; 4];
-    if stream.peek(&mut head).await.is_ok() && &head == b"POST" {
+    let mut head = [0u8; 14];
+    let peeked = stream.peek(&mut head).await.unwrap_or(0);
+    if head[..peeked].starts_with(b"POST") {
         return enroll(stream, state).await;
     }
+    if peeked == head.len() && &head == b"GET /releases/" {
+        return release(stream, state).await;
+    }
     websocket(stream, state).await;
+}
+
+/// `GET /releases/<sha256>` as the engine serves it (length and checksum headers), or as set
+/// with [`Engine::serve_release`].
+async fn release(mut stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let sha = line
+        .split(' ')
+        .nth(1)
+        .unwrap_or_default()
+        .trim_start_matches("/releases/")
+        .to_string();
+    let found = state.lock().unwrap().releases.get(&sha).cloned();
+    let Some((bytes, serve)) = found else {
+        let body = r#"{"error":{"code":"not_found","message":"no such release"}}"#;
+        let resp = format!("HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        let _ = stream.write_all(resp.as_bytes()).await;
+        return;
+    };
+    let (announced, sent) = match serve {
+        Serve::Whole => (bytes.len(), bytes.len()),
+        Serve::Truncated(n) => (n, n),
+        Serve::Stalled => (bytes.len(), 64 << 10),
+    };
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {announced}\r\nx-checksum-sha256: {sha}\r\nconnection: close\r\n\r\n");
+    if stream.write_all(head.as_bytes()).await.is_err()
+        || stream.write_all(&bytes[..sent]).await.is_err()
+    {
+        return;
+    }
+    if let Serve::Stalled = serve {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn websocket<S>(stream: S, state: Arc<Mutex<State>>)

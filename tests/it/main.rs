@@ -26,6 +26,8 @@ mod panel;
 mod persistence;
 mod probes;
 mod provision;
+mod releases;
+mod selfupdate;
 mod signals;
 mod supervision;
 mod support;

@@ -46,7 +46,7 @@ fn wait_server(engine: &EngineProc, id: &str, want: &str) -> Value {
 
 /// The citrusd.toml that cloud-init writes, from the droplet's user_data.
 fn rendered_config(user_data: &str) -> String {
-    let start = "cat > /etc/citrus/citrusd.toml <<'CITRUS_EOF'\n";
+    let start = "cat > \"$ROOT/etc/citrus/citrusd.toml\" <<'CITRUS_EOF'\n";
     let from = user_data.find(start).expect("config heredoc") + start.len();
     let len = user_data[from..]
         .find("\nCITRUS_EOF\n")

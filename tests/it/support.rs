@@ -140,6 +140,8 @@ pub struct Daemon {
     pub extra_env: Vec<(String, String)>,
     /// citrusd's open-files limit (soft and hard), when a test wants a small one.
     pub nofile: Option<u64>,
+    /// The citrusd binary to run ([`CITRUSD`] unless a test installed a copy elsewhere).
+    pub program: PathBuf,
     child: Option<Child>,
 }
 
@@ -180,6 +182,7 @@ impl Daemon {
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             extra_env: Vec::new(),
             nofile: None,
+            program: PathBuf::from(CITRUSD),
             child: None,
         }
     }
@@ -198,7 +201,7 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("citrusd.stderr"))
             .expect("stderr file");
-        let mut command = Command::new(CITRUSD);
+        let mut command = Command::new(&self.program);
         if let Some(limit) = self.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only setrlimit(2), which is async-signal-safe.

@@ -437,6 +437,7 @@ mod tests {
             hostname: "host".into(),
             uptime: 1,
             git_version: None,
+            binary_sha256: None,
             cpu: CpuStatus { load, cores: 2 },
             memory: MemoryStatus {
                 total: 100,
@@ -470,6 +471,7 @@ mod tests {
             enrolled: true,
             version: None,
             git_version: None,
+            binary_sha256: None,
             connected_at: None,
             last_seen_at: None,
             created_at: 1,

@@ -333,6 +333,7 @@ mod tests {
             hostname: "h1".into(),
             uptime: 1,
             git_version: None,
+            binary_sha256: None,
             cpu: CpuStatus {
                 load: 12.5,
                 cores: 4,
@@ -356,6 +357,7 @@ mod tests {
             enrolled: true,
             version: Some("0.1.0".into()),
             git_version: None,
+            binary_sha256: None,
             connected_at: Some(5),
             last_seen_at: Some(6),
             created_at: 1,
