@@ -264,29 +264,39 @@ impl Agent {
     async fn confirm_or_revert(self: Arc<Self>, p: PendingUpdate) {
         let wait = Duration::from_millis(p.deadline_ms.saturating_sub(now_ms()));
         tokio::time::sleep(wait).await;
-        let still_waiting = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|p| p.reverted.is_none());
-        if !still_waiting {
+        // Taken under the lock, so a connect from now on has nothing to confirm: the update
+        // cannot be reported `completed` and then go back.
+        let taken = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.as_ref() {
+                Some(p) if p.reverted.is_none() => pending.take(),
+                _ => None,
+            }
+        };
+        if taken.is_none() {
             return;
         }
         let timeout = self.confirm_timeout();
         let back = match &p.binary {
-            Some(b) => format!("the previous binary {}", short(&b.previous_sha256)),
+            Some(b) if b.previous_sha256 == p.previous => {
+                format!("the previous binary {}", short(&b.previous_sha256))
+            }
+            Some(b) => format!(
+                "the previous binary {} and commit {}",
+                short(&b.previous_sha256),
+                short(&p.previous)
+            ),
             None => short(&p.previous),
         };
-        let reason = format!(
-            "the new version did not reach the engine within {}; went back to {back}",
+        let late = format!(
+            "the new version did not reach the engine within {}",
             crate::config::format_duration(timeout),
         );
-        tracing::error!("{reason}");
+        tracing::error!("{late}; going back to {back}");
         let (binary, repo) = (p.binary.clone(), self.repo());
         let previous = p.previous.clone();
         // `previous` is the commit for the git path (also when it installed a binary it built).
-        let back = tokio::task::spawn_blocking(move || {
+        let undone = tokio::task::spawn_blocking(move || {
             if let Some(b) = &binary {
                 super::update::restore_previous(&b.exe).map_err(|e| e.to_string())?;
             }
@@ -297,17 +307,24 @@ impl Agent {
             }
         })
         .await;
-        if let Ok(Err(e)) | Err(e) = back.map_err(|e| e.to_string()) {
-            tracing::error!("cannot go back to the previous version: {e}");
+        let reverted = |reason: String| PendingUpdate {
+            reverted: Some(reason),
+            deadline_ms: u64::MAX,
+            ..p.clone()
+        };
+        if let Ok(Err(e)) | Err(e) = undone.map_err(|e| e.to_string()) {
+            tracing::error!("cannot go back to {back}: {e}");
+            // Still the new version: reported `failed` with both reasons at the next connect.
+            let update = reverted(format!("{late}; cannot go back to {back}: {e}"));
+            store_update(&self.state_dir, &update, 0);
+            *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(update);
             return;
         }
         let _ = std::fs::remove_file(self.state_dir.join(super::update::MARKER));
-        let update = PendingUpdate {
-            reverted: Some(reason),
-            deadline_ms: u64::MAX,
-            ..p
-        };
+        let update = reverted(format!("{late}; went back to {back}"));
         store_update(&self.state_dir, &update, 0);
+        // Should the re-exec fail, this process reports the revert at its next connect.
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(update);
         self.re_exec();
     }
 

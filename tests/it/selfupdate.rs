@@ -2,7 +2,9 @@
 //! two real citrusd binaries that differ (the test binary, and a copy with bytes appended past
 //! the ELF's end, so its SHA-256 differs and only running it reports that), installed in the
 //! daemon's temp dir; the apps keep their pids; truncated downloads, a full disk, a second
-//! update in flight, and a new binary that cannot start (put back by the unit's guard).
+//! update in flight, a new binary that cannot start (put back by the unit's guard), one that
+//! cannot reach the engine (put back by itself after `confirm_timeout`), and the git-checkout
+//! path whose `build` makes the binary that is installed.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -12,8 +14,8 @@ use std::time::Instant;
 use citrus::control::AppState;
 
 use crate::engine::{Engine, Serve};
-use crate::fleet::{agent, KEY};
-use crate::support::{Daemon, Tmpfs, CITRUSD, DEADLINE};
+use crate::fleet::{agent, repos, KEY};
+use crate::support::{git, wait_for, Daemon, Tmpfs, CITRUSD, DEADLINE};
 
 fn sha256(bytes: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
@@ -48,6 +50,13 @@ fn prepared(engine: &Engine, apps: usize, a: &[u8], bin: Option<&Path>) -> (Daem
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     d.program = exe.clone();
     (d, exe)
+}
+
+/// Appends `text` (e.g. a `[fleet.update]` section) to the daemon's config.
+fn configure(d: &Daemon, text: &str) {
+    let mut config = fs::read_to_string(&d.config).unwrap();
+    config.push_str(text);
+    fs::write(&d.config, config).unwrap();
 }
 
 fn op(engine: &Engine, ty: &str, id: &str, status: &str) -> serde_json::Value {
@@ -300,7 +309,6 @@ fn a_new_binary_that_cannot_start_is_put_back_by_the_units_guard() {
 #[test]
 fn update_agent_through_the_real_engine_installs_its_release_and_the_engine_records_it() {
     use crate::hub_support::EngineProc;
-    use crate::support::wait_for;
     // The test's citrusd is a debug build, bigger than the 64 MiB default.
     let engine = EngineProc::start("max_release_size = \"512M\"\n");
     let (id, key) = engine.enrolled_agent("selfupdate");
@@ -361,4 +369,228 @@ fn update_agent_through_the_real_engine_installs_its_release_and_the_engine_reco
         serde_json::json!({"type": "update_agent", "sha256": "1".repeat(64)}),
     );
     assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn a_new_binary_that_does_not_reach_the_engine_puts_citrusd_prev_back_by_itself() {
+    let mut engine = Engine::start(KEY);
+    let (a, b) = binaries();
+    let (sha_a, sha_b) = (sha256(&a), sha256(&b));
+    let (d, exe) = prepared(&engine, 3, &a, None);
+    configure(&d, "[fleet.update]\nconfirm_timeout = \"2s\"\n");
+    let d = d.launch();
+    let apps = ["api".to_string(), "w1".to_string(), "w2".to_string()];
+    for app in &apps {
+        d.wait_state(app, AppState::Online);
+    }
+    let (before, citrusd) = (pids(&d, &apps), d.pid());
+    engine.wait_frame("agent_connected", |v| v["type"] == "agent_connected");
+    engine.serve_release(&sha_b, b, Serve::Whole);
+    // From now on the engine turns every agent away: binary B will not get in.
+    engine.accept_keys(&[]);
+    engine.send(&format!(
+        r#"{{"type":"update_agent","id":"up-r","sha256":"{sha_b}"}}"#
+    ));
+    op(&engine, "update_operation", "up-r", "starting");
+    wait_for(
+        "binary B to try the engine and be refused",
+        DEADLINE,
+        || match engine.refused() {
+            0 => Err(format!("exe {}", sha_of(&exe))),
+            n => Ok(n),
+        },
+    );
+    // Then the engine goes away altogether.
+    engine.stop();
+    let state = d.dir.path().join("state");
+    wait_for("citrusd.prev put back by the new binary", DEADLINE, || {
+        let (now, said) = (sha_of(&exe), d.stderr());
+        if now == sha_a && said.contains("did not reach the engine") {
+            Ok(())
+        } else {
+            Err(format!("exe {now}; stderr: {said}"))
+        }
+    });
+    assert!(!exe.with_file_name("citrusd.prev").exists());
+    assert!(!state.join("binary-update.pending").exists());
+    assert_eq!(d.pid(), citrusd, "re-executed in place, not restarted");
+    assert_eq!(d.ctl(&["ping"]).code, 0);
+    assert_eq!(pids(&d, &apps), before, "no app pid changed");
+
+    // The engine is back: the old binary reports the update failed, with the reason.
+    engine.restart();
+    engine.accept_keys(&[KEY]);
+    let failed = op(&engine, "update_operation", "up-r", "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("did not reach the engine within 2s")
+            && error.contains(&format!("the previous binary {}", &sha_a[..12])),
+        "{error}"
+    );
+    assert!(
+        failed["output"].as_str().unwrap().contains(&sha_a),
+        "reported by binary A: {failed}"
+    );
+    wait_for("the update record cleared", DEADLINE, || {
+        match state.join("fleet-update.json").exists() {
+            true => Err(d.stderr()),
+            false => Ok(()),
+        }
+    });
+    assert_eq!(sha_of(&exe), sha_a);
+    assert_eq!(pids(&d, &apps), before, "no app pid changed");
+    assert_eq!(
+        leftovers(exe.parent().unwrap(), &["citrusd"]),
+        Vec::<String>::new()
+    );
+}
+
+/// A daemon running binary A with a `[fleet.update]` git checkout at commit A (the remote has
+/// B) whose `build` is `cp <from> citrusd-built` and whose `binary` is what it made.
+fn git_prepared(
+    engine: &Engine,
+    a: &[u8],
+    from: &Path,
+    confirm_timeout: &str,
+) -> (Daemon, PathBuf, String, String) {
+    let (d, exe) = prepared(engine, 1, a, None);
+    let (ca, cb) = repos(d.dir.path());
+    configure(
+        &d,
+        &format!(
+            "[fleet.update]\nrepo = \"checkout\"\nbuild = [\"cp\", \"{}\", \"citrusd-built\"]\n\
+             binary = \"citrusd-built\"\nconfirm_timeout = \"{confirm_timeout}\"\n",
+            from.display()
+        ),
+    );
+    (d, exe, ca, cb)
+}
+
+#[test]
+fn the_git_path_runs_the_build_and_installs_the_binary_it_made() {
+    let engine = Engine::start(KEY);
+    let (a, b) = binaries();
+    let (sha_a, sha_b) = (sha256(&a), sha256(&b));
+    let made = tempfile::tempdir().unwrap();
+    let from = made.path().join("citrusd-b");
+    fs::write(&from, &b).unwrap();
+    let (d, exe, ca, cb) = git_prepared(&engine, &a, &from, "20s");
+    let d = d.launch();
+    let (api, citrusd) = (d.wait_state("api", AppState::Online)[0].pid, d.pid());
+    let hello = engine.wait_frame("agent_connected", |v| v["type"] == "agent_connected");
+    assert_eq!(hello["binarySha256"], sha_a.as_str(), "{hello}");
+    assert_eq!(hello["gitVersion"], ca[..12], "{hello}");
+
+    engine.send(r#"{"type":"update_agent","id":"up-g"}"#);
+    let done = op(&engine, "update_operation", "up-g", "completed");
+    assert!(
+        done["output"].as_str().unwrap().contains(&sha_b),
+        "the new process reports its own hash: {done}"
+    );
+    assert_eq!(done["gitVersion"], cb[..12], "{done}");
+    engine.wait_frame("agent_connected from the built binary", |v| {
+        v["type"] == "agent_connected" && v["binarySha256"] == sha_b.as_str()
+    });
+    let checkout = d.dir.path().join("checkout");
+    assert_eq!(git(&checkout, &["rev-parse", "HEAD"]), cb);
+    assert_eq!(sha_of(&exe), sha_b);
+    assert_eq!(sha_of(&exe.with_file_name("citrusd.prev")), sha_a);
+    assert_eq!(d.pid(), citrusd, "re-executed in place");
+    assert_eq!(d.app("api")[0].pid, api, "the app kept its pid");
+    assert_eq!(
+        leftovers(exe.parent().unwrap(), &["citrusd", "citrusd.prev"]),
+        Vec::<String>::new()
+    );
+    assert!(!d.dir.path().join("state/fleet-update.json").exists());
+}
+
+#[test]
+fn a_failing_build_reports_its_output_and_changes_nothing() {
+    let engine = Engine::start(KEY);
+    let (a, _) = binaries();
+    let missing = tempfile::tempdir().unwrap().path().join("no-such-citrusd");
+    let (d, exe, ca, cb) = git_prepared(&engine, &a, &missing, "20s");
+    let d = d.launch();
+    let (api, citrusd) = (d.wait_state("api", AppState::Online)[0].pid, d.pid());
+    engine.wait_frame("agent_connected", |v| v["type"] == "agent_connected");
+
+    engine.send(r#"{"type":"update_agent","id":"up-b"}"#);
+    let failed = op(&engine, "update_operation", "up-b", "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("the build failed")
+            && error.contains("cp exited")
+            && error.contains(&format!("went back to {}", &ca[..12])),
+        "{error}"
+    );
+    assert!(
+        error.contains("no-such-citrusd") && error.contains("No such file"),
+        "the build's own output: {error}"
+    );
+    assert_eq!(
+        failed["output"].as_str().unwrap(),
+        format!("{} -> {}", &ca[..12], &cb[..12])
+    );
+    let checkout = d.dir.path().join("checkout");
+    assert_eq!(git(&checkout, &["rev-parse", "HEAD"]), ca, "checkout reset");
+    assert_eq!(git(&checkout, &["status", "--porcelain"]), "");
+    assert_eq!(fs::read(&exe).unwrap(), a, "the binary is untouched");
+    assert_eq!(
+        leftovers(exe.parent().unwrap(), &["citrusd"]),
+        Vec::<String>::new()
+    );
+    let state = d.dir.path().join("state");
+    assert!(!state.join("fleet-update.json").exists());
+    assert!(!state.join("binary-update.pending").exists());
+    assert_eq!(d.pid(), citrusd);
+    assert_eq!(d.app("api")[0].pid, api);
+    assert_eq!(engine.connects().len(), 1, "no re-exec");
+}
+
+#[test]
+fn a_built_binary_that_does_not_reach_the_engine_goes_back_with_the_checkout() {
+    let engine = Engine::start(KEY);
+    let (a, b) = binaries();
+    let sha_a = sha256(&a);
+    let made = tempfile::tempdir().unwrap();
+    let from = made.path().join("citrusd-b");
+    fs::write(&from, &b).unwrap();
+    let (d, exe, ca, _) = git_prepared(&engine, &a, &from, "2s");
+    let d = d.launch();
+    let (api, citrusd) = (d.wait_state("api", AppState::Online)[0].pid, d.pid());
+    engine.wait_frame("agent_connected", |v| v["type"] == "agent_connected");
+    engine.accept_keys(&[]);
+    engine.send(r#"{"type":"update_agent","id":"up-gr"}"#);
+    wait_for(
+        "the built binary to try the engine",
+        DEADLINE,
+        || match engine.refused() {
+            0 => Err(format!("exe {}", sha_of(&exe))),
+            n => Ok(n),
+        },
+    );
+    let checkout = d.dir.path().join("checkout");
+    wait_for("binary A and commit A back", DEADLINE, || {
+        let (now, head) = (sha_of(&exe), git(&checkout, &["rev-parse", "HEAD"]));
+        if now == sha_a && head == ca && d.stderr().contains("going back to") {
+            Ok(())
+        } else {
+            Err(format!("exe {now}, HEAD {head}"))
+        }
+    });
+    engine.accept_keys(&[KEY]);
+    let failed = op(&engine, "update_operation", "up-gr", "failed");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "went back to the previous binary {} and commit {}",
+            &sha_a[..12],
+            &ca[..12]
+        )),
+        "{error}"
+    );
+    assert_eq!(failed["gitVersion"], ca[..12], "{failed}");
+    assert!(!exe.with_file_name("citrusd.prev").exists());
+    assert_eq!(d.pid(), citrusd);
+    assert_eq!(d.app("api")[0].pid, api, "the app kept its pid");
 }
