@@ -45,12 +45,16 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' || die "python3 >= 
 bench_setup() {
     TARGET_DIR=${CARGO_TARGET_DIR:-target}
     [[ $TARGET_DIR == /* ]] || TARGET_DIR=$REPO/$TARGET_DIR
-    log "building: cargo build --release --bins (target dir $TARGET_DIR)"
+    # BENCH_PROFILE: the cargo profile measured (`release`, or `dist`: what hosts download).
+    PROFILE=${BENCH_PROFILE:-release}
+    [[ $PROFILE =~ ^[a-z][a-z0-9_-]*$ ]] || die "BENCH_PROFILE must be a cargo profile name, got '$PROFILE'"
+    log "building: cargo build --profile $PROFILE --bins (target dir $TARGET_DIR)"
     TIME=()
     [[ -x /usr/bin/time ]] && TIME=(/usr/bin/time -f 'cargo build: %e s wall, %M KB max RSS')
-    (cd "$REPO" && "${TIME[@]}" cargo build --release --bins >&2) || die "cargo build --release --bins failed"
-    CITRUSD=$TARGET_DIR/release/citrusd
-    CITRUSCTL=$TARGET_DIR/release/citrusctl
+    (cd "$REPO" && "${TIME[@]}" cargo build --profile "$PROFILE" --bins >&2) || die "cargo build --profile $PROFILE --bins failed"
+    CITRUSD=$TARGET_DIR/$PROFILE/citrusd
+    CITRUSCTL=$TARGET_DIR/$PROFILE/citrusctl
+    CITRUS_ENGINE=$TARGET_DIR/$PROFILE/citrus-engine
     [[ -x $CITRUSD && -x $CITRUSCTL ]] || die "built binaries not found at $CITRUSD / $CITRUSCTL"
 
     BASE_TMP=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}

@@ -8,9 +8,13 @@
 #   BENCH_IDLE_SECS    idle window of figure 2 in seconds (default 60, 5 with --quick).
 #   BENCH_TMPDIR       where the temp dir is made (default ${TMPDIR:-/tmp}); the log-throughput
 #                      figure writes 2 x 500 MiB there, so keep it on the same filesystem as the repo.
-#   CARGO_TARGET_DIR   respected: binaries are taken from ${CARGO_TARGET_DIR:-target}/release.
+#   CARGO_TARGET_DIR   respected: binaries are taken from ${CARGO_TARGET_DIR:-target}/<profile>.
+#   BENCH_PROFILE      the cargo profile built and measured (default release; `dist` is what hosts
+#                      download, see the README's "Releases").
+#   BENCH_FIGURES      only these figures, by number, comma-separated (e.g. "2" for the idle cost
+#                      at 1/100/1000 apps); default all.
 #
-# Builds the release binaries (cargo build --release --bins), compiles a tiny C stamp helper in the
+# Builds the binaries (cargo build --profile <profile> --bins), compiles a tiny C stamp helper in the
 # temp dir, runs every figure from one python3 (stdlib) driver, and prints one Markdown table
 # (figure | value | notes) on stdout. Progress goes to stderr. Every process started here, directly
 # or through citrusd, carries BENCH_TAG=<random> in its environment; the EXIT trap stops them all by
@@ -519,14 +523,16 @@ FIGURES = [
 
 def main():
     load0 = os.getloadavg()
-    benchlib.run_figures(FIGURES)
+    only = [f.strip() for f in os.environ.get("B_FIGURES", "").split(",") if f.strip()]
+    chosen = [f for f in FIGURES if not only or any(n in only for n in f[0].split()[0].split("+"))]
+    benchlib.run_figures(chosen)
     import resource
     row("machine", f"{os.cpu_count()} cores", f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
         f"(other work on the machine adds noise); ulimit -n {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; "
         f"kernel {os.uname().release}; helper {HELPER_LINK}")
     benchlib.leftover_row()
     mode = "quick" if QUICK else "full"
-    benchlib.print_table(f"citrusd supervisor bench ({mode} run, idle window {IDLE:g} s, {os.cpu_count()} cores, "
+    benchlib.print_table(f"citrusd supervisor bench ({mode} run, profile {os.environ['B_PROFILE']}, idle window {IDLE:g} s, {os.cpu_count()} cores, "
                          f"{time.strftime('%Y-%m-%d %H:%M:%S')})", key=benchlib.figure_order)
     return 1 if FAILED else 0
 
@@ -537,4 +543,5 @@ PYEOF
 
 log "running the figures (idle window ${IDLE_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
 run_driver figures B_HELPER="$WORK/stamp" B_REPO="$REPO" B_HYPERFINE="$HYPERFINE" \
-    B_HF_NOTE="$HYPERFINE_NOTE" B_APP_PYTHON="$APP_PYTHON" B_HELPER_LINK="$HELPER_LINK"
+    B_HF_NOTE="$HYPERFINE_NOTE" B_APP_PYTHON="$APP_PYTHON" B_HELPER_LINK="$HELPER_LINK" \
+    B_FIGURES="${BENCH_FIGURES:-}" B_PROFILE="$PROFILE"

@@ -698,6 +698,12 @@ command = ["/usr/local/bin/node_exporter"]
     }
 
     #[test]
+    fn the_shipped_host_profile_is_valid() {
+        let text = include_str!("../../config/host-profile.toml");
+        check_host_profile(text, std::path::Path::new("config/host-profile.toml")).unwrap();
+    }
+
+    #[test]
     fn filling() {
         let filled = fill("a{{X}}b{{Y}}c{{Z}}d{{", &[("X", "{{Y}}"), ("Y", "1")]);
         assert_eq!(filled, "a{{Y}}b1c{{Z}}d{{");

@@ -277,3 +277,242 @@ fn provisioning_resumes_after_an_engine_restart_then_times_out_without_an_agent(
     assert!(error.contains("no agent connected within 4s"), "{error}");
     assert!(error.contains("citrus-init.log"), "{error}");
 }
+
+// --- Issue 12: cloud-init installs from the engine, and the host profile makes the host ready.
+
+/// Runs the rendered user-data for real with every path under `root` and a `systemctl` stand-in
+/// that records its arguments in `root/systemctl.log`; answers the exit code.
+fn run_user_data(user_data: &str, root: &std::path::Path) -> i32 {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = root.join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let systemctl = bin.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        "#!/bin/sh\necho \"$*\" >> \"$CITRUS_INIT_ROOT/systemctl.log\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = root.join("user-data.sh");
+    std::fs::write(&script, user_data).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = std::process::Command::new("bash")
+        .arg(&script)
+        .env("CITRUS_INIT_ROOT", root)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_for("the user-data script to end", DEADLINE, || {
+        match child.try_wait().unwrap() {
+            Some(status) => Ok(status),
+            None => Err("running".into()),
+        }
+    });
+    status.code().unwrap_or(-1)
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_provisioned_host_installs_citrusd_from_the_engine_and_runs_its_profile() {
+    use crate::releases::{fake_elf, sha256_hex, upload};
+    let fake = FakeDo::start();
+    let mut engine = EngineProc::prepare(
+        &format!(
+            "status_interval = \"500ms\"\nmax_release_size = \"512M\"\nhost_profile = \"host.toml\"\n\
+             [digitalocean]\napi_base = \"{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nattempts = 2\n",
+            fake.base
+        ),
+        &[("DO_API_TOKEN", fake.token())],
+    );
+    std::fs::write(
+        engine.dir.path().join("host.toml"),
+        "[fleet.sites]\ncreate = [\"echo\", \"created\", \"{domain}\"]\n\n\
+         [jobs.health]\nschedule = \"*/5 * * * *\"\nkind = \"health\"\n\n\
+         [apps.heartbeat]\ncommand = [\"sleep\", \"3600\"]\n",
+    )
+    .unwrap();
+    engine.spawn();
+
+    // Nothing to install yet: refused, saying how to fix it.
+    let (status, body) = engine.admin("POST", "/admin/servers/deploy-with-agent", Some(json!({})));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upload a release"),
+        "{body}"
+    );
+    let unknown = "0".repeat(64);
+    let (status, body) = engine.admin(
+        "POST",
+        "/admin/servers/deploy-with-agent",
+        Some(json!({"release": unknown})),
+    );
+    assert_eq!(status, 404, "{body}");
+
+    // An older release, then the real citrusd: the newest is what cloud-init installs.
+    assert_eq!(
+        upload(
+            &engine,
+            "version=0.0.1&arch=x86_64",
+            fake_elf(62, 5000),
+            false
+        )
+        .0,
+        201
+    );
+    let citrusd = std::fs::read(crate::support::CITRUSD).unwrap();
+    let sha = sha256_hex(&citrusd);
+    let (status, body) = upload(
+        &engine,
+        "version=0.1.0-test&arch=x86_64",
+        citrusd.clone(),
+        false,
+    );
+    assert_eq!(status, 201, "{body}");
+    let server = deploy(&engine, Some("web-9"));
+    let (server_id, agent_id) = (
+        server["id"].as_str().unwrap().to_owned(),
+        server["agent"]["id"].as_str().unwrap().to_owned(),
+    );
+    wait_server(&engine, &server_id, "initializing");
+    let user_data = fake.created()[0]["user_data"].as_str().unwrap().to_owned();
+    assert!(
+        user_data.contains(&format!("'{}/releases/{sha}'", engine.url())),
+        "the script downloads the newest release from the engine"
+    );
+
+    // The script, for real, under a temp root.
+    let root = tempfile::tempdir().unwrap();
+    let code = run_user_data(&user_data, root.path());
+    let log = std::fs::read_to_string(root.path().join("var/log/citrus-init.log")).unwrap();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.trim_end().ends_with("citrus-init: done"), "{log}");
+    let installed = root.path().join("usr/local/bin/citrusd");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&installed).unwrap()),
+        sha,
+        "the release, byte for byte"
+    );
+    assert_eq!(mode(&installed), 0o755);
+    assert_eq!(mode(&root.path().join("var/log/citrus-init.log")), 0o600);
+    let config_path = root.path().join("etc/citrus/citrusd.toml");
+    assert_eq!(mode(&config_path), 0o600);
+    let systemctl = std::fs::read_to_string(root.path().join("systemctl.log")).unwrap();
+    assert_eq!(systemctl, "daemon-reload\nenable --now citrusd\n");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let token = config
+        .lines()
+        .find_map(|l| l.strip_prefix("enroll_token = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    assert!(!log.contains(&token), "the token is not in the log");
+    assert!(config.starts_with("[fleet.sites]"), "{config}");
+
+    // citrusd (the same bytes the script installed) starts on the config the script wrote.
+    let config = config
+        .replace("/var/lib/citrus", "state")
+        .replace("/var/log/citrus", "logs")
+        .replace("/etc/citrus/agent.key", "agent.key");
+    let daemon = Daemon::start(&config);
+    wait_server(&engine, &server_id, "active");
+    engine.wait_agent_status(&agent_id, "online");
+    // The profile's app runs, and reaches the engine in the host's status.
+    wait_for("heartbeat online in the agent's status", DEADLINE, || {
+        let status = engine.agent(&agent_id)["status"].clone();
+        let online = status["apps"].as_array().is_some_and(|apps| {
+            apps.iter()
+                .any(|a| a["name"] == "heartbeat" && a["state"] == "online")
+        });
+        if online {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    });
+    // create_site runs the profile's template on the fresh host.
+    let (status, body) = engine.command(
+        &agent_id,
+        json!({"type": "create_site", "domain": "shop.example.com"}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
+    assert_eq!(op["status"], "completed", "{op}");
+    assert!(
+        op["output"]
+            .as_str()
+            .unwrap()
+            .contains("created shop.example.com"),
+        "{op}"
+    );
+    drop(daemon);
+
+    // The file the engine serves is damaged (same length): the checksum step stops the script
+    // with the reason in its log, and nothing is installed.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let stored = engine.dir.path().join("state/releases").join(&sha);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(stored)
+            .unwrap();
+        file.seek(SeekFrom::Start(4096)).unwrap();
+        file.write_all(b"tampered").unwrap();
+    }
+    let root = tempfile::tempdir().unwrap();
+    let code = run_user_data(&user_data, root.path());
+    let log = std::fs::read_to_string(root.path().join("var/log/citrus-init.log")).unwrap();
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("checksum mismatch"), "{log}");
+    assert!(
+        log.contains(&format!("sha256 {sha}); refusing to install it")),
+        "{log}"
+    );
+    assert!(
+        log.contains("FAILED (exit 1) at step: verifying the citrusd checksum"),
+        "{log}"
+    );
+    assert!(!root.path().join("usr/local/bin/citrusd").exists());
+    assert!(!root.path().join("etc/citrus/citrusd.toml").exists());
+    assert!(!root.path().join("systemctl.log").exists());
+}
+
+#[test]
+fn a_bad_host_profile_stops_the_engine_with_the_line() {
+    let mut engine = EngineProc::prepare("host_profile = \"host.toml\"\n", &[]);
+    std::fs::write(
+        engine.dir.path().join("host.toml"),
+        "[apps.web]\ncommand = [\"node\"]\nrestart_delay = \"soon\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::hub_support::ENGINE)
+        .arg("--config")
+        .arg(&engine.config)
+        .env("CITRUS_ADMIN_TOKEN", crate::hub_support::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("host profile") && stderr.contains("host.toml:3"),
+        "{stderr}"
+    );
+    // Fixed, it starts.
+    std::fs::write(
+        engine.dir.path().join("host.toml"),
+        "[apps.web]\ncommand = [\"node\"]\n",
+    )
+    .unwrap();
+    engine.spawn();
+}

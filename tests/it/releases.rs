@@ -366,3 +366,67 @@ fn update_agent_to_a_release_the_engine_lacks_is_refused_before_sending() {
     let frame = ws.recv(&e.rt, crate::support::DEADLINE).unwrap().unwrap();
     assert!(frame.contains("\"update_agent\""), "{frame}");
 }
+
+/// Stores a latest status for `agent` in the engine's SQLite file, as the engine's writer does
+/// for a `status_update` (the store is shared by the two processes, WAL mode).
+fn record_status(e: &EngineProc, agent: &str, status: Value) {
+    use citrus::engine::store::{AgentWrite, HistoryPoint, StatusRecord, Store};
+    let db = citrus::config::Database::Sqlite(e.dir.path().join("state/engine.db"));
+    e.rt.block_on(async {
+        let store = Store::open(&db).await.unwrap();
+        let point = HistoryPoint {
+            at: 1,
+            cpu_load: 0.0,
+            memory_used: 0,
+            memory_total: 0,
+            disk_used: 0,
+            disk_size: 0,
+            apps_online: 0,
+            apps_total: 0,
+        };
+        let write = AgentWrite::Status(StatusRecord {
+            agent_id: agent.into(),
+            json: status.to_string(),
+            point,
+            history: false,
+        });
+        store.record_agent_writes(&[write]).await.unwrap();
+        store.close().await;
+    });
+}
+
+#[test]
+fn a_release_an_agent_runs_is_not_deleted() {
+    let e = EngineProc::start("");
+    let (agent, _) = e.enrolled_agent("web-1");
+    let binary = fake_elf(62, 20_000);
+    let sha = sha256_hex(&binary);
+    assert_eq!(
+        upload(&e, "version=2.0.0&arch=x86_64", binary, false).0,
+        201
+    );
+    record_status(
+        &e,
+        &agent,
+        serde_json::json!({"hostname": "web-1", "binarySha256": sha}),
+    );
+    let shown = e.get(&format!("/admin/releases/{sha}"));
+    assert_eq!(shown["runningOn"], serde_json::json!([agent]), "{shown}");
+    let (status, body) = e.admin("DELETE", &format!("/admin/releases/{sha}"), None);
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&agent) && message.contains("update them to another release first"),
+        "{message}"
+    );
+    assert_eq!(files(&e), std::slice::from_ref(&sha), "the file stays");
+    // Once it reports another binary, the release can go.
+    record_status(
+        &e,
+        &agent,
+        serde_json::json!({"hostname": "web-1", "binarySha256": "f".repeat(64)}),
+    );
+    let (status, body) = e.admin("DELETE", &format!("/admin/releases/{sha}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(files(&e).is_empty());
+}
