@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::hub_support::{EngineProc, ADMIN_TOKEN};
+use crate::hub_support::{agent_headers, raw_connect, EngineProc, RawAgent, ADMIN_TOKEN};
+use crate::support::{wait_for, DEADLINE};
 
 /// A small file whose first 64 bytes are the ELF header of a 64-bit little-endian PIE for
 /// `machine` (62 x86_64, 183 aarch64), then `len - 64` bytes of filler.
@@ -363,53 +364,40 @@ fn update_agent_to_a_release_the_engine_lacks_is_refused_before_sending() {
         serde_json::json!({"type": "update_agent", "sha256": sha.to_uppercase()}),
     );
     assert_eq!(status, 202, "{body}");
-    let frame = ws.recv(&e.rt, crate::support::DEADLINE).unwrap().unwrap();
-    assert!(frame.contains("\"update_agent\""), "{frame}");
+    let frame = ws.recv(&e.rt, DEADLINE).unwrap().unwrap();
+    let frame: Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(frame["type"], "update_agent", "{frame}");
+    assert_eq!(frame["sha256"], sha.as_str(), "sent lowercase: {frame}");
 }
 
-/// Stores a latest status for `agent` in the engine's SQLite file, as the engine's writer does
-/// for a `status_update` (the store is shared by the two processes, WAL mode).
-fn record_status(e: &EngineProc, agent: &str, status: Value) {
-    use citrus::engine::store::{AgentWrite, HistoryPoint, StatusRecord, Store};
-    let db = citrus::config::Database::Sqlite(e.dir.path().join("state/engine.db"));
-    e.rt.block_on(async {
-        let store = Store::open(&db).await.unwrap();
-        let point = HistoryPoint {
-            at: 1,
-            cpu_load: 0.0,
-            memory_used: 0,
-            memory_total: 0,
-            disk_used: 0,
-            disk_size: 0,
-            apps_online: 0,
-            apps_total: 0,
-        };
-        let write = AgentWrite::Status(StatusRecord {
-            agent_id: agent.into(),
-            json: status.to_string(),
-            point,
-            history: false,
-        });
-        store.record_agent_writes(&[write]).await.unwrap();
-        store.close().await;
+/// Connects as agent `id` and says, as citrusd does on connecting, that it runs `sha256`; waits
+/// until the engine has recorded it.
+fn connect_running(e: &EngineProc, id: &str, key: &str, sha256: &str) -> RawAgent {
+    let mut ws = raw_connect(&e.rt, &e.ws_url(), &agent_headers(id, key)).unwrap();
+    let hello = serde_json::json!({"type": "agent_connected", "agentId": id,
+        "version": "2.0.0", "gitVersion": null, "binarySha256": sha256});
+    assert!(ws.send(&e.rt, hello.to_string()));
+    wait_for("the agent's binary recorded", DEADLINE, || {
+        let agent = e.agent(id);
+        match agent["agent"]["binarySha256"] == sha256 {
+            true => Ok(()),
+            false => Err(agent.to_string()),
+        }
     });
+    ws
 }
 
 #[test]
 fn a_release_an_agent_runs_is_not_deleted() {
     let e = EngineProc::start("");
-    let (agent, _) = e.enrolled_agent("web-1");
+    let (agent, key) = e.enrolled_agent("web-1");
     let binary = fake_elf(62, 20_000);
     let sha = sha256_hex(&binary);
     assert_eq!(
         upload(&e, "version=2.0.0&arch=x86_64", binary, false).0,
         201
     );
-    record_status(
-        &e,
-        &agent,
-        serde_json::json!({"hostname": "web-1", "binarySha256": sha}),
-    );
+    let ws = connect_running(&e, &agent, &key, &sha);
     let shown = e.get(&format!("/admin/releases/{sha}"));
     assert_eq!(shown["runningOn"], serde_json::json!([agent]), "{shown}");
     let (status, body) = e.admin("DELETE", &format!("/admin/releases/{sha}"), None);
@@ -421,11 +409,8 @@ fn a_release_an_agent_runs_is_not_deleted() {
     );
     assert_eq!(files(&e), std::slice::from_ref(&sha), "the file stays");
     // Once it reports another binary, the release can go.
-    record_status(
-        &e,
-        &agent,
-        serde_json::json!({"hostname": "web-1", "binarySha256": "f".repeat(64)}),
-    );
+    drop(ws);
+    let _ws = connect_running(&e, &agent, &key, &"f".repeat(64));
     let (status, body) = e.admin("DELETE", &format!("/admin/releases/{sha}"), None);
     assert_eq!(status, 200, "{body}");
     assert!(files(&e).is_empty());

@@ -108,18 +108,15 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The agents whose latest status says they run the binary `sha256` (its `binarySha256`).
-    /// `sha256` must be hex (it is matched inside the stored JSON).
+    /// The agents whose `agent_connected` said they run the binary `sha256` (`binarySha256`,
+    /// kept on the agent row), at most 100.
     pub async fn agents_running(&self, sha256: &str) -> Result<Vec<String>> {
-        debug_assert!(sha256.bytes().all(|b| b.is_ascii_hexdigit()));
-        sqlx::query(
-            "SELECT agent_id FROM agent_status WHERE status LIKE $1 ORDER BY agent_id LIMIT 100",
-        )
-        .bind(format!("%\"binarySha256\":\"{sha256}\"%"))
-        .fetch_all(&self.pool)
-        .await
-        .and_then(|rows| rows.iter().map(|r| r.try_get("agent_id")).collect())
-        .map_err(ctx("finding the agents that run a release"))
+        sqlx::query("SELECT id FROM agents WHERE binary_sha256 = $1 ORDER BY id LIMIT 100")
+            .bind(sha256)
+            .fetch_all(&self.pool)
+            .await
+            .and_then(|rows| rows.iter().map(|r| r.try_get("id")).collect())
+            .map_err(ctx("finding the agents that run a release"))
     }
 }
 
@@ -127,7 +124,7 @@ impl Store {
 mod tests {
     use super::ReleaseRow;
     use crate::config::Database;
-    use crate::engine::store::Store;
+    use crate::engine::store::{AgentWrite, Store};
 
     fn release(sha: char, arch: &str, at: i64) -> ReleaseRow {
         ReleaseRow {
@@ -178,23 +175,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn agents_running_a_release_are_found_in_their_latest_status() {
+    async fn agents_running_a_release_are_those_that_said_so_when_they_connected() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
             .await
             .unwrap();
         let (one, two) = ("1".repeat(64), "2".repeat(64));
+        let mut writes = vec![];
         for (agent, sha) in [("web-1", &one), ("web-2", &two), ("web-3", &one)] {
-            let status = serde_json::json!({"hostname": agent, "binarySha256": sha});
-            sqlx::query(
-                "INSERT INTO agent_status (agent_id, status, received_at) VALUES ($1, $2, 0)",
-            )
-            .bind(agent)
-            .bind(status.to_string())
-            .execute(&store.writer)
-            .await
-            .unwrap();
+            store
+                .insert_agent(agent, agent, None, None, 0)
+                .await
+                .unwrap();
+            writes.push(AgentWrite::Version {
+                agent_id: agent.into(),
+                version: "0.1.0".into(),
+                git_version: None,
+                binary_sha256: Some(sha.clone()),
+            });
         }
+        store.record_agent_writes(&writes).await.unwrap();
         assert_eq!(
             store.agents_running(&one).await.unwrap(),
             ["web-1", "web-3"]
