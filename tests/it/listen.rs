@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use citrus::control::AppState;
 
-use crate::support::{free_port, wait_for, Daemon, DEADLINE};
+use crate::support::{stable_port, wait_for, Daemon, DEADLINE};
 
 /// A server that takes its sockets from citrusd: checks LISTEN_PID, answers each connection
 /// with one line naming its pid and what it received, and on SIGTERM finishes the request in
@@ -216,7 +216,7 @@ fn new_pid(d: &Daemon, app: &str, old: i32) -> i32 {
 
 #[test]
 fn tcp_and_unix_sockets_arrive_as_fds_with_the_systemd_variables() {
-    let port = free_port();
+    let port = stable_port();
     let d = start(|server| {
         let listen = [
             format!("tcp://127.0.0.1:{port}"),
@@ -244,7 +244,7 @@ fn tcp_and_unix_sockets_arrive_as_fds_with_the_systemd_variables() {
 
 #[test]
 fn restart_reload_and_crash_refuse_no_connection() {
-    let port = free_port();
+    let port = stable_port();
     let d = start(|server| {
         app(
             "web",
@@ -282,8 +282,10 @@ fn restart_reload_and_crash_refuse_no_connection() {
 
 #[test]
 fn an_address_in_use_errors_the_app_and_start_tries_again() {
-    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = blocker.local_addr().unwrap().port();
+    // Below the ephemeral range: once the blocker is gone, no other test's outgoing
+    // connection can take the port before citrusd listens on it again.
+    let port = stable_port();
+    let blocker = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let d = start(|server| {
         let web = app("web", server, &[format!("tcp://127.0.0.1:{port}")], "");
         format!("{web}\n[apps.other]\ncommand = [\"sleep\", \"1000\"]\n")
@@ -303,7 +305,7 @@ fn an_address_in_use_errors_the_app_and_start_tries_again() {
 
 #[test]
 fn reload_config_with_listen_unchanged_keeps_the_socket() {
-    let port = free_port();
+    let port = stable_port();
     let listen = [format!("tcp://127.0.0.1:{port}")];
     let mut server = String::new();
     let d = start(|s| {
@@ -372,7 +374,7 @@ fn a_reexec_of_citrusd_hands_the_sockets_over() {
     repos(d.dir.path());
     with_update(&d, "");
     let server = write_server(d.dir.path());
-    let port = free_port();
+    let port = stable_port();
     let web = app("web", &server, &[format!("tcp://127.0.0.1:{port}")], "");
     let config = std::fs::read_to_string(&d.config).unwrap() + &web;
     std::fs::write(&d.config, config).unwrap();
@@ -398,7 +400,7 @@ fn a_reexec_of_citrusd_hands_the_sockets_over() {
 
 #[test]
 fn a_deploy_of_a_single_instance_app_refuses_no_connection() {
-    let port = free_port();
+    let port = stable_port();
     let d = start(|server| {
         let src = std::path::Path::new(server).parent().unwrap().join("src");
         std::fs::create_dir_all(&src).unwrap();
@@ -444,7 +446,7 @@ while True:
 
 #[test]
 fn a_rolling_reload_waits_until_the_new_instance_listens_on_a_shared_port() {
-    let port = free_port();
+    let port = stable_port();
     let d = start(|_| {
         format!(
             "[apps.web]\ncommand = [\"python3\", \"-c\", {REUSEPORT_SERVER:?}]\ninstances = 2\n\
