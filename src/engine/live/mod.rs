@@ -14,8 +14,10 @@
 //! at the default 60-s interval that fleet's 170 changes a second all go). A stream opened with
 //! `?agent=ID` gets that agent's summary and apps (the `apps` message) at the next tick after
 //! any change. Operations, servers
-//! and events are published as they change, each serialised once. Streams are bounded queues
-//! (see [`stream`]): a slow one gets `reload`, never slows the hub.
+//! and events are published as they change, each serialised once. When more than
+//! [`RELOAD_ABOVE`] agents changed at once (a fleet reconnecting), the fleet streams get `reload`
+//! instead of their summaries. Streams are bounded queues (see [`stream`]): a slow one gets
+//! `reload`, never slows the hub.
 
 pub mod events;
 pub mod history;
@@ -45,6 +47,9 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const FIGURES_EVERY: u64 = 5;
 /// Agents whose figures-only change is sent to the fleet streams per tick, at most.
 pub const FIGURES_PER_TICK: usize = 250;
+/// More changed agents than this in one tick (a fleet reconnecting after an engine restart)
+/// and the fleet streams get `reload` instead: one refetch beats thousands of messages.
+pub const RELOAD_ABOVE: usize = 1000;
 
 /// One agent as its panel page shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -453,7 +458,13 @@ impl Live {
             }
             agents.cursor = if n == 0 { 0 } else { next % n };
         }
-        if !fleet.is_empty() {
+        if fleet.len() > RELOAD_ABOVE {
+            self.streams.publish(&Frame {
+                fleet: true,
+                agent: None,
+                bytes: bytes::Bytes::from_static(stream::RELOAD),
+            });
+        } else if !fleet.is_empty() {
             let mut buf = Vec::with_capacity(fleet.len() * 512);
             for summary in &fleet {
                 Frame::push(&mut buf, "agent", &**summary);
@@ -681,8 +692,23 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), n);
+        // A mass change (more than RELOAD_ABOVE at once): one reload instead.
+        for i in n..RELOAD_ABOVE + 1 {
+            live.created(&row(&format!("a{i}"), &format!("agent-{i}")));
+        }
+        live.tick();
+        let got = drain(&sub).await;
+        assert_eq!(got.len(), 1 + RELOAD_ABOVE - n);
+        for i in 0..RELOAD_ABOVE + 1 {
+            live.offline(&format!("a{i}"), 0, 9);
+            live.online(&format!("a{i}"), 1, 9);
+        }
+        live.tick();
+        let got = drain(&sub).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "reload");
         live.deleted("a0");
-        assert_eq!(live.snapshot(None, 10_000).1, n - 1);
+        assert_eq!(live.snapshot(None, 10_000).1, RELOAD_ABOVE);
         assert!(live.agent("a0").is_none() && live.agent(&format!("a{}", n - 1)).is_some());
     }
 
