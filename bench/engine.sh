@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # bench/engine.sh — citrus-engine under a simulated fleet: memory, CPU, status throughput, command
-# round trips and the reconnect after an engine restart, for 1,000 and 10,000 agents.
+# round trips and the reconnect after an engine restart, for 1,000 and 10,000 agents; the same
+# with the web panel's live streams open, and (with --panel) the panel pages' time to first byte.
 #
-# Usage: bench/engine.sh [--quick] [--help]
+# Usage: bench/engine.sh [--quick] [--panel] [--help]
 #
 #   --quick            fast sanity run: 200 agents only, 10 s runs (unless BENCH_IDLE_SECS is set).
+#   --panel            also time the panel's pages under the load (needs the panel: POST /login).
 #   BENCH_IDLE_SECS    length of each measured run in seconds (default 30, 10 with --quick).
 #   BENCH_AGENTS       fleet sizes, space-separated (default "1000 10000", "200" with --quick).
+#   BENCH_LIVE_STREAMS panel live streams of the `live` run (default 50; 0 skips that run).
 #   BENCH_TMPDIR       where the temp dir is made (default ${TMPDIR:-/tmp}).
 #   CARGO_TARGET_DIR   respected: binaries are taken from ${CARGO_TARGET_DIR:-target}/release.
 #
@@ -22,6 +25,18 @@
 #            fields 14+15) and GET /admin/stats. CPU % (of one core; 200 % = both cores) and
 #            stored status updates/s (the statusUpdates delta) are taken over the measured part
 #            (from its second second); RSS peak is over the whole run, ramp included.
+#   live     the steady run on a fresh engine (its own dir, DB and port, the N agents enrolled
+#            anew: an engine's command p99 grows over successive runs as its history table
+#            grows, streams or not, so only first runs compare) with `--live-streams 50`: 50
+#            panel streams (GET /admin/live, Server-Sent Events) opened when the measured part
+#            starts and read by the load generator as fast as they come; command round trips,
+#            engine CPU and RSS as in the steady run, and what the streams carried (messages,
+#            MB, reloads).
+#   panel    (--panel) the steady run on a fresh engine, while the driver logs in (POST /login with the
+#            admin token, the session cookie) and, once all agents are connected, GETs `/` and
+#            `/agents/{id}` one after the other with the cookie for the whole run: time to the
+#            response head (TTFB) p50/p99 of each, and the size of `/` (as sent, and gzipped when
+#            the engine compresses). Without a panel (POST /login 404) it says so and goes on.
 #   restart  a second `engine_load run --exit-after-reconnect`: once all N agents are connected
 #            (at most 120 s) and 3 s have passed, SIGTERM the engine, wait for it to exit, start
 #            it again on the same port and DB; the agents reconnect with full-jitter backoff (base
@@ -39,8 +54,18 @@
 
 BENCH_NAME=citrus-bench-engine
 QUICK_IDLE_SECS=10
+# --panel is this script's own; common.sh parses the rest.
+PANEL=0
+ARGS=()
+for arg in "$@"; do
+    if [[ $arg == --panel ]]; then PANEL=1; else ARGS+=("$arg"); fi
+done
+# (A `source` without arguments would see this script's own, --panel among them.)
+set -- ${ARGS[@]+"${ARGS[@]}"}
 # shellcheck source=bench/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$@"
+LIVE_STREAMS=${BENCH_LIVE_STREAMS:-50}
+[[ $LIVE_STREAMS =~ ^[0-9]+$ && $LIVE_STREAMS -le 256 ]] || die "BENCH_LIVE_STREAMS must be a whole number from 0 to 256 (the engine's cap), got '$LIVE_STREAMS'"
 
 if [[ $QUICK == 1 ]]; then
     RUN_SECS=$IDLE_SECS
@@ -87,8 +112,8 @@ log "temp dir $WORK (tag $TAG); open-files limit $FDS"
 
 # --- driver --------------------------------------------------------------------------------------
 cat >"$WORK/driver.py" <<'PYEOF'
-import json, os, secrets, signal, socket, subprocess, sys, threading, time
-import urllib.error, urllib.request
+import gzip, http.client, json, os, secrets, signal, socket, subprocess, sys, threading, time
+import urllib.error, urllib.parse, urllib.request
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.environ["B_BENCH_DIR"])
@@ -98,6 +123,8 @@ from benchlib import CHILD_ENV, CLK_TCK, QUICK, WORK, cpu_ticks, log, proc_statu
 ENGINE_BIN, LOADGEN = os.environ["B_ENGINE"], os.environ["B_LOADGEN"]
 SIZES = [int(x) for x in os.environ["B_SIZES"].split()]
 RUN = int(os.environ["B_RUN"])
+LIVE_STREAMS = int(os.environ["B_LIVE_STREAMS"])
+PANEL = os.environ["B_PANEL"] == "1"
 INTERVAL, CPS = "1s", 20
 RAMP_TIMEOUT = 120  # s: longest wait for all agents to connect before measuring anyway
 TOKEN = secrets.token_hex(24)
@@ -249,6 +276,130 @@ def run_args(engine, keys, n, duration):
             "--ramp-timeout", f"{RAMP_TIMEOUT}s"]
 
 
+def measured_run(engine, keys, n, extra=(), beside=None):
+    """One steady run (engine_load run with `extra` arguments) with the engine sampled; returns
+    (loadgen summary, steady figures). `beside(ready_file)` runs in a thread meanwhile."""
+    ready = os.path.join(engine.dir, f"ready-{time.monotonic_ns()}")
+    sampler = Sampler(engine)
+    t_start = time.monotonic()
+    sampler.start()
+    thread = None
+    if beside is not None:
+        thread = threading.Thread(target=beside, args=(ready,), daemon=True)
+        thread.start()
+    try:
+        summary = loadgen(run_args(engine, keys, n, RUN) + ["--ready-file", ready, *extra],
+                          timeout=RUN + RAMP_TIMEOUT + 90)
+    finally:
+        sampler.stop()
+        if thread is not None:
+            thread.join(timeout=30)
+    engine.check_alive()
+    return summary, steady_figures(sampler.samples, t_start, summary)
+
+
+class NoPanel(Exception):
+    """The engine serves no panel (POST /login is not there)."""
+
+
+def login(engine):
+    """POST /login with the admin token; the session cookie (`citrus_session=…`)."""
+    conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=10)
+    try:
+        conn.request("POST", "/login", urllib.parse.urlencode({"token": TOKEN}),
+                     {"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        resp.read()
+    finally:
+        conn.close()
+    if resp.status == 404:
+        raise NoPanel("POST /login answered 404: this engine has no web panel")
+    if resp.status != 303:
+        raise RuntimeError(f"POST /login answered {resp.status}, not 303")
+    for header in resp.headers.get_all("Set-Cookie") or []:
+        if header.startswith("citrus_session="):
+            return header.split(";")[0]
+    raise RuntimeError("POST /login set no citrus_session cookie")
+
+
+def page_sampler(engine, cookie, paths, out, stop):
+    """GETs each of `paths` in turn on one keep-alive connection until `stop` is set: per path
+    the times to the response head (ms), and the last body's size."""
+    conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=10)
+    try:
+        while not stop.is_set():
+            for path in paths:
+                t0 = time.perf_counter()
+                conn.request("GET", path, headers={"Cookie": cookie})
+                resp = conn.getresponse()
+                ttfb = (time.perf_counter() - t0) * 1000
+                body = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"GET {path} answered {resp.status}: {body[:200]!r}")
+                out[path]["ms"].append(ttfb)
+                out[path]["bytes"] = len(body)
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def page_size_gzip(engine, cookie, path):
+    """The size of `path` as sent to a browser that accepts gzip (None: sent uncompressed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", engine.port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie, "Accept-Encoding": "gzip"})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.getheader("Content-Encoding", "") != "gzip":
+            return None
+        gzip.decompress(body)
+        return len(body)
+    finally:
+        conn.close()
+
+
+def panel_run(engine, keys, n):
+    """The steady run while the panel's pages are timed (see the header)."""
+    cookie = login(engine)
+    with open(keys) as f:
+        agent = f.readline().split()[0]
+    paths = ["/", f"/agents/{agent}"]
+    out = {p: {"ms": [], "bytes": None} for p in paths}
+    errors = []
+
+    def beside(ready):
+        deadline = time.monotonic() + RAMP_TIMEOUT + 30
+        while not os.path.exists(ready) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop = threading.Event()
+        timer = threading.Timer(max(RUN - 2, 1), stop.set)
+        timer.start()
+        try:
+            page_sampler(engine, cookie, paths, out, stop)
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            timer.cancel()
+
+    summary, figures = measured_run(engine, keys, n, beside=beside)
+    if errors:
+        raise RuntimeError(errors[0])
+    result = {"summary": summary, "figures": figures, "gzip_bytes": page_size_gzip(engine, cookie, "/")}
+    for path in paths:
+        ms = sorted(out[path]["ms"])
+        result[path] = {"count": len(ms), "bytes": out[path]["bytes"],
+                        "p50": benchlib_pct(ms, 50), "p99": benchlib_pct(ms, 99)}
+    return result
+
+
+def benchlib_pct(sorted_ms, p):
+    """Nearest-rank percentile, as the load generator computes its own."""
+    if not sorted_ms:
+        return None
+    rank = max(1, min(len(sorted_ms), -(-len(sorted_ms) * p // 100)))
+    return sorted_ms[int(rank) - 1]
+
+
 def steady_figures(samples, t_start, summary):
     """Engine CPU % and stored status/s over the measured part of the run (from 1 s after it
     started, i.e. after all agents connected), RSS peak and end over the whole run."""
@@ -289,30 +440,64 @@ def wait_ready(p, ready, timeout):
         time.sleep(0.1)
 
 
-def bench_size(n):
-    d = os.path.join(WORK, f"n{n}")
+def fresh_engine(n, name):
+    """A new engine (its own dir, DB and port) with N agents enrolled; (engine, keys, enroll summary)."""
+    d = os.path.join(WORK, f"n{n}-{name}")
     engine = Engine(d, free_port())
-    r = {"n": n}
-    r["start_secs"] = engine.start()
+    start_secs = engine.start()
     try:
         keys = os.path.join(d, "keys.txt")
-        log(f"[{n}] enrolling {n} agents")
+        log(f"[{n}] {name}: enrolling {n} agents")
         e = loadgen(["enroll", "--url", engine.url, "--agents", str(n), "--out", keys,
                      "--name-prefix", f"bench{n}-"], timeout=900)
-        r["enroll_secs"] = e["enroll_secs"]
+    except BaseException:
+        engine.stop()
+        raise
+    return engine, keys, dict(e, start_secs=start_secs)
 
-        log(f"[{n}] steady run: {RUN} s, status every {INTERVAL}, {CPS} commands/s")
-        sampler = Sampler(engine)
-        t_start = time.monotonic()
-        sampler.start()
+
+def on_fresh_engine(n, name, r, work):
+    """`work(engine, keys)` on a fresh engine, its result in r[name] (r[name + "_error"] if it
+    failed: the other parts still run)."""
+    try:
+        engine, keys, _ = fresh_engine(n, name)
         try:
-            r["steady"] = loadgen(run_args(engine, keys, n, RUN), timeout=RUN + RAMP_TIMEOUT + 90)
+            r[name] = work(engine, keys)
         finally:
-            sampler.stop()
-        engine.check_alive()
-        r["hwm_mb"] = vm_kb(engine.pid, "VmHWM") * 1024 / 1e6
-        r.update(steady_figures(sampler.samples, t_start, r["steady"]))
+            engine.stop()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except NoPanel as e:
+        log(f"[{n}] {name} run skipped: {e}")
+        r[f"{name}_error"] = f"not measured: {e} (it is built on the UI branch)"
+    except Exception as e:
+        log(f"[{n}] {name} run FAILED: {type(e).__name__}: {e}")
+        r[f"{name}_error"] = f"FAILED: {type(e).__name__}: {e}".replace("\n", " ")[:400]
 
+
+def live_work(n):
+    def work(engine, keys):
+        log(f"[{n}] live run: the steady run with {LIVE_STREAMS} panel live streams open")
+        summary, figures = measured_run(engine, keys, n, ["--live-streams", str(LIVE_STREAMS)])
+        return dict(figures, summary=summary, hwm_mb=vm_kb(engine.pid, "VmHWM") * 1024 / 1e6)
+    return work
+
+
+def panel_work(n):
+    def work(engine, keys):
+        log(f"[{n}] panel run: the steady run while GET / and /agents/{{id}} are timed")
+        return panel_run(engine, keys, n)
+    return work
+
+
+def bench_size(n):
+    engine, keys, e = fresh_engine(n, "steady")
+    r = {"n": n, "start_secs": e["start_secs"], "enroll_secs": e["enroll_secs"]}
+    try:
+        log(f"[{n}] steady run: {RUN} s, status every {INTERVAL}, {CPS} commands/s")
+        r["steady"], figures = measured_run(engine, keys, n)
+        r["hwm_mb"] = vm_kb(engine.pid, "VmHWM") * 1024 / 1e6
+        r.update(figures)
         try:
             restart_run(engine, keys, n, r)
         except (KeyboardInterrupt, SystemExit):
@@ -322,6 +507,10 @@ def bench_size(n):
             r["restart_error"] = f"{type(e).__name__}: {e}".replace("\n", " ")[:400]
     finally:
         engine.stop()
+    if LIVE_STREAMS > 0:
+        on_fresh_engine(n, "live", r, live_work(n))
+    if PANEL:
+        on_fresh_engine(n, "panel", r, panel_work(n))
     return r
 
 
@@ -428,8 +617,73 @@ def main():
     print()
     for line in notes:
         print(line)
+    live_table(results)
+    panel_table(results)
     sys.stdout.flush()
     return 1 if failed else 0
+
+
+def live_table(results):
+    rows = [r for r in results if "live" in r or "live_error" in r]
+    if not rows:
+        return
+    print(f"\nWith the panel's live streams: the same steady run on a fresh engine with {LIVE_STREAMS} "
+          "GET /admin/live streams open and read for all of it.\n")
+    print("| agents | cmd p99 ms without | cmd p99 ms with | cmd p50 ms with | engine RSS peak MB without | "
+          "with | engine CPU % with | messages/s per stream | MB/s per stream | reloads |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "live" not in r:
+            print(f"| {r['n']} | {fmt(r['steady'].get('rtt_p99_ms'))} | FAILED | | | | | | | |")
+            continue
+        lv, s = r["live"], r["live"]["summary"]
+        secs = max(s["steady_secs"], 1e-9)
+        streams = max(s.get("live_open") or 0, 1)
+        print(f"| {r['n']} | {fmt(r['steady'].get('rtt_p99_ms'))} | {fmt(s.get('rtt_p99_ms'))} "
+              f"| {fmt(s.get('rtt_p50_ms'))} | {r['rss_peak_mb']:.0f} | {lv['rss_peak_mb']:.0f} "
+              f"| {lv['cpu']:.0f} | {s.get('live_messages', 0) / streams / secs:.0f} "
+              f"| {s.get('live_mb', 0) / streams / secs:.2f} | {s.get('live_reloads')} |")
+    print()
+    for r in rows:
+        if "live_error" in r:
+            print(f"- {r['n']} agents, live run: {r['live_error']}")
+            continue
+        lv, s = r["live"], r["live"]["summary"]
+        print(f"- {r['n']} agents, live run: {s.get('live_open')}/{s.get('live_streams')} streams open "
+              f"({s.get('live_refused')} refused), {s.get('live_messages')} messages and {s.get('live_mb')} MB "
+              f"read in {s['steady_secs']:.0f} s, {s.get('live_reloads')} reloads; commands {s['commands']} "
+              f"({s['command_failures']} failed, max {fmt(s['rtt_max_ms'])} ms); engine RSS end "
+              f"{lv['rss_end_mb']:.0f} MB (steady run: {r['rss_end_mb']:.0f} MB), VmHWM {lv['hwm_mb']:.0f} MB; "
+              f"engine CPU {lv['cpu']:.0f} % (steady run: {r['cpu']:.0f} %); load generator "
+              f"{s['loadgen_cpu_secs'] / max(s['run_secs'], 1e-9) * 100:.0f} % CPU, timer lag p99 "
+              f"{fmt(s.get('loadgen_lag_p99_ms'))} ms")
+    print("Target: command p99 still under 50 ms with the streams open.")
+
+
+def panel_table(results):
+    rows = [r for r in results if "panel" in r or "panel_error" in r]
+    if not rows:
+        return
+    print("\nPanel pages under the load (one client, the session cookie, one request at a time; "
+          "TTFB = until the response head):\n")
+    print("| agents | GET / TTFB p50 ms | p99 ms | GET /agents/{id} TTFB p50 ms | p99 ms | size of / KB | gzipped KB | cmd p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "panel" not in r:
+            print(f"| {r['n']} | {r['panel_error']} | | | | | | |")
+            continue
+        p = r["panel"]
+        home = p["/"]
+        agent = next(v for k, v in p.items() if k.startswith("/agents/"))
+        gz = p["gzip_bytes"]
+        print(f"| {r['n']} | {fmt(home['p50'])} | {fmt(home['p99'])} | {fmt(agent['p50'])} | {fmt(agent['p99'])} "
+              f"| {home['bytes'] / 1000:.1f} | {'not compressed' if gz is None else format(gz / 1000, '.1f')} "
+              f"| {fmt(p['summary'].get('rtt_p99_ms'))} |")
+    for r in rows:
+        if "panel" in r:
+            p = r["panel"]
+            print(f"- {r['n']} agents, panel run: {p['/']['count']} GET / and "
+                  f"{next(v for k, v in p.items() if k.startswith('/agents/'))['count']} agent pages timed")
 
 
 def stop_engines():
@@ -444,5 +698,6 @@ if __name__ == "__main__":
     benchlib.run_main(main, stop_engines)
 PYEOF
 
-log "running: agents $SIZES, ${RUN_SECS}s per run$([[ $QUICK == 1 ]] && echo ', quick')"
-run_driver runs B_ENGINE="$ENGINE" B_LOADGEN="$LOADGEN" B_SIZES="$SIZES" B_RUN="$RUN_SECS"
+log "running: agents $SIZES, ${RUN_SECS}s per run, $LIVE_STREAMS live streams$([[ $PANEL == 1 ]] && echo ', panel pages')$([[ $QUICK == 1 ]] && echo ', quick')"
+run_driver runs B_ENGINE="$ENGINE" B_LOADGEN="$LOADGEN" B_SIZES="$SIZES" B_RUN="$RUN_SECS" \
+    B_LIVE_STREAMS="$LIVE_STREAMS" B_PANEL="$PANEL"

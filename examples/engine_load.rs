@@ -27,6 +27,10 @@
 //! seen. Per agent the state is one task (the handshake's state is boxed and freed), a socket
 //! with 4 KiB buffers and a few words: 10,000 agents take about 95 MB.
 //!
+//! With `--live-streams N`, N panel streams (`GET /admin/live`, Server-Sent Events) are opened
+//! when the measured part starts and read as fast as they come for all of it: the summary counts
+//! their messages, bytes and `reload`s (a stream the engine found too slow).
+//!
 //! `run` exits 0 whenever it could print its summary, however many agents connected. Summary keys
 //! beyond the usual figures: `reconnect_fraction` (share connected at the end after
 //! a mass disconnect), `loadgen_lag_p99_ms` (how late this process wakes a 20 ms timer: when it
@@ -186,6 +190,9 @@ struct RunArgs {
     /// WebSocket URL (default: --url with ws:// and path /agent).
     #[arg(long)]
     ws_url: Option<String>,
+    /// Panel live streams (`GET /admin/live`) to hold open and read during the measured part.
+    #[arg(long, default_value_t = 0)]
+    live_streams: usize,
 }
 
 /// `500ms`, `1s`, `1.5s`, `2m`, `1h`, or plain seconds.
@@ -1140,6 +1147,77 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+// --- run: panel live streams --------------------------------------------------------------------
+
+/// What the live streams read.
+#[derive(Default)]
+struct LiveStats {
+    /// Streams the engine answered 200.
+    open: AtomicUsize,
+    refused: AtomicUsize,
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    reloads: AtomicU64,
+}
+
+/// Occurrences of `needle` in `text`, given the last `needle.len() - 1` bytes of the previous
+/// chunk in `carry` (updated), so a name split across chunks counts once.
+fn count_split(carry: &mut Vec<u8>, text: &[u8], needle: &[u8]) -> u64 {
+    carry.extend_from_slice(text);
+    let n = carry.windows(needle.len()).filter(|w| *w == needle).count() as u64;
+    let keep = carry.len().min(needle.len() - 1);
+    carry.drain(..carry.len() - keep);
+    n
+}
+
+/// One `GET /admin/live`, read until `stop`.
+async fn live_stream(
+    base: Arc<str>,
+    token: Arc<str>,
+    stats: Arc<LiveStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // No total timeout: the stream lasts the run.
+    let client = reqwest::Client::new();
+    let request = client
+        .get(format!("{base}/admin/live"))
+        .bearer_auth(&*token);
+    let mut resp = match request.send().await {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "[engine_load] GET /admin/live answered {}: {}",
+                resp.status(),
+                body_excerpt(resp).await
+            );
+            return;
+        }
+        Err(e) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            eprintln!("[engine_load] GET /admin/live: {e}");
+            return;
+        }
+    };
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let (mut events, mut reloads) = (Vec::new(), Vec::new());
+    loop {
+        let chunk = tokio::select! {
+            chunk = resp.chunk() => chunk,
+            _ = stop.changed() => return,
+        };
+        let Ok(Some(chunk)) = chunk else {
+            eprintln!("[engine_load] a live stream ended before the run");
+            return;
+        };
+        stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let n = count_split(&mut events, &chunk, b"\nevent: ");
+        stats.messages.fetch_add(n, Ordering::Relaxed);
+        let n = count_split(&mut reloads, &chunk, b"event: reload");
+        stats.reloads.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 // --- run ----------------------------------------------------------------------------------------
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -1227,6 +1305,20 @@ async fn run(args: RunArgs) -> Result<()> {
         std::fs::write(path, b"").with_context(|| format!("creating {}", path.display()))?;
     }
 
+    let live = Arc::new(LiveStats::default());
+    let (live_stop, live_stop_rx) = watch::channel(false);
+    let mut streams = JoinSet::new();
+    let (live_base, live_token): (Arc<str>, Arc<str>) = (base.clone().into(), token.clone().into());
+    for _ in 0..args.live_streams {
+        streams.spawn(live_stream(
+            live_base.clone(),
+            live_token.clone(),
+            live.clone(),
+            live_stop_rx.clone(),
+        ));
+    }
+    drop(live_stop_rx);
+
     let commands_end = Arc::new(Notify::new());
     let driver = (args.commands_per_sec > 0.0).then(|| {
         tokio::spawn(command_driver(
@@ -1253,6 +1345,8 @@ async fn run(args: RunArgs) -> Result<()> {
         _ = early_end => eprintln!("[engine_load] reconnected: ending the run early"),
     }
     let ended = Instant::now();
+    let _ = live_stop.send(true);
+    while streams.join_next().await.is_some() {}
     lag_probe.abort();
     progress.abort();
     let connected_at_end = shared.connected.load(Ordering::SeqCst);
@@ -1270,7 +1364,7 @@ async fn run(args: RunArgs) -> Result<()> {
     })
     .await;
 
-    let summary = summary(
+    let mut summary = summary(
         &shared,
         &lock(&stats),
         &lock(&lag),
@@ -1282,6 +1376,15 @@ async fn run(args: RunArgs) -> Result<()> {
         connected_at_end,
         status_at_end,
     );
+    if args.live_streams > 0 {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        summary["live_streams"] = json!(args.live_streams);
+        summary["live_open"] = json!(live.open.load(Ordering::Relaxed));
+        summary["live_refused"] = json!(live.refused.load(Ordering::Relaxed));
+        summary["live_messages"] = json!(load(&live.messages));
+        summary["live_mb"] = json!(round3(load(&live.bytes) as f64 / 1e6));
+        summary["live_reloads"] = json!(load(&live.reloads));
+    }
     println!("{summary}");
     Ok(())
 }
@@ -1412,6 +1515,22 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert!(parse_duration("1d").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn split_names_count_once() {
+        let mut carry = Vec::new();
+        let needle = b"\nevent: ";
+        assert_eq!(
+            count_split(&mut carry, b"retry: 3000\n\nevent: agent\nda", needle),
+            1
+        );
+        assert_eq!(count_split(&mut carry, b"ta: {}\n\nev", needle), 0);
+        assert_eq!(
+            count_split(&mut carry, b"ent: reload\ndata: {}\n\n", needle),
+            1
+        );
+        assert_eq!(count_split(&mut carry, b"", needle), 0);
     }
 
     #[test]

@@ -657,13 +657,13 @@ async fn report(
     output: Option<&str>,
     error: Option<&str>,
 ) -> Result<(), super::store::StoreError> {
-    if engine
+    if let Some(operation) = engine
         .store
         .report_operation(id, agent, status_name(status), output, error, now())
         .await?
     {
         engine.hub.operation_changed(id);
-        engine.live.operation_changed(&engine.store, id).await;
+        engine.live.operation(&operation);
     }
     Ok(())
 }

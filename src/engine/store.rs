@@ -1079,7 +1079,8 @@ impl Store {
 
     /// Applies an agent's report to its operation, unless the operation is already final (a
     /// report repeated after a reconnect changes nothing). Output and error are kept when the
-    /// report has none. Returns whether the operation changed.
+    /// report has none. Returns the operation as it is now if it changed (read by the same
+    /// statement: the live streams show it without another query).
     pub async fn report_operation(
         &self,
         id: &str,
@@ -1088,23 +1089,25 @@ impl Store {
         output: Option<&str>,
         error: Option<&str>,
         now: i64,
-    ) -> Result<bool> {
-        let done = sqlx::query(
+    ) -> Result<Option<OperationRow>> {
+        let what = "recording an operation report";
+        let sql = format!(
             "UPDATE operations SET status = $1, output = COALESCE($2, output), \
              error = COALESCE($3, error), updated_at = $4 \
              WHERE id = $5 AND agent_id = $6 AND status NOT IN ('completed', 'failed') \
-             AND (status <> $1 OR $1 = 'starting')",
-        )
-        .bind(status)
-        .bind(output)
-        .bind(error)
-        .bind(now)
-        .bind(id)
-        .bind(agent_id)
-        .execute(&self.writer)
-        .await
-        .map_err(ctx("recording an operation report"))?;
-        Ok(done.rows_affected() == 1)
+             AND (status <> $1 OR $1 = 'starting') RETURNING {OPERATION_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(status)
+            .bind(output)
+            .bind(error)
+            .bind(now)
+            .bind(id)
+            .bind(agent_id)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(ctx(what))?;
+        row.as_ref().map(operation).transpose().map_err(ctx(what))
     }
 
     /// Fails every unfinished operation created before `before`; returns their ids.

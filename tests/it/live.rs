@@ -601,7 +601,7 @@ fn a_slow_stream_gets_reload_and_never_slows_the_others() {
     let op_id = body["operation"]["id"].as_str().unwrap().to_owned();
     let command = ws.recv(rt, DEADLINE).unwrap().unwrap();
     assert!(command.contains(&op_id), "{command}");
-    // 24 progress reports of 512 KiB output each: 12 MiB, over the slow stream's 4 MiB queue
+    // 24 progress reports of 512 KiB output each: 12 MiB, over the slow stream's 1 MiB queue
     // and its socket's buffers.
     let output = "x".repeat(512 * 1024);
     let reports = 24;

@@ -7,12 +7,17 @@
 //! an agent is a map lookup and a few field writes under one short lock: a status arrives parsed
 //! and nothing is serialised then. Changes are only flagged; a ticker ([`run`]) sends them once a
 //! second, serialising each changed summary once for all streams: urgent changes (online,
-//! offline, app counts, the problem) at the next tick, figures-only changes (load, memory, disk,
-//! last seen) at most every [`FIGURES_EVERY`] ticks per agent, on a phase of its own so that the
-//! fleet's figures spread over the ticks. A stream opened with `?agent=ID` gets that agent's
-//! summary and apps (the `apps` message) at the next tick after any change. Operations, servers
-//! and events are published as they change, each serialised once. Streams are bounded queues
-//! (see [`stream`]): a slow one gets `reload`, never slows the hub.
+//! offline, app counts, the problem) at the next tick; figures-only changes (load, memory, disk,
+//! last seen) at most every [`FIGURES_EVERY`] ticks per agent and at most [`FIGURES_PER_TICK`]
+//! agents a tick, taken round-robin, so a big fleet's stream stays light (10,000 agents at a
+//! 1-s status interval would otherwise be 2,000 summaries, 1 MB, a second to every browser tab;
+//! at the default 60-s interval that fleet's 170 changes a second all go). A stream opened with
+//! `?agent=ID` gets that agent's summary and apps (the `apps` message) at the next tick after
+//! any change. Operations, servers
+//! and events are published as they change, each serialised once. When more than
+//! [`RELOAD_ABOVE`] agents changed at once (a fleet reconnecting), the fleet streams get `reload`
+//! instead of their summaries. Streams are bounded queues (see [`stream`]): a slow one gets
+//! `reload`, never slows the hub.
 
 pub mod events;
 pub mod history;
@@ -40,6 +45,11 @@ use summary::{Change, Figures};
 pub const TICK: Duration = Duration::from_secs(1);
 /// A figures-only change of an agent reaches the fleet streams at most once per this many ticks.
 pub const FIGURES_EVERY: u64 = 5;
+/// Agents whose figures-only change is sent to the fleet streams per tick, at most.
+pub const FIGURES_PER_TICK: usize = 250;
+/// More changed agents than this in one tick (a fleet reconnecting after an engine restart)
+/// and the fleet streams get `reload` instead: one refetch beats thousands of messages.
+pub const RELOAD_ABOVE: usize = 1000;
 
 /// One agent as its panel page shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -63,18 +73,14 @@ struct Entry {
     /// The hub's id of its current connection: a late disconnect of a replaced connection
     /// does not make it offline (as in the store).
     conn: Option<u64>,
-    /// The tick (modulo [`FIGURES_EVERY`]) its figures go out on.
-    phase: u64,
+    /// The tick its summary last went to the fleet streams.
+    sent_at: Option<u64>,
     /// Its events' budget.
     events: events::Gate,
 }
 
 impl Entry {
     fn new(summary: AgentSummary, apps: Vec<AppStatus>) -> Entry {
-        // FNV-1a of the id: a stable spread of the agents over the ticks.
-        let hash = summary.id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
         Entry {
             summary: Arc::new(summary),
             apps: Arc::new(apps),
@@ -85,7 +91,7 @@ impl Entry {
             watched: 0,
             conn: None,
             events: events::Gate::default(),
-            phase: hash % FIGURES_EVERY,
+            sent_at: None,
         }
     }
 
@@ -98,9 +104,56 @@ impl Entry {
     }
 }
 
+/// The agents of the view: entries in a vector (the ticker goes round it) and their index.
+#[derive(Default)]
+struct Agents {
+    index: HashMap<String, usize>,
+    entries: Vec<Entry>,
+    /// Where the ticker's round of figures-only changes goes on.
+    cursor: usize,
+}
+
+impl Agents {
+    fn get(&self, id: &str) -> Option<&Entry> {
+        self.index.get(id).map(|&i| &self.entries[i])
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.index.get(id).map(|&i| &mut self.entries[i])
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.index.contains_key(id)
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        match self.index.get(&entry.summary.id) {
+            Some(&i) => self.entries[i] = entry,
+            None => {
+                self.index
+                    .insert(entry.summary.id.clone(), self.entries.len());
+                self.entries.push(entry);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(i) = self.index.remove(id) {
+            self.entries.swap_remove(i);
+            if let Some(moved) = self.entries.get(i) {
+                self.index.insert(moved.summary.id.clone(), i);
+            }
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+}
+
 /// The live view: agents' summaries and apps, and the open streams.
 pub struct Live {
-    agents: Mutex<HashMap<String, Entry>>,
+    agents: Mutex<Agents>,
     pub streams: Streams,
     ticks: AtomicU64,
     /// Agents' events stored, and those over their budget (not stored).
@@ -113,7 +166,7 @@ impl Live {
     pub async fn load(store: &Store) -> Result<Live, StoreError> {
         let rows = store.list_agents().await?;
         let mut statuses = store.latest_statuses().await?;
-        let mut agents = HashMap::with_capacity(rows.len());
+        let mut agents = Agents::default();
         for row in rows {
             let status = statuses.remove(&row.id).and_then(|json| {
                 match serde_json::from_str::<HostStatus>(&json) {
@@ -126,7 +179,7 @@ impl Live {
             });
             let summary = AgentSummary::from_row(&row, status.as_ref());
             let apps = status.map(|s| s.apps).unwrap_or_default();
-            agents.insert(row.id.clone(), Entry::new(summary, apps));
+            agents.insert(Entry::new(summary, apps));
         }
         Ok(Live {
             agents: Mutex::new(agents),
@@ -137,7 +190,7 @@ impl Live {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Agents> {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -152,7 +205,7 @@ impl Live {
     /// A new agent (created, not enrolled, offline).
     pub fn created(&self, row: &AgentRow) {
         let entry = Entry::new(AgentSummary::from_row(row, None), Vec::new());
-        self.lock().insert(row.id.clone(), entry);
+        self.lock().insert(entry);
     }
 
     /// An agent was deleted: gone from the view, and from the panel at once.
@@ -368,8 +421,15 @@ impl Live {
         let mut fleet = Vec::new();
         let mut watched = Vec::new();
         {
-            let mut agents = self.lock();
-            for entry in agents.values_mut() {
+            let mut guard = self.lock();
+            let agents = &mut *guard;
+            let n = agents.entries.len();
+            let start = agents.cursor.min(n);
+            let mut budget = FIGURES_PER_TICK;
+            let mut next = start;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let entry = &mut agents.entries[i];
                 if entry.watched > 0 && (entry.watch_summary || entry.watch_apps) {
                     let summary = entry.watch_summary.then(|| entry.summary.clone());
                     let apps = entry.watch_apps.then(|| entry.apps.clone());
@@ -377,16 +437,34 @@ impl Live {
                     entry.watch_summary = false;
                     entry.watch_apps = false;
                 }
-                if entry.urgent || (entry.figures && tick % FIGURES_EVERY == entry.phase) {
-                    if fleet_open {
-                        fleet.push(entry.summary.clone());
-                    }
-                    entry.urgent = false;
-                    entry.figures = false;
+                let due =
+                    entry.figures && entry.sent_at.is_none_or(|at| tick >= at + FIGURES_EVERY);
+                if !(entry.urgent || (due && budget > 0)) {
+                    continue;
                 }
+                if !entry.urgent {
+                    budget -= 1;
+                    if budget == 0 {
+                        // The next tick's round starts after the last one sent.
+                        next = i + 1;
+                    }
+                }
+                if fleet_open {
+                    fleet.push(entry.summary.clone());
+                }
+                entry.urgent = false;
+                entry.figures = false;
+                entry.sent_at = Some(tick);
             }
+            agents.cursor = if n == 0 { 0 } else { next % n };
         }
-        if !fleet.is_empty() {
+        if fleet.len() > RELOAD_ABOVE {
+            self.streams.publish(&Frame {
+                fleet: true,
+                agent: None,
+                bytes: bytes::Bytes::from_static(stream::RELOAD),
+            });
+        } else if !fleet.is_empty() {
             let mut buf = Vec::with_capacity(fleet.len() * 512);
             for summary in &fleet {
                 Frame::push(&mut buf, "agent", &**summary);
@@ -527,7 +605,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn urgent_changes_go_at_the_next_tick_figures_on_their_phase() {
+    async fn urgent_changes_go_at_the_next_tick_figures_at_most_every_5_ticks() {
         let (_dir, live) = live().await;
         live.created(&row("a", "web"));
         live.tick();
@@ -563,6 +641,77 @@ mod tests {
         assert_eq!(got[0].1["apps"]["errored"], 1);
         live.unsubscribe(&sub);
         assert_eq!(live.streams.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn figures_of_a_big_fleet_go_round_robin_within_the_budget() {
+        let (_dir, live) = live().await;
+        let n = FIGURES_PER_TICK + 50;
+        for i in 0..n {
+            live.created(&row(&format!("a{i}"), &format!("agent-{i}")));
+        }
+        let sub = live.subscribe(None).unwrap();
+        live.tick();
+        assert_eq!(drain(&sub).await.len(), n, "new agents are urgent");
+        for i in 0..n {
+            live.status(&format!("a{i}"), status(AppState::Online, 1.0), 5);
+        }
+        live.tick();
+        assert_eq!(
+            drain(&sub).await.len(),
+            n,
+            "a first status is urgent (hostname, apps)"
+        );
+        for _ in 0..FIGURES_EVERY {
+            live.tick();
+        }
+        assert!(drain(&sub).await.is_empty());
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..2 {
+            for i in 0..n {
+                live.status(
+                    &format!("a{i}"),
+                    status(AppState::Online, 2.0 + round as f64),
+                    6,
+                );
+            }
+            live.tick();
+            let first = drain(&sub).await;
+            assert_eq!(first.len(), FIGURES_PER_TICK);
+            live.tick();
+            let second = drain(&sub).await;
+            assert_eq!(second.len(), 50);
+            // Every agent once, none twice, in the two ticks.
+            let ids: std::collections::HashSet<String> = first
+                .iter()
+                .chain(&second)
+                .map(|(_, d)| d["id"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(ids.len(), n);
+            seen.extend(ids);
+            for _ in 0..FIGURES_EVERY {
+                live.tick();
+            }
+        }
+        assert_eq!(seen.len(), n);
+        // A mass change (more than RELOAD_ABOVE at once): one reload instead.
+        for i in n..RELOAD_ABOVE + 1 {
+            live.created(&row(&format!("a{i}"), &format!("agent-{i}")));
+        }
+        live.tick();
+        let got = drain(&sub).await;
+        assert_eq!(got.len(), 1 + RELOAD_ABOVE - n);
+        for i in 0..RELOAD_ABOVE + 1 {
+            live.offline(&format!("a{i}"), 0, 9);
+            live.online(&format!("a{i}"), 1, 9);
+        }
+        live.tick();
+        let got = drain(&sub).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "reload");
+        live.deleted("a0");
+        assert_eq!(live.snapshot(None, 10_000).1, RELOAD_ABOVE);
+        assert!(live.agent("a0").is_none() && live.agent(&format!("a{}", n - 1)).is_some());
     }
 
     #[tokio::test]

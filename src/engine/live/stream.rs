@@ -19,12 +19,15 @@ use tokio::sync::Notify;
 
 /// Streams open at once; one more gets 503.
 pub const MAX_STREAMS: usize = 256;
-/// Bytes queued for one stream before it is told to `reload`.
-pub const QUEUE_BYTES: usize = 4 << 20;
+/// Bytes queued for one stream before it is told to `reload`: a client that keeps up holds a
+/// frame or two (a tick is at most about 450 KB); all streams together hold at most
+/// [`MAX_STREAMS`] times this, and only while their clients lag.
+pub const QUEUE_BYTES: usize = 1 << 20;
 /// A comment line this often keeps an idle stream (and proxies) alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-const RELOAD: &[u8] = b"event: reload\ndata: {}\n\n";
+/// The `reload` message.
+pub const RELOAD: &[u8] = b"event: reload\ndata: {}\n\n";
 const PING: &[u8] = b": keep-alive\n\n";
 /// The first bytes of every stream: the browser's reconnect delay.
 pub const HELLO: &[u8] = b"retry: 3000\n\n";
