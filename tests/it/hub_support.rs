@@ -162,19 +162,7 @@ impl EngineProc {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        self.rt.block_on(async {
-            match request.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let text = resp.text().await.unwrap_or_default();
-                    (
-                        status,
-                        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                    )
-                }
-                Err(e) => (0, Value::String(e.to_string())),
-            }
-        })
+        send(&self.rt, request)
     }
 
     /// An admin call with the right token.
@@ -268,6 +256,24 @@ impl Drop for EngineProc {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `request`: its status and JSON body (the text as a JSON string when it is not JSON;
+/// status 0 and the error when it could not be sent).
+pub fn send(rt: &tokio::runtime::Runtime, request: reqwest::RequestBuilder) -> (u16, Value) {
+    rt.block_on(async {
+        match request.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    })
 }
 
 /// A raw agent connection, for what a real agent never does.

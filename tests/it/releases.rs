@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::hub_support::{agent_headers, raw_connect, EngineProc, RawAgent, ADMIN_TOKEN};
+use crate::hub_support::{agent_headers, raw_connect, send, EngineProc, RawAgent, ADMIN_TOKEN};
 use crate::support::{wait_for, DEADLINE};
 
 /// A small file whose first 64 bytes are the ELF header of a 64-bit little-endian PIE for
@@ -42,26 +42,12 @@ pub fn upload(e: &EngineProc, query: &str, body: Vec<u8>, chunked: bool) -> (u16
         return upload_chunked(e, query, &body);
     }
     let url = format!("{}/admin/releases?{query}", e.url());
-    e.rt.block_on(async {
-        let resp = client()
-            .post(url)
-            .bearer_auth(ADMIN_TOKEN)
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await;
-        match resp {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap_or_default();
-                (
-                    status,
-                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                )
-            }
-            Err(e) => (0, Value::String(e.to_string())),
-        }
-    })
+    let request = client()
+        .post(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/octet-stream")
+        .body(body);
+    send(&e.rt, request)
 }
 
 fn upload_chunked(e: &EngineProc, query: &str, body: &[u8]) -> (u16, Value) {

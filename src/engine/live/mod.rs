@@ -524,18 +524,8 @@ mod tests {
             },
             disk: vec![],
             apps: vec![AppStatus {
-                name: "web".into(),
-                instance: 0,
                 pid: Some(1),
-                state,
-                restarts: 0,
-                unstable_restarts: 0,
-                memory_restarts: 0,
-                uptime_ms: 0,
-                memory_bytes: 0,
-                cpu_percent: 0.0,
-                last_exit: None,
-                release: None,
+                ..summary::tests::app("web", state)
             }],
             timestamp: 0,
         }

@@ -298,11 +298,12 @@ impl AgentSummary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::fleet::protocol::{CpuStatus, MemoryStatus};
 
-    fn app(name: &str, state: AppState) -> AppStatus {
+    /// An app of a status update, in `state`, with no figures.
+    pub(in crate::engine::live) fn app(name: &str, state: AppState) -> AppStatus {
         AppStatus {
             name: name.into(),
             instance: 0,
