@@ -249,20 +249,7 @@ fn real_agent_enrols_reports_status_runs_commands_and_rotates_its_key() {
     });
 
     // A command round trip with its output.
-    let (status, body) = engine.command(
-        &id,
-        json!({"type": "create_site", "domain": "Shop.Example.com"}),
-    );
-    assert_eq!(status, 202, "{body}");
-    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
-    assert_eq!(op["status"], "completed", "{op}");
-    assert!(
-        op["output"]
-            .as_str()
-            .unwrap()
-            .contains("created shop.example.com"),
-        "{op}"
-    );
+    let op = engine.create_site_completes(&id, "Shop.Example.com");
     assert_eq!(op["command"]["domain"], "shop.example.com");
 
     // Refused before anything is sent: a hostile domain, an unknown type, a missing field.

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -163,6 +163,19 @@ impl EngineProc {
             request = request.json(&body);
         }
         send(&self.rt, request)
+    }
+
+    /// Sends `create_site` for `domain` to `agent`; waits until it completed with the
+    /// template's output for the domain (lowercased, as the agent writes it); its operation.
+    #[track_caller]
+    pub fn create_site_completes(&self, agent: &str, domain: &str) -> Value {
+        let (status, body) = self.command(agent, json!({"type": "create_site", "domain": domain}));
+        assert_eq!(status, 202, "{body}");
+        let op = self.wait_operation(body["operation"]["id"].as_str().unwrap());
+        assert_eq!(op["status"], "completed", "{op}");
+        let created = format!("created {}", domain.to_ascii_lowercase());
+        assert!(op["output"].as_str().unwrap().contains(&created), "{op}");
+        op
     }
 
     /// An admin call with the right token.

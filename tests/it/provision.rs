@@ -442,20 +442,7 @@ fn a_provisioned_host_installs_citrusd_from_the_engine_and_runs_its_profile() {
         }
     });
     // create_site runs the profile's template on the fresh host.
-    let (status, body) = engine.command(
-        &agent_id,
-        json!({"type": "create_site", "domain": "shop.example.com"}),
-    );
-    assert_eq!(status, 202, "{body}");
-    let op = engine.wait_operation(body["operation"]["id"].as_str().unwrap());
-    assert_eq!(op["status"], "completed", "{op}");
-    assert!(
-        op["output"]
-            .as_str()
-            .unwrap()
-            .contains("created shop.example.com"),
-        "{op}"
-    );
+    engine.create_site_completes(&agent_id, "shop.example.com");
     drop(daemon);
 
     // The file the engine serves is damaged (same length): the checksum step stops the script
