@@ -495,6 +495,14 @@ fn browser_sees_an_agent_come_online_restarts_its_app_and_draws_its_charts() {
         vec![],
     );
     assert_eq!(columns, json!(1));
+    // The charts are redrawn to the narrower column (not left at the desktop width, which put
+    // the newest points past the card's edge).
+    browser.wait_js(
+        "every chart within its card",
+        "const charts = [...document.querySelectorAll('.chart')]; \
+         return charts.length > 0 && charts.every(c => { const u = c.querySelector('.uplot'); \
+         return u && u.offsetWidth <= c.clientWidth; }) || null;",
+    );
     browser.screenshot("agent-phone");
     browser.goto(&format!("{base}/"));
     browser.wait_text(&format!("{row} [data-f=status]"), "online");
