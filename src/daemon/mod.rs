@@ -23,12 +23,11 @@ use crate::deploy::Deployments;
 use crate::fleet::agent::Agent;
 use crate::health::events::Notifier;
 use crate::health::jobs::Jobs;
-use crate::health::sdnotify;
 use crate::state::{DirLock, StateError, StateStore};
 use crate::supervisor::cgroup::Cgroups;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::Marker;
-use crate::supervisor::{handoff, listen};
+use crate::supervisor::{handoff, listen, sdnotify};
 use crate::supervisor::{Adoption, Shared, Supervisor, SupervisorError};
 use crate::sys;
 

@@ -23,11 +23,10 @@ use super::journal::{Deployment, Journal, JournalError, Kind};
 use super::{release, source, Phase};
 use crate::config::{AppConfig, DeployConfig, DeploySource, EventKind};
 use crate::control::AppState;
-use crate::health::events::Notifier;
 use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{Marker, Spec};
-use crate::supervisor::{Supervisor, SupervisorError, Target};
+use crate::supervisor::{probe, EventSink, Supervisor, SupervisorError, Target};
 
 /// A source that takes longer than this to fetch fails the deployment.
 pub const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -83,7 +82,7 @@ pub struct Deployments {
     supervisor: Arc<Supervisor>,
     reaper: Arc<Reaper>,
     marker: Marker,
-    events: Arc<Notifier>,
+    events: Arc<dyn EventSink>,
     journal: Journal,
     /// `[fleet] ca_file`, trusted for https git sources too.
     ca_file: Option<PathBuf>,
@@ -99,7 +98,7 @@ impl Deployments {
         supervisor: Arc<Supervisor>,
         reaper: Arc<Reaper>,
         marker: Marker,
-        events: Arc<Notifier>,
+        events: Arc<dyn EventSink>,
         state_dir: &Path,
         ca_file: Option<PathBuf>,
     ) -> Arc<Deployments> {
@@ -631,7 +630,7 @@ impl Deployments {
         let attempt = health
             .interval
             .clamp(Duration::from_millis(500), Duration::from_secs(5));
-        match crate::health::probe::check(&health.target, attempt).await {
+        match probe::check(&health.target, attempt).await {
             Ok(_) => None,
             Err(e) => Some(format!("probe {} failed: {e}", health.target.describe())),
         }

@@ -5,6 +5,7 @@
 use std::sync::RwLock;
 
 use crate::config::{EventKind, NotifyConfig};
+use crate::supervisor::EventSink;
 
 use super::webhook::{Event, Webhook, WebhookConfig, WebhookStats};
 
@@ -56,9 +57,17 @@ impl Notifier {
         *self.forward.write().unwrap_or_else(|e| e.into_inner()) = Some(forward);
     }
 
+    /// The webhook's counters, when one is configured.
+    pub fn stats(&self) -> Option<WebhookStats> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.webhook.as_ref().map(|(_, w)| w.stats())
+    }
+}
+
+impl EventSink for Notifier {
     /// Logs the event, forwards it, and queues it for the webhook when it is one of
     /// `[notify] events`.
-    pub fn emit(&self, kind: EventKind, app: Option<&str>, message: &str) {
+    fn emit(&self, kind: EventKind, app: Option<&str>, message: &str) {
         if let Some(f) = self
             .forward
             .read()
@@ -81,11 +90,5 @@ impl Notifier {
                 message: message.to_string(),
             });
         }
-    }
-
-    /// The webhook's counters, when one is configured.
-    pub fn stats(&self) -> Option<WebhookStats> {
-        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner.webhook.as_ref().map(|(_, w)| w.stats())
     }
 }

@@ -18,15 +18,16 @@ use tokio::task::JoinHandle;
 
 use super::events::Notifier;
 use super::{cleanup, disk};
-use crate::config::{format_size, EventKind, JobConfig, JobKind};
-use crate::control::{JobInfo, JobOutcome, JobRun};
+use crate::config::{format_size, EventKind, JobConfig, JobKind, ReadyCheck};
+use crate::control::{AppState, JobInfo, JobOutcome, JobRun};
 use crate::deploy::{reconcile, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::oneshot::{self, Ended};
+use crate::supervisor::probe;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{Marker, Spec};
-use crate::supervisor::Supervisor;
-use crate::sys::{now_ms, unix_ms as ms};
+use crate::supervisor::{EventSink, Supervisor};
+use crate::sys::{now_ms, procfs, unix_ms as ms};
 
 /// Runs kept per job (in memory and in jobs.json).
 const HISTORY: usize = 10;
@@ -408,7 +409,7 @@ impl Jobs {
         let mut level = 0u8;
         let mut failed = Vec::new();
         for app in sup.running_apps(only) {
-            let problems = sup.problems(&app).await;
+            let problems = app_problems(sup, &app).await;
             if problems.is_empty() {
                 lines.push(format!("{app}: healthy"));
                 continue;
@@ -424,7 +425,7 @@ impl Jobs {
                 }
             }
             tokio::time::sleep(SETTLE).await;
-            let problems = sup.problems(&app).await;
+            let problems = app_problems(sup, &app).await;
             if problems.is_empty() {
                 lines.push(format!("{app}: healthy again after level 1"));
                 continue;
@@ -438,7 +439,7 @@ impl Jobs {
                 lines.push(format!("{app}: respawn failed: {e}"));
             }
             tokio::time::sleep(SETTLE).await;
-            let problems = sup.problems(&app).await;
+            let problems = app_problems(sup, &app).await;
             if problems.is_empty() {
                 lines.push(format!("{app}: healthy again after level 2"));
                 continue;
@@ -509,6 +510,59 @@ impl Jobs {
             }
         }
     }
+}
+
+/// What is wrong with each instance of `app`: not online, its probe failing (the `health` probe,
+/// else an http/tcp `ready` probe), or its process tree over `max_memory_restart`.
+async fn app_problems(sup: &Supervisor, app: &str) -> Vec<(u32, String)> {
+    let Ok((config, _, _)) = sup.app_config(app) else {
+        return Vec::new();
+    };
+    let probe = match (&config.health, &config.ready) {
+        (Some(h), _) => Some((h.target.clone(), h.timeout)),
+        (None, Some(r)) => match &r.check {
+            ReadyCheck::Probe(t) => Some((t.clone(), r.timeout.min(Duration::from_secs(5)))),
+            ReadyCheck::Notify { .. } => None,
+        },
+        (None, None) => None,
+    };
+    let mut problems = Vec::new();
+    for v in sup.instances(Some(app)).unwrap_or_default() {
+        let i = v.handle.index;
+        let s = &v.status;
+        let Some(pid) = s.pid.filter(|_| s.state == AppState::Online) else {
+            let why = s
+                .last_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            problems.push((i, format!("instance {i} is {}{why}", s.state.as_str())));
+            continue;
+        };
+        if let Some((target, timeout)) = &probe {
+            if let Err(e) = probe::check(target, *timeout).await {
+                problems.push((
+                    i,
+                    format!("instance {i}: probe {} failed: {e}", target.describe()),
+                ));
+                continue;
+            }
+        }
+        if let Some(cap) = config.max_memory_restart {
+            let (rss, _) = procfs::tree_usage(pid);
+            if rss > cap {
+                problems.push((
+                    i,
+                    format!(
+                        "instance {i} uses {} MiB, over max_memory_restart {} MiB",
+                        rss >> 20,
+                        cap >> 20
+                    ),
+                ));
+            }
+        }
+    }
+    problems
 }
 
 fn describe(problems: &[(u32, String)]) -> String {

@@ -30,13 +30,12 @@ use super::kill::GroupStop;
 use super::lifecycle::{self, Counters, Decision, Policy};
 use super::listen::AppSockets;
 use super::logs::{self, LogFile, LogSettings};
+use super::probe;
 use super::reaper::{ExitStatus, Reaper, Spawned};
+use super::sdnotify::{NotifyListener, NotifyMessage};
 use super::spawn::{self, Marker};
 use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
 use crate::control::{AppState, LastExit};
-use crate::health::events::Notifier;
-use crate::health::probe;
-use crate::health::sdnotify::{NotifyListener, NotifyMessage};
 use crate::sys::{self, procfs};
 
 /// How many exits `describe` remembers per instance.
@@ -46,6 +45,14 @@ const BIG_PIPE: i32 = 1 << 20;
 /// The longest single readiness probe attempt.
 const READY_ATTEMPT: Duration = Duration::from_secs(2);
 
+/// Where instances report what an operator should hear of: an app errored, a memory restart, a
+/// failed liveness check, a log file refused. The supervisor only emits; citrusd gives it the
+/// health notifier, which logs each event and sends some on (webhook, fleet).
+pub trait EventSink: Send + Sync {
+    /// Reports `kind` about `app` (`app#n` for one instance of several), or about the host.
+    fn emit(&self, kind: EventKind, app: Option<&str>, message: &str);
+}
+
 /// What every instance actor shares: the reaper, the environment marker, where logs and sd_notify
 /// sockets go, and where events are reported.
 pub struct Shared {
@@ -53,7 +60,7 @@ pub struct Shared {
     pub marker: Marker,
     pub log_dir: PathBuf,
     pub notify_dir: PathBuf,
-    pub events: Arc<Notifier>,
+    pub events: Arc<dyn EventSink>,
     /// Where instances get their cgroups (disabled where cgroup v2 is not usable).
     pub cgroups: Cgroups,
 }

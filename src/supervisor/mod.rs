@@ -17,6 +17,10 @@
 //! log files open rather than opening them again. App definitions from `state.json` and the
 //! control API go through the config's validator ([`Config::runtime_app`]); an invalid
 //! `state.json` entry is set aside.
+//!
+//! Running an instance includes its readiness and liveness probes (`probe`) and the sd_notify
+//! socket it is given (`sdnotify`). What an operator should hear of goes to the [`EventSink`]
+//! citrusd passes in; nothing here depends on what sits above (health jobs, deployments, daemon).
 
 pub mod capture;
 pub mod cgroup;
@@ -27,7 +31,9 @@ pub mod lifecycle;
 pub mod listen;
 pub mod logs;
 pub mod oneshot;
+pub mod probe;
 pub mod reaper;
+pub mod sdnotify;
 pub mod spawn;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +49,9 @@ use crate::state::{
     Desired, PersistedApp, PersistedState, RuntimeApp, SetAside, StateError, StateStore,
 };
 use crate::sys::procfs;
-pub use instance::{Adoption, InstanceHandle, InstanceLogs, InstanceStatus, LogOpenError, Shared};
+pub use instance::{
+    Adoption, EventSink, InstanceHandle, InstanceLogs, InstanceStatus, LogOpenError, Shared,
+};
 use listen::AppSockets;
 
 /// Errors of supervisor operations; the control API maps each to a status and exit code.
@@ -940,62 +948,7 @@ impl Supervisor {
             .collect()
     }
 
-    /// What is wrong with each instance of `app`: not online, its probe failing (the `health`
-    /// probe, else an http/tcp `ready` probe), or its process tree over `max_memory_restart`.
-    pub async fn problems(&self, app: &str) -> Vec<(u32, String)> {
-        let Ok((config, _, _)) = self.app_config(app) else {
-            return Vec::new();
-        };
-        let probe = match (&config.health, &config.ready) {
-            (Some(h), _) => Some((h.target.clone(), h.timeout)),
-            (None, Some(r)) => match &r.check {
-                crate::config::ReadyCheck::Probe(t) => {
-                    Some((t.clone(), r.timeout.min(Duration::from_secs(5))))
-                }
-                crate::config::ReadyCheck::Notify { .. } => None,
-            },
-            (None, None) => None,
-        };
-        let mut problems = Vec::new();
-        for v in self.instances(Some(app)).unwrap_or_default() {
-            let i = v.handle.index;
-            let s = &v.status;
-            let Some(pid) = s.pid.filter(|_| s.state == AppState::Online) else {
-                let why = s
-                    .last_error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default();
-                problems.push((i, format!("instance {i} is {}{why}", s.state.as_str())));
-                continue;
-            };
-            if let Some((target, timeout)) = &probe {
-                if let Err(e) = crate::health::probe::check(target, *timeout).await {
-                    problems.push((
-                        i,
-                        format!("instance {i}: probe {} failed: {e}", target.describe()),
-                    ));
-                    continue;
-                }
-            }
-            if let Some(cap) = config.max_memory_restart {
-                let (rss, _) = procfs::tree_usage(pid);
-                if rss > cap {
-                    problems.push((
-                        i,
-                        format!(
-                            "instance {i} uses {} MiB, over max_memory_restart {} MiB",
-                            rss >> 20,
-                            cap >> 20
-                        ),
-                    ));
-                }
-            }
-        }
-        problems
-    }
-
-    /// Restarts one instance (health recovery, level 1).
+    /// Restarts one instance of `app`; a no-op for an index it does not have.
     pub async fn restart_instance(&self, app: &str, index: u32) -> Result<(), SupervisorError> {
         let handle = {
             let t = self.table();
@@ -1015,7 +968,7 @@ impl Supervisor {
     }
 
     /// Stops every instance of `app`, replaces them with new ones made from the config in force,
-    /// and starts them (health recovery, level 2).
+    /// and starts them.
     pub async fn respawn(&self, app: &str) -> Result<(), SupervisorError> {
         let old = {
             let t = self.table();
