@@ -26,14 +26,14 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
 use super::cgroup::{Cgroups, Leaf};
-use super::kill::GroupStop;
+use super::kill::{GroupStop, Survived};
 use super::lifecycle::{self, Counters, Decision, Policy};
-use super::listen::AppSockets;
+use super::listen::{AppSockets, ListenError};
 use super::logs::{self, LogFile, LogSettings};
-use super::probe;
+use super::probe::{self, ProbeError};
 use super::reaper::{ExitStatus, Reaper, Spawned};
 use super::sdnotify::{NotifyListener, NotifyMessage};
-use super::spawn::{self, Marker};
+use super::spawn::{self, Marker, SpawnError};
 use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
 use crate::control::{AppState, LastExit};
 use crate::sys::{self, procfs};
@@ -169,7 +169,93 @@ impl InstanceLogs {
     }
 }
 
-type Reply = oneshot::Sender<Result<(), String>>;
+/// Why an instance did not start, stop or become ready. The text reaches `citrusctl` through the
+/// control API (prefixed with the app's name) and the instance's `last_error`.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The actor has ended: citrusd is shutting down.
+    #[error("the instance's task has ended (citrusd is shutting down)")]
+    Closed,
+    /// A stop came while a start was waiting for readiness.
+    #[error("the instance was stopped")]
+    Stopped,
+    /// The child could not be spawned.
+    #[error(transparent)]
+    CannotStart(SpawnFailure),
+    /// The child could not be spawned for a momentary shortage of descriptors or processes; the
+    /// spawn is retried after `delay`.
+    #[error("cannot start: {cause}; retrying in {}", human(*.delay))]
+    Retrying {
+        cause: SpawnFailure,
+        delay: Duration,
+    },
+    /// The run ended before it was ready.
+    #[error("exited ({0}) before it was ready")]
+    ExitedBeforeReady(ExitStatus),
+    /// The readiness probe did not pass within the ready `timeout`; `error` is its last failure.
+    #[error("not ready within {}: {} ({error})", human(*.timeout), .target.describe())]
+    ProbeNotReady {
+        timeout: Duration,
+        target: crate::config::ProbeTarget,
+        error: Arc<ProbeError>,
+    },
+    /// A `notify` app sent no READY=1 within the ready timeout.
+    #[error("not ready within {}: no READY=1 on NOTIFY_SOCKET", human(*.0))]
+    NoReadyNotify(Duration),
+    /// The readiness probe's task ended without a verdict.
+    #[error("the readiness check ended")]
+    ReadyCheckEnded,
+    /// Stopping failed: the process group outlived SIGKILL.
+    #[error(transparent)]
+    Survived(#[from] Survived),
+    /// In a rolling reload, the instance passed its ready probe on a port it shares with its
+    /// siblings only through one of them.
+    #[error(
+        "instance {index} passed its ready probe on port {port}, but only through another \
+         instance: it was not listening on the port after {}",
+        crate::config::format_duration(*.timeout)
+    )]
+    NotListening {
+        index: u32,
+        port: u16,
+        timeout: Duration,
+    },
+}
+
+/// Why a child could not be spawned.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SpawnFailure {
+    /// The sd_notify socket of a `notify` app could not be created.
+    #[error("cannot create NOTIFY_SOCKET {}: {source}", .path.display())]
+    NotifySocket {
+        path: PathBuf,
+        source: Arc<io::Error>,
+    },
+    /// The app's listening sockets could not be opened.
+    #[error(transparent)]
+    Listen(Arc<ListenError>),
+    /// The command could not be prepared or executed.
+    #[error(transparent)]
+    Spawn(Arc<SpawnError>),
+    /// The child started, but its output pipes could not be duplicated (it is killed).
+    #[error("cannot duplicate the output pipes: {0}")]
+    Pipes(Arc<io::Error>),
+}
+
+impl SpawnFailure {
+    /// A momentary shortage of descriptors or processes, not the app's fault: worth retrying.
+    fn is_resource_shortage(&self) -> bool {
+        match self {
+            SpawnFailure::NotifySocket { source, .. } | SpawnFailure::Pipes(source) => {
+                sys::is_resource_shortage(source)
+            }
+            SpawnFailure::Listen(_) => false,
+            SpawnFailure::Spawn(e) => e.is_resource_shortage(),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), InstanceError>>;
 
 enum Command {
     Start(Reply),
@@ -218,10 +304,6 @@ fn log_settings(app: &AppConfig) -> LogSettings {
         compress: app.log.compress,
         timestamps: app.log.timestamps,
     }
-}
-
-fn closed() -> String {
-    "the instance's task has ended (citrusd is shutting down)".to_string()
 }
 
 impl InstanceHandle {
@@ -287,25 +369,25 @@ impl InstanceHandle {
         }
     }
 
-    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), String> {
+    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), InstanceError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| closed())?;
-        rx.await.unwrap_or_else(|_| Err(closed()))
+        self.tx.send(make(tx)).map_err(|_| InstanceError::Closed)?;
+        rx.await.unwrap_or(Err(InstanceError::Closed))
     }
 
     /// Starts the instance (a no-op when it runs) and answers once it is ready; resets the
     /// restart counters.
-    pub async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), InstanceError> {
         self.ask(Command::Start).await
     }
 
     /// Stops the instance and everything it started.
-    pub async fn stop(&self) -> Result<(), String> {
+    pub async fn stop(&self) -> Result<(), InstanceError> {
         self.ask(Command::Stop).await
     }
 
     /// Stops (if running) and starts again; answers once it is ready.
-    pub async fn restart(&self) -> Result<(), String> {
+    pub async fn restart(&self) -> Result<(), InstanceError> {
         self.ask(Command::Restart).await
     }
 
@@ -352,7 +434,7 @@ struct Run {
     started: Instant,
     exit: oneshot::Receiver<ExitStatus>,
     /// The verdict of a probe-based readiness check still running.
-    ready: Option<oneshot::Receiver<Result<(), String>>>,
+    ready: Option<oneshot::Receiver<Result<(), InstanceError>>>,
     /// Until when an sd_notify app may take to send READY=1.
     ready_deadline: Option<Instant>,
     /// The watchdog period and when the next WATCHDOG=1 is due.
@@ -365,7 +447,7 @@ struct Run {
 
 enum RunEvent {
     Exited(ExitStatus),
-    Ready(Result<(), String>),
+    Ready(Result<(), InstanceError>),
 }
 
 enum Event {
@@ -413,9 +495,7 @@ async fn run_event(run: &mut Option<Run>) -> RunEvent {
     };
     let ready = async {
         match r.ready.as_mut() {
-            Some(rx) => rx
-                .await
-                .unwrap_or_else(|_| Err("the readiness check ended".into())),
+            Some(rx) => rx.await.unwrap_or(Err(InstanceError::ReadyCheckEnded)),
             None => std::future::pending().await,
         }
     };
@@ -453,7 +533,7 @@ async fn wait_ready(
     target: crate::config::ProbeTarget,
     timeout: Duration,
     interval: Duration,
-) -> Result<(), String> {
+) -> Result<(), InstanceError> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -462,11 +542,11 @@ async fn wait_ready(
             Err(e) => e,
         };
         if Instant::now() + interval >= deadline {
-            return Err(format!(
-                "not ready within {}: {} ({err})",
-                human(timeout),
-                target.describe()
-            ));
+            return Err(InstanceError::ProbeNotReady {
+                timeout,
+                target,
+                error: Arc::new(err),
+            });
         }
         tokio::time::sleep(interval).await;
     }
@@ -529,11 +609,8 @@ impl Actor {
                     self.notify = None;
                 }
                 Event::ReadyTimeout => {
-                    let msg = format!(
-                        "not ready within {}: no READY=1 on NOTIFY_SOCKET",
-                        human(self.ready_timeout())
-                    );
-                    self.not_ready(msg).await;
+                    let timeout = self.ready_timeout();
+                    self.not_ready(InstanceError::NoReadyNotify(timeout)).await;
                 }
                 Event::WatchdogExpired => {
                     let period = self.run.as_ref().and_then(|r| r.watchdog).map(|(p, _)| p);
@@ -557,7 +634,7 @@ impl Actor {
                     let _ = self.terminate().await;
                     self.backoff_until = None;
                     self.set(|s| s.state = AppState::Stopped);
-                    self.fail_pending("the instance was stopped");
+                    self.fail_pending(&InstanceError::Stopped);
                     let _ = reply.send(());
                     return;
                 }
@@ -580,7 +657,7 @@ impl Actor {
                 self.backoff_until = None;
                 let result = self.terminate().await;
                 self.set(|s| s.state = AppState::Stopped);
-                self.fail_pending("the instance was stopped");
+                self.fail_pending(&InstanceError::Stopped);
                 let _ = reply.send(result);
             }
             Command::Restart(reply) => {
@@ -635,7 +712,7 @@ impl Actor {
     }
 
     /// Answers `reply` now when `result` failed or the instance is online, else once it is.
-    fn answer_when_ready(&mut self, reply: Reply, result: Result<(), String>) {
+    fn answer_when_ready(&mut self, reply: Reply, result: Result<(), InstanceError>) {
         match result {
             Ok(()) if self.status.borrow().state == AppState::Starting => self.pending.push(reply),
             other => {
@@ -644,14 +721,14 @@ impl Actor {
         }
     }
 
-    fn fail_pending(&mut self, reason: &str) {
+    fn fail_pending(&mut self, reason: &InstanceError) {
         for reply in self.pending.drain(..) {
-            let _ = reply.send(Err(reason.to_string()));
+            let _ = reply.send(Err(reason.clone()));
         }
     }
 
     /// A manual start: counters reset, no pending backoff.
-    fn fresh_start(&mut self) -> Result<(), String> {
+    fn fresh_start(&mut self) -> Result<(), InstanceError> {
         self.counters = Counters::default();
         self.backoff_until = None;
         self.set(|s| s.unstable_restarts = 0);
@@ -701,9 +778,8 @@ impl Actor {
             .unwrap_or_default()
     }
 
-    /// The sd_notify socket path for this instance, bound on first use. The error says whether
-    /// it was a momentary shortage of descriptors.
-    fn notify_socket(&mut self) -> Result<String, (String, bool)> {
+    /// The sd_notify socket path for this instance, bound on first use.
+    fn notify_socket(&mut self) -> Result<String, SpawnFailure> {
         if self.notify.is_none() {
             let path = self
                 .shared
@@ -716,10 +792,11 @@ impl Actor {
                 },
                 None => None,
             };
-            let listener = NotifyListener::bind(&path, owner).map_err(|e| {
-                let msg = format!("cannot create NOTIFY_SOCKET {}: {e}", path.display());
-                (msg, sys::is_resource_shortage(&e))
-            })?;
+            let listener =
+                NotifyListener::bind(&path, owner).map_err(|e| SpawnFailure::NotifySocket {
+                    path: path.clone(),
+                    source: Arc::new(e),
+                })?;
             self.notify = Some(listener);
         }
         let listener = self.notify.as_ref().expect("bound above");
@@ -758,7 +835,7 @@ impl Actor {
         self.become_online();
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), InstanceError> {
         self.set(|s| {
             s.state = AppState::Starting;
             s.status_text = None;
@@ -767,7 +844,7 @@ impl Actor {
         let notify = match ready.as_ref().map(|r| &r.check) {
             Some(ReadyCheck::Notify { .. }) => match self.notify_socket() {
                 Ok(path) => Some(path),
-                Err((e, shortage)) => return self.cannot_start(e, shortage),
+                Err(e) => return self.cannot_start(e),
             },
             _ => None,
         };
@@ -777,16 +854,14 @@ impl Actor {
         }
         let child = match self.spawn_child(&spec) {
             Ok(child) => child,
-            Err((e, shortage)) => return self.cannot_start(e, shortage),
+            Err(e) => return self.cannot_start(e),
         };
         let pipes = match (child.stdout.try_clone(), child.stderr.try_clone()) {
             (Ok(o), Ok(e)) => (o, e),
             (Err(e), _) | (_, Err(e)) => {
                 // The child runs with nobody keeping it: kill its group before retrying or giving up.
                 let _ = sys::signal_group(child.pid, nix::sys::signal::Signal::SIGKILL);
-                let shortage = sys::is_resource_shortage(&e);
-                return self
-                    .cannot_start(format!("cannot duplicate the output pipes: {e}"), shortage);
+                return self.cannot_start(SpawnFailure::Pipes(Arc::new(e)));
             }
         };
         self.shortage_retries = 0;
@@ -846,28 +921,28 @@ impl Actor {
     }
 
     /// Spawning failed: `errored` with the reason, waiting callers told. A momentary shortage of
-    /// descriptors or processes (`shortage`) is not the app's fault: `backoff`, and the spawn is
-    /// retried after [`lifecycle::shortage_delay`].
-    fn cannot_start(&mut self, msg: String, shortage: bool) -> Result<(), String> {
-        let (state, error) = if shortage {
+    /// descriptors or processes is not the app's fault: `backoff`, and the spawn is retried after
+    /// [`lifecycle::shortage_delay`].
+    fn cannot_start(&mut self, cause: SpawnFailure) -> Result<(), InstanceError> {
+        let (state, error) = if cause.is_resource_shortage() {
             self.shortage_retries = self.shortage_retries.saturating_add(1);
             let delay = lifecycle::shortage_delay(self.shortage_retries);
             self.backoff_until = Some(Instant::now() + delay);
-            let msg = format!("cannot start: {msg}; retrying in {}", human(delay));
-            tracing::warn!(app = %self.app.name, instance = self.index, "{msg}");
-            self.event(&msg);
-            (AppState::Backoff, msg)
+            let error = InstanceError::Retrying { cause, delay };
+            tracing::warn!(app = %self.app.name, instance = self.index, "{error}");
+            self.event(&error.to_string());
+            (AppState::Backoff, error)
         } else {
-            tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {msg}");
-            self.event(&format!("cannot start: {msg}"));
-            self.report(EventKind::Errored, &format!("cannot start: {msg}"));
-            (AppState::Errored, msg)
+            tracing::error!(app = %self.app.name, instance = self.index, "cannot start: {cause}");
+            self.event(&format!("cannot start: {cause}"));
+            self.report(EventKind::Errored, &format!("cannot start: {cause}"));
+            (AppState::Errored, InstanceError::CannotStart(cause))
         };
         self.set(|s| {
             s.state = state;
             s.pid = None;
             s.since = None;
-            s.last_error = Some(error.clone());
+            s.last_error = Some(error.to_string());
         });
         self.fail_pending(&error);
         Err(error)
@@ -896,11 +971,11 @@ impl Actor {
     }
 
     /// The run never became ready: stopped, and counted like a crash at start.
-    async fn not_ready(&mut self, reason: String) {
+    async fn not_ready(&mut self, reason: InstanceError) {
         tracing::warn!(app = %self.app.name, instance = self.index, "{reason}");
-        self.event(&reason);
+        self.event(&reason.to_string());
         self.fail_pending(&reason);
-        self.set(|s| s.last_error = Some(reason));
+        self.set(|s| s.last_error = Some(reason.to_string()));
         let Some(run) = self.run.take() else { return };
         let mut exit = run.exit;
         let (_, status) = self.kill_group(run.pid, Some(&mut exit)).await;
@@ -960,13 +1035,13 @@ impl Actor {
             human(uptime)
         ));
         if !self.pending.is_empty() {
-            self.fail_pending(&format!("exited ({status}) before it was ready"));
+            self.fail_pending(&InstanceError::ExitedBeforeReady(status));
         }
         // Whatever the leader left behind in its group dies before the next spawn.
         if self.group(run.pid).remains() {
             self.set(|s| s.state = AppState::Stopping);
             if let (Err(e), _) = self.kill_group(run.pid, None).await {
-                self.event(&e);
+                self.event(&e.to_string());
             }
         }
         self.decide(uptime, status);
@@ -1015,7 +1090,7 @@ impl Actor {
     }
 
     /// Stops the running child and everything in its group; a no-op when nothing runs.
-    async fn terminate(&mut self) -> Result<(), String> {
+    async fn terminate(&mut self) -> Result<(), InstanceError> {
         let Some(run) = self.run.take() else {
             return Ok(());
         };
@@ -1031,14 +1106,13 @@ impl Actor {
         self.record_exit(status);
         match &result {
             Ok(()) => self.event(&format!("stopped ({status})")),
-            Err(e) => self.event(e),
+            Err(e) => self.event(&e.to_string()),
         }
-        result
+        result.map_err(InstanceError::Survived)
     }
 
-    /// Spawns the child of `spec`, with the app's sockets when it has `listen`. The error says
-    /// why, and whether it was a momentary shortage of descriptors or processes.
-    fn spawn_child(&self, spec: &spawn::Spec<'_>) -> Result<Spawned, (String, bool)> {
+    /// Spawns the child of `spec`, with the app's sockets when it has `listen`.
+    fn spawn_child(&self, spec: &spawn::Spec<'_>) -> Result<Spawned, SpawnFailure> {
         let spawned = match &self.sockets {
             None => spawn::command(spec).and_then(|mut cmd| {
                 self.shared
@@ -1047,7 +1121,7 @@ impl Actor {
                     .map_err(|e| spawn::exec_error(&self.app.command, e))
             }),
             Some(sockets) => match sockets.bound() {
-                Err(e) => return Err((e.to_string(), false)),
+                Err(e) => return Err(SpawnFailure::Listen(Arc::new(e))),
                 Ok(bound) => spawn::activated_command(spec, &bound).and_then(|(mut cmd, plugs)| {
                     let spawned = self.shared.reaper.spawn(&mut cmd);
                     drop((plugs, bound));
@@ -1055,7 +1129,7 @@ impl Actor {
                 }),
             },
         };
-        spawned.map_err(|e| (e.to_string(), e.is_resource_shortage()))
+        spawned.map_err(|e| SpawnFailure::Spawn(Arc::new(e)))
     }
 
     /// The stop of this instance's group `pgid` with its kill settings.
@@ -1078,7 +1152,7 @@ impl Actor {
         &self,
         pgid: i32,
         leader: Option<&mut oneshot::Receiver<ExitStatus>>,
-    ) -> (Result<(), String>, Option<ExitStatus>) {
+    ) -> (Result<(), Survived>, Option<ExitStatus>) {
         self.group(pgid)
             .run(leader, || {
                 tracing::warn!(app = %self.app.name, pgid, "still running after kill_timeout: SIGKILL");
@@ -1164,4 +1238,96 @@ fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProbeTarget;
+
+    fn os(errno: i32) -> Arc<io::Error> {
+        Arc::new(io::Error::from_raw_os_error(errno))
+    }
+
+    /// The errors read exactly as the strings they replaced: `citrusctl` and `describe` show them.
+    #[test]
+    fn instance_errors_keep_their_messages() {
+        let tcp = ProbeTarget::Tcp {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let cases = [
+            (
+                InstanceError::Closed,
+                "the instance's task has ended (citrusd is shutting down)",
+            ),
+            (InstanceError::Stopped, "the instance was stopped"),
+            (
+                InstanceError::CannotStart(SpawnFailure::NotifySocket {
+                    path: "/run/n/api-0.sock".into(),
+                    source: os(libc::EACCES),
+                }),
+                "cannot create NOTIFY_SOCKET /run/n/api-0.sock: Permission denied (os error 13)",
+            ),
+            (
+                InstanceError::Retrying {
+                    cause: SpawnFailure::Pipes(os(libc::EMFILE)),
+                    delay: Duration::from_millis(250),
+                },
+                "cannot start: cannot duplicate the output pipes: Too many open files (os error 24); \
+                 retrying in 250ms",
+            ),
+            (
+                InstanceError::ExitedBeforeReady(ExitStatus {
+                    code: Some(3),
+                    signal: None,
+                }),
+                "exited (code 3) before it was ready",
+            ),
+            (
+                InstanceError::ProbeNotReady {
+                    timeout: Duration::from_millis(1500),
+                    target: tcp,
+                    error: Arc::new(ProbeError::Timeout(Duration::from_secs(2))),
+                },
+                "not ready within 1.5s: tcp 127.0.0.1:1 (timed out after 2s)",
+            ),
+            (
+                InstanceError::NoReadyNotify(Duration::from_millis(300)),
+                "not ready within 300ms: no READY=1 on NOTIFY_SOCKET",
+            ),
+            (InstanceError::ReadyCheckEnded, "the readiness check ended"),
+            (
+                InstanceError::Survived(Survived { pgid: 42 }),
+                "pid 42 or its group survived SIGKILL for 5s",
+            ),
+            (
+                InstanceError::NotListening {
+                    index: 1,
+                    port: 8080,
+                    timeout: Duration::from_secs(10),
+                },
+                "instance 1 passed its ready probe on port 8080, but only through another \
+                 instance: it was not listening on the port after 10s",
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.to_string(), want, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_shortage_is_retried() {
+        assert!(SpawnFailure::Pipes(os(libc::EMFILE)).is_resource_shortage());
+        assert!(SpawnFailure::NotifySocket {
+            path: "/x".into(),
+            source: os(libc::ENFILE),
+        }
+        .is_resource_shortage());
+        assert!(!SpawnFailure::Pipes(os(libc::EBADF)).is_resource_shortage());
+        let exec = spawn::exec_error(&["app".into()], io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(SpawnFailure::Spawn(Arc::new(exec)).is_resource_shortage());
+        let exec = spawn::exec_error(&["app".into()], io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(!SpawnFailure::Spawn(Arc::new(exec)).is_resource_shortage());
+    }
 }

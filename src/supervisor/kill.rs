@@ -28,6 +28,16 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// reported to its parent, not to us).
 const RECHECK: Duration = Duration::from_millis(20);
 
+/// A stop that failed: the group (or an escapee) was still there [`KILL_GRACE`] after SIGKILL.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error(
+    "pid {pgid} or its group survived SIGKILL for {}",
+    format_duration(KILL_GRACE)
+)]
+pub struct Survived {
+    pub pgid: i32,
+}
+
 /// One process group to stop.
 pub struct GroupStop<'a> {
     pub reaper: &'a Reaper,
@@ -95,7 +105,7 @@ impl GroupStop<'_> {
         &self,
         mut leader: Option<&mut oneshot::Receiver<ExitStatus>>,
         on_sigkill: impl FnOnce(),
-    ) -> (Result<(), String>, Option<ExitStatus>) {
+    ) -> (Result<(), Survived>, Option<ExitStatus>) {
         enum Wake {
             Leader(Option<ExitStatus>),
             Check,
@@ -141,11 +151,6 @@ impl GroupStop<'_> {
                 }
             }
         }
-        let err = format!(
-            "pid {} or its group survived SIGKILL for {}",
-            self.pgid,
-            format_duration(KILL_GRACE)
-        );
-        (Err(err), leader_status)
+        (Err(Survived { pgid: self.pgid }), leader_status)
     }
 }

@@ -50,7 +50,8 @@ use crate::state::{
 };
 use crate::sys::procfs;
 pub use instance::{
-    Adoption, EventSink, InstanceHandle, InstanceLogs, InstanceStatus, LogOpenError, Shared,
+    Adoption, EventSink, InstanceError, InstanceHandle, InstanceLogs, InstanceStatus, LogOpenError,
+    Shared,
 };
 use listen::AppSockets;
 
@@ -1136,7 +1137,7 @@ async fn listening_itself(
     all: &[Arc<InstanceHandle>],
     port: u16,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), InstanceError> {
     let deadline = Instant::now() + timeout;
     loop {
         let listening = procfs::listening_sockets(port);
@@ -1149,12 +1150,11 @@ async fn listening_itself(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "instance {} passed its ready probe on port {port}, but only through another \
-                 instance: it was not listening on the port after {}",
-                h.index,
-                crate::config::format_duration(timeout)
-            ));
+            return Err(InstanceError::NotListening {
+                index: h.index,
+                port,
+                timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
