@@ -267,11 +267,20 @@ impl JobOutcome {
     }
 }
 
+/// What started a job run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobTrigger {
+    /// Its schedule (`"schedule"`).
+    Schedule,
+    /// `citrusctl job run` (`"manual"`).
+    Manual,
+}
+
 /// One run of a job (kept for the last runs, persisted).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRun {
-    /// `"schedule"` or `"manual"`.
-    pub trigger: String,
+    pub trigger: JobTrigger,
     /// When the schedule wanted it to start (scheduled runs).
     pub scheduled_ms: Option<u64>,
     pub started_ms: u64,
@@ -348,6 +357,27 @@ mod tests {
         let back = serde_json::to_value(&parsed).unwrap();
         let want: serde_json::Value = serde_json::from_str(spec).unwrap();
         assert_eq!(back, want);
+    }
+
+    /// A run as README's control API table and `jobs.json` have it.
+    #[test]
+    fn job_run_json_matches_the_literal() {
+        let literal = r#"{"trigger":"schedule","scheduled_ms":1700000000000,"started_ms":1700000000003,"ended_ms":1700000000250,"outcome":"timed_out","summary":"did not finish within timeout 1s","output":"","level":null}"#;
+        let run: JobRun = serde_json::from_str(literal).unwrap();
+        assert_eq!(run.trigger, JobTrigger::Schedule);
+        assert_eq!(run.outcome, JobOutcome::TimedOut);
+        assert_eq!(serde_json::to_string(&run).unwrap(), literal);
+        let manual = JobRun {
+            trigger: JobTrigger::Manual,
+            scheduled_ms: None,
+            level: Some(1),
+            ..run
+        };
+        let json = serde_json::to_value(&manual).unwrap();
+        assert_eq!(json["trigger"], "manual");
+        assert_eq!(json["scheduled_ms"], serde_json::Value::Null);
+        assert_eq!(json["level"], 1);
+        assert!(serde_json::from_str::<JobTrigger>(r#""cron""#).is_err());
     }
 
     #[test]

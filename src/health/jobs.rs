@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::events::Notifier;
 use super::{cleanup, disk};
 use crate::config::{format_size, EventKind, JobConfig, JobKind, ReadyCheck};
-use crate::control::{AppState, JobInfo, JobOutcome, JobRun};
+use crate::control::{AppState, JobInfo, JobOutcome, JobRun, JobTrigger};
 use crate::deploy::{reconcile, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::oneshot::{self, Ended};
@@ -263,12 +263,10 @@ impl Jobs {
         tracing::info!(job = %name, kind = config.kind.name(), "job started");
         let report = self.run_kind(&config).await;
         let run = JobRun {
-            trigger: if scheduled.is_some() {
-                "schedule"
-            } else {
-                "manual"
-            }
-            .to_string(),
+            trigger: match scheduled {
+                Some(_) => JobTrigger::Schedule,
+                None => JobTrigger::Manual,
+            },
             scheduled_ms: scheduled.map(ms),
             started_ms,
             ended_ms: now_ms(),

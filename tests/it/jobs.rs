@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::time::{Duration, SystemTime};
 
-use citrus::control::{AppState, JobOutcome, JobRun, JobsReply};
+use citrus::control::{AppState, JobOutcome, JobRun, JobTrigger, JobsReply};
 use citrus::sys::procfs;
 
 use crate::support::{wait_for, Daemon, Receiver, DEADLINE};
@@ -61,7 +61,7 @@ fn per_second_job_runs_on_schedule_and_is_listed() {
     );
     let last = job.last_run.as_ref().unwrap();
     assert_eq!(last.outcome, JobOutcome::Ok);
-    assert_eq!(last.trigger, "schedule");
+    assert_eq!(last.trigger, JobTrigger::Schedule);
     assert!(last.output.contains("tick-output"), "{last:?}");
     let scheduled = last.scheduled_ms.unwrap();
     assert!(
@@ -180,7 +180,7 @@ fn results_survive_a_restart_of_citrusd() {
     d.wait_ready();
     let j = jobs(&d);
     let last = j.jobs[0].last_run.as_ref().expect("persisted run");
-    assert_eq!(last.trigger, "manual");
+    assert_eq!(last.trigger, JobTrigger::Manual);
     assert!(last.output.contains("remembered"));
 }
 
