@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DaemonConfig};
 use crate::control::ReloadPlan;
 use crate::deploy::Deployments;
 use crate::fleet::agent::Agent;
@@ -125,144 +126,247 @@ pub async fn run(
     socket_path: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let daemon_cfg = config.daemon.clone();
-    create_dir(&daemon_cfg.state_dir, 0o700)?;
-    create_dir(&daemon_cfg.log_dir, 0o750)?;
-    let _lock = DirLock::acquire(&daemon_cfg.state_dir)?;
-    if let Err(e) = sys::raise_fd_limit() {
-        tracing::warn!("cannot raise the open-files limit ({e}); many apps may exhaust it");
-    }
-    if let Err(e) = sys::set_child_subreaper() {
-        tracing::warn!(
-            "cannot become a child subreaper ({e}); double-forked app processes may escape"
-        );
-    }
-    let reaper = Reaper::start().map_err(|source| DaemonError::Io {
-        action: "install the SIGCHLD handler for",
-        path: daemon_cfg.state_dir.clone(),
-        source,
-    })?;
-    let marker = Marker {
-        supervisor_id: supervisor_id(&daemon_cfg.state_dir),
-    };
-    // Children handed over by a citrusd that re-executed itself: registered with the reaper
-    // before anything is reaped or awaited.
-    let handoff = handoff::take().unwrap_or_default();
-    let mut adopt = HashMap::new();
-    for inst in &handoff.instances {
-        let exit = reaper.adopt(inst.pid);
-        // SAFETY: the previous citrusd passed these descriptors open across exec for us alone.
-        let (out, err) = unsafe {
-            (
-                OwnedFd::from_raw_fd(inst.out_fd),
-                OwnedFd::from_raw_fd(inst.err_fd),
-            )
+    let host = Host::take(&config.daemon)?;
+    let handed = HandedOver::take(&host.reaper);
+    host.stop_leftovers(&config, &handed.pids).await;
+    let daemon = Daemon::assemble(config, env, &host, handed).await?;
+    let server = start_services(&daemon, listener, &socket_path).await?;
+    boot_then_wait(&daemon, &socket_path, shutdown).await;
+    daemon.shut_down(server, &host.cgroups, &socket_path).await
+}
+
+/// What citrusd holds of the host before any app is made: its directories (the state directory
+/// locked against a second citrusd), the reaper, the marker its processes carry and the cgroup
+/// tree.
+struct Host {
+    state_dir: PathBuf,
+    log_dir: PathBuf,
+    reaper: Arc<Reaper>,
+    marker: Marker,
+    cgroups: Cgroups,
+    _lock: DirLock,
+}
+
+impl Host {
+    /// Creates and locks the directories, raises the open-files limit, becomes the child
+    /// subreaper and starts the reaper.
+    fn take(config: &DaemonConfig) -> Result<Host, DaemonError> {
+        create_dir(&config.state_dir, 0o700)?;
+        create_dir(&config.log_dir, 0o750)?;
+        let lock = DirLock::acquire(&config.state_dir)?;
+        if let Err(e) = sys::raise_fd_limit() {
+            tracing::warn!("cannot raise the open-files limit ({e}); many apps may exhaust it");
+        }
+        if let Err(e) = sys::set_child_subreaper() {
+            tracing::warn!(
+                "cannot become a child subreaper ({e}); double-forked app processes may escape"
+            );
+        }
+        let reaper = Reaper::start().map_err(|source| DaemonError::Io {
+            action: "install the SIGCHLD handler for",
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let marker = Marker {
+            supervisor_id: supervisor_id(&config.state_dir),
         };
-        adopt.insert(
-            (inst.app.clone(), inst.index),
-            Adoption {
-                pid: inst.pid,
-                out,
-                err,
-                exit,
-                uptime: Duration::from_millis(inst.uptime_ms),
-                restarts: inst.restarts,
-                unstable_restarts: inst.unstable_restarts,
-                memory_restarts: inst.memory_restarts,
-            },
-        );
-    }
-    let mut sockets: HashMap<String, Vec<listen::Handed>> = HashMap::new();
-    for socket in &handoff.sockets {
-        // SAFETY: as above: the previous citrusd passed this listening socket open for us alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(socket.fd) };
-        let handed = (socket.addr.clone(), fd);
-        sockets.entry(socket.app.clone()).or_default().push(handed);
-    }
-    let cgroups = Cgroups::probe(&marker.supervisor_id);
-    let kept: Vec<i32> = handoff.instances.iter().map(|i| i.pid).collect();
-    let leftovers = orphans::stop_previous_run(&marker, &config, &kept, &cgroups).await;
-    if leftovers > 0 {
-        tracing::warn!(
-            count = leftovers,
-            "stopped processes left by a previous citrusd before starting apps"
-        );
+        let cgroups = Cgroups::probe(&marker.supervisor_id);
+        Ok(Host {
+            state_dir: config.state_dir.clone(),
+            log_dir: config.log_dir.clone(),
+            reaper,
+            marker,
+            cgroups,
+            _lock: lock,
+        })
     }
 
-    let store = StateStore::new(&daemon_cfg.state_dir);
-    let (persisted, warnings) = store.load()?;
-    for w in warnings {
-        tracing::error!("{w}");
+    /// Stops what a previous citrusd on this state directory left running (it crashed), but for
+    /// the groups of the children in `kept`, handed over to this one.
+    async fn stop_leftovers(&self, config: &Config, kept: &[i32]) {
+        let leftovers = orphans::stop_previous_run(&self.marker, config, kept, &self.cgroups).await;
+        if leftovers > 0 {
+            tracing::warn!(
+                count = leftovers,
+                "stopped processes left by a previous citrusd before starting apps"
+            );
+        }
     }
-    let events = Arc::new(Notifier::new(&config.notify));
-    let notify_dir = daemon_cfg.state_dir.join("notify");
-    create_dir(&notify_dir, 0o711)?;
-    let jobs_config = config.jobs.clone();
-    let fleet_config = config.fleet.clone();
-    let shared = Arc::new(Shared {
-        reaper: reaper.clone(),
-        marker: marker.clone(),
-        log_dir: daemon_cfg.log_dir.clone(),
-        notify_dir,
-        events: events.clone(),
-        cgroups: cgroups.clone(),
-    });
-    let config_path = config.path.clone();
-    let supervisor = Supervisor::new(shared, config, store, &persisted, adopt, sockets).await?;
-    // The file on disk stays the previous, whole one if this fails (a full or read-only state
-    // dir): the apps run anyway, and each command that changes state says when it cannot.
-    if let Err(e) = supervisor.save() {
-        tracing::error!("{e}; running with the state as loaded");
+}
+
+/// What a citrusd that re-executed itself handed over: its running children and the apps'
+/// listening sockets (empty after an ordinary start).
+struct HandedOver {
+    adopt: HashMap<(String, u32), Adoption>,
+    sockets: HashMap<String, Vec<listen::Handed>>,
+    /// The children's pids.
+    pids: Vec<i32>,
+}
+
+impl HandedOver {
+    /// Takes the handoff; each child is registered with `reaper` at once, before anything is
+    /// reaped or awaited.
+    fn take(reaper: &Reaper) -> HandedOver {
+        let handoff = handoff::take().unwrap_or_default();
+        let mut adopt = HashMap::new();
+        for inst in &handoff.instances {
+            let exit = reaper.adopt(inst.pid);
+            // SAFETY: the previous citrusd passed these descriptors open across exec for us alone.
+            let (out, err) = unsafe {
+                (
+                    OwnedFd::from_raw_fd(inst.out_fd),
+                    OwnedFd::from_raw_fd(inst.err_fd),
+                )
+            };
+            adopt.insert(
+                (inst.app.clone(), inst.index),
+                Adoption {
+                    pid: inst.pid,
+                    out,
+                    err,
+                    exit,
+                    uptime: Duration::from_millis(inst.uptime_ms),
+                    restarts: inst.restarts,
+                    unstable_restarts: inst.unstable_restarts,
+                    memory_restarts: inst.memory_restarts,
+                },
+            );
+        }
+        let mut sockets: HashMap<String, Vec<listen::Handed>> = HashMap::new();
+        for socket in &handoff.sockets {
+            // SAFETY: as above: the previous citrusd passed this listening socket open for us alone.
+            let fd = unsafe { OwnedFd::from_raw_fd(socket.fd) };
+            let handed = (socket.addr.clone(), fd);
+            sockets.entry(socket.app.clone()).or_default().push(handed);
+        }
+        let pids = handoff.instances.iter().map(|i| i.pid).collect();
+        HandedOver {
+            adopt,
+            sockets,
+            pids,
+        }
     }
-    let deploys = Deployments::new(
-        supervisor.clone(),
-        reaper.clone(),
-        marker.clone(),
-        events.clone(),
-        &daemon_cfg.state_dir,
-        fleet_config.as_ref().and_then(|f| f.ca_file.clone()),
-    );
-    let agent = fleet_config.map(|fleet| {
-        Agent::start(
-            fleet,
+}
+
+impl Daemon {
+    /// Makes the parts from `config`: the notifier, the supervisor with the persisted apps (and
+    /// the children `handed` over), deployments, the fleet agent when configured, and the jobs.
+    /// No app is started yet.
+    async fn assemble(
+        config: Config,
+        env: Option<String>,
+        host: &Host,
+        handed: HandedOver,
+    ) -> Result<Arc<Daemon>, DaemonError> {
+        let store = StateStore::new(&host.state_dir);
+        let (persisted, warnings) = store.load()?;
+        for w in warnings {
+            tracing::error!("{w}");
+        }
+        let events = Arc::new(Notifier::new(&config.notify));
+        let notify_dir = host.state_dir.join("notify");
+        create_dir(&notify_dir, 0o711)?;
+        let jobs_config = config.jobs.clone();
+        let fleet_config = config.fleet.clone();
+        let config_path = config.path.clone();
+        let shared = Arc::new(Shared {
+            reaper: host.reaper.clone(),
+            marker: host.marker.clone(),
+            log_dir: host.log_dir.clone(),
+            notify_dir,
+            events: events.clone(),
+            cgroups: host.cgroups.clone(),
+        });
+        let (adopt, sockets) = (handed.adopt, handed.sockets);
+        let supervisor = Supervisor::new(shared, config, store, &persisted, adopt, sockets).await?;
+        // The file on disk stays the previous, whole one if this fails (a full or read-only state
+        // dir): the apps run anyway, and each command that changes state says when it cannot.
+        if let Err(e) = supervisor.save() {
+            tracing::error!("{e}; running with the state as loaded");
+        }
+        let deploys = Deployments::new(
+            supervisor.clone(),
+            host.reaper.clone(),
+            host.marker.clone(),
+            events.clone(),
+            &host.state_dir,
+            fleet_config.as_ref().and_then(|f| f.ca_file.clone()),
+        );
+        let agent = fleet_config.map(|fleet| {
+            let agent = Agent::start(
+                fleet,
+                supervisor.clone(),
+                deploys.clone(),
+                host.reaper.clone(),
+                host.marker.clone(),
+                &host.state_dir,
+            );
+            let weak = Arc::downgrade(&agent);
+            events.forward(Box::new(move |kind, app, message| {
+                if let Some(agent) = weak.upgrade() {
+                    agent.event(kind.as_str(), app, message);
+                }
+            }));
+            agent
+        });
+        let jobs = Jobs::start(
             supervisor.clone(),
             deploys.clone(),
-            reaper.clone(),
-            marker.clone(),
-            &daemon_cfg.state_dir,
-        )
-    });
-    if let Some(agent) = &agent {
-        let agent = Arc::downgrade(agent);
-        events.forward(Box::new(move |kind, app, message| {
-            if let Some(agent) = agent.upgrade() {
-                agent.event(kind.as_str(), app, message);
-            }
-        }));
+            events.clone(),
+            host.reaper.clone(),
+            host.marker.clone(),
+            &host.state_dir,
+            &jobs_config,
+        );
+        Ok(Arc::new(Daemon {
+            supervisor,
+            deploys,
+            jobs,
+            events,
+            agent,
+            config_path,
+            env,
+            started: Instant::now(),
+            reload: tokio::sync::Mutex::new(()),
+        }))
     }
-    let jobs = Jobs::start(
-        supervisor.clone(),
-        deploys.clone(),
-        events.clone(),
-        reaper,
-        marker,
-        &daemon_cfg.state_dir,
-        &jobs_config,
-    );
-    let daemon = Arc::new(Daemon {
-        supervisor: supervisor.clone(),
-        deploys: deploys.clone(),
-        jobs: jobs.clone(),
-        events,
-        agent,
-        config_path,
-        env,
-        started: Instant::now(),
-        reload: tokio::sync::Mutex::new(()),
-    });
 
+    /// Stops everything in the reverse order of its start: the fleet agent, the jobs, the control
+    /// API (`server`), then every app; removes the cgroups and the socket file, and saves the
+    /// state a last time.
+    async fn shut_down(
+        &self,
+        server: JoinHandle<()>,
+        cgroups: &Cgroups,
+        socket_path: &Path,
+    ) -> Result<(), DaemonError> {
+        tracing::info!("shutting down: stopping every app");
+        tell_systemd("STOPPING=1");
+        if let Some(agent) = &self.agent {
+            agent.stop().await;
+        }
+        self.jobs.stop();
+        server.abort();
+        self.supervisor.shutdown().await;
+        cgroups.remove_all();
+        let saved = self.supervisor.save();
+        let _ = std::fs::remove_file(socket_path);
+        saved?;
+        tracing::info!("all apps stopped; bye");
+        Ok(())
+    }
+}
+
+/// Starts what runs beside the apps: the control API on `listener` (its task is returned), the
+/// metrics listener, the memory check, the systemd watchdog and the signal handlers.
+async fn start_services(
+    daemon: &Arc<Daemon>,
+    listener: UnixListener,
+    socket_path: &Path,
+) -> Result<JoinHandle<()>, DaemonError> {
+    let metrics = daemon.supervisor.config().daemon.metrics_listen;
     let server = tokio::spawn(api::serve(listener, daemon.clone()));
-    if let Some(addr) = daemon_cfg.metrics_listen {
+    if let Some(addr) = metrics {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tokio::spawn(api::serve_metrics(l, daemon.clone()));
@@ -270,7 +374,7 @@ pub async fn run(
             Err(e) => tracing::error!(%addr, "cannot listen for metrics: {e}"),
         }
     }
-    tokio::spawn(supervisor.clone().memory_check_loop());
+    tokio::spawn(daemon.supervisor.clone().memory_check_loop());
     if let Some(every) = sdnotify::watchdog_interval() {
         // Pinged from the event loop itself: if the loop hangs, systemd restarts citrusd.
         tokio::spawn(async move {
@@ -282,42 +386,39 @@ pub async fn run(
     }
     let signals = signal_loop(daemon.clone()).map_err(|source| DaemonError::Io {
         action: "install the SIGHUP/SIGUSR1 handlers for",
-        path: socket_path.clone(),
+        path: socket_path.to_path_buf(),
         source,
     })?;
     tokio::spawn(signals);
+    Ok(server)
+}
 
-    // A shutdown request during boot interrupts it: what was started is stopped below.
+/// Starts the apps, tells systemd citrusd is ready, and waits for `shutdown`; a shutdown request
+/// while apps start interrupts the start (what was started is stopped by the shutdown).
+async fn boot_then_wait(daemon: &Daemon, socket_path: &Path, shutdown: impl Future<Output = ()>) {
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
-        errors = supervisor.boot() => {
-            for e in &errors {
-                tracing::error!("{e}");
-            }
-            let resumed = deploys.resume(false);
-            if resumed > 0 {
-                tracing::warn!(count = resumed, "unfinished deployments taken up again");
-            }
-            tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
-            tell_systemd(&format!("READY=1\nSTATUS={} app(s) supervised", supervisor.instances(None).map(|v| v.len()).unwrap_or(0)));
+        errors = daemon.supervisor.boot() => {
+            announce_ready(daemon, socket_path, &errors);
             shutdown.as_mut().await;
         }
         _ = shutdown.as_mut() => tracing::info!("shutdown requested while starting apps"),
     }
-    tracing::info!("shutting down: stopping every app");
-    tell_systemd("STOPPING=1");
-    if let Some(agent) = &daemon.agent {
-        agent.stop().await;
+}
+
+/// After the apps' start: the apps that failed to start logged, unfinished deployments taken up
+/// again, and citrusd's readiness told to the log and to systemd.
+fn announce_ready(daemon: &Daemon, socket_path: &Path, errors: &[String]) {
+    for e in errors {
+        tracing::error!("{e}");
     }
-    jobs.stop();
-    server.abort();
-    supervisor.shutdown().await;
-    cgroups.remove_all();
-    let saved = supervisor.save();
-    let _ = std::fs::remove_file(&socket_path);
-    saved?;
-    tracing::info!("all apps stopped; bye");
-    Ok(())
+    let resumed = daemon.deploys.resume(false);
+    if resumed > 0 {
+        tracing::warn!(count = resumed, "unfinished deployments taken up again");
+    }
+    tracing::info!(pid = std::process::id(), socket = %socket_path.display(), "citrusd ready");
+    let apps = daemon.supervisor.instances(None).map_or(0, |v| v.len());
+    tell_systemd(&format!("READY=1\nSTATUS={apps} app(s) supervised"));
 }
 
 /// Sends an sd_notify state to systemd when citrusd runs under it (`Type=notify`).
