@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::config::{AppConfig, Config};
+use crate::config::{AppConfig, Config, DaemonConfig};
 use crate::control::{AddApp, AppState, AppStatus, ReloadPlan};
 use crate::state::{
     Desired, PersistedApp, PersistedState, RuntimeApp, SetAside, StateError, StateStore,
@@ -204,6 +204,82 @@ impl Table {
         }
         state
     }
+
+    /// What reloading `new` does: apps it no longer has stop (run-time apps stay), apps it
+    /// changes or now defines instead of a run-time app restart, its new apps start; with a
+    /// warning for each `[daemon]` setting that only a restart of citrusd applies.
+    fn plan_reload(&self, new: &Config) -> ReloadPlan {
+        let mut plan = ReloadPlan {
+            warnings: restart_only_changes(&self.config.daemon, &new.daemon),
+            ..ReloadPlan::default()
+        };
+        for (name, app) in &self.apps {
+            match new.apps.get(name) {
+                None if !app.runtime => plan.stop.push(name.clone()),
+                None => plan.unchanged.push(name.clone()),
+                Some(n) if app.runtime || *n != *app.config => {
+                    if app.runtime {
+                        plan.warnings.push(format!("{name}: the config now defines this run-time app; the config's version replaces it"));
+                    }
+                    plan.restart.push(name.clone());
+                }
+                Some(_) => plan.unchanged.push(name.clone()),
+            }
+        }
+        plan.start = new
+            .start_order()
+            .into_iter()
+            .filter(|n| !self.apps.contains_key(n))
+            .collect();
+        plan
+    }
+
+    /// The persisted state once `plan` is applied: stopped apps gone, a run-time app the config
+    /// now defines running as a config app, new apps at their `autostart`.
+    fn persisted_after(&self, plan: &ReloadPlan, new: &Config) -> PersistedState {
+        let mut state = self.persisted();
+        for name in &plan.stop {
+            state.apps.remove(name);
+        }
+        for name in &plan.restart {
+            if let Some(entry) = state.apps.get_mut(name) {
+                if entry.runtime.take().is_some() {
+                    entry.desired = Desired::Running;
+                }
+            }
+        }
+        for name in &plan.start {
+            let desired = autostart_desired(&new.apps[name]);
+            let runtime = None;
+            state
+                .apps
+                .insert(name.clone(), PersistedApp { desired, runtime });
+        }
+        state
+    }
+}
+
+/// The warnings for `[daemon]` settings that changed but apply only when citrusd restarts.
+fn restart_only_changes(old: &DaemonConfig, new: &DaemonConfig) -> Vec<String> {
+    [
+        ("state_dir", old.state_dir != new.state_dir),
+        ("log_dir", old.log_dir != new.log_dir),
+        ("socket", old.socket != new.socket),
+        ("socket_group", old.socket_group != new.socket_group),
+        ("metrics_listen", old.metrics_listen != new.metrics_listen),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(what, _)| format!("[daemon] {what} changed: takes effect when citrusd restarts"))
+    .collect()
+}
+
+/// The desired state of a config app nothing was persisted for: its `autostart`.
+fn autostart_desired(app: &AppConfig) -> Desired {
+    match app.autostart {
+        true => Desired::Running,
+        false => Desired::Stopped,
+    }
 }
 
 /// What `state.json` keeps of a run-time app to recreate it.
@@ -256,11 +332,7 @@ impl Supervisor {
                 .apps
                 .get(name)
                 .map(|p| p.desired)
-                .unwrap_or(if app.autostart {
-                    Desired::Running
-                } else {
-                    Desired::Stopped
-                });
+                .unwrap_or_else(|| autostart_desired(app));
             let app_sockets = match sockets.remove(name) {
                 Some(handed) => AppSockets::adopt(app, handed),
                 None => AppSockets::new(app),
@@ -781,153 +853,104 @@ impl Supervisor {
         new: Config,
         dry_run: bool,
     ) -> Result<ReloadPlan, SupervisorError> {
-        let mut plan = ReloadPlan::default();
         let new = Arc::new(new);
-        let mut replaced: Vec<(String, Vec<Arc<InstanceHandle>>)> = Vec::new();
-        let mut to_start = Vec::new();
-        {
-            let t = self.table();
-            let old = &t.config;
-            let d_old = &old.daemon;
-            let d_new = &new.daemon;
-            for (what, changed) in [
-                ("state_dir", d_old.state_dir != d_new.state_dir),
-                ("log_dir", d_old.log_dir != d_new.log_dir),
-                ("socket", d_old.socket != d_new.socket),
-                ("socket_group", d_old.socket_group != d_new.socket_group),
-                (
-                    "metrics_listen",
-                    d_old.metrics_listen != d_new.metrics_listen,
-                ),
-            ] {
-                if changed {
-                    plan.warnings.push(format!(
-                        "[daemon] {what} changed: takes effect when citrusd restarts"
-                    ));
-                }
-            }
-            for (name, app) in &t.apps {
-                match new.apps.get(name) {
-                    None if !app.runtime => plan.stop.push(name.clone()),
-                    None => plan.unchanged.push(name.clone()),
-                    Some(n) if app.runtime || *n != *app.config => {
-                        if app.runtime {
-                            plan.warnings.push(format!("{name}: the config now defines this run-time app; the config's version replaces it"));
-                        }
-                        plan.restart.push(name.clone());
-                    }
-                    Some(_) => plan.unchanged.push(name.clone()),
-                }
-            }
-            plan.start = new
-                .start_order()
-                .into_iter()
-                .filter(|n| !t.apps.contains_key(n))
-                .collect();
-        }
+        let mut plan = self.table().plan_reload(&new);
         if dry_run {
             return Ok(plan);
         }
-        let not_reloaded = "the config was not reloaded";
-        // What can fail comes first, before anything is stopped or started: the log files of the
-        // apps that start or restart (a restarted app keeps its own open), then the state after
-        // the reload. Applying it cannot fail.
-        let mut logs: HashMap<String, Vec<InstanceLogs>> = HashMap::new();
-        {
-            let t = self.table();
-            for name in plan.restart.iter().chain(&plan.start) {
-                let opened = Self::open_logs(&self.shared, &new.apps[name], t.apps.get(name))
-                    .map_err(SupervisorError::not_done(not_reloaded))?;
-                logs.insert(name.clone(), opened);
-            }
-            let mut state = t.persisted();
-            for name in &plan.stop {
-                state.apps.remove(name);
-            }
-            for name in &plan.restart {
-                if let Some(entry) = state.apps.get_mut(name) {
-                    if entry.runtime.take().is_some() {
-                        entry.desired = Desired::Running;
-                    }
-                }
-            }
-            for name in &plan.start {
-                let desired = match new.apps[name].autostart {
-                    true => Desired::Running,
-                    false => Desired::Stopped,
-                };
-                let runtime = None;
-                state
-                    .apps
-                    .insert(name.clone(), PersistedApp { desired, runtime });
-            }
-            self.store
-                .save(&state)
-                .map_err(SupervisorError::not_done(not_reloaded))?;
-        }
+        let logs = self.prepare_reload(&plan, &new)?;
         // Stop removed and changed apps (reverse order), then swap the table, then start.
         let going: Vec<String> = plan.stop.iter().chain(&plan.restart).cloned().collect();
-        let _ = self.apply(going.clone(), Op::Stop).await;
-        {
-            let mut t = self.table();
-            for name in &going {
-                if let Some(app) = t.apps.remove(name) {
-                    replaced.push((name.clone(), app.instances));
-                    if plan.restart.contains(name) {
-                        let cfg = Arc::new(new.apps[name].clone());
-                        let desired = if app.runtime {
-                            Desired::Running
-                        } else {
-                            app.desired
-                        };
-                        // Unchanged `listen`: the very same sockets, open all along.
-                        let sockets = AppSockets::carry(app.sockets.as_ref(), &cfg);
-                        let logs = logs.remove(name).unwrap_or_default();
-                        let made = Self::make_app(&self.shared, cfg, false, desired, sockets, logs);
-                        if desired == Desired::Running {
-                            to_start.push(name.clone());
-                        }
-                        t.apps.insert(name.clone(), made);
-                    } else if let Some(sockets) = &app.sockets {
-                        // Gone from the config: its addresses are free for other apps now.
-                        sockets.close();
-                    }
-                }
-            }
-            for name in &plan.start {
-                let cfg = Arc::new(new.apps[name].clone());
-                let desired = if cfg.autostart {
-                    Desired::Running
-                } else {
-                    Desired::Stopped
-                };
-                let sockets = AppSockets::new(&cfg);
-                let logs = logs.remove(name).unwrap_or_default();
-                let made = Self::make_app(&self.shared, cfg, false, desired, sockets, logs);
-                t.apps.insert(name.clone(), made);
-                if desired == Desired::Running {
-                    to_start.push(name.clone());
-                }
-            }
-            t.config = new.clone();
-            // Normally what was written above; only a command racing the reload differs.
-            if let Err(e) = self.store.save(&t.persisted()) {
-                plan.warnings.push(e.to_string());
-            }
-        }
-        for (_, handles) in replaced {
-            for h in handles {
-                h.shutdown().await;
-            }
+        let _ = self.apply(going, Op::Stop).await;
+        let (replaced, to_start) = self.swap_in(&mut plan, &new, logs);
+        for h in replaced {
+            h.shutdown().await;
         }
         self.prune_cgroups();
         self.memory_config.notify_one();
         let errors = self.apply(to_start, Op::Start).await;
         plan.applied = true;
-        if !errors.is_empty() {
-            plan.warnings.extend(errors);
-        }
+        plan.warnings.extend(errors);
         Ok(plan)
+    }
+
+    /// What can fail in applying `plan`, done before anything is stopped or started: the log
+    /// files of the apps that start or restart are opened (a restarted app keeps its own open),
+    /// then the state after the reload is written. Returns the log files by app.
+    fn prepare_reload(
+        &self,
+        plan: &ReloadPlan,
+        new: &Config,
+    ) -> Result<HashMap<String, Vec<InstanceLogs>>, SupervisorError> {
+        let not_reloaded = "the config was not reloaded";
+        let t = self.table();
+        let mut logs = HashMap::new();
+        for name in plan.restart.iter().chain(&plan.start) {
+            let opened = Self::open_logs(&self.shared, &new.apps[name], t.apps.get(name))
+                .map_err(SupervisorError::not_done(not_reloaded))?;
+            logs.insert(name.clone(), opened);
+        }
+        self.store
+            .save(&t.persisted_after(plan, new))
+            .map_err(SupervisorError::not_done(not_reloaded))?;
+        Ok(logs)
+    }
+
+    /// Puts the reloaded apps in the table once the removed and changed ones are stopped: a
+    /// changed app is replaced by one made from `new` (with its `logs`), a removed one leaves
+    /// (closing its sockets), a new one is added; then `new` is the config in force. Cannot
+    /// fail. Returns the replaced instances, to be ended, and the apps to start.
+    fn swap_in(
+        &self,
+        plan: &mut ReloadPlan,
+        new: &Arc<Config>,
+        mut logs: HashMap<String, Vec<InstanceLogs>>,
+    ) -> (Vec<Arc<InstanceHandle>>, Vec<String>) {
+        let mut replaced = Vec::new();
+        let mut to_start = Vec::new();
+        let mut t = self.table();
+        for name in plan.stop.iter().chain(&plan.restart) {
+            let Some(app) = t.apps.remove(name) else {
+                continue;
+            };
+            replaced.extend(app.instances);
+            if plan.restart.contains(name) {
+                let cfg = Arc::new(new.apps[name].clone());
+                let desired = if app.runtime {
+                    Desired::Running
+                } else {
+                    app.desired
+                };
+                // Unchanged `listen`: the very same sockets, open all along.
+                let sockets = AppSockets::carry(app.sockets.as_ref(), &cfg);
+                let logs = logs.remove(name).unwrap_or_default();
+                let made = Self::make_app(&self.shared, cfg, false, desired, sockets, logs);
+                if desired == Desired::Running {
+                    to_start.push(name.clone());
+                }
+                t.apps.insert(name.clone(), made);
+            } else if let Some(sockets) = &app.sockets {
+                // Gone from the config: its addresses are free for other apps now.
+                sockets.close();
+            }
+        }
+        for name in &plan.start {
+            let cfg = Arc::new(new.apps[name].clone());
+            let desired = autostart_desired(&cfg);
+            let sockets = AppSockets::new(&cfg);
+            let logs = logs.remove(name).unwrap_or_default();
+            let made = Self::make_app(&self.shared, cfg, false, desired, sockets, logs);
+            t.apps.insert(name.clone(), made);
+            if desired == Desired::Running {
+                to_start.push(name.clone());
+            }
+        }
+        t.config = new.clone();
+        // Normally what was written before; only a command racing the reload differs.
+        if let Err(e) = self.store.save(&t.persisted()) {
+            plan.warnings.push(e.to_string());
+        }
+        (replaced, to_start)
     }
 
     /// Stops every app (reverse dependency order) without changing desired state, then ends the
