@@ -341,6 +341,13 @@ pub struct DeploymentsReply {
     pub deployments: Vec<crate::deploy::Deployment>,
 }
 
+/// SPEC 2.3's `status --json` literal, for the tests of the types and of the router.
+#[cfg(test)]
+pub(crate) const SPEC_STATUS: &str = r#"{"daemon": {"pid": 1, "version": "0.1.0", "uptime_ms": 5000},
+ "apps": [{"name": "api", "instance": 0, "pid": 4242, "state": "online", "restarts": 2,
+           "unstable_restarts": 0, "memory_restarts": 0, "uptime_ms": 1200, "memory_bytes": 10485760,
+           "cpu_percent": 0.4, "last_exit": {"code": 1, "signal": null, "at_ms": 1700000000000}}]}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,10 +355,7 @@ mod tests {
     /// The literal from SPEC 2.3 deserialises into our types and serialises back to the same JSON.
     #[test]
     fn status_json_matches_spec_literal() {
-        let spec = r#"{"daemon": {"pid": 1, "version": "0.1.0", "uptime_ms": 5000},
- "apps": [{"name": "api", "instance": 0, "pid": 4242, "state": "online", "restarts": 2,
-           "unstable_restarts": 0, "memory_restarts": 0, "uptime_ms": 1200, "memory_bytes": 10485760,
-           "cpu_percent": 0.4, "last_exit": {"code": 1, "signal": null, "at_ms": 1700000000000}}]}"#;
+        let spec = SPEC_STATUS;
         let parsed: Status = serde_json::from_str(spec).unwrap();
         assert_eq!(parsed.apps[0].state, AppState::Online);
         let back = serde_json::to_value(&parsed).unwrap();

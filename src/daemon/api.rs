@@ -769,3 +769,478 @@ async fn metrics(State(d): Shared) -> Response {
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::header::{ALLOW, CONTENT_TYPE};
+    use axum::http::{HeaderMap, Method};
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::control::SPEC_STATUS;
+    use crate::daemon::{HandedOver, Host};
+    use crate::supervisor::testing;
+
+    const APPS: &str = r#"
+[apps.api]
+command = ["sleep", "3600"]
+env = { TOKEN = "secret" }
+
+[apps.web]
+command = ["sleep", "3600"]
+autostart = false
+
+[apps.broken]
+command = ["/nonexistent/citrus-test-app"]
+
+[jobs.flush]
+schedule = "0 3 * * *"
+kind = "save"
+"#;
+
+    /// The control API of a daemon assembled on a temp dir as `citrusd` assembles it (no app
+    /// started), called through the router without a socket.
+    struct Api {
+        dir: tempfile::TempDir,
+        daemon: Arc<Daemon>,
+        _host: Host,
+    }
+
+    struct Reply {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Value,
+    }
+
+    impl Api {
+        async fn new() -> Api {
+            let dir = tempfile::tempdir().unwrap();
+            let config = testing::config(dir.path(), APPS);
+            let host = Host::for_tests(&config.daemon);
+            let daemon = Daemon::assemble(config, None, &host, HandedOver::default())
+                .await
+                .expect("assembled");
+            Api {
+                dir,
+                daemon,
+                _host: host,
+            }
+        }
+
+        /// `method path` with `body`; the body JSON when it parses, else a string.
+        async fn call(&self, method: Method, path: &str, body: &str) -> Reply {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let response = router(self.daemon.clone()).oneshot(request).await.unwrap();
+            let (status, headers) = (response.status(), response.headers().clone());
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            Reply {
+                status,
+                headers,
+                body,
+            }
+        }
+
+        async fn get(&self, path: &str) -> Reply {
+            self.call(Method::GET, path, "").await
+        }
+
+        async fn post(&self, path: &str, body: &str) -> Reply {
+            self.call(Method::POST, path, body).await
+        }
+
+        /// The apps' names in display order (as "known apps" lists them).
+        async fn names(&self) -> Vec<String> {
+            let rows = self.get("/v1/status").await.body["apps"].clone();
+            let rows = rows.as_array().unwrap().iter();
+            rows.map(|r| r["name"].as_str().unwrap().to_string())
+                .collect()
+        }
+    }
+
+    /// The field names of a JSON object, sorted.
+    fn keys(v: &Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    /// `{"error": {"code", "message", "hint"?}}` with these values.
+    #[track_caller]
+    fn assert_error(
+        reply: &Reply,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+        hint: Option<&str>,
+    ) {
+        assert_eq!(reply.status, status, "{}", reply.body);
+        let mut want = json!({"error": {"code": code, "message": message}});
+        if let Some(hint) = hint {
+            want["error"]["hint"] = json!(hint);
+        }
+        assert_eq!(reply.body, want);
+    }
+
+    #[tokio::test]
+    async fn ping_and_status_have_the_spec_fields() {
+        let api = Api::new().await;
+        let ping = api.get("/v1/ping").await;
+        assert_eq!(ping.status, StatusCode::OK);
+        assert_eq!(
+            keys(&ping.body),
+            ["pid", "protocol", "uptime_ms", "version"]
+        );
+        assert_eq!(ping.body["protocol"], PROTOCOL_VERSION);
+        assert_eq!(ping.body["pid"], std::process::id());
+
+        let spec: Value = serde_json::from_str(SPEC_STATUS).unwrap();
+        for path in ["/v1/status", "/v1/apps"] {
+            let status = api.get(path).await;
+            assert_eq!(status.status, StatusCode::OK, "{path}");
+            assert_eq!(keys(&status.body), keys(&spec));
+            assert_eq!(keys(&status.body["daemon"]), keys(&spec["daemon"]));
+            let rows = status.body["apps"].as_array().unwrap();
+            assert_eq!(rows.len(), 3, "{path}");
+            for row in rows {
+                assert_eq!(keys(row), keys(&spec["apps"][0]), "{row}");
+                assert_eq!(row["state"], "stopped");
+                assert_eq!(
+                    (&row["pid"], &row["last_exit"]),
+                    (&Value::Null, &Value::Null)
+                );
+            }
+        }
+        let one = api.get("/v1/status?app=web").await;
+        assert_eq!(one.status, StatusCode::OK);
+        let rows = one.body["apps"].as_array().unwrap();
+        assert_eq!((rows.len(), &rows[0]["name"]), (1, &json!("web")));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_app_or_job_is_404_with_what_is_known() {
+        let api = Api::new().await;
+        let message = format!(
+            "no app named \"nope\"; known apps: {}",
+            api.names().await.join(", ")
+        );
+        let hint = Some("`citrusctl status` lists the apps");
+        for (method, path) in [
+            (Method::GET, "/v1/status?app=nope"),
+            (Method::GET, "/v1/apps/nope"),
+            (Method::DELETE, "/v1/apps/nope"),
+            (Method::POST, "/v1/apps/nope/stop"),
+            (Method::POST, "/v1/apps/nope/restart"),
+            (Method::GET, "/v1/apps/nope/logs"),
+            (Method::GET, "/v1/apps/nope/deployments"),
+        ] {
+            let reply = api.call(method, path, "").await;
+            assert_error(&reply, StatusCode::NOT_FOUND, "unknown_app", &message, hint);
+        }
+        let job = api.post("/v1/jobs/nope/run", "").await;
+        assert_error(
+            &job,
+            StatusCode::NOT_FOUND,
+            "unknown_job",
+            "no job named \"nope\"; known jobs: flush",
+            Some("`citrusctl jobs` lists the jobs"),
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_body_query_action_or_route_is_400() {
+        let api = Api::new().await;
+        let body_hint = Some("the README lists each route and its body");
+        let array = api.post("/v1/apps", "[1]").await;
+        let message = "the body must be a JSON object, not an array";
+        assert_error(
+            &array,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            message,
+            body_hint,
+        );
+        for (path, body) in [
+            ("/v1/apps", "not json"),
+            ("/v1/apps", r#"{"name": "x"}"#),
+            ("/v1/apps", r#"{"name": "x", "command": "sleep 1"}"#),
+            (
+                "/v1/apps",
+                r#"{"name": "bad name!", "command": ["sleep", "1"]}"#,
+            ),
+            ("/v1/reload-config", r#"{"dry_run": "yes"}"#),
+            ("/v1/apps/api/rollback", r#"{"to": 7}"#),
+        ] {
+            let reply = api.post(path, body).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path} {body}");
+            assert_eq!(reply.body["error"]["code"], "bad_request", "{path} {body}");
+            assert!(reply.body["error"]["message"].is_string());
+        }
+        let action = api.post("/v1/apps/api/jump", "").await;
+        let hint = Some("use start, stop, restart or reload");
+        assert_error(
+            &action,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "unknown action \"jump\"",
+            hint,
+        );
+        let lines = api.get("/v1/apps/api/logs?lines=100001").await;
+        assert_eq!(lines.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            lines.body["error"]["message"],
+            "lines=100001 is too many: at most 100000"
+        );
+        let typed = api.get("/v1/apps/api/logs?lines=many").await;
+        assert_eq!(typed.status, StatusCode::BAD_REQUEST);
+        assert_eq!(typed.body["error"]["code"], "bad_request");
+        let route = api.get("/v2/apps").await;
+        let hint = Some("the API lives under /v1/ (see the README)");
+        assert_error(
+            &route,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "no such route",
+            hint,
+        );
+        let method = api.call(Method::DELETE, "/v1/ping", "").await;
+        assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(method.body["error"]["code"], "bad_request");
+        assert!(method.headers.contains_key(ALLOW));
+    }
+
+    #[tokio::test]
+    async fn actions_reply_with_the_instances_or_why_they_failed() {
+        let api = Api::new().await;
+        let spec: Value = serde_json::from_str(SPEC_STATUS).unwrap();
+        let stop = api.post("/v1/apps/web/stop", "").await;
+        assert_eq!(stop.status, StatusCode::OK, "{}", stop.body);
+        assert_eq!(keys(&stop.body), ["apps"]);
+        let rows = stop.body["apps"].as_array().unwrap();
+        assert_eq!((rows.len(), &rows[0]["name"]), (1, &json!("web")));
+        assert_eq!(keys(&rows[0]), keys(&spec["apps"][0]));
+        assert_eq!(rows[0]["state"], "stopped");
+        let all = api.post("/v1/apps/all/stop", "").await;
+        assert_eq!(all.status, StatusCode::OK);
+        assert_eq!(all.body["apps"].as_array().unwrap().len(), 3);
+
+        let start = api.post("/v1/apps/broken/start", "").await;
+        assert_eq!(start.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(keys(&start.body["error"]), ["code", "message"]);
+        assert_eq!(start.body["error"]["code"], "failed");
+        let message = start.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("broken: ") && message.contains("/nonexistent/citrus-test-app"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn run_time_apps_are_added_refused_and_deleted() {
+        let api = Api::new().await;
+        let add = r#"{"name": "extra", "command": ["/nonexistent/citrus-test-app"]}"#;
+        let added = api.post("/v1/apps", add).await;
+        assert_eq!(added.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let message = added.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("extra was added but did not start: "),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("; `citrusctl delete extra` removes it"),
+            "{message}"
+        );
+        let again = api.post("/v1/apps", add).await;
+        let message = "an app named \"extra\" already exists; pick another --name or `citrusctl delete extra` first";
+        assert_error(&again, StatusCode::CONFLICT, "conflict", message, None);
+        let deleted = api.call(Method::DELETE, "/v1/apps/extra", "").await;
+        assert_eq!(
+            (deleted.status, deleted.body),
+            (StatusCode::OK, json!({"apps": []}))
+        );
+        let config_app = api.call(Method::DELETE, "/v1/apps/api", "").await;
+        let message = format!(
+            "api is defined in {}; remove it there and run `citrusctl reload-config`",
+            api.dir.path().join("citrusd.toml").display()
+        );
+        assert_error(
+            &config_app,
+            StatusCode::CONFLICT,
+            "conflict",
+            &message,
+            None,
+        );
+    }
+
+    #[tokio::test]
+    async fn describe_and_logs_of_an_app() {
+        let api = Api::new().await;
+        let spec: Value = serde_json::from_str(SPEC_STATUS).unwrap();
+        let describe = api.get("/v1/apps/api").await;
+        assert_eq!(describe.status, StatusCode::OK);
+        let body = &describe.body;
+        let fields = ["config", "desired", "env", "instances", "name", "source"];
+        assert_eq!(keys(body), fields);
+        assert_eq!(
+            (&body["source"], &body["desired"]),
+            (&json!("config"), &json!("running"))
+        );
+        assert_eq!(body["env"], json!({"TOKEN": "*****"}));
+        assert_eq!(body["config"]["command"], json!(["sleep", "3600"]));
+        let instance = &body["instances"][0];
+        let fields = [
+            "err_log",
+            "last_error",
+            "out_log",
+            "recent_exits",
+            "status",
+            "status_text",
+        ];
+        assert_eq!(keys(instance), fields);
+        assert_eq!(keys(&instance["status"]), keys(&spec["apps"][0]));
+        let fields = ["bytes_dropped", "bytes_written", "last_error", "path"];
+        assert_eq!(keys(&instance["out_log"]), fields);
+
+        let logs = api.get("/v1/apps/api/logs?lines=5").await;
+        assert_eq!(logs.status, StatusCode::OK);
+        let out = api.dir.path().join("logs/api-out.log");
+        assert_eq!(
+            logs.body,
+            json!(format!(
+                "==> {} <==\n==> {} <==\n",
+                out.display(),
+                out.with_file_name("api-err.log").display()
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn jobs_are_listed_and_run_on_demand() {
+        let api = Api::new().await;
+        let jobs = api.get("/v1/jobs").await;
+        assert_eq!(jobs.status, StatusCode::OK);
+        assert_eq!(keys(&jobs.body), ["jobs"]);
+        let job = &jobs.body["jobs"][0];
+        let fields = [
+            "kind",
+            "last_run",
+            "name",
+            "next_run_ms",
+            "running_since_ms",
+            "runs",
+            "schedule",
+            "timezone",
+        ];
+        assert_eq!(keys(job), fields);
+        assert_eq!(
+            (&job["name"], &job["kind"], &job["timezone"]),
+            (&json!("flush"), &json!("save"), &json!("local"))
+        );
+        let run = api.post("/v1/jobs/flush/run", "").await;
+        assert_eq!(run.status, StatusCode::OK);
+        let fields = [
+            "ended_ms",
+            "level",
+            "outcome",
+            "output",
+            "scheduled_ms",
+            "started_ms",
+            "summary",
+            "trigger",
+        ];
+        assert_eq!(keys(&run.body), fields);
+        assert_eq!(run.body["trigger"], "manual");
+        assert_eq!(
+            (&run.body["outcome"], &run.body["summary"]),
+            (&json!("ok"), &json!("state saved"))
+        );
+        assert_eq!(
+            api.get("/v1/jobs").await.body["jobs"][0]["last_run"],
+            run.body
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_config_plans_and_refuses_an_invalid_file() {
+        let api = Api::new().await;
+        let changed =
+            APPS.replace(
+                "[apps.broken]\ncommand = [\"/nonexistent/citrus-test-app\"]\n",
+                "",
+            )
+            .replace(
+                "autostart = false",
+                "autostart = false\nkill_timeout = \"1s\"",
+            ) + "\n[apps.new]\ncommand = [\"sleep\", \"1\"]\n";
+        testing::config(api.dir.path(), &changed);
+        let plan = api.post("/v1/reload-config", r#"{"dry_run": true}"#).await;
+        assert_eq!(plan.status, StatusCode::OK, "{}", plan.body);
+        let want = json!({"start": ["new"], "stop": ["broken"], "restart": ["web"],
+                          "unchanged": ["api"], "warnings": [], "applied": false});
+        assert_eq!(plan.body, want);
+        std::fs::write(
+            api.dir.path().join("citrusd.toml"),
+            "[apps.x]\ncommand = 7\n",
+        )
+        .unwrap();
+        let invalid = api.post("/v1/reload-config", "").await;
+        assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(invalid.body["error"]["code"], "invalid_config");
+        let message = invalid.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.ends_with("\nthe running config stays in force"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn save_fleet_deploy_and_metrics() {
+        let api = Api::new().await;
+        let save = api.post("/v1/save", "").await;
+        assert_eq!(
+            (save.status, save.body),
+            (StatusCode::OK, json!({"saved": true}))
+        );
+        let fleet = api.get("/v1/fleet").await;
+        let hint = "add a [fleet] section (engine_url, agent_id, key_file) to the config and restart citrusd";
+        let message = "this citrusd has no fleet agent";
+        assert_error(
+            &fleet,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed",
+            message,
+            Some(hint),
+        );
+        let message =
+            "app api has no [apps.api.deploy] section; add one (root and source) to deploy it";
+        for reply in [
+            api.post("/v1/apps/api/deploy", "{}").await,
+            api.get("/v1/apps/api/deployments").await,
+            api.post("/v1/apps/api/rollback", "").await,
+        ] {
+            assert_error(
+                &reply,
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                message,
+                None,
+            );
+        }
+        let metrics = api.get("/metrics").await;
+        assert_eq!(metrics.status, StatusCode::OK);
+        assert_eq!(metrics.headers[CONTENT_TYPE], "text/plain; version=0.0.4");
+        let text = metrics.body.as_str().unwrap();
+        assert!(
+            text.contains("citrus_app_state{app=\"api\",instance=\"0\",state=\"stopped\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("citrus_app_restarts_total{app=\"web\",instance=\"0\"} 0\n"));
+    }
+}

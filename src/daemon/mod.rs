@@ -181,6 +181,25 @@ impl Host {
         })
     }
 
+    /// The host of a daemon in a unit test: its directories (locked), a reaper that collects only
+    /// its own children, no cgroups, and neither the subreaper flag nor the open-files limit
+    /// touched, since the test process is shared.
+    #[cfg(test)]
+    fn for_tests(config: &DaemonConfig) -> Host {
+        create_dir(&config.state_dir, 0o700).expect("the test state dir");
+        create_dir(&config.log_dir, 0o750).expect("the test log dir");
+        Host {
+            state_dir: config.state_dir.clone(),
+            log_dir: config.log_dir.clone(),
+            reaper: Reaper::for_tests(),
+            marker: Marker {
+                supervisor_id: supervisor_id(&config.state_dir),
+            },
+            cgroups: Cgroups::disabled(),
+            _lock: DirLock::acquire(&config.state_dir).expect("the test state dir's lock"),
+        }
+    }
+
     /// Stops what a previous citrusd on this state directory left running (it crashed), but for
     /// the groups of the children in `kept`, handed over to this one.
     async fn stop_leftovers(&self, config: &Config, kept: &[i32]) {
@@ -196,6 +215,7 @@ impl Host {
 
 /// What a citrusd that re-executed itself handed over: its running children and the apps'
 /// listening sockets (empty after an ordinary start).
+#[derive(Default)]
 struct HandedOver {
     adopt: HashMap<(String, u32), Adoption>,
     sockets: HashMap<String, Vec<listen::Handed>>,

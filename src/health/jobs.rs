@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use super::events::Notifier;
 use super::{cleanup, disk};
 use crate::config::{format_size, EventKind, JobConfig, JobKind, ReadyCheck};
 use crate::control::{AppState, JobInfo, JobOutcome, JobRun, JobTrigger};
@@ -78,11 +77,34 @@ struct Stored {
     jobs: BTreeMap<String, Vec<JobRun>>,
 }
 
+/// The wall clock the schedules follow: the system's, or in unit tests one that paused Tokio time
+/// drives (from a chosen instant).
+#[derive(Clone, Copy)]
+enum WallClock {
+    System,
+    #[cfg(test)]
+    Paused {
+        start: SystemTime,
+        at: tokio::time::Instant,
+    },
+}
+
+impl WallClock {
+    fn now(self) -> SystemTime {
+        match self {
+            WallClock::System => SystemTime::now(),
+            #[cfg(test)]
+            WallClock::Paused { start, at } => start + at.elapsed(),
+        }
+    }
+}
+
 /// The scheduler and runner of all jobs.
 pub struct Jobs {
+    clock: WallClock,
     supervisor: Arc<Supervisor>,
     deploys: Arc<Deployments>,
-    events: Arc<Notifier>,
+    events: Arc<dyn EventSink>,
     reaper: Arc<Reaper>,
     marker: Marker,
     store: PathBuf,
@@ -95,7 +117,7 @@ impl Jobs {
     pub fn start(
         supervisor: Arc<Supervisor>,
         deploys: Arc<Deployments>,
-        events: Arc<Notifier>,
+        events: Arc<dyn EventSink>,
         reaper: Arc<Reaper>,
         marker: Marker,
         state_dir: &Path,
@@ -110,6 +132,7 @@ impl Jobs {
             Err(_) => Stored::default(),
         };
         let this = Arc::new(Jobs {
+            clock: WallClock::System,
             supervisor,
             deploys,
             events,
@@ -191,7 +214,7 @@ impl Jobs {
 
     async fn schedule_loop(self: Arc<Self>, name: String, job: Arc<JobConfig>) {
         loop {
-            let now = SystemTime::now();
+            let now = self.clock.now();
             let Some(next) = job.schedule.next_after(now) else {
                 tracing::warn!(job = %name, "schedule never fires again");
                 return;
@@ -215,7 +238,7 @@ impl Jobs {
 
     /// Every job with its schedule, last run and next run.
     pub fn list(&self) -> Vec<JobInfo> {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         self.table()
             .iter()
             .map(|(name, e)| JobInfo {
@@ -618,4 +641,126 @@ async fn cleanup_report(dirs: Vec<PathBuf>, pattern: String, max_age: Duration) 
     };
     r.output = output.join("\n");
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::supervisor::testing;
+
+    /// The jobs of the config `toml` (in `dir`), its apps on a test supervisor, scheduled on a
+    /// wall clock that reads `start` now and moves with paused Tokio time.
+    async fn paused_jobs(dir: &Path, toml: &str, start: SystemTime) -> Arc<Jobs> {
+        let config = testing::config(dir, toml);
+        let shared = testing::shared(&config, Arc::new(testing::Quiet));
+        let supervisor = testing::supervisor(shared.clone(), config.clone()).await;
+        let state_dir = &config.daemon.state_dir;
+        let (reaper, marker, events) = (&shared.reaper, &shared.marker, &shared.events);
+        let deploys = Deployments::new(
+            supervisor.clone(),
+            reaper.clone(),
+            marker.clone(),
+            events.clone(),
+            state_dir,
+            None,
+        );
+        let none = BTreeMap::new();
+        let mut jobs = Jobs::start(
+            supervisor,
+            deploys,
+            events.clone(),
+            reaper.clone(),
+            marker.clone(),
+            state_dir,
+            &none,
+        );
+        // No schedule task holds it yet: set the clock, then schedule the jobs.
+        let at = tokio::time::Instant::now();
+        Arc::get_mut(&mut jobs).expect("no task yet").clock = WallClock::Paused { start, at };
+        jobs.install(&config.jobs, &mut BTreeMap::new());
+        testing::settle().await;
+        jobs
+    }
+
+    fn at_ms(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    /// A `*/10` seconds schedule started 3 s past a mark fires 7 s later, not a millisecond
+    /// before, then every 10 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_scheduled_job_fires_at_its_next_time_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml =
+            "[jobs.flush]\nschedule = \"*/10 * * * * *\"\nkind = \"save\"\ntimezone = \"UTC\"\n";
+        let jobs = paused_jobs(dir.path(), toml, at_ms(1_700_000_003_000)).await;
+        let runs = || jobs.list()[0].runs.clone();
+        assert_eq!(jobs.list()[0].next_run_ms, Some(1_700_000_010_000));
+        tokio::time::advance(Duration::from_millis(6_999)).await;
+        testing::settle().await;
+        assert!(runs().is_empty(), "fired early: {:?}", runs());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        testing::until("the first run", || runs().len() == 1).await;
+        let run = &runs()[0];
+        assert_eq!(run.trigger, JobTrigger::Schedule);
+        assert_eq!(run.scheduled_ms, Some(1_700_000_010_000));
+        assert_eq!(
+            (run.outcome, run.summary.as_str()),
+            (JobOutcome::Ok, "state saved")
+        );
+        assert_eq!(jobs.list()[0].next_run_ms, Some(1_700_000_020_000));
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        testing::settle().await;
+        assert_eq!(runs().len(), 1, "fired early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        testing::until("the second run", || runs().len() == 2).await;
+        assert_eq!(runs()[1].scheduled_ms, Some(1_700_000_020_000));
+        jobs.stop();
+    }
+
+    /// A run longer than the interval (the health check of an app that cannot start waits two
+    /// settle times: 2 s) is not overlapped: the firings it covers are skipped, the next comes at
+    /// the first mark after it ended, and a manual run meanwhile is refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_that_outlasts_its_interval_skips_the_firings_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = r#"
+[apps.broken]
+command = ["/nonexistent/citrus-test-app"]
+
+[jobs.check]
+schedule = "* * * * * *"
+kind = "health"
+timezone = "UTC"
+"#;
+        let t0 = tokio::time::Instant::now();
+        let jobs = paused_jobs(dir.path(), toml, at_ms(1_700_000_000_500)).await;
+        // It fires at …01.000 (0.5 s in) and is still running at 0.75 s.
+        tokio::time::sleep_until(t0 + Duration::from_millis(750)).await;
+        assert!(jobs.list()[0].running_since_ms.is_some());
+        assert!(jobs.list()[0].runs.is_empty());
+        match jobs.run_now("check").await {
+            Err(JobError::Busy { name, .. }) => assert_eq!(name, "check"),
+            other => panic!("a manual run during a run: {other:?}"),
+        }
+        // It ended at 2.5 s (…03.000): …02 and …03 were skipped, the next firing is …04.
+        tokio::time::sleep_until(t0 + Duration::from_millis(2_750)).await;
+        let info = &jobs.list()[0];
+        assert_eq!(info.running_since_ms, None);
+        assert_eq!(info.runs.len(), 1);
+        assert_eq!(info.runs[0].scheduled_ms, Some(1_700_000_001_000));
+        assert_eq!(info.runs[0].level, Some(3));
+        assert_eq!(info.next_run_ms, Some(1_700_000_004_000));
+        // The second run (…04 to …06) covers …05 in turn.
+        tokio::time::sleep_until(t0 + Duration::from_millis(5_750)).await;
+        let runs = jobs.list()[0].runs.clone();
+        let scheduled: Vec<_> = runs.iter().map(|r| r.scheduled_ms).collect();
+        assert_eq!(
+            scheduled,
+            [Some(1_700_000_001_000), Some(1_700_000_004_000)]
+        );
+        jobs.stop();
+    }
 }

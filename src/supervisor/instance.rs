@@ -10,7 +10,8 @@
 //! in a task of its own per run and reports failures back through the channel. When idle the task
 //! is parked on its channel: no timer runs unless a backoff, a cron restart, a readiness timeout
 //! or a watchdog is pending. Stopping signals the whole process group plus any double-forked
-//! escapee (see `kill`).
+//! escapee (see `kill`). Deadlines and a run's uptime are read from Tokio's clock, so paused time
+//! drives them in tests; the published `since` is the system's.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -18,12 +19,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
+use tokio::time::{sleep_until, Instant};
 
 use super::cgroup::{Cgroups, Leaf};
 use super::kill::{GroupStop, Survived};
@@ -71,7 +72,7 @@ pub struct InstanceStatus {
     pub state: AppState,
     pub pid: Option<i32>,
     /// When the current run started.
-    pub since: Option<Instant>,
+    pub since: Option<std::time::Instant>,
     pub restarts: u32,
     pub unstable_restarts: u32,
     pub memory_restarts: u32,
@@ -515,7 +516,7 @@ async fn notify_of(listener: Option<&NotifyListener>) -> io::Result<NotifyMessag
 
 async fn sleep_opt(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => sleep_until(d.into()).await,
+        Some(d) => sleep_until(d).await,
         None => std::future::pending().await,
     }
 }
@@ -825,7 +826,7 @@ impl Actor {
         self.set(|s| {
             s.state = AppState::Online;
             s.pid = Some(a.pid);
-            s.since = Some(started);
+            s.since = Some(started.into_std());
             s.restarts = a.restarts;
             s.unstable_restarts = a.unstable_restarts;
             s.memory_restarts = a.memory_restarts;
@@ -911,7 +912,7 @@ impl Actor {
         self.run = Some(run);
         self.set(|s| {
             s.pid = Some(child.pid);
-            s.since = Some(Instant::now());
+            s.since = Some(std::time::Instant::now());
             s.last_error = None;
         });
         if !waiting {
@@ -1242,8 +1243,70 @@ fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
 
 #[cfg(test)]
 mod tests {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
     use super::*;
     use crate::config::ProbeTarget;
+    use crate::supervisor::testing;
+
+    /// The instance of `app` in `config`, its actor started (idle).
+    fn instance(config: &crate::config::Config, app: &str) -> InstanceHandle {
+        let shared = testing::shared(config, Arc::new(testing::Quiet));
+        let app = Arc::new(config.apps[app].clone());
+        let logs = InstanceLogs::open(&shared, &app, 0).expect("open the logs");
+        InstanceHandle::spawn(shared, app, 0, None, logs, None)
+    }
+
+    /// A child that crashes at once is restarted after the exponential backoff, each delay
+    /// exactly (paused time: the clock moves only when told), doubling up to the cap; a run
+    /// that lasted `min_uptime` resets it.
+    #[tokio::test(start_paused = true)]
+    async fn restart_backoff_doubles_to_its_cap_and_resets_after_a_stable_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = testing::config(
+            dir.path(),
+            r#"
+[apps.crash]
+command = ["sleep", "3600"]
+restart = "always"
+exp_backoff_restart_delay = "100ms"
+min_uptime = "1s"
+max_restarts = 100
+"#,
+        );
+        let h = instance(&config, "crash");
+        h.start().await.expect("started");
+        // Kills the child, then checks that the next one starts after `delay`, not before.
+        let crash_then_wait = |delay: u64| {
+            let h = &h;
+            async move {
+                let pid = h.status().pid.expect("a running child");
+                kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+                testing::until("the exit", || h.status().state == AppState::Backoff).await;
+                tokio::time::advance(Duration::from_millis(delay - 1)).await;
+                testing::settle().await;
+                let early = h.status();
+                assert_eq!(
+                    (early.state, early.pid),
+                    (AppState::Backoff, None),
+                    "{delay} ms"
+                );
+                tokio::time::advance(Duration::from_millis(1)).await;
+                testing::until("the next run", || h.status().pid.is_some()).await;
+            }
+        };
+        for delay in [100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000] {
+            crash_then_wait(delay).await;
+        }
+        assert_eq!(h.status().unstable_restarts, 10);
+        // This run lasts longer than min_uptime: stable, so the backoff starts over.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        crash_then_wait(100).await;
+        let status = h.status();
+        assert_eq!((status.restarts, status.unstable_restarts), (11, 0));
+        h.shutdown().await;
+    }
 
     fn os(errno: i32) -> Arc<io::Error> {
         Arc::new(io::Error::from_raw_os_error(errno))

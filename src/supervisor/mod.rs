@@ -35,6 +35,8 @@ pub mod probe;
 pub mod reaper;
 pub mod sdnotify;
 pub mod spawn;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -121,30 +121,19 @@ impl Reaper {
         let mut any = false;
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (
-                    pid,
-                    ExitStatus {
-                        code: Some(code),
-                        signal: None,
-                    },
-                ),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (
-                    pid,
-                    ExitStatus {
-                        code: None,
-                        signal: Some(sig as i32),
-                    },
-                ),
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
+                Ok(answer) => match exited(answer) {
+                    Some(exit) => exit,
+                    None => continue,
+                },
             };
             any = true;
-            match waiting.remove(&pid.as_raw()) {
+            match waiting.remove(&pid) {
                 Some(tx) => {
                     let _ = tx.send(status);
                 }
                 None => {
-                    tracing::debug!(pid = pid.as_raw(), %status, "reaped an orphaned descendant")
+                    tracing::debug!(pid, %status, "reaped an orphaned descendant")
                 }
             }
         }
@@ -152,6 +141,41 @@ impl Reaper {
         if any {
             self.reaped.send_modify(|n| *n += 1);
         }
+    }
+
+    /// A reaper for unit tests, which share their process with other tests' children: on each
+    /// SIGCHLD it collects only the children it spawned, each by its pid, never another's.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Arc<Reaper> {
+        let reaper = Arc::new(Reaper {
+            waiting: Mutex::new(HashMap::new()),
+            reaped: watch::Sender::new(0),
+        });
+        let mut sigchld = signal(SignalKind::child()).expect("a SIGCHLD handler");
+        let me = Arc::downgrade(&reaper);
+        tokio::spawn(async move {
+            while sigchld.recv().await.is_some() {
+                let Some(reaper) = me.upgrade() else { return };
+                let mut waiting = reaper.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                let pids: Vec<i32> = waiting.keys().copied().collect();
+                let flag = Some(WaitPidFlag::WNOHANG);
+                let ended = pids
+                    .into_iter()
+                    .filter_map(|pid| exited(waitpid(Pid::from_raw(pid), flag).ok()?));
+                let mut any = false;
+                for (pid, status) in ended.collect::<Vec<_>>() {
+                    any = true;
+                    if let Some(tx) = waiting.remove(&pid) {
+                        let _ = tx.send(status);
+                    }
+                }
+                drop(waiting);
+                if any {
+                    reaper.reaped.send_modify(|n| *n += 1);
+                }
+            }
+        });
+        reaper
     }
 
     /// A receiver that changes whenever some process was reaped (to re-check "is the group gone?").
@@ -165,5 +189,26 @@ impl Reaper {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&pid)
+    }
+}
+
+/// The pid and exit status `waitpid` reported, if it reported an exit.
+fn exited(answer: WaitStatus) -> Option<(i32, ExitStatus)> {
+    match answer {
+        WaitStatus::Exited(pid, code) => Some((
+            pid.as_raw(),
+            ExitStatus {
+                code: Some(code),
+                signal: None,
+            },
+        )),
+        WaitStatus::Signaled(pid, sig, _) => Some((
+            pid.as_raw(),
+            ExitStatus {
+                code: None,
+                signal: Some(sig as i32),
+            },
+        )),
+        _ => None,
     }
 }
