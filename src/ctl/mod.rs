@@ -2,6 +2,7 @@
 //! from parsed flags to output; [`CtlError::exit_code`] is the one place that maps failures to
 //! SPEC's exit codes (0 ok, 1 failed, 2 usage or config, 3 daemon unreachable).
 
+pub mod import_pm2;
 mod table;
 
 use std::io::Write;
@@ -314,7 +315,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CtlError::Failed(format!("cannot read {}: {e}", file.display())))?;
             let name = file.display().to_string();
-            let conv = crate::import_pm2::convert(&text, &name)
+            let conv = import_pm2::convert(&text, &name)
                 .map_err(|e| CtlError::Failed(e.to_string()))?;
             for w in &conv.warnings {
                 eprintln!("warning: {w}");
