@@ -315,8 +315,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CtlError::Failed(format!("cannot read {}: {e}", file.display())))?;
             let name = file.display().to_string();
-            let conv = import_pm2::convert(&text, &name)
-                .map_err(|e| CtlError::Failed(e.to_string()))?;
+            let conv =
+                import_pm2::convert(&text, &name).map_err(|e| CtlError::Failed(e.to_string()))?;
             for w in &conv.warnings {
                 eprintln!("warning: {w}");
             }
