@@ -728,7 +728,10 @@ mod tests {
     fn shell_words_comments_and_separators() {
         let split = |s: &str| split_words(s).unwrap();
         assert_eq!(split("--title #1 --port 80"), ["--title"]);
-        assert_eq!(split("--color=#fff a#b '#c'"), ["--color=#fff", "a#b", "#c"]);
+        assert_eq!(
+            split("--color=#fff a#b '#c'"),
+            ["--color=#fff", "a#b", "#c"]
+        );
         assert_eq!(split("a #comment\nb"), ["a", "b"]);
         assert_eq!(split("x\ry z"), ["x\ry", "z"]);
         assert_eq!(split("x\u{a0}y"), ["x\u{a0}y"]);
