@@ -32,7 +32,7 @@ use super::listen::AppSockets;
 use super::logs::{self, LogFile, LogSettings};
 use super::reaper::{ExitStatus, Reaper, Spawned};
 use super::spawn::{self, Marker};
-use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
+use crate::config::{format_duration, AppConfig, EventKind, HealthConfig, ReadyCheck};
 use crate::control::{AppState, LastExit};
 use crate::health::events::Notifier;
 use crate::health::probe;
@@ -433,14 +433,6 @@ async fn sleep_opt(deadline: Option<Instant>) {
     }
 }
 
-fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 /// Probes until the target answers or `timeout` passes; the verdict carries the last error.
 async fn wait_ready(
     target: crate::config::ProbeTarget,
@@ -457,7 +449,7 @@ async fn wait_ready(
         if Instant::now() + interval >= deadline {
             return Err(format!(
                 "not ready within {}: {} ({err})",
-                human(timeout),
+                format_duration(timeout),
                 target.describe()
             ));
         }
@@ -524,14 +516,16 @@ impl Actor {
                 Event::ReadyTimeout => {
                     let msg = format!(
                         "not ready within {}: no READY=1 on NOTIFY_SOCKET",
-                        human(self.ready_timeout())
+                        format_duration(self.ready_timeout())
                     );
                     self.not_ready(msg).await;
                 }
                 Event::WatchdogExpired => {
                     let period = self.run.as_ref().and_then(|r| r.watchdog).map(|(p, _)| p);
-                    let reason =
-                        format!("no WATCHDOG=1 within {}", human(period.unwrap_or_default()));
+                    let reason = format!(
+                        "no WATCHDOG=1 within {}",
+                        format_duration(period.unwrap_or_default())
+                    );
                     self.unhealthy(reason).await;
                 }
                 Event::BackoffOver => {
@@ -846,7 +840,10 @@ impl Actor {
             self.shortage_retries = self.shortage_retries.saturating_add(1);
             let delay = lifecycle::shortage_delay(self.shortage_retries);
             self.backoff_until = Some(Instant::now() + delay);
-            let msg = format!("cannot start: {msg}; retrying in {}", human(delay));
+            let msg = format!(
+                "cannot start: {msg}; retrying in {}",
+                format_duration(delay)
+            );
             tracing::warn!(app = %self.app.name, instance = self.index, "{msg}");
             self.event(&msg);
             (AppState::Backoff, msg)
@@ -950,7 +947,7 @@ impl Actor {
         self.event(&format!(
             "pid {} exited ({status}) after {}",
             run.pid,
-            human(uptime)
+            format_duration(uptime)
         ));
         if !self.pending.is_empty() {
             self.fail_pending(&format!("exited ({status}) before it was ready"));
@@ -981,7 +978,7 @@ impl Actor {
                 if delay.is_zero() {
                     let _ = self.spawn();
                 } else {
-                    self.event(&format!("restarting in {}", human(delay)));
+                    self.event(&format!("restarting in {}", format_duration(delay)));
                     self.backoff_until = Some(Instant::now() + delay);
                     self.set(|s| s.state = AppState::Backoff);
                 }
@@ -989,7 +986,7 @@ impl Actor {
             Decision::Errored => {
                 let msg = format!(
                     "exited {unstable} times in a row within min_uptime ({}); max_restarts = {} reached, not restarting until `citrusctl start` or `restart`",
-                    human(self.app.min_uptime),
+                    format_duration(self.app.min_uptime),
                     self.app.max_restarts
                 );
                 tracing::error!(app = %self.app.name, instance = self.index, "errored: {msg}");
@@ -1077,7 +1074,7 @@ impl Actor {
                 tracing::warn!(app = %self.app.name, pgid, "still running after kill_timeout: SIGKILL");
                 self.event(&format!(
                     "still running after kill_timeout ({}): SIGKILL",
-                    human(self.app.kill_timeout)
+                    format_duration(self.app.kill_timeout)
                 ));
             })
             .await

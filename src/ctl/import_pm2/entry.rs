@@ -7,9 +7,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::render::{static_key, App, TVal};
-use super::values::{
-    as_bool, duration_ms, format_duration, int_of, is_off, kind, scalar_text, size,
-};
+use super::values::{as_bool, duration, int_of, is_off, kind, scalar_text, size};
+use crate::config::format_duration;
 
 /// The most instances an imported app gets (citrusd refuses more).
 const MAX_INSTANCES: i64 = crate::config::MAX_INSTANCES as i64;
@@ -219,8 +218,8 @@ impl Converting {
                 _ => self.warn(format!("max_restarts {v} is not a count; dropped")),
             },
             k @ ("min_uptime" | "restart_delay" | "exp_backoff_restart_delay" | "kill_timeout") => {
-                match duration_ms(v) {
-                    Some(ms) => self.app.set(static_key(k), TVal::Str(format_duration(ms))),
+                match duration(v) {
+                    Some(d) => self.app.set(static_key(k), TVal::Str(format_duration(d))),
                     None => self.warn(format!("{k} {v} is not a duration; dropped")),
                 }
             }

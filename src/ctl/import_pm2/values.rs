@@ -1,10 +1,13 @@
 //! PM2's loosely typed JSON values read as what Citrus needs: durations, sizes, integers,
 //! booleans, "off", and the words that say what a value is in messages.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
-/// A duration in ms: a number of ms, or a string like `"1000"`, `"10s"`, `"1.5m"`, `"2h"`.
-pub(super) fn duration_ms(v: &Value) -> Option<u64> {
+/// A duration: a number of ms, or a string like `"1000"`, `"10s"`, `"1.5m"`, `"2h"`; rounded to
+/// the millisecond.
+pub(super) fn duration(v: &Value) -> Option<Duration> {
     let (num, unit) = match v {
         Value::Number(n) => (n.as_f64()?, ""),
         Value::String(s) => {
@@ -25,12 +28,9 @@ pub(super) fn duration_ms(v: &Value) -> Option<u64> {
         _ => return None,
     };
     let ms = num * factor;
-    (0.0..1e15).contains(&ms).then(|| ms.round() as u64)
-}
-
-/// Writes a duration in its largest exact unit: 10000 → "10s", 1500 → "1500ms", 0 → "0s".
-pub(super) fn format_duration(ms: u64) -> String {
-    crate::config::format_duration(std::time::Duration::from_millis(ms))
+    (0.0..1e15)
+        .contains(&ms)
+        .then(|| Duration::from_millis(ms.round() as u64))
 }
 
 /// A size as Citrus writes it: `"1G"`, `"300M"`, `"200K"`, or bytes as `"N"` (PM2 units are 1024-based).
@@ -125,10 +125,11 @@ pub(super) fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::format_duration;
 
     #[test]
     fn durations_and_sizes() {
-        let d = |v: Value| duration_ms(&v).map(format_duration);
+        let d = |v: Value| duration(&v).map(format_duration);
         assert_eq!(d(10000.into()).as_deref(), Some("10s"));
         assert_eq!(d(1500.into()).as_deref(), Some("1500ms"));
         assert_eq!(d(60000.into()).as_deref(), Some("1m"));
