@@ -202,13 +202,14 @@ layer!(
 
 /// Checks within `[apps.NAME.deploy]`: its required keys and the `shared` list.
 fn check_deploy(deploy: &DeployLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
-    section.require(diags, "[deploy]", "root", r#"root = "/var/www/web""#);
-    section.require(
-        diags,
-        "[deploy]",
-        "source",
-        r#"source = { git = "https://example.com/web.git", branch = "main" }"#,
-    );
+    let required = [
+        ("root", r#"root = "/var/www/web""#),
+        (
+            "source",
+            r#"source = { git = "https://example.com/web.git", branch = "main" }"#,
+        ),
+    ];
+    section.require(diags, "[deploy]", &required);
     if let Some(shared) = &deploy.shared {
         if shared.value.len() > MAX_SHARED {
             let message = format!(

@@ -234,9 +234,7 @@ fn check_local_agent(_: &LocalAgentLayer, diags: &mut Diagnostics<'_>, section: 
         ("id", r#"id = "local""#),
         ("key_file", r#"key_file = "../.citrus/agent.key""#),
     ];
-    for (key, example) in required {
-        section.require(diags, "[local_agent]", key, example);
-    }
+    section.require(diags, "[local_agent]", &required);
 }
 
 fn or<T: Clone>(field: &Option<Field<T>>, default: T) -> T {

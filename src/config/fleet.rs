@@ -239,9 +239,7 @@ fn check_fleet(fleet: &FleetLayer, diags: &mut Diagnostics<'_>, section: &Sectio
         ("agent_id", r#"agent_id = "web-1""#),
         ("key_file", r#"key_file = "/etc/citrus/agent.key""#),
     ];
-    for (key, example) in required {
-        section.require(diags, "[fleet]", key, example);
-    }
+    section.require(diags, "[fleet]", &required);
     if let (Some(url), Some(ca_file)) = (value(&fleet.engine_url), &fleet.ca_file) {
         if !url.tls {
             diags.error(
@@ -279,7 +277,11 @@ layer!(
 fn check_update(_: &UpdateLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
     let git_keys = ["remote", "branch", "build", "binary"];
     if git_keys.iter().any(|k| section.key(k).is_some()) {
-        section.require(diags, "[fleet.update]", "repo", r#"repo = "/opt/citrus""#);
+        section.require(
+            diags,
+            "[fleet.update]",
+            &[("repo", r#"repo = "/opt/citrus""#)],
+        );
     }
 }
 

@@ -363,7 +363,7 @@ impl JobKindTag {
 }
 
 fn check_job(job: &JobLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
-    section.require(diags, "job", "schedule", r#"schedule = "0 3 * * *""#);
+    section.require(diags, "job", &[("schedule", r#"schedule = "0 3 * * *""#)]);
     let Some(kind) = &job.kind else {
         if section.key("kind").is_none() {
             let message = format!("job has no `kind`; add one of: {}", names::<JobKindTag>());

@@ -108,16 +108,13 @@ impl Section<'_> {
         diags.error(self.at.clone(), self.path, message);
     }
 
-    /// Records that `key`, which `what` needs, is missing; `example` shows how to write it.
-    pub(super) fn require(
-        &self,
-        diags: &mut Diagnostics<'_>,
-        what: &str,
-        key: &str,
-        example: &str,
-    ) {
-        if self.key(key).is_none() {
-            self.error(diags, format!("{what} has no `{key}`; add e.g. {example}"));
+    /// Records each of `keys`, which `what` needs, that is missing; each comes with an example
+    /// of how to write it.
+    pub(super) fn require(&self, diags: &mut Diagnostics<'_>, what: &str, keys: &[(&str, &str)]) {
+        for &(key, example) in keys {
+            if self.key(key).is_none() {
+                self.error(diags, format!("{what} has no `{key}`; add e.g. {example}"));
+            }
         }
     }
 }
