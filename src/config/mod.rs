@@ -2,15 +2,16 @@
 //! problem at once, the effective per-app configuration (`[defaults]` merged, `--env` chosen),
 //! scheduled jobs, notifications and the fleet agent.
 //!
-//! Reading happens in three steps: toml parses the text into a spanned document; [`read`] reads it
+//! Reading happens in three steps: toml parses the text into a spanned document; `read` reads it
 //! section by section into layers of spanned values with `schema`'s machinery (unknown keys and
 //! bad values are recorded, not fatal, and checks within a table run); then checks across
 //! sections (`after`, cycles, a health job's `apps`, `listen`) run before the layers are resolved
 //! into [`Config`].
 //!
-//! The modules form layers, each using only those below it: `diag`, `envfile`; `units`; `cron`,
-//! `validate`; `schema`; then one module per section, each owning its layer and its resolution
-//! (`probe`, `listen`, `fleet`, `deploy`, `engine`, `daemon`, `app`, `jobs`); this file on top.
+//! The modules form layers, each using only those listed before it: `diag`, `envfile`; `units`;
+//! `cron`, `validate`; `schema`; then one module per section, each owning its layer and its
+//! resolution, in this order: `probe`, `listen`, `fleet`, `deploy`, `engine`, `daemon`, `app`,
+//! `jobs`; this file on top.
 
 mod app;
 mod cron;
@@ -221,26 +222,26 @@ impl Config {
 /// The whole file, section by section.
 #[derive(Default)]
 struct RawConfig {
-    pub daemon: DaemonLayer,
-    pub defaults: AppLayer,
-    pub apps: Vec<RawApp>,
-    pub jobs: Vec<RawJob>,
-    pub notify: NotifyLayer,
-    pub fleet: Option<FleetLayer>,
+    daemon: DaemonLayer,
+    defaults: AppLayer,
+    apps: Vec<RawApp>,
+    jobs: Vec<RawJob>,
+    notify: NotifyLayer,
+    fleet: Option<FleetLayer>,
 }
 
 /// One `[apps.NAME]` table.
 struct RawApp {
-    pub name: String,
+    name: String,
     /// The name's, in its table header.
-    pub span: Range<usize>,
-    pub layer: AppLayer,
+    span: Range<usize>,
+    layer: AppLayer,
 }
 
 /// One `[jobs.NAME]` table.
 struct RawJob {
-    pub name: String,
-    pub layer: JobLayer,
+    name: String,
+    layer: JobLayer,
 }
 
 const SECTIONS: &[&str] = &["daemon", "defaults", "apps", "jobs", "notify", "fleet"];
