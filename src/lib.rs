@@ -9,7 +9,6 @@ pub mod deploy;
 pub mod engine;
 pub mod fleet;
 pub mod health;
-pub mod import_pm2;
 pub mod state;
 pub mod supervisor;
 pub mod sys;

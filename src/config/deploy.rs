@@ -5,10 +5,14 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::probe::{check_chars, ProbeTarget};
-use super::schema::{value, DeployHealthLayer, DeployLayer, Field, SourceLayer};
-use super::units::{scalar_deserialize, Scalar};
-use super::{AppConfig, ReadyCheck};
+use super::diag::Diagnostics;
+use super::fleet::GitName;
+use super::probe::{
+    check_chars, HealthConfig, HttpProbe, ProbeTarget, ReadyCheck, ReadyConfig, TcpProbe,
+};
+use super::schema::{exactly_one, layer, value, Field, Section};
+use super::units::{scalar_deserialize, Bounded, PositiveDuration, Scalar};
+use super::validate::CommandValue;
 
 /// The longest `build_timeout`, `health.timeout` accepted: a day.
 pub const MAX_DEPLOY_DURATION: Duration = Duration::from_secs(86_400);
@@ -160,19 +164,52 @@ impl Scalar for SharedPath {
 
 scalar_deserialize!(GitUrl, SharedPath);
 
+layer!(
+    /// An app's `[deploy]` table.
+    DeployLayer {
+        root: PathBuf,
+        source: SourceLayer,
+        build: CommandValue,
+        build_timeout: PositiveDuration,
+        shared: Vec<SharedPath>,
+        keep: Bounded<u32, 1, 100>,
+        health: DeployHealthLayer,
+    }
+    check: check_deploy
+);
+
+layer!(
+    /// `source = { … }` of `[deploy]`.
+    SourceLayer {
+        git: GitUrl,
+        branch: GitName,
+        path: PathBuf,
+        archive: PathBuf,
+    }
+    check: check_source
+);
+
+layer!(
+    /// `health = { … }` of `[deploy]`.
+    DeployHealthLayer {
+        http: HttpProbe,
+        tcp: TcpProbe,
+        timeout: PositiveDuration,
+        interval: PositiveDuration,
+    }
+    check: check_deploy_health
+);
+
 /// Checks within `[apps.NAME.deploy]`: its required keys and the `shared` list.
-pub(super) fn check_deploy(
-    deploy: &DeployLayer,
-    diags: &mut super::diag::Diagnostics<'_>,
-    section: &super::schema::Section<'_>,
-) {
-    section.require(diags, "[deploy]", "root", r#"root = "/var/www/web""#);
-    section.require(
-        diags,
-        "[deploy]",
-        "source",
-        r#"source = { git = "https://example.com/web.git", branch = "main" }"#,
-    );
+fn check_deploy(deploy: &DeployLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let required = [
+        ("root", r#"root = "/var/www/web""#),
+        (
+            "source",
+            r#"source = { git = "https://example.com/web.git", branch = "main" }"#,
+        ),
+    ];
+    section.require(diags, "[deploy]", &required);
     if let Some(shared) = &deploy.shared {
         if shared.value.len() > MAX_SHARED {
             let message = format!(
@@ -203,7 +240,7 @@ pub(super) fn check_deploy(
             }
         }
     }
-    let too_long = |field: &Option<Field<super::units::PositiveDuration>>, key: &str| {
+    let too_long = |field: &Option<Field<PositiveDuration>>, key: &str| {
         field
             .as_ref()
             .filter(|f| f.value.0 > MAX_DEPLOY_DURATION)
@@ -223,13 +260,9 @@ pub(super) fn check_deploy(
 }
 
 /// Checks within `source = { … }`: exactly one kind, `branch` only with `git`.
-pub(super) fn check_source(
-    source: &SourceLayer,
-    diags: &mut super::diag::Diagnostics<'_>,
-    section: &super::schema::Section<'_>,
-) {
+fn check_source(source: &SourceLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
     let example = r#"source = { git = "https://example.com/web.git", branch = "main" }"#;
-    let kind = super::schema::exactly_one(diags, section, &["git", "path", "archive"], example);
+    let kind = exactly_one(diags, section, &["git", "path", "archive"], example);
     if let (Some(kind), Some(branch)) = (kind, &source.branch) {
         if kind != "git" {
             let message = format!("`branch` is for a git source; a {kind} source has none");
@@ -243,18 +276,19 @@ pub(super) fn check_source(
 }
 
 /// Checks within `health = { … }` of `[deploy]`: exactly one probe.
-pub(super) fn check_deploy_health(
-    _: &DeployHealthLayer,
-    diags: &mut super::diag::Diagnostics<'_>,
-    section: &super::schema::Section<'_>,
-) {
+fn check_deploy_health(_: &DeployHealthLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
     let example = r#"health = { http = "http://127.0.0.1:3000/health" }"#;
-    super::schema::exactly_one(diags, section, &["http", "tcp"], example);
+    exactly_one(diags, section, &["http", "tcp"], example);
 }
 
-/// Builds `[deploy]` from its validated layer and the app's own probes; `None` if validation
-/// failed.
-pub(super) fn resolve(layer: &DeployLayer, base: &Path, app: &AppConfig) -> Option<DeployConfig> {
+/// Builds `[deploy]` from its validated layer and the app's own probes (its resolved `ready`
+/// and `health`); `None` if validation failed.
+pub(super) fn resolve(
+    layer: &DeployLayer,
+    base: &Path,
+    ready: Option<&ReadyConfig>,
+    health: Option<&HealthConfig>,
+) -> Option<DeployConfig> {
     let root = base.join(value(&layer.root)?);
     let source = value(&layer.source)?;
     let source = if let Some(url) = value(&source.git) {
@@ -270,7 +304,7 @@ pub(super) fn resolve(layer: &DeployLayer, base: &Path, app: &AppConfig) -> Opti
     } else {
         DeploySource::Archive(base.join(value(&source.archive)?))
     };
-    let health = match value(&layer.health) {
+    let probe = match value(&layer.health) {
         Some(h) => Some(DeployHealth {
             target: value(&h.http)
                 .map(|p| p.0.clone())
@@ -278,7 +312,7 @@ pub(super) fn resolve(layer: &DeployLayer, base: &Path, app: &AppConfig) -> Opti
             timeout: value(&h.timeout).map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.0),
             interval: value(&h.interval).map_or(Duration::from_millis(200), |d| d.0),
         }),
-        None => app_probe(app),
+        None => app_probe(ready, health),
     };
     Some(DeployConfig {
         root,
@@ -289,13 +323,13 @@ pub(super) fn resolve(layer: &DeployLayer, base: &Path, app: &AppConfig) -> Opti
             .map(|s| s.iter().map(|p| p.0.clone()).collect())
             .unwrap_or_default(),
         keep: value(&layer.keep).map_or(DEFAULT_KEEP, |k| k.0),
-        health,
+        health: probe,
     })
 }
 
 /// The app's http/tcp `ready` probe, else its `health` probe, as a deploy health check.
-fn app_probe(app: &AppConfig) -> Option<DeployHealth> {
-    let ready = app.ready.as_ref().and_then(|r| match &r.check {
+fn app_probe(ready: Option<&ReadyConfig>, health: Option<&HealthConfig>) -> Option<DeployHealth> {
+    let ready = ready.and_then(|r| match &r.check {
         ReadyCheck::Probe(target) => Some(DeployHealth {
             target: target.clone(),
             timeout: r.timeout.max(DEFAULT_HEALTH_TIMEOUT),
@@ -304,7 +338,7 @@ fn app_probe(app: &AppConfig) -> Option<DeployHealth> {
         ReadyCheck::Notify { .. } => None,
     });
     ready.or_else(|| {
-        app.health.as_ref().map(|h| DeployHealth {
+        health.map(|h| DeployHealth {
             target: h.target.clone(),
             timeout: DEFAULT_HEALTH_TIMEOUT,
             interval: Duration::from_millis(200),

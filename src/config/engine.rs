@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::diag::{ConfigError, Diagnostics};
+use super::fleet::AgentId;
 use super::probe::{check_chars, Schemes, Url};
-use super::schema::{self, value, DigitalOceanLayer, EngineLayer, Field};
-use super::units::{scalar_deserialize, Scalar};
+use super::schema::{layer, read_layer, value, Field, Section};
+use super::units::{scalar_deserialize, Bounded, PositiveDuration, Scalar, SizeValue};
 
 /// A loaded and validated `engine.toml`.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,12 +146,95 @@ impl EngineConfig {
             diags.error(error.span().unwrap_or(0..0), "", error.message());
             diags.take()
         })?;
-        let layer = schema::read_engine(&mut diags, root.into_inner());
+        let layer: EngineLayer = read_layer(&mut diags, "", 0..0, root.into_inner());
         diags.check()?;
         let abs_path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = abs_path.parent().unwrap_or(Path::new("/")).to_owned();
         Ok(resolve(&layer, abs_path.clone(), &base))
     }
+}
+
+layer!(
+    /// The whole of `engine.toml` (citrus-engine's config).
+    EngineLayer {
+        listen: SocketAddr,
+        public_url: PublicUrl,
+        database_url: DatabaseUrl,
+        admin_token_file: PathBuf,
+        agent_connect_timeout: PositiveDuration,
+        enroll_token_ttl: PositiveDuration,
+        status_history_retention: PositiveDuration,
+        status_interval: PositiveDuration,
+        command_timeout: PositiveDuration,
+        max_frame: Bounded<u64, 1024, { 64 << 20 }>,
+        auth_max_failures: Bounded<u32, 1, 100_000>,
+        auth_failure_window: PositiveDuration,
+        digitalocean: DigitalOceanLayer,
+        install: InstallLayer,
+        local_agent: LocalAgentLayer,
+        releases_dir: PathBuf,
+        max_release_size: SizeValue,
+        host_profile: PathBuf,
+    }
+    check: check_engine
+);
+
+/// A citrusd binary is several MiB: a smaller `max_release_size` would refuse every release.
+fn check_engine(engine: &EngineLayer, diags: &mut Diagnostics<'_>, _: &Section<'_>) {
+    if let Some(size) = engine
+        .max_release_size
+        .as_ref()
+        .filter(|s| s.value.0 < 1 << 20)
+    {
+        diags.error(
+            size.span.clone(),
+            "max_release_size",
+            "max_release_size is below 1 MiB, smaller than any citrusd binary: use e.g. \"64M\"",
+        );
+    }
+}
+
+layer!(
+    /// `[digitalocean]` in `engine.toml`.
+    DigitalOceanLayer {
+        api_base: ApiBase,
+        region: String,
+        size: String,
+        image: String,
+        backups: bool,
+        ipv6: bool,
+        monitoring: bool,
+        tags: Vec<String>,
+        poll_interval: PositiveDuration,
+        timeout: PositiveDuration,
+        attempts: Bounded<u32, 1, 10>,
+    }
+);
+
+layer!(
+    /// `[install]` in `engine.toml`: where cloud-init fetches citrusd from.
+    InstallLayer {
+        citrusd_url: ApiBase,
+        citrusd_sha256: Sha256Hex,
+    }
+);
+
+layer!(
+    /// `[local_agent]` in `engine.toml`: the agent of the host the engine runs on.
+    LocalAgentLayer {
+        id: AgentId,
+        name: String,
+        key_file: PathBuf,
+    }
+    check: check_local_agent
+);
+
+fn check_local_agent(_: &LocalAgentLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let required = [
+        ("id", r#"id = "local""#),
+        ("key_file", r#"key_file = "../.citrus/agent.key""#),
+    ];
+    section.require(diags, "[local_agent]", &required);
 }
 
 fn or<T: Clone>(field: &Option<Field<T>>, default: T) -> T {
@@ -161,8 +245,8 @@ fn duration<T: Copy + Into<Duration>>(field: &Option<Field<T>>, default: Duratio
     value(field).map_or(default, |d| (*d).into())
 }
 
-impl From<super::units::PositiveDuration> for Duration {
-    fn from(d: super::units::PositiveDuration) -> Duration {
+impl From<PositiveDuration> for Duration {
+    fn from(d: PositiveDuration) -> Duration {
         d.0
     }
 }

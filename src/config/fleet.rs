@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::is_identifier;
+use super::diag::Diagnostics;
 use super::probe::{check_chars, Schemes, Url};
-use super::schema::{deserialize_argv, has_program, value, Field, FleetLayer, UpdateLayer};
-use super::units::{scalar_deserialize, Scalar};
+use super::schema::{layer, value, Field, Section};
+use super::units::{scalar_deserialize, PositiveDuration, Scalar};
+use super::validate::{check_argv, deserialize_argv, is_identifier, CommandValue};
 
 /// `[fleet]`: the agent that connects citrusd to a fleet engine.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,7 +201,7 @@ pub(crate) struct SiteTemplate(pub Vec<String>);
 impl<'de> Deserialize<'de> for SiteTemplate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         deserialize_argv(d, |argv| {
-            has_program(argv, TEMPLATE_EXAMPLE)?;
+            check_argv(argv, TEMPLATE_EXAMPLE)?;
             match argv.iter().any(|arg| arg.contains(DOMAIN)) {
                 true => Ok(()),
                 false => Err(format!(
@@ -210,6 +211,77 @@ impl<'de> Deserialize<'de> for SiteTemplate {
             }
         })
         .map(Self)
+    }
+}
+
+layer!(
+    /// `[fleet]`.
+    FleetLayer {
+        engine_url: EngineUrl,
+        agent_id: AgentId,
+        key_file: PathBuf,
+        enroll_token: EnrollToken,
+        ca_file: PathBuf,
+        status_interval: PositiveDuration,
+        reconnect_delay: PositiveDuration,
+        sites: SitesLayer,
+        update: UpdateLayer,
+    }
+    check: check_fleet
+);
+
+fn check_fleet(fleet: &FleetLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let required = [
+        (
+            "engine_url",
+            r#"engine_url = "wss://engine.example.com/agent""#,
+        ),
+        ("agent_id", r#"agent_id = "web-1""#),
+        ("key_file", r#"key_file = "/etc/citrus/agent.key""#),
+    ];
+    section.require(diags, "[fleet]", &required);
+    if let (Some(url), Some(ca_file)) = (value(&fleet.engine_url), &fleet.ca_file) {
+        if !url.tls {
+            diags.error(
+                ca_file.key.clone(),
+                format!("{}.ca_file", section.path),
+                "`ca_file` is for TLS, but `engine_url` is ws://; use wss://",
+            );
+        }
+    }
+}
+
+layer!(
+    /// `[fleet.sites]`.
+    SitesLayer {
+        create: SiteTemplate,
+        delete: SiteTemplate,
+    }
+);
+
+layer!(
+    /// `[fleet.update]`.
+    UpdateLayer {
+        repo: PathBuf,
+        remote: GitName,
+        branch: GitName,
+        build: CommandValue,
+        binary: PathBuf,
+        confirm_timeout: PositiveDuration,
+    }
+    check: check_update
+);
+
+/// `repo` is needed by every key of the git-checkout path; `confirm_timeout` alone (for release
+/// updates) needs none.
+fn check_update(_: &UpdateLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let git_keys = ["remote", "branch", "build", "binary"];
+    if git_keys.iter().any(|k| section.key(k).is_some()) {
+        section.require(
+            diags,
+            "[fleet.update]",
+            &[("repo", r#"repo = "/opt/citrus""#)],
+        );
     }
 }
 

@@ -6,10 +6,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use toml::Spanned;
+
+use super::app::{default_inherit_env, resolve_program};
 use super::cron::{CronSchedule, Timezone};
-use super::schema::{value, Field, JobKindTag, JobLayer, NonEmpty, NotifyLayer};
-use super::units::{scalar_deserialize, Named, Scalar};
-use super::{default_inherit_env, resolve_program};
+use super::diag::Diagnostics;
+use super::probe::WebhookUrl;
+use super::schema::{layer, value, Field, NonEmpty, Section};
+use super::units::{names, scalar_deserialize, Bounded, Choice, Named, PositiveDuration, Scalar};
+use super::validate::{CommandValue, EnvTable};
 
 /// One `[jobs.NAME]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -273,6 +278,132 @@ impl Scalar for GlobPattern {
 
 scalar_deserialize!(GlobPattern);
 
+layer!(
+    /// `[jobs.NAME]`: the keys of every kind; [`JobKindTag::keys`] says which kind owns which.
+    JobLayer {
+        schedule: CronSchedule,
+        kind: Choice<JobKindTag>,
+        timezone: Choice<Timezone>,
+        timeout: PositiveDuration,
+        apps: Vec<Spanned<String>>,
+        paths: NonEmpty<PathBuf>,
+        threshold: Bounded<u8, 1, 100>,
+        dirs: NonEmpty<PathBuf>,
+        pattern: GlobPattern,
+        max_age: PositiveDuration,
+        command: CommandValue,
+        env: EnvTable,
+        cwd: PathBuf,
+        user: String,
+        inherit_env: Vec<String>,
+    }
+    check: check_job
+);
+
+/// A job's `kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobKindTag {
+    Health,
+    Disk,
+    LogCleanup,
+    Save,
+    DeployReconcile,
+    Command,
+}
+
+impl Named for JobKindTag {
+    const WHAT: &'static str = "job kind";
+    const ALL: &'static [Self] = &[
+        JobKindTag::Health,
+        JobKindTag::Disk,
+        JobKindTag::LogCleanup,
+        JobKindTag::Save,
+        JobKindTag::DeployReconcile,
+        JobKindTag::Command,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            JobKindTag::Health => "health",
+            JobKindTag::Disk => "disk",
+            JobKindTag::LogCleanup => "log-cleanup",
+            JobKindTag::Save => "save",
+            JobKindTag::DeployReconcile => "deploy-reconcile",
+            JobKindTag::Command => "command",
+        }
+    }
+}
+
+impl JobKindTag {
+    /// The keys only this kind has, each with an example if it is required.
+    fn keys(self) -> &'static [(&'static str, Option<&'static str>)] {
+        match self {
+            JobKindTag::Health => &[("apps", None)],
+            JobKindTag::Disk => &[("paths", None), ("threshold", None)],
+            JobKindTag::LogCleanup => &[
+                ("dirs", Some(r#"dirs = ["logs"]"#)),
+                ("pattern", None),
+                ("max_age", Some(r#"max_age = "7d""#)),
+            ],
+            JobKindTag::Save | JobKindTag::DeployReconcile => &[],
+            JobKindTag::Command => &[
+                ("command", Some(r#"command = ["/usr/local/bin/backup.sh"]"#)),
+                ("env", None),
+                ("cwd", None),
+                ("user", None),
+                ("inherit_env", None),
+            ],
+        }
+    }
+
+    /// The kind that `key` belongs to, if it is not common to all.
+    fn owner(key: &str) -> Option<Self> {
+        let owns = |kind: &Self| kind.keys().iter().any(|&(own, _)| own == key);
+        Self::ALL.iter().copied().find(owns)
+    }
+}
+
+fn check_job(job: &JobLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    section.require(diags, "job", &[("schedule", r#"schedule = "0 3 * * *""#)]);
+    let Some(kind) = &job.kind else {
+        if section.key("kind").is_none() {
+            let message = format!("job has no `kind`; add one of: {}", names::<JobKindTag>());
+            section.error(diags, message);
+        }
+        return;
+    };
+    let kind = kind.value.0;
+    for (key, span) in &section.keys {
+        match JobKindTag::owner(key) {
+            Some(owner) if owner != kind => diags.error(
+                span.clone(),
+                format!("{}.{key}", section.path),
+                format!(
+                    "`{key}` is not a key of kind \"{}\" (it belongs to kind \"{}\")",
+                    kind.name(),
+                    owner.name()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    for &(key, required) in kind.keys() {
+        if let (Some(example), None) = (required, section.key(key)) {
+            let kind = kind.name();
+            let message =
+                format!("job has no `{key}`, which kind \"{kind}\" needs; add e.g. {example}");
+            section.error(diags, message);
+        }
+    }
+}
+
+layer!(
+    /// `[notify]`.
+    NotifyLayer {
+        webhook: WebhookUrl,
+        events: Vec<Choice<EventKind>>,
+    }
+);
+
 /// Builds a job from its validated layer; `None` if validation failed.
 pub(super) fn resolve_job(name: &str, job: &JobLayer, base: &Path) -> Option<JobConfig> {
     let absolute = |list: &Option<Field<NonEmpty<PathBuf>>>| {
@@ -344,6 +475,17 @@ pub(super) fn resolve_notify(layer: &NotifyLayer) -> NotifyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::schema::Layer;
+
+    #[test]
+    fn job_kind_keys_are_job_keys() {
+        for kind in JobKindTag::ALL {
+            for (key, _) in kind.keys() {
+                assert!(JobLayer::KEYS.contains(key), "{key}");
+                assert_eq!(JobKindTag::owner(key), Some(*kind), "{key}");
+            }
+        }
+    }
 
     #[test]
     fn globs() {

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::diag::Diagnostics;
 use super::probe::check_chars;
-use super::schema::{Field, RawConfig};
+use super::schema::Field;
 use super::units::{scalar_deserialize, Scalar};
 
 /// The most addresses one app may listen on.
@@ -149,11 +149,11 @@ fn strip_scheme<'a>(s: &'a str, scheme: &str) -> Option<&'a str> {
         .then(|| &s[scheme.len()..])
 }
 
+/// A `listen` as written: each address with its span.
+pub(super) type ListenList = Field<Vec<Spanned<ListenAddr>>>;
+
 /// The app's `listen` as written, each address resolved against `base`.
-pub(super) fn resolve(
-    list: Option<&Field<Vec<Spanned<ListenAddr>>>>,
-    base: &Path,
-) -> Vec<ListenAddr> {
+pub(super) fn resolve(list: Option<&ListenList>, base: &Path) -> Vec<ListenAddr> {
     let written = list.map(|field| field.value.as_slice()).unwrap_or_default();
     written
         .iter()
@@ -161,10 +161,16 @@ pub(super) fn resolve(
         .collect()
 }
 
-/// Checks every `listen`: none in `[defaults]`, at most [`MAX_LISTEN`] per app, Unix paths that
-/// fit a socket address, and no address listed twice, in one app or across apps.
-pub(super) fn check(diags: &mut Diagnostics<'_>, raw: &RawConfig, base: &Path) {
-    if let Some(listen) = &raw.defaults.fields.listen {
+/// Checks every `listen` (`defaults`: the one of `[defaults]`; `apps`: each app's name and its
+/// own): none in `[defaults]`, at most [`MAX_LISTEN`] per app, Unix paths that fit a socket
+/// address, and no address listed twice, in one app or across apps.
+pub(super) fn check<'a>(
+    diags: &mut Diagnostics<'_>,
+    defaults: Option<&ListenList>,
+    apps: impl IntoIterator<Item = (&'a str, &'a ListenList)>,
+    base: &Path,
+) {
+    if let Some(listen) = defaults {
         diags.error(
             listen.key.clone(),
             "defaults.listen",
@@ -173,11 +179,8 @@ pub(super) fn check(diags: &mut Diagnostics<'_>, raw: &RawConfig, base: &Path) {
         );
     }
     let mut owners: BTreeMap<ListenAddr, &str> = BTreeMap::new();
-    for app in &raw.apps {
-        let Some(listen) = &app.layer.fields.listen else {
-            continue;
-        };
-        let path = format!("apps.{}.listen", app.name);
+    for (app, listen) in apps {
+        let path = format!("apps.{app}.listen");
         if listen.value.len() > MAX_LISTEN {
             let message = format!(
                 "{} addresses; an app may listen on at most {MAX_LISTEN}",
@@ -199,7 +202,7 @@ pub(super) fn check(diags: &mut Diagnostics<'_>, raw: &RawConfig, base: &Path) {
                 }
             }
             match owners.get(&addr) {
-                Some(&owner) if owner == app.name => {
+                Some(&owner) if owner == app => {
                     let message = format!("{addr} is listed twice; remove one");
                     diags.error(written.span(), &path, message);
                 }
@@ -211,7 +214,7 @@ pub(super) fn check(diags: &mut Diagnostics<'_>, raw: &RawConfig, base: &Path) {
                     diags.error(written.span(), &path, message);
                 }
                 None => {
-                    owners.insert(addr, &app.name);
+                    owners.insert(addr, app);
                 }
             }
         }

@@ -2,12 +2,20 @@
 //! problem at once, the effective per-app configuration (`[defaults]` merged, `--env` chosen),
 //! scheduled jobs, notifications and the fleet agent.
 //!
-//! Reading happens in three steps: toml parses the text into a spanned document; `schema` reads it
-//! section by section into layers of spanned values (unknown keys and bad values are recorded, not
-//! fatal, and checks within a table run); then checks across sections (`after`, cycles, a health
-//! job's `apps`) run before the layers are resolved into [`Config`].
+//! Reading happens in three steps: toml parses the text into a spanned document; `read` reads it
+//! section by section into layers of spanned values with `schema`'s machinery (unknown keys and
+//! bad values are recorded, not fatal, and checks within a table run); then checks across
+//! sections (`after`, cycles, a health job's `apps`, `listen`) run before the layers are resolved
+//! into [`Config`].
+//!
+//! The modules form layers, each using only those listed before it: `diag`, `envfile`; `units`;
+//! `cron`, `validate`; `schema`; then one module per section, each owning its layer and its
+//! resolution, in this order: `probe`, `listen`, `fleet`, `deploy`, `engine`, `daemon`, `app`,
+//! `jobs`; this file on top.
 
+mod app;
 mod cron;
+mod daemon;
 mod deploy;
 mod diag;
 mod engine;
@@ -21,18 +29,15 @@ mod units;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use nix::unistd::{geteuid, User};
-use serde::{Deserialize, Serialize};
+use toml::de::DeTable;
 use toml::Spanned;
 
+pub use app::{validate_app, AppConfig, LogConfig, RestartPolicy};
 pub use cron::{CronSchedule, Timezone};
+pub use daemon::DaemonConfig;
 pub use deploy::{DeployConfig, DeployHealth, DeploySource, DEFAULT_HEALTH_TIMEOUT};
 pub use diag::{ConfigError, Diagnostic};
 pub use engine::{Database, DigitalOceanConfig, EngineConfig, InstallConfig, LocalAgentConfig};
@@ -45,12 +50,17 @@ pub use units::{
     format_duration, format_size, parse_duration, parse_signal, parse_size, MAX_DURATION,
 };
 pub use validate::{
-    check_command, check_cwd, check_env, check_env_name, check_instances, validate_app, InvalidApp,
-    MAX_INSTANCES,
+    check_command, check_cwd, check_env, check_env_name, check_instances, validate_app_name,
+    InvalidApp, MAX_INSTANCES,
 };
 
+use app::{resolve_app, AppLayer};
+use daemon::{resolve_daemon, DaemonLayer};
 use diag::{suggest, Diagnostics};
-use schema::{value, AppLayer, CommandValue, DaemonLayer, Field, RawConfig};
+use fleet::FleetLayer;
+use jobs::{JobLayer, NotifyLayer};
+use schema::{named_tables, read_layer, read_table, Field};
+use validate::CommandValue;
 
 /// A loaded and validated config file.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,137 +87,6 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AppDefaults(AppLayer);
 
-/// `[daemon]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DaemonConfig {
-    /// Persisted state.
-    pub state_dir: PathBuf,
-    /// App logs.
-    pub log_dir: PathBuf,
-    /// Control socket, if set in the file.
-    pub socket: Option<PathBuf>,
-    /// Group that owns the control socket.
-    pub socket_group: Option<String>,
-    /// How often memory use is sampled for `max_memory_restart`.
-    pub memory_check_interval: Duration,
-    /// Where to serve metrics, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-/// When an exited app is started again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Whatever the exit status.
-    Always,
-    /// Only after a non-zero exit or a signal.
-    OnFailure,
-    /// Never.
-    Never,
-}
-
-/// The effective configuration of one app.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AppConfig {
-    /// The app's name (a valid file name; see [`validate_app_name`]).
-    pub name: String,
-    /// Program and arguments; never empty.
-    pub command: Vec<String>,
-    /// Working directory, absolute; the config file's directory unless set.
-    pub cwd: Option<PathBuf>,
-    /// Number of instances, from 1 to [`MAX_INSTANCES`].
-    pub instances: u32,
-    /// User to run as.
-    pub user: Option<String>,
-    /// `[defaults].env`, then `env`, then `[defaults].env_NAME`, then `env_NAME` (later wins).
-    pub env: BTreeMap<String, String>,
-    /// Dotenv file, absolute; read by the supervisor at every start, not at load.
-    pub env_file: Option<PathBuf>,
-    /// Variables passed through from citrusd's own environment.
-    pub inherit_env: Vec<String>,
-    /// Restart when an instance's memory exceeds this many bytes.
-    pub max_memory_restart: Option<u64>,
-    /// Start with the daemon.
-    pub autostart: bool,
-    /// Apps that must be started first.
-    pub after: Vec<String>,
-    /// Scheduled restarts.
-    pub cron_restart: Option<CronSchedule>,
-    /// When to restart after an exit.
-    pub restart: RestartPolicy,
-    /// Crashes within `min_uptime` tolerated before giving up.
-    pub max_restarts: u32,
-    /// A run shorter than this counts as a crash.
-    pub min_uptime: Duration,
-    /// Fixed delay before a restart.
-    pub restart_delay: Duration,
-    /// Base of the exponential restart backoff; zero disables it.
-    pub exp_backoff_restart_delay: Duration,
-    /// Signal sent to stop an instance.
-    pub kill_signal: Signal,
-    /// Wait after `kill_signal` before SIGKILL.
-    pub kill_timeout: Duration,
-    /// Log rotation.
-    pub log: LogConfig,
-    /// How to tell that the app has started, for apps `after` it.
-    pub ready: Option<ReadyConfig>,
-    /// Health probing while it runs.
-    pub health: Option<HealthConfig>,
-    /// Deployments (`[apps.NAME.deploy]`); the app then runs from `<root>/current` by default.
-    pub deploy: Option<Arc<DeployConfig>>,
-    /// Sockets citrusd binds once and passes to every instance as fds 3, 4, … (socket
-    /// activation); Unix paths absolute.
-    pub listen: Vec<ListenAddr>,
-}
-
-impl AppConfig {
-    /// The stop signal's name, e.g. `"SIGTERM"`.
-    pub fn kill_signal_name(&self) -> &'static str {
-        self.kill_signal.as_str()
-    }
-}
-
-/// Log rotation of one app.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LogConfig {
-    /// Rotate at this size; `None` (written `"0"`) disables size rotation.
-    pub max_size: Option<u64>,
-    /// Rotated files kept.
-    pub keep: u32,
-    /// Delete rotated files older than this; `None` (written `"0s"`) keeps them.
-    pub max_age: Option<Duration>,
-    /// Gzip rotated files.
-    pub compress: bool,
-    /// Prefix each line with a timestamp.
-    pub timestamps: bool,
-}
-
-/// Validates an app name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, not `all`. `Err` is the message.
-pub fn validate_app_name(name: &str) -> Result<(), String> {
-    validate_name("app", name)
-}
-
-/// Validates the name of an app or a job (`what`), as [`validate_app_name`] does.
-fn validate_name(what: &str, name: &str) -> Result<(), String> {
-    if !is_identifier(name) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        Err(format!(
-            "invalid {what} name {name:?}: use 1 to 64 letters, digits, `_`, `.` or `-`, \
-             starting with a letter or digit"
-        ))
-    } else if name == "all" {
-        Err(format!("the {what} name \"all\" is reserved"))
-    } else {
-        Ok(())
-    }
-}
-
-/// Whether `s` is 1 to 64 ASCII letters, digits, `_`, `.` or `-`.
-fn is_identifier(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 impl Config {
     /// Reads and validates the file. `env` is the `--env NAME`.
     pub fn load(path: &Path, env: Option<&str>) -> Result<Config, ConfigError> {
@@ -226,11 +105,20 @@ impl Config {
             diags.error(error.span().unwrap_or(0..0), "", error.message());
             diags.take()
         })?;
-        let raw = schema::read(&mut diags, root.into_inner());
+        let raw = read(&mut diags, root.into_inner());
         check_layers(&mut diags, &raw);
         let abs_path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
         let base = abs_path.parent().unwrap_or(Path::new("/"));
-        listen::check(&mut diags, &raw, base);
+        let listens = raw.apps.iter().filter_map(|app| {
+            let listen = app.layer.fields.listen.as_ref()?;
+            Some((app.name.as_str(), listen))
+        });
+        listen::check(
+            &mut diags,
+            raw.defaults.fields.listen.as_ref(),
+            listens,
+            base,
+        );
         let apps: BTreeMap<String, AppConfig> = raw
             .apps
             .iter()
@@ -329,6 +217,80 @@ impl Config {
         validate_app(&app)?;
         Ok(app)
     }
+}
+
+/// The whole file, section by section.
+#[derive(Default)]
+struct RawConfig {
+    daemon: DaemonLayer,
+    defaults: AppLayer,
+    apps: Vec<RawApp>,
+    jobs: Vec<RawJob>,
+    notify: NotifyLayer,
+    fleet: Option<FleetLayer>,
+}
+
+/// One `[apps.NAME]` table.
+struct RawApp {
+    name: String,
+    /// The name's, in its table header.
+    span: Range<usize>,
+    layer: AppLayer,
+}
+
+/// One `[jobs.NAME]` table.
+struct RawJob {
+    name: String,
+    layer: JobLayer,
+}
+
+const SECTIONS: &[&str] = &["daemon", "defaults", "apps", "jobs", "notify", "fleet"];
+
+/// Reads the document into layers, recording every unknown key and bad value in `diags`.
+fn read(diags: &mut Diagnostics<'_>, root: DeTable<'_>) -> RawConfig {
+    let mut raw = RawConfig::default();
+    for (key, value) in root {
+        let key_span = key.span();
+        let key = key.into_inner();
+        match &*key {
+            "daemon" => raw.daemon = read_table(diags, &key, key_span, value).unwrap_or_default(),
+            "defaults" => {
+                raw.defaults = read_table(diags, &key, key_span, value).unwrap_or_default();
+            }
+            "notify" => raw.notify = read_table(diags, &key, key_span, value).unwrap_or_default(),
+            "fleet" => raw.fleet = read_table(diags, &key, key_span, value),
+            "apps" => {
+                for named in named_tables(diags, "app", &key, value) {
+                    if !named
+                        .table
+                        .iter()
+                        .any(|(key, _)| key.get_ref() == "command")
+                    {
+                        let message =
+                            r#"app has no `command`; add e.g. command = ["node", "index.js"]"#;
+                        diags.error(named.span.clone(), &named.path, message);
+                    }
+                    let layer = read_layer(diags, &named.path, named.span.clone(), named.table);
+                    raw.apps.push(RawApp {
+                        name: named.name,
+                        span: named.span,
+                        layer,
+                    });
+                }
+            }
+            "jobs" => {
+                for named in named_tables(diags, "job", &key, value) {
+                    let layer = read_layer(diags, &named.path, named.span, named.table);
+                    raw.jobs.push(RawJob {
+                        name: named.name,
+                        layer,
+                    });
+                }
+            }
+            _ => diags.unknown_key(key_span, key.to_string(), &key, SECTIONS),
+        }
+    }
+    raw
 }
 
 /// Checks across sections: `command` in `[defaults]`, app names in `after` and in jobs' `apps`.
@@ -458,161 +420,6 @@ fn find_cycles(apps: &BTreeMap<String, AppConfig>) -> BTreeSet<Vec<&str>> {
         }
     }
     search.cycles
-}
-
-/// Merges an app's layer over `[defaults]` and the built-in defaults.
-fn resolve_app(
-    name: &str,
-    app: &AppLayer,
-    defaults: &AppLayer,
-    base: &Path,
-    env_name: Option<&str>,
-) -> AppConfig {
-    let (own, def) = (&app.fields, &defaults.fields);
-    macro_rules! get {
-        ($field:ident) => {
-            value(&own.$field).or(value(&def.$field))
-        };
-    }
-    let named = env_name.map_or([None, None], |n| {
-        [defaults.named_env.get(n), app.named_env.get(n)]
-    });
-    let env = [def.env.as_ref(), own.env.as_ref()]
-        .into_iter()
-        .chain(named)
-        .flatten()
-        .flat_map(|table| &table.value.0)
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    // `after` inherited from [defaults] never makes an app wait for itself.
-    let inherited = own.after.is_none();
-    let after = get!(after)
-        .into_iter()
-        .flatten()
-        .map(|dep| dep.get_ref().clone())
-        .filter(|dep| !(inherited && dep == name))
-        .collect();
-    // Apps run in the config file's directory (an app with `[deploy]`: in `<root>/current`)
-    // unless they name another; a relative program path (`./server`, `bin/app`) is relative to
-    // that working directory.
-    let deploy_root = value(&own.deploy)
-        .and_then(|d| value(&d.root))
-        .map(|root| base.join(root).join("current"));
-    let cwd = match get!(cwd) {
-        Some(cwd) => base.join(cwd),
-        None => deploy_root.unwrap_or_else(|| base.to_path_buf()),
-    };
-    let mut command = get!(command).map_or_else(Vec::new, |c| c.0.clone());
-    resolve_program(&mut command, &cwd);
-    let mut app = AppConfig {
-        name: name.to_owned(),
-        command,
-        cwd: Some(cwd),
-        instances: get!(instances).map_or(1, |n| n.0.max(1)),
-        user: get!(user).cloned(),
-        env,
-        env_file: get!(env_file).map(|file| base.join(file)),
-        inherit_env: get!(inherit_env)
-            .cloned()
-            .unwrap_or_else(default_inherit_env),
-        max_memory_restart: get!(max_memory_restart)
-            .map(|size| size.0)
-            .filter(|&bytes| bytes > 0),
-        autostart: get!(autostart).copied().unwrap_or(true),
-        after,
-        cron_restart: get!(cron_restart).cloned(),
-        restart: get!(restart).copied().unwrap_or(RestartPolicy::Always),
-        max_restarts: get!(max_restarts).map_or(10, |n| n.0),
-        min_uptime: get!(min_uptime).map_or(Duration::from_secs(10), |d| d.0),
-        restart_delay: get!(restart_delay).map_or(Duration::ZERO, |d| d.0),
-        exp_backoff_restart_delay: get!(exp_backoff_restart_delay).map_or(Duration::ZERO, |d| d.0),
-        kill_signal: get!(kill_signal).map_or(Signal::SIGTERM, |s| s.0),
-        kill_timeout: get!(kill_timeout).map_or(Duration::from_secs(5), |d| d.0),
-        log: LogConfig {
-            max_size: Some(get!(log_max_size).map_or(10 << 20, |s| s.0)).filter(|&b| b > 0),
-            keep: get!(log_keep).map_or(5, |n| n.0),
-            max_age: Some(get!(log_max_age).map_or(Duration::from_secs(14 * 86_400), |d| d.0))
-                .filter(|age| !age.is_zero()),
-            compress: get!(log_compress).copied().unwrap_or(false),
-            timestamps: get!(log_timestamps).copied().unwrap_or(false),
-        },
-        ready: get!(ready).and_then(probe::resolve_ready),
-        health: get!(health).and_then(probe::resolve_health),
-        // Never inherited: `listen` in [defaults] is an error.
-        listen: listen::resolve(own.listen.as_ref(), base),
-        deploy: None,
-    };
-    app.deploy = value(&own.deploy)
-        .and_then(|layer| deploy::resolve(layer, base, &app))
-        .map(Arc::new);
-    app
-}
-
-/// Variables passed through from citrusd's environment unless `inherit_env` says otherwise.
-fn default_inherit_env() -> Vec<String> {
-    vec!["PATH".to_owned()]
-}
-
-/// Makes a relative program path (`./server`, `bin/app`) relative to `cwd`; a bare name is
-/// looked up in `PATH` at start.
-fn resolve_program(command: &mut [String], cwd: &Path) {
-    if let Some(program) = command.first_mut() {
-        if program.contains('/') && !Path::new(program.as_str()).is_absolute() {
-            let relative: PathBuf = Path::new(program.as_str())
-                .components()
-                .filter(|c| *c != std::path::Component::CurDir)
-                .collect();
-            *program = cwd.join(relative).to_string_lossy().into_owned();
-        }
-    }
-}
-
-fn resolve_daemon(layer: &DaemonLayer, base: &Path) -> DaemonConfig {
-    let path = |field: &Option<Field<PathBuf>>| field.as_ref().map(|f| base.join(&f.value));
-    let is_root = geteuid().is_root();
-    let state_dir = path(&layer.state_dir).unwrap_or_else(|| {
-        default_state_dir(
-            is_root,
-            std::env::var_os("XDG_STATE_HOME"),
-            std::env::var_os("HOME"),
-        )
-    });
-    let log_dir = path(&layer.log_dir).unwrap_or_else(|| match is_root {
-        true => PathBuf::from("/var/log/citrus"),
-        false => state_dir.join("logs"),
-    });
-    DaemonConfig {
-        log_dir,
-        state_dir,
-        socket: path(&layer.socket),
-        socket_group: layer.socket_group.as_ref().map(|f| f.value.clone()),
-        memory_check_interval: layer
-            .memory_check_interval
-            .as_ref()
-            .map_or(Duration::from_secs(1), |f| f.value.0),
-        metrics_listen: layer.metrics_listen.as_ref().map(|f| f.value),
-    }
-}
-
-/// root: `/var/lib/citrus`; otherwise `$XDG_STATE_HOME/citrus`, else `$HOME/.local/state/citrus`
-/// (home from the password database if `HOME` is unset).
-fn default_state_dir(is_root: bool, xdg: Option<OsString>, home: Option<OsString>) -> PathBuf {
-    if is_root {
-        return PathBuf::from("/var/lib/citrus");
-    }
-    let absolute = |var: Option<OsString>| var.map(PathBuf::from).filter(|p| p.is_absolute());
-    if let Some(xdg) = absolute(xdg) {
-        return xdg.join("citrus");
-    }
-    absolute(home)
-        .or_else(|| {
-            User::from_uid(geteuid())
-                .ok()
-                .flatten()
-                .map(|user| user.dir)
-        })
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".local/state/citrus")
 }
 
 #[cfg(test)]

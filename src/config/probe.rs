@@ -5,8 +5,9 @@ use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use super::schema::{value, Field, HealthLayer, ReadyLayer};
-use super::units::{scalar_deserialize, PositiveDuration, Scalar};
+use super::diag::Diagnostics;
+use super::schema::{exactly_one, layer, value, Field, Section};
+use super::units::{scalar_deserialize, Bounded, PositiveDuration, Scalar};
 
 /// What a probe connects to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +206,54 @@ pub(super) fn check_chars(s: &str) -> Result<(), String> {
         Some(c) => Err(format!("unexpected character {c:?}")),
         None => Ok(()),
     }
+}
+
+layer!(
+    /// An app's `ready` table.
+    ReadyLayer {
+        http: HttpProbe,
+        tcp: TcpProbe,
+        notify: bool,
+        timeout: PositiveDuration,
+        interval: PositiveDuration,
+        watchdog: PositiveDuration,
+    }
+    check: check_ready
+);
+
+fn check_ready(ready: &ReadyLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let example = r#"ready = { http = "http://127.0.0.1:3000/health" }"#;
+    let check = exactly_one(diags, section, &["http", "tcp", "notify"], example);
+    match (check, &ready.notify, &ready.watchdog) {
+        (Some("notify"), Some(notify), _) if !notify.value => diags.error(
+            notify.span.clone(),
+            format!("{}.notify", section.path),
+            "`notify = false` checks nothing: remove `ready` to start without a readiness check",
+        ),
+        (Some("http" | "tcp"), _, Some(watchdog)) => diags.error(
+            watchdog.key.clone(),
+            format!("{}.watchdog", section.path),
+            "`watchdog` needs `notify = true`: only a notifying app can send WATCHDOG=1",
+        ),
+        _ => {}
+    }
+}
+
+layer!(
+    /// An app's `health` table.
+    HealthLayer {
+        http: HttpProbe,
+        tcp: TcpProbe,
+        interval: PositiveDuration,
+        timeout: PositiveDuration,
+        failures: Bounded<u32, 1, 1000>,
+    }
+    check: check_health
+);
+
+fn check_health(_: &HealthLayer, diags: &mut Diagnostics<'_>, section: &Section<'_>) {
+    let example = r#"health = { http = "http://127.0.0.1:3000/health" }"#;
+    exactly_one(diags, section, &["http", "tcp"], example);
 }
 
 /// Builds `ready` from its validated layer; `None` if validation failed.

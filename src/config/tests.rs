@@ -1,3 +1,8 @@
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::geteuid;
+
 use super::*;
 
 const FILE: &str = "/etc/citrus/citrusd.toml";
@@ -211,27 +216,6 @@ fn built_in_defaults() {
     } else {
         assert_eq!(config.daemon.log_dir, config.daemon.state_dir.join("logs"));
     }
-}
-
-#[test]
-fn default_state_dirs() {
-    let os = |s: &str| Some(OsString::from(s));
-    assert_eq!(
-        default_state_dir(true, os("/x"), os("/h")),
-        Path::new("/var/lib/citrus")
-    );
-    assert_eq!(
-        default_state_dir(false, os("/x"), os("/h")),
-        Path::new("/x/citrus")
-    );
-    assert_eq!(
-        default_state_dir(false, None, os("/h")),
-        Path::new("/h/.local/state/citrus")
-    );
-    assert_eq!(
-        default_state_dir(false, os("relative"), os("/h")),
-        Path::new("/h/.local/state/citrus")
-    );
 }
 
 #[test]

@@ -1,16 +1,17 @@
-//! The one validator of an app definition, whatever its source: the config file and
+//! The rules an app definition is checked against, whatever its source: the config file and
 //! `reload-config` (each value checked where it is read, with its position, then the resolved
-//! app as a whole), the control API (`start --name`, `POST /v1/apps`) and the run-time apps of
-//! `state.json` (through [`super::Config::runtime_app`]). Each rule is one function with one
-//! message, so every source refuses the same thing in the same words.
+//! app as a whole by [`super::app::validate_app`]), the control API (`start --name`,
+//! `POST /v1/apps`) and the run-time apps of `state.json`. Each rule is one function with one
+//! message, so every source refuses the same thing in the same words; the config's values that
+//! obey a rule ([`CommandValue`], [`InstanceCount`], [`EnvTable`]) are read through it.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
-use serde::de::{self, Deserialize, Deserializer};
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 
 use super::units::{scalar_deserialize, EnvValue, Scalar};
-use super::{validate_app_name, AppConfig};
 
 /// The most instances one app may have (`instances`, `--instances`).
 pub const MAX_INSTANCES: u32 = 256;
@@ -25,29 +26,30 @@ pub struct InvalidApp {
     pub problems: Vec<String>,
 }
 
-/// Checks a resolved app against every rule; `Err` lists each problem.
-pub fn validate_app(app: &AppConfig) -> Result<(), InvalidApp> {
-    let mut problems = Vec::new();
-    let mut check = |result: Result<(), String>| problems.extend(result.err());
-    check(validate_app_name(&app.name));
-    check(check_command(&app.command));
-    check(check_instances(i64::from(app.instances)).map(drop));
-    for (key, value) in &app.env {
-        check(check_env(key, value));
+/// Validates an app name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`, not `all`. `Err` is the message.
+pub fn validate_app_name(name: &str) -> Result<(), String> {
+    validate_name("app", name)
+}
+
+/// Validates the name of an app or a job (`what`), as [`validate_app_name`] does.
+pub(super) fn validate_name(what: &str, name: &str) -> Result<(), String> {
+    if !is_identifier(name) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Err(format!(
+            "invalid {what} name {name:?}: use 1 to 64 letters, digits, `_`, `.` or `-`, \
+             starting with a letter or digit"
+        ))
+    } else if name == "all" {
+        Err(format!("the {what} name \"all\" is reserved"))
+    } else {
+        Ok(())
     }
-    for key in &app.inherit_env {
-        check(check_env_name(key));
-    }
-    if let Some(cwd) = &app.cwd {
-        check(check_cwd(cwd));
-    }
-    match problems.is_empty() {
-        true => Ok(()),
-        false => Err(InvalidApp {
-            name: app.name.clone(),
-            problems,
-        }),
-    }
+}
+
+/// Whether `s` is 1 to 64 ASCII letters, digits, `_`, `.` or `-`.
+pub(super) fn is_identifier(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// An app's `command`: a program, and no NUL byte in any argument.
@@ -169,6 +171,53 @@ impl<'de> Deserialize<'de> for EnvTable {
         }
         Ok(Self(table.into_iter().map(|(k, v)| (k, v.0)).collect()))
     }
+}
+
+/// An argv: an array of strings, or one string split shell-words style. Never empty.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CommandValue(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for CommandValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_argv(d, check_command).map(Self)
+    }
+}
+
+/// Reads an argv written as [`CommandValue`] is, then checks it with `check` (whose `Err` is the
+/// message), so that every problem is reported at the value.
+pub(crate) fn deserialize_argv<'de, D: Deserializer<'de>>(
+    d: D,
+    check: fn(&[String]) -> Result<(), String>,
+) -> Result<Vec<String>, D::Error> {
+    struct Argv(fn(&[String]) -> Result<(), String>);
+
+    impl Argv {
+        fn checked<E: de::Error>(self, argv: Vec<String>) -> Result<Vec<String>, E> {
+            (self.0)(&argv).map_err(E::custom)?;
+            Ok(argv)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Argv {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of strings or a command string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            let argv = shell_words::split(v)
+                .map_err(|e| E::custom(format!("cannot split command {v:?}: {e}")))?;
+            self.checked(argv)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut argv = Vec::new();
+            while let Some(arg) = seq.next_element::<String>()? {
+                argv.push(arg);
+            }
+            self.checked(argv)
+        }
+    }
+
+    d.deserialize_any(Argv(check))
 }
 
 #[cfg(test)]

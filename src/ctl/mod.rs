@@ -2,10 +2,11 @@
 //! from parsed flags to output; [`CtlError::exit_code`] is the one place that maps failures to
 //! SPEC's exit codes (0 ok, 1 failed, 2 usage or config, 3 daemon unreachable).
 
+pub mod import_pm2;
 mod table;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -200,63 +201,27 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let client = Client::new(socket);
     let json = cli.json;
     match cli.command {
-        Command::Status { app } => {
-            let path = match &app {
-                Some(a) => format!("/v1/status?app={}", encode(a)),
-                None => "/v1/status".to_string(),
-            };
-            let status: Status = client.get(&path).await?;
-            if json {
-                print_json(&status);
-            } else {
-                print!("{}", table::status(&status.apps));
-            }
-        }
+        Command::Status { app } => status(&client, app.as_deref(), json).await,
         Command::Start {
             app,
             name,
             instances,
             cwd,
             command,
-        } => {
-            let reply: ActionReply = match (app, name) {
-                (Some(_), Some(_)) => {
-                    return Err(CtlError::Usage("give either an APP to start or --name NAME -- CMD, not both".into()))
-                }
-                (None, None) => {
-                    return Err(CtlError::Usage(
-                        "start what? `citrusctl start APP`, `citrusctl start all`, or `citrusctl start --name NAME -- CMD ARGS…`".into(),
-                    ))
-                }
-                (Some(app), None) => {
-                    if !command.is_empty() {
-                        return Err(CtlError::Usage("a command after `--` needs --name NAME".into()));
-                    }
-                    client.post(&app_path(&app, "/start"), &serde_json::json!({})).await?
-                }
-                (None, Some(name)) => {
-                    if command.is_empty() {
-                        return Err(CtlError::Usage("--name needs the command after `--`: citrusctl start --name NAME -- CMD ARGS…".into()));
-                    }
-                    // Like PM2: a run-time app runs where it was started from unless told otherwise.
-                    let cwd = cwd.or_else(|| std::env::current_dir().ok()).map(|c| std::path::absolute(&c).unwrap_or(c));
-                    let req = AddApp { name, command, instances: instances.unwrap_or(1), cwd };
-                    client.post("/v1/apps", &req).await?
-                }
-            };
-            show_reply(&reply, json);
-        }
-        Command::Stop { app } => action(&client, &app, "stop", json).await?,
-        Command::Restart { app } => action(&client, &app, "restart", json).await?,
-        Command::Reload { app } => action(&client, &app, "reload", json).await?,
-        Command::Delete { app } => {
-            let reply: ActionReply = client.delete(&app_path(&app, "")).await?;
-            if json {
-                print_json(&reply);
-            } else {
-                println!("deleted {app}");
-            }
-        }
+        } => match (app, name) {
+            (Some(app), None) => start(&client, &app, &command, json).await,
+            (None, Some(name)) => add(&client, name, instances, cwd, command, json).await,
+            (Some(_), Some(_)) => Err(CtlError::Usage(
+                "give either an APP to start or --name NAME -- CMD, not both".into(),
+            )),
+            (None, None) => Err(CtlError::Usage(
+                "start what? `citrusctl start APP`, `citrusctl start all`, or `citrusctl start --name NAME -- CMD ARGS…`".into(),
+            )),
+        },
+        Command::Stop { app } => action(&client, &app, "stop", json).await,
+        Command::Restart { app } => action(&client, &app, "restart", json).await,
+        Command::Reload { app } => action(&client, &app, "reload", json).await,
+        Command::Delete { app } => delete(&client, &app, json).await,
         Command::Logs {
             app,
             lines,
@@ -264,146 +229,256 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             err,
             out,
             raw,
-        } => {
-            let stream = match (err, out) {
-                (true, _) => LogStream::Err,
-                (_, true) => LogStream::Out,
-                _ => LogStream::All,
-            };
-            let stream = serde_json::to_value(stream)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let path = app_path(
-                &app,
-                &format!("/logs?lines={lines}&follow={follow}&stream={stream}"),
-            );
-            let mut stdout = std::io::stdout().lock();
-            let mut broken = false;
-            client
-                .stream(&path, |chunk| {
-                    let shown = match raw {
-                        true => std::borrow::Cow::Borrowed(chunk),
-                        false => visible_controls(chunk),
-                    };
-                    if !broken && (stdout.write_all(&shown).is_err() || stdout.flush().is_err()) {
-                        broken = true;
-                    }
-                })
-                .await?;
-        }
-        Command::Describe { app } => {
-            let d: Describe = client.get(&app_path(&app, "")).await?;
-            if json {
-                print_json(&d);
-            } else {
-                print!("{}", table::describe(&d));
-            }
-        }
-        Command::ReloadConfig { dry_run } => {
-            let plan: ReloadPlan = client
-                .post("/v1/reload-config", &ReloadRequest { dry_run })
-                .await?;
-            if json {
-                print_json(&plan);
-            } else {
-                print!("{}", table::plan(&plan));
-            }
-        }
-        Command::ImportPm2 { file } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CtlError::Failed(format!("cannot read {}: {e}", file.display())))?;
-            let name = file.display().to_string();
-            let conv = crate::import_pm2::convert(&text, &name)
-                .map_err(|e| CtlError::Failed(e.to_string()))?;
-            for w in &conv.warnings {
-                eprintln!("warning: {w}");
-            }
-            print!("{}", conv.toml);
-        }
-        Command::Jobs => {
-            let reply: JobsReply = client.get("/v1/jobs").await?;
-            if json {
-                print_json(&reply);
-            } else {
-                print!("{}", table::jobs(&reply.jobs));
-            }
-        }
+        } => logs(&client, &app, lines, follow, log_stream(err, out), raw).await,
+        Command::Describe { app } => describe(&client, &app, json).await,
+        Command::ReloadConfig { dry_run } => reload_config(&client, dry_run, json).await,
+        Command::ImportPm2 { file } => import_pm2(&file),
+        Command::Jobs => jobs(&client, json).await,
         Command::Job {
             action: JobAction::Run { name },
-        } => {
-            let path = format!("/v1/jobs/{}/run", encode(&name));
-            let run: JobRun = client.post(&path, &serde_json::json!({})).await?;
-            if json {
-                print_json(&run);
-            } else {
-                print!("{}", table::job_run(&name, &run));
-            }
-            if run.outcome != JobOutcome::Ok {
-                return Err(CtlError::Failed(format!(
-                    "job {name} {}: {}",
-                    run.outcome.as_str(),
-                    run.summary
-                )));
-            }
-        }
+        } => run_job(&client, &name, json).await,
         Command::Deploy {
             app,
             git_ref,
             follow,
-        } => deploy(&client, &app, git_ref, follow, json).await?,
-        Command::Deployments { app } => {
-            let reply: DeploymentsReply = client.get(&app_path(&app, "/deployments")).await?;
-            if json {
-                print_json(&reply);
-            } else {
-                print!("{}", table::deployments(&reply.deployments));
+        } => deploy(&client, &app, git_ref, follow, json).await,
+        Command::Deployments { app } => deployments(&client, &app, json).await,
+        Command::Rollback { app, to } => rollback(&client, &app, to, json).await,
+        Command::Fleet => fleet(&client, json).await,
+        Command::Save => save(&client).await,
+        Command::Ping => ping(&client, json).await,
+    }
+}
+
+/// Prints `value` as the daemon's JSON, or as the table `table` makes of it.
+fn show<T: serde::Serialize>(value: &T, json: bool, table: impl FnOnce(&T) -> String) {
+    if json {
+        print_json(value);
+    } else {
+        print!("{}", table(value));
+    }
+}
+
+/// `citrusctl status [APP]`.
+async fn status(client: &Client, app: Option<&str>, json: bool) -> Result<(), CtlError> {
+    let path = match app {
+        Some(a) => format!("/v1/status?app={}", encode(a)),
+        None => "/v1/status".to_string(),
+    };
+    let status: Status = client.get(&path).await?;
+    show(&status, json, |s| table::status(&s.apps));
+    Ok(())
+}
+
+/// `citrusctl start APP` (or `all`): nothing may follow `--`.
+async fn start(client: &Client, app: &str, command: &[String], json: bool) -> Result<(), CtlError> {
+    if !command.is_empty() {
+        return Err(CtlError::Usage(
+            "a command after `--` needs --name NAME".into(),
+        ));
+    }
+    let reply: ActionReply = client
+        .post(&app_path(app, "/start"), &serde_json::json!({}))
+        .await?;
+    show_reply(&reply, json);
+    Ok(())
+}
+
+/// `citrusctl start --name NAME [--instances N] [--cwd DIR] -- CMD ARGS…`: adds an app at run
+/// time.
+async fn add(
+    client: &Client,
+    name: String,
+    instances: Option<u32>,
+    cwd: Option<PathBuf>,
+    command: Vec<String>,
+    json: bool,
+) -> Result<(), CtlError> {
+    if command.is_empty() {
+        return Err(CtlError::Usage(
+            "--name needs the command after `--`: citrusctl start --name NAME -- CMD ARGS…".into(),
+        ));
+    }
+    // Like PM2: a run-time app runs where it was started from unless told otherwise.
+    let cwd = cwd
+        .or_else(|| std::env::current_dir().ok())
+        .map(|c| std::path::absolute(&c).unwrap_or(c));
+    let req = AddApp {
+        name,
+        command,
+        instances: instances.unwrap_or(1),
+        cwd,
+    };
+    let reply: ActionReply = client.post("/v1/apps", &req).await?;
+    show_reply(&reply, json);
+    Ok(())
+}
+
+/// `citrusctl delete APP`.
+async fn delete(client: &Client, app: &str, json: bool) -> Result<(), CtlError> {
+    let reply: ActionReply = client.delete(&app_path(app, "")).await?;
+    if json {
+        print_json(&reply);
+    } else {
+        println!("deleted {app}");
+    }
+    Ok(())
+}
+
+/// The stream `logs --err` / `--out` chose (both by default).
+fn log_stream(err: bool, out: bool) -> LogStream {
+    match (err, out) {
+        (true, _) => LogStream::Err,
+        (_, true) => LogStream::Out,
+        _ => LogStream::All,
+    }
+}
+
+/// `citrusctl logs APP`: the last `lines` of the app's log, then (`follow`) what it writes,
+/// its control characters made visible unless `raw`.
+async fn logs(
+    client: &Client,
+    app: &str,
+    lines: usize,
+    follow: bool,
+    stream: LogStream,
+    raw: bool,
+) -> Result<(), CtlError> {
+    let stream = serde_json::to_value(stream)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let path = app_path(
+        app,
+        &format!("/logs?lines={lines}&follow={follow}&stream={stream}"),
+    );
+    let mut stdout = std::io::stdout().lock();
+    let mut broken = false;
+    client
+        .stream(&path, |chunk| {
+            let shown = match raw {
+                true => std::borrow::Cow::Borrowed(chunk),
+                false => visible_controls(chunk),
+            };
+            if !broken && (stdout.write_all(&shown).is_err() || stdout.flush().is_err()) {
+                broken = true;
             }
-        }
-        Command::Rollback { app, to } => {
-            let reply: DeploymentReply = client
-                .post(&app_path(&app, "/rollback"), &RollbackRequest { to })
-                .await?;
-            let d = &reply.deployment;
-            if json {
-                print_json(&reply);
-            } else {
-                println!("{app}: current -> {} ({})", d.release, d.phase);
-            }
-            if d.phase != Phase::Completed {
-                return Err(CtlError::Failed(format!(
-                    "rollback of {app} {}: {}",
-                    d.phase,
-                    d.error.as_deref().unwrap_or("")
-                )));
-            }
-        }
-        Command::Fleet => {
-            let f: crate::fleet::agent::FleetStatus = client.get("/v1/fleet").await?;
-            if json {
-                print_json(&f);
-            } else {
-                print!("{}", table::fleet(&f));
-            }
-        }
-        Command::Save => {
-            let _: serde_json::Value = client.post("/v1/save", &serde_json::json!({})).await?;
-            println!("state saved");
-        }
-        Command::Ping => {
-            let p: Ping = client.get("/v1/ping").await?;
-            if json {
-                print_json(&p);
-            } else {
-                println!(
-                    "citrusd {} (pid {}, protocol {}) up {}",
-                    p.version,
-                    p.pid,
-                    p.protocol,
-                    table::uptime(p.uptime_ms)
-                );
-            }
-        }
+        })
+        .await?;
+    Ok(())
+}
+
+/// `citrusctl describe APP`.
+async fn describe(client: &Client, app: &str, json: bool) -> Result<(), CtlError> {
+    let d: Describe = client.get(&app_path(app, "")).await?;
+    show(&d, json, table::describe);
+    Ok(())
+}
+
+/// `citrusctl reload-config [--dry-run]`.
+async fn reload_config(client: &Client, dry_run: bool, json: bool) -> Result<(), CtlError> {
+    let plan: ReloadPlan = client
+        .post("/v1/reload-config", &ReloadRequest { dry_run })
+        .await?;
+    show(&plan, json, table::plan);
+    Ok(())
+}
+
+/// `citrusctl import-pm2 FILE`: the converted config on stdout, the warnings on stderr.
+fn import_pm2(file: &Path) -> Result<(), CtlError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CtlError::Failed(format!("cannot read {}: {e}", file.display())))?;
+    let name = file.display().to_string();
+    let conv = import_pm2::convert(&text, &name).map_err(|e| CtlError::Failed(e.to_string()))?;
+    for w in &conv.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", conv.toml);
+    Ok(())
+}
+
+/// `citrusctl jobs`.
+async fn jobs(client: &Client, json: bool) -> Result<(), CtlError> {
+    let reply: JobsReply = client.get("/v1/jobs").await?;
+    show(&reply, json, |r| table::jobs(&r.jobs));
+    Ok(())
+}
+
+/// `citrusctl job run NAME`: fails unless the run was ok.
+async fn run_job(client: &Client, name: &str, json: bool) -> Result<(), CtlError> {
+    let path = format!("/v1/jobs/{}/run", encode(name));
+    let run: JobRun = client.post(&path, &serde_json::json!({})).await?;
+    show(&run, json, |run| table::job_run(name, run));
+    if run.outcome != JobOutcome::Ok {
+        return Err(CtlError::Failed(format!(
+            "job {name} {}: {}",
+            run.outcome.as_str(),
+            run.summary
+        )));
+    }
+    Ok(())
+}
+
+/// `citrusctl deployments APP`.
+async fn deployments(client: &Client, app: &str, json: bool) -> Result<(), CtlError> {
+    let reply: DeploymentsReply = client.get(&app_path(app, "/deployments")).await?;
+    show(&reply, json, |r| table::deployments(&r.deployments));
+    Ok(())
+}
+
+/// `citrusctl rollback APP [--to ID]`: fails unless the rollback completed.
+async fn rollback(
+    client: &Client,
+    app: &str,
+    to: Option<String>,
+    json: bool,
+) -> Result<(), CtlError> {
+    let reply: DeploymentReply = client
+        .post(&app_path(app, "/rollback"), &RollbackRequest { to })
+        .await?;
+    let d = &reply.deployment;
+    if json {
+        print_json(&reply);
+    } else {
+        println!("{app}: current -> {} ({})", d.release, d.phase);
+    }
+    if d.phase != Phase::Completed {
+        return Err(CtlError::Failed(format!(
+            "rollback of {app} {}: {}",
+            d.phase,
+            d.error.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+/// `citrusctl fleet`.
+async fn fleet(client: &Client, json: bool) -> Result<(), CtlError> {
+    let f: crate::fleet::agent::FleetStatus = client.get("/v1/fleet").await?;
+    show(&f, json, table::fleet);
+    Ok(())
+}
+
+/// `citrusctl save`.
+async fn save(client: &Client) -> Result<(), CtlError> {
+    let _: serde_json::Value = client.post("/v1/save", &serde_json::json!({})).await?;
+    println!("state saved");
+    Ok(())
+}
+
+/// `citrusctl ping`.
+async fn ping(client: &Client, json: bool) -> Result<(), CtlError> {
+    let p: Ping = client.get("/v1/ping").await?;
+    if json {
+        print_json(&p);
+    } else {
+        println!(
+            "citrusd {} (pid {}, protocol {}) up {}",
+            p.version,
+            p.pid,
+            p.protocol,
+            table::uptime(p.uptime_ms)
+        );
     }
     Ok(())
 }
@@ -520,6 +595,7 @@ fn print_phases(d: &crate::deploy::Deployment, printed: &mut usize) {
     *printed = (*printed).max(d.phases.len());
 }
 
+/// `citrusctl stop|restart|reload APP`.
 async fn action(client: &Client, app: &str, verb: &str, json: bool) -> Result<(), CtlError> {
     let reply: ActionReply = client
         .post(&app_path(app, &format!("/{verb}")), &serde_json::json!({}))
@@ -528,12 +604,9 @@ async fn action(client: &Client, app: &str, verb: &str, json: bool) -> Result<()
     Ok(())
 }
 
+/// An action's reply: the apps it touched, as `status` shows them.
 fn show_reply(reply: &ActionReply, json: bool) {
-    if json {
-        print_json(reply);
-    } else {
-        print!("{}", table::status(&reply.apps));
-    }
+    show(reply, json, |r| table::status(&r.apps));
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
 fn when(ms: Option<u64>) -> String {
     ms.map(|ms| {
         let t = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        let mut s = crate::supervisor::logs::rfc3339(t);
+        let mut s = crate::sys::time::rfc3339(t);
         s.truncate(19);
         s.replace('T', " ") + "Z"
     })

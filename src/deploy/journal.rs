@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Phase;
-use crate::state::write_atomic;
+use crate::sys::fs::write_atomic;
 
 /// The output kept per phase, and of a whole deployment: the last 64 KiB.
 pub const OUTPUT_TAIL: usize = 64 * 1024;

@@ -16,7 +16,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::config::{format_duration, Secret};
 
 /// Longest wait honoured from a `Retry-After` header, and longest backoff.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -125,7 +125,7 @@ pub enum DoError {
         message: String,
     },
     /// No answer within the request timeout.
-    #[error("DigitalOcean did not answer within {} ({request})", human(*.timeout))]
+    #[error("DigitalOcean did not answer within {} ({request})", format_duration(*.timeout))]
     Timeout { request: String, timeout: Duration },
     /// The API could not be reached (connection refused, DNS, TLS…).
     #[error("cannot reach DigitalOcean at {base}: {cause}")]
@@ -155,14 +155,6 @@ fn hint(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => " (check DO_API_TOKEN's scopes)",
         StatusCode::TOO_MANY_REQUESTS => " (rate limited; try again later)",
         _ => "",
-    }
-}
-
-/// `30s`, `300ms`, `1500ms`.
-fn human(d: Duration) -> String {
-    match d.as_millis() {
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::{format_duration, EngineConfig};
 use crate::fleet::protocol::EngineMessage;
-use crate::state::write_atomic;
+use crate::sys::fs::write_atomic;
 use api::ApiError;
 use store::{
     AgentRow, AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError,

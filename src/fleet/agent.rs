@@ -28,12 +28,12 @@ use super::system;
 use super::update::PendingUpdate;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
 use crate::deploy::{Deployment, Deployments};
-use crate::state::write_atomic;
 use crate::supervisor::handoff;
 use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
+use crate::sys::fs::write_atomic;
 use crate::sys::now_ms;
 
 /// Backoff never waits longer than this between connection attempts.

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::state::write_atomic;
+use crate::sys::fs::write_atomic;
 
 /// Reports kept at most.
 pub const CAPACITY: usize = 1000;

@@ -20,12 +20,12 @@ use super::{cleanup, disk};
 use crate::config::{format_size, EventKind, JobConfig, JobKind, ReadyCheck};
 use crate::control::{AppState, JobInfo, JobOutcome, JobRun, JobTrigger};
 use crate::deploy::{reconcile, Deployments};
-use crate::state::write_atomic;
 use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::probe;
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{Marker, Spec};
 use crate::supervisor::{EventSink, Supervisor};
+use crate::sys::fs::write_atomic;
 use crate::sys::{now_ms, procfs, unix_ms as ms};
 
 /// Runs kept per job (in memory and in jobs.json).
@@ -272,9 +272,7 @@ impl Jobs {
                 .get(name)
                 .and_then(|e| e.running_since_ms)
                 .map(|ms| {
-                    crate::supervisor::logs::rfc3339(
-                        SystemTime::UNIX_EPOCH + Duration::from_millis(ms),
-                    )
+                    crate::sys::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
                 });
             return Err(JobError::Busy {
                 name: name.into(),

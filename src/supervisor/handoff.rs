@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::write_atomic;
+use crate::sys::fs::write_atomic;
 
 /// The environment variable naming the handoff file.
 pub const ENV: &str = "CITRUS_HANDOFF";

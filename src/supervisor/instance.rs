@@ -35,7 +35,7 @@ use super::probe::{self, ProbeError};
 use super::reaper::{ExitStatus, Reaper, Spawned};
 use super::sdnotify::{NotifyListener, NotifyMessage};
 use super::spawn::{self, Marker, SpawnError};
-use crate::config::{AppConfig, EventKind, HealthConfig, ReadyCheck};
+use crate::config::{format_duration, AppConfig, EventKind, HealthConfig, ReadyCheck};
 use crate::control::{AppState, LastExit};
 use crate::sys::{self, procfs};
 
@@ -185,7 +185,7 @@ pub enum InstanceError {
     CannotStart(SpawnFailure),
     /// The child could not be spawned for a momentary shortage of descriptors or processes; the
     /// spawn is retried after `delay`.
-    #[error("cannot start: {cause}; retrying in {}", human(*.delay))]
+    #[error("cannot start: {cause}; retrying in {}", format_duration(*.delay))]
     Retrying {
         cause: SpawnFailure,
         delay: Duration,
@@ -194,14 +194,14 @@ pub enum InstanceError {
     #[error("exited ({0}) before it was ready")]
     ExitedBeforeReady(ExitStatus),
     /// The readiness probe did not pass within the ready `timeout`; `error` is its last failure.
-    #[error("not ready within {}: {} ({error})", human(*.timeout), .target.describe())]
+    #[error("not ready within {}: {} ({error})", format_duration(*.timeout), .target.describe())]
     ProbeNotReady {
         timeout: Duration,
         target: crate::config::ProbeTarget,
         error: Arc<ProbeError>,
     },
     /// A `notify` app sent no READY=1 within the ready timeout.
-    #[error("not ready within {}: no READY=1 on NOTIFY_SOCKET", human(*.0))]
+    #[error("not ready within {}: no READY=1 on NOTIFY_SOCKET", format_duration(*.0))]
     NoReadyNotify(Duration),
     /// The readiness probe's task ended without a verdict.
     #[error("the readiness check ended")]
@@ -214,7 +214,7 @@ pub enum InstanceError {
     #[error(
         "instance {index} passed its ready probe on port {port}, but only through another \
          instance: it was not listening on the port after {}",
-        crate::config::format_duration(*.timeout)
+        format_duration(*.timeout)
     )]
     NotListening {
         index: u32,
@@ -521,14 +521,6 @@ async fn sleep_opt(deadline: Option<Instant>) {
     }
 }
 
-fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 /// Probes until the target answers or `timeout` passes; the verdict carries the last error.
 async fn wait_ready(
     target: crate::config::ProbeTarget,
@@ -615,8 +607,10 @@ impl Actor {
                 }
                 Event::WatchdogExpired => {
                     let period = self.run.as_ref().and_then(|r| r.watchdog).map(|(p, _)| p);
-                    let reason =
-                        format!("no WATCHDOG=1 within {}", human(period.unwrap_or_default()));
+                    let reason = format!(
+                        "no WATCHDOG=1 within {}",
+                        format_duration(period.unwrap_or_default())
+                    );
                     self.unhealthy(reason).await;
                 }
                 Event::BackoffOver => {
@@ -1033,7 +1027,7 @@ impl Actor {
         self.event(&format!(
             "pid {} exited ({status}) after {}",
             run.pid,
-            human(uptime)
+            format_duration(uptime)
         ));
         if !self.pending.is_empty() {
             self.fail_pending(&InstanceError::ExitedBeforeReady(status));
@@ -1064,7 +1058,7 @@ impl Actor {
                 if delay.is_zero() {
                     let _ = self.spawn();
                 } else {
-                    self.event(&format!("restarting in {}", human(delay)));
+                    self.event(&format!("restarting in {}", format_duration(delay)));
                     self.backoff_until = Some(Instant::now() + delay);
                     self.set(|s| s.state = AppState::Backoff);
                 }
@@ -1072,7 +1066,7 @@ impl Actor {
             Decision::Errored => {
                 let msg = format!(
                     "exited {unstable} times in a row within min_uptime ({}); max_restarts = {} reached, not restarting until `citrusctl start` or `restart`",
-                    human(self.app.min_uptime),
+                    format_duration(self.app.min_uptime),
                     self.app.max_restarts
                 );
                 tracing::error!(app = %self.app.name, instance = self.index, "errored: {msg}");
@@ -1159,7 +1153,7 @@ impl Actor {
                 tracing::warn!(app = %self.app.name, pgid, "still running after kill_timeout: SIGKILL");
                 self.event(&format!(
                     "still running after kill_timeout ({}): SIGKILL",
-                    human(self.app.kill_timeout)
+                    format_duration(self.app.kill_timeout)
                 ));
             })
             .await

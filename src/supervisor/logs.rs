@@ -53,6 +53,8 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
 use tokio::sync::broadcast;
 
+use crate::sys::time::rfc3339;
+
 /// Capacity of the follower broadcast channel (in chunks).
 const FOLLOW_CAPACITY: usize = 256;
 /// Block size used by [`tail_lines`] when reading backwards.
@@ -1014,40 +1016,6 @@ pub fn tail_lines(path: &Path, n: usize) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-23T16:14:01.123Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let millis: i128 = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i128,
-        Err(e) => -(e.duration().as_millis() as i128),
-    };
-    let secs = millis.div_euclid(1000) as i64;
-    let ms = millis.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1077,20 +1045,6 @@ mod tests {
             && line[19] == b'.'
             && line[23] == b'Z'
             && line[24] == b' '
-    }
-
-    #[test]
-    fn rfc3339_known_values() {
-        let at = |ms: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(ms));
-        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-        assert_eq!(at(1_709_164_800_000), "2024-02-29T00:00:00.000Z");
-        assert_eq!(at(951_868_799_999), "2000-02-29T23:59:59.999Z");
-        assert_eq!(at(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH - Duration::from_millis(1)),
-            "1969-12-31T23:59:59.999Z"
-        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
-//! subreaper flag, and signal names. Everything else in the crate talks to the OS through here.
+//! subreaper flag, signal names, crash-safe file writes (`fs`) and wall-clock timestamps
+//! (`time`). Everything else in the crate talks to the OS through here.
 
+pub mod fs;
 pub mod procfs;
 pub mod serve;
+pub mod time;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

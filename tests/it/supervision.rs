@@ -44,7 +44,7 @@ fn exponential_backoff_shows_backoff_state() {
     );
     wait_for("backoff with a growing delay", DEADLINE, || {
         let log = d.log("flap-out.log");
-        if count(&log, "restarting in 1.2s") >= 1 {
+        if count(&log, "restarting in 1200ms") >= 1 {
             Ok(())
         } else {
             Err(log)
@@ -54,7 +54,7 @@ fn exponential_backoff_shows_backoff_state() {
     for delay in [
         "restarting in 300ms",
         "restarting in 600ms",
-        "restarting in 1.2s",
+        "restarting in 1200ms",
     ] {
         assert!(log.contains(delay), "{log}");
     }
