@@ -490,19 +490,16 @@ fn history_point(row: &AnyRow) -> std::result::Result<HistoryPoint, sqlx::Error>
     })
 }
 
-/// `sqlite://` URL of `path`, percent-encoding what a URL cannot hold as is.
+/// `sqlite://` URL of `path`, percent-encoding what a URL cannot hold as is (each segment: the
+/// slashes stay).
 fn sqlite_url(path: &Path) -> String {
-    let mut url = String::from("sqlite://");
-    for b in path.as_os_str().as_encoded_bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
-                url.push(*b as char)
-            }
-            _ => url.push_str(&format!("%{b:02X}")),
-        }
-    }
-    url.push_str("?mode=rwc");
-    url
+    let segments: Vec<String> = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .split(|&b| b == b'/')
+        .map(crate::sys::percent_encode)
+        .collect();
+    format!("sqlite://{}?mode=rwc", segments.join("/"))
 }
 
 impl Store {
@@ -1502,6 +1499,18 @@ mod tests {
             },
             history: true,
         })
+    }
+
+    #[test]
+    fn sqlite_urls_keep_slashes_and_encode_the_rest() {
+        assert_eq!(
+            sqlite_url(Path::new("/var/lib/citrus/engine.db")),
+            "sqlite:///var/lib/citrus/engine.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url(Path::new("/tmp/a b/é?#.db")),
+            "sqlite:///tmp/a%20b/%C3%A9%3F%23.db?mode=rwc"
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
 //! subreaper flag, and signal names. Everything else in the crate talks to the OS through here.
 
+mod percent;
 pub mod procfs;
 pub mod serve;
+
+pub use percent::percent_encode;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
