@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
-use super::api::ApiError;
+use super::error::ApiError;
 use super::live::events;
 use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord};
 use super::{auth, now, Engine};
