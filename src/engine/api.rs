@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::{parse_limit, ApiError, ApiResult};
 use super::provision::{self, check_name};
-use super::store::{DeploymentReport, NewDeployment, OperationRow};
+use super::store::{DeploymentReport, NewDeployment, OperationRow, OperationStatus};
 use super::{auth, now, Engine};
 use crate::fleet::protocol::{parse_engine, validate_git_ref, EngineMessage, ProtocolError};
 
@@ -386,7 +386,7 @@ async fn dispatch(
         let error = "the agent disconnected before the command was sent";
         engine
             .store
-            .report_operation(id, agent, "failed", None, Some(error), now())
+            .report_operation(id, agent, OperationStatus::Failed, None, Some(error), now())
             .await?;
         if deployment.is_some() {
             engine
@@ -494,7 +494,7 @@ async fn deploy_server(
         Json(json!({
             "success": true,
             "message": format!("server {name} is being created; follow GET /admin/servers/{id}"),
-            "server": {"id": id, "name": name, "status": "creating", "agent": {"id": server.agent_id}},
+            "server": {"id": id, "name": name, "status": server.status, "agent": {"id": server.agent_id}},
         })),
     )
         .into_response())

@@ -461,7 +461,7 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
     {
         let deployment = DeploymentReport {
             phase: *phase,
-            status: status_name(*status),
+            status: (*status).into(),
             release_id: release_id.as_deref(),
             commit: commit.as_deref(),
             output: output.as_deref(),
@@ -659,22 +659,13 @@ async fn report(
 ) -> Result<(), super::store::StoreError> {
     if let Some(operation) = engine
         .store
-        .report_operation(id, agent, status_name(status), output, error, now())
+        .report_operation(id, agent, status.into(), output, error, now())
         .await?
     {
         engine.hub.operation_changed(id);
         engine.live.operation(&operation);
     }
     Ok(())
-}
-
-/// An operation status as the store and the API write it.
-fn status_name(status: OperationStatus) -> &'static str {
-    match status {
-        OperationStatus::Starting => "starting",
-        OperationStatus::Completed => "completed",
-        OperationStatus::Failed => "failed",
-    }
 }
 
 fn text_of_status(status: &HostStatus) -> String {

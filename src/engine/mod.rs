@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::config::{format_duration, EngineConfig};
 use crate::state::write_atomic;
 use error::ApiError;
-use store::{AgentRow, AgentWrite, Store, StoreError};
+use store::{AgentRow, AgentStatus, AgentWrite, Store, StoreError};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ impl Engine {
         self.live.created(&AgentRow {
             id: id.to_owned(),
             name: name.to_owned(),
-            status: "offline".into(),
+            status: AgentStatus::Offline,
             enrolled: false,
             version: None,
             git_version: None,

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use super::cloud_init::{self, CloudInit};
 use super::digitalocean::{CreateDroplet, DoError};
 use super::error::ApiError;
-use super::store::{ServerRow, ServerUpdate};
+use super::store::{ServerRow, ServerStatus, ServerUpdate};
 use super::{auth, now, releases, Engine, EngineError};
 use crate::config::format_duration;
 
@@ -164,7 +164,7 @@ pub(super) async fn deploy_with_agent(
         id: server_id.clone(),
         name: name.clone(),
         agent_id: agent_id.clone(),
-        status: "creating".into(),
+        status: ServerStatus::Creating,
         droplet_id: None,
         ip: None,
         region: d.region.clone(),
@@ -207,7 +207,13 @@ async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDrop
             };
             engine
                 .store
-                .move_server(&server, &["creating"], "provisioning", update, now())
+                .move_server(
+                    &server,
+                    &[ServerStatus::Creating],
+                    ServerStatus::Provisioning,
+                    update,
+                    now(),
+                )
                 .await
         }
         Err(e) => {
@@ -219,7 +225,13 @@ async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDrop
             };
             engine
                 .store
-                .move_server(&server, &["creating"], "failed", update, now())
+                .move_server(
+                    &server,
+                    &[ServerStatus::Creating],
+                    ServerStatus::Failed,
+                    update,
+                    now(),
+                )
                 .await
         }
     };
@@ -237,10 +249,16 @@ pub async fn agent_connected(engine: &Engine, agent: &str) {
         let Some(server) = engine.store.server_of_agent(agent).await? else {
             return Ok(());
         };
-        let from = ["provisioning", "initializing"];
+        let from = [ServerStatus::Provisioning, ServerStatus::Initializing];
         if engine
             .store
-            .move_server(&server.id, &from, "active", ServerUpdate::default(), now())
+            .move_server(
+                &server.id,
+                &from,
+                ServerStatus::Active,
+                ServerUpdate::default(),
+                now(),
+            )
             .await?
         {
             tracing::info!(server = %server.id, "server active: its agent connected");
@@ -285,10 +303,14 @@ async fn fail(
         error: Some(error),
         ..Default::default()
     };
-    let from = ["creating", "provisioning", "initializing"];
+    let from = [
+        ServerStatus::Creating,
+        ServerStatus::Provisioning,
+        ServerStatus::Initializing,
+    ];
     if engine
         .store
-        .move_server(&server.id, &from, "failed", update, now())
+        .move_server(&server.id, &from, ServerStatus::Failed, update, now())
         .await?
     {
         engine.live.server_changed(&engine.store, &server.id).await;
@@ -309,13 +331,13 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
         agent_connected(engine, &server.agent_id).await;
         return Ok(());
     }
-    match server.status.as_str() {
-        "creating" if !engine.creating.lock().contains(&server.id) => {
+    match server.status {
+        ServerStatus::Creating if !engine.creating.lock().contains(&server.id) => {
             let error = "the engine restarted before the droplet was created (the enrolment \
                          token lived only in that process); delete this server and deploy again";
             fail(engine, server, error).await
         }
-        "provisioning" => {
+        ServerStatus::Provisioning => {
             let (Some(client), Some(droplet)) = (&engine.digitalocean, server.droplet_id) else {
                 return fail(
                     engine,
@@ -332,7 +354,13 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
                     };
                     if engine
                         .store
-                        .move_server(&server.id, &["provisioning"], "initializing", update, now())
+                        .move_server(
+                            &server.id,
+                            &[ServerStatus::Provisioning],
+                            ServerStatus::Initializing,
+                            update,
+                            now(),
+                        )
                         .await?
                     {
                         engine.live.server_changed(&engine.store, &server.id).await;
