@@ -616,3 +616,6 @@ fn iso(ms: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| ms.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -119,7 +119,7 @@ impl Hub {
         }
     }
 
-    fn register(&self, agent: &str, tx: mpsc::UnboundedSender<Message>) -> u64 {
+    pub(super) fn register(&self, agent: &str, tx: mpsc::UnboundedSender<Message>) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self
             .conns
