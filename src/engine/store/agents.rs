@@ -390,24 +390,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Database;
-
-    #[test]
-    fn statuses_are_stored_and_shown_as_their_words() {
-        let words: Vec<serde_json::Value> = AgentStatus::ALL
-            .iter()
-            .map(|s| serde_json::to_value(s).unwrap())
-            .collect();
-        assert_eq!(words, ["online", "offline"]);
-        assert_eq!(AgentStatus::Online.to_string(), "online");
-    }
+    use crate::engine::store::test_store;
 
     #[tokio::test]
     async fn an_agent_is_online_while_its_newest_connection_lasts() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         store
             .insert_agent("a", "web-1", Some("hash"), None, 10)
             .await

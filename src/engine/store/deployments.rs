@@ -199,7 +199,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Database;
+    use crate::engine::store::test_store;
 
     #[test]
     fn tail_keeps_the_end_at_a_char_boundary() {
@@ -212,9 +212,7 @@ mod tests {
     }
 
     async fn store_with_deployment(dir: &Path) -> Store {
-        let store = Store::open(&Database::Sqlite(dir.join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir).await;
         let deployment = NewDeployment {
             app: "web",
             git_ref: Some("v1"),

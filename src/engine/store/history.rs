@@ -219,7 +219,7 @@ pub(super) async fn record_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Database;
+    use crate::engine::store::test_store;
     use crate::engine::store::AgentWrite;
 
     fn point(at: i64) -> AgentWrite {
@@ -243,9 +243,7 @@ mod tests {
     #[tokio::test]
     async fn history_buckets_average_each_bucket() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         let write = |at: i64, load: f64, used: i64, online: i64| {
             AgentWrite::Status(StatusRecord {
                 agent_id: "a".into(),
@@ -297,9 +295,7 @@ mod tests {
     #[tokio::test]
     async fn history_is_pruned_in_batches_down_to_the_cutoff() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         // 2,500 old points (three batches) and 10 recent ones.
         let writes: Vec<AgentWrite> = (0..2500)
             .map(point)

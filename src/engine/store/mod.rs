@@ -357,16 +357,66 @@ impl Store {
     }
 }
 
+/// A store on a new SQLite file in `dir`.
+#[cfg(test)]
+async fn test_store(dir: &Path) -> Store {
+    Store::open(&Database::Sqlite(dir.join("engine.db")))
+        .await
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The words of `T`, checked to be what it serializes to.
+    fn words<T: Word + serde::Serialize>() -> Vec<&'static str> {
+        let words: Vec<&str> = T::ALL.iter().map(|w| w.as_str()).collect();
+        let shown: Vec<serde_json::Value> = T::ALL
+            .iter()
+            .map(|w| serde_json::to_value(w).unwrap())
+            .collect();
+        assert_eq!(shown, words);
+        words
+    }
+
+    #[test]
+    fn statuses_are_stored_and_shown_as_their_words() {
+        assert_eq!(words::<AgentStatus>(), ["online", "offline"]);
+        assert_eq!(
+            words::<OperationStatus>(),
+            ["sent", "starting", "completed", "failed"]
+        );
+        assert_eq!(
+            words::<ServerStatus>(),
+            [
+                "creating",
+                "provisioning",
+                "initializing",
+                "active",
+                "failed"
+            ]
+        );
+        assert_eq!(
+            words::<Phase>()[..3],
+            ["queued", "pulling_source", "building"]
+        );
+        assert_eq!(OperationStatus::Completed.to_string(), "completed");
+        let finals: Vec<OperationStatus> = OperationStatus::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(
+            finals,
+            [OperationStatus::Completed, OperationStatus::Failed]
+        );
+    }
+
     #[tokio::test]
     async fn a_status_word_the_store_does_not_know_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         sqlx::query(
             "INSERT INTO agents (id, name, status, created_at) VALUES ('a', 'a', 'asleep', 1)",
         )

@@ -239,33 +239,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Database;
-
-    #[test]
-    fn statuses_are_stored_and_shown_as_their_words() {
-        let words: Vec<serde_json::Value> = OperationStatus::ALL
-            .iter()
-            .map(|s| serde_json::to_value(s).unwrap())
-            .collect();
-        assert_eq!(words, ["sent", "starting", "completed", "failed"]);
-        let finals: Vec<&str> = OperationStatus::ALL
-            .iter()
-            .filter(|s| s.is_final())
-            .map(|s| s.as_str())
-            .collect();
-        assert_eq!(finals, ["completed", "failed"]);
-        assert_eq!(
-            OperationStatus::from(protocol::OperationStatus::Starting),
-            OperationStatus::Starting
-        );
-    }
+    use crate::engine::store::test_store;
 
     #[tokio::test]
     async fn an_operation_moves_from_sent_to_one_end() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         let command = serde_json::json!({"type": "restart_app", "app": "web"});
         store
             .insert_operation("o1", "a", "restart_app", &command, None, 10)

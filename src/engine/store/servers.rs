@@ -192,32 +192,12 @@ pub struct ServerUpdate<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Database;
-
-    #[test]
-    fn statuses_are_stored_and_shown_as_their_words() {
-        let words: Vec<serde_json::Value> = ServerStatus::ALL
-            .iter()
-            .map(|s| serde_json::to_value(s).unwrap())
-            .collect();
-        assert_eq!(
-            words,
-            [
-                "creating",
-                "provisioning",
-                "initializing",
-                "active",
-                "failed"
-            ]
-        );
-    }
+    use crate::engine::store::test_store;
 
     #[tokio::test]
     async fn a_server_moves_only_from_the_statuses_given() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         let server = ServerRow {
             id: "s1".into(),
             name: "web-1".into(),
