@@ -1,9 +1,9 @@
 //! The engine's store: one [`Store`] over one schema (`migrations/engine/`) for SQLite (the
 //! embedded default) and PostgreSQL, through sqlx's `Any` driver; migrations run at open. Times
 //! are Unix milliseconds. This file owns the connection, the migrations and what the tables
-//! share; each table's rows and statements live in its own file: agents (and their batched
-//! writes), their status history, events, operations, deployments, servers, panel sessions,
-//! releases.
+//! share (row helpers, the status words, [`OperationStatus`] of operations and deployments);
+//! each table's rows and statements live in its own file: agents (and their batched writes),
+//! their status history, events, operations, deployments, servers, panel sessions, releases.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -16,6 +16,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::config::Database;
 use crate::deploy::Phase;
+use crate::fleet::protocol;
 
 /// Defines a word kept in a text column and shown by the API as the same word (a status): the
 /// enum (serialized as its words), `ALL`, `as_str`, `Display`, and [`Word`] to read it back.
@@ -45,7 +46,7 @@ macro_rules! stored_words {
             }
         }
 
-        impl super::Word for $name {
+        impl $crate::engine::store::Word for $name {
             const ALL: &'static [Self] = $name::ALL;
             fn as_str(self) -> &'static str {
                 $name::as_str(self)
@@ -81,6 +82,34 @@ fn word<T: Word>(row: &AnyRow, column: &str) -> std::result::Result<T, sqlx::Err
         })
 }
 
+stored_words! {
+    /// Where an operation is: sent to the agent, started by it, or ended.
+    OperationStatus {
+        Sent = "sent",
+        Starting = "starting",
+        Completed = "completed",
+        Failed = "failed",
+    }
+}
+
+impl OperationStatus {
+    /// `completed` or `failed`: no report changes it any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, OperationStatus::Completed | OperationStatus::Failed)
+    }
+}
+
+/// The status an agent reports.
+impl From<protocol::OperationStatus> for OperationStatus {
+    fn from(status: protocol::OperationStatus) -> Self {
+        match status {
+            protocol::OperationStatus::Starting => OperationStatus::Starting,
+            protocol::OperationStatus::Completed => OperationStatus::Completed,
+            protocol::OperationStatus::Failed => OperationStatus::Failed,
+        }
+    }
+}
+
 mod agents;
 pub use agents::{AgentKeys, AgentRow, AgentStatus, AgentWrite, EnrollState};
 
@@ -91,7 +120,7 @@ mod events;
 pub use events::{EventFilter, EventRow};
 
 mod operations;
-pub use operations::{OperationRow, OperationStatus};
+pub use operations::OperationRow;
 
 mod deployments;
 pub use deployments::{DeploymentReport, DeploymentRow, NewDeployment, DEPLOYMENT_OUTPUT_MAX};
@@ -411,6 +440,15 @@ mod tests {
             finals,
             [OperationStatus::Completed, OperationStatus::Failed]
         );
+        for reported in [
+            protocol::OperationStatus::Starting,
+            protocol::OperationStatus::Completed,
+            protocol::OperationStatus::Failed,
+        ] {
+            // The same word on the wire and in the store.
+            let stored = serde_json::to_value(OperationStatus::from(reported)).unwrap();
+            assert_eq!(stored, serde_json::to_value(reported).unwrap());
+        }
     }
 
     #[tokio::test]

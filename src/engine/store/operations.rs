@@ -1,41 +1,12 @@
 //! Operations (`operations`, migration 0001): each command sent to an agent, from `sent` to
-//! `completed` or `failed`, with the agent's output.
+//! `completed` or `failed` ([`OperationStatus`]), with the agent's output.
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::deployments::{self, DeploymentReport, NewDeployment};
-use super::{ctx, word, Result, Store};
-use crate::fleet::protocol;
-
-stored_words! {
-    /// Where an operation is: sent to the agent, started by it, or ended.
-    OperationStatus {
-        Sent = "sent",
-        Starting = "starting",
-        Completed = "completed",
-        Failed = "failed",
-    }
-}
-
-impl OperationStatus {
-    /// `completed` or `failed`: no report changes it any more.
-    pub fn is_final(self) -> bool {
-        matches!(self, OperationStatus::Completed | OperationStatus::Failed)
-    }
-}
-
-/// The status an agent reports.
-impl From<protocol::OperationStatus> for OperationStatus {
-    fn from(status: protocol::OperationStatus) -> Self {
-        match status {
-            protocol::OperationStatus::Starting => OperationStatus::Starting,
-            protocol::OperationStatus::Completed => OperationStatus::Completed,
-            protocol::OperationStatus::Failed => OperationStatus::Failed,
-        }
-    }
-}
+use super::{ctx, word, OperationStatus, Result, Store};
 
 /// An operation: a command sent to an agent and its outcome.
 #[derive(Clone, Debug, Serialize)]
