@@ -17,6 +17,9 @@ use crate::control::{
     Status,
 };
 use crate::deploy::Phase;
+// Path segments and query values are percent-encoded: app names are validated, but
+// `citrusctl restart 'a b'` must reach the daemon to be answered "no app named".
+use crate::sys::percent_encode as encode;
 
 /// citrusctl's flags.
 #[derive(Debug, Parser)]
@@ -177,19 +180,6 @@ fn print_json(value: &impl serde::Serialize) {
 
 fn app_path(app: &str, rest: &str) -> String {
     format!("/v1/apps/{}{rest}", encode(app))
-}
-
-/// Percent-encodes a path segment (app names are validated, but `citrusctl restart 'a b'` must
-/// reach the daemon to be answered "no app named").
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs one citrusctl command.

@@ -1,14 +1,13 @@
-//! The admin HTTP API (SPEC 4) behind `Authorization: Bearer <admin token>`, deployments
-//! through the fleet among it, agent enrolment (`POST /agent/enroll`), and JSON errors a person
-//! can act on: `{"success": false, "error": {"code", "message"}}`, the shape of citrusd's
-//! control API.
+//! The admin HTTP API (SPEC 4) behind `Authorization: Bearer <admin token>`: agents, commands
+//! and deployments through the fleet, servers (their provisioning is [`super::provision`]'s),
+//! and agent enrolment (`POST /agent/enroll`). Errors answer [`ApiError`]'s JSON shape.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,114 +15,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::store::{OperationRow, StoreError};
-use super::{auth, now, provision, Engine};
+use super::error::{parse_limit, ApiError, ApiResult};
+use super::provision::{self, check_name};
+use super::store::{DeploymentReport, NewDeployment, OperationRow, OperationStatus};
+use super::{auth, now, Engine};
 use crate::fleet::protocol::{parse_engine, validate_git_ref, EngineMessage, ProtocolError};
-
-/// An error answer: a status and one message saying what to do.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    retry_after: Option<Duration>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// 429 after too many failed attempts.
-    pub fn too_many(wait: Duration) -> Self {
-        Self {
-            retry_after: Some(wait),
-            ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many failed attempts from this address: wrong credentials are refused for {} s more",
-                    wait.as_secs().max(1)
-                ),
-            )
-        }
-    }
-
-    /// 500 for a store failure: logged with its cause; the caller is told where to look,
-    /// not the database's own words.
-    pub fn internal(e: StoreError) -> Self {
-        tracing::error!("{e}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the engine's database failed; the engine's log says why",
-        )
-    }
-
-    /// The machine-readable kind of the error, one per status.
-    fn code(&self) -> &'static str {
-        match self.status {
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-            StatusCode::BAD_GATEWAY => "upstream_failed",
-            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-            s if s.is_client_error() => "bad_request",
-            _ => "internal",
-        }
-    }
-
-    fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("no {what} with id {id:?}"))
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({
-                "success": false,
-                "error": {"code": self.code(), "message": self.message},
-            })),
-        )
-            .into_response();
-        if let Some(wait) = self.retry_after {
-            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
-}
-
-/// The engine's shape for an error axum answered itself (a query or path it cannot decode, a
-/// wrong method): see [`crate::sys::serve::json_errors`]. 422 becomes 400 (`bad_request`).
-pub fn shape_error(status: StatusCode, message: String) -> Response {
-    let status = match status {
-        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-        s => s,
-    };
-    ApiError::new(status, message).into_response()
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        Self::internal(e)
-    }
-}
-
-type ApiResult = Result<Response, ApiError>;
 
 /// The admin routes, behind the bearer-token check.
 pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
@@ -139,14 +35,8 @@ pub fn admin_routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
         .route("/admin/agents/{id}/rotate-key", post(rotate_key))
         .route("/admin/operations/{id}", get(get_operation))
         .route("/admin/servers", get(list_servers))
-        .route(
-            "/admin/servers/deploy-with-agent",
-            post(provision::deploy_with_agent),
-        )
-        .route(
-            "/admin/servers/{id}",
-            get(get_server).delete(provision::delete_server),
-        )
+        .route("/admin/servers/deploy-with-agent", post(deploy_server))
+        .route("/admin/servers/{id}", get(get_server).delete(delete_server))
         .merge(super::live::http::routes())
         .merge(super::releases::admin_routes())
         .route_layer(middleware::from_fn_with_state(engine, require_admin))
@@ -231,23 +121,8 @@ async fn list_agents(State(engine): State<Arc<Engine>>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct NameBody {
-    pub name: Option<String>,
-}
-
-/// Checks a server or agent name: a hostname label set (DigitalOcean's droplet name rule).
-pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.']);
-    match ok {
-        true => Ok(()),
-        false => Err(ApiError::bad_request(format!(
-            "invalid name {name:?}: use 1 to 63 letters, digits, '-' or '.', not starting with '-' or '.'"
-        ))),
-    }
+struct NameBody {
+    name: Option<String>,
 }
 
 /// `POST /admin/agents {name?}`: an agent for a host not provisioned here; answers its
@@ -414,9 +289,7 @@ async fn send_command(engine: &Engine, agent: &str, body: Map<String, Value>) ->
     })?;
     check_command(&message)?;
     let record = serde_json::to_value(&message).expect("EngineMessage serialises to JSON");
-    let operation = engine
-        .dispatch(agent, &id, &kind, &record, &message)
-        .await?;
+    let operation = dispatch(engine, agent, &id, &kind, &record, &message).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "operation": operation })),
@@ -425,8 +298,8 @@ async fn send_command(engine: &Engine, agent: &str, body: Map<String, Value>) ->
 }
 
 /// Deployments listed when `?limit=` is not given, and the most that may be asked for.
-const DEPLOYMENTS_DEFAULT: i64 = 50;
-const DEPLOYMENTS_MAX: i64 = 500;
+const DEPLOYMENTS_DEFAULT: usize = 50;
+const DEPLOYMENTS_MAX: usize = 500;
 
 #[derive(Deserialize)]
 struct LimitQuery {
@@ -439,24 +312,13 @@ async fn agent_deployments(
     Path(id): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult {
-    let limit = match q.limit.as_deref() {
-        None => DEPLOYMENTS_DEFAULT,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=DEPLOYMENTS_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "invalid `limit` {text:?}: give a whole number from 1 to {DEPLOYMENTS_MAX}"
-                ))
-            })?,
-    };
+    let limit = parse_limit(q.limit.as_deref(), DEPLOYMENTS_DEFAULT, DEPLOYMENTS_MAX)?;
     engine
         .store
         .get_agent(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("agent", &id))?;
-    let deployments = engine.store.list_deployments(&id, limit).await?;
+    let deployments = engine.store.list_deployments(&id, limit as i64).await?;
     Ok(Json(json!({ "deployments": deployments })).into_response())
 }
 
@@ -481,9 +343,7 @@ async fn rotate_key(State(engine): State<Arc<Engine>>, Path(agent): Path<String>
     };
     // What is recorded leaves the key out.
     let record = json!({"type": "rotate_key", "id": id});
-    let operation = engine
-        .dispatch(&agent, &id, "rotate_key", &record, &message)
-        .await;
+    let operation = dispatch(&engine, &agent, &id, "rotate_key", &record, &message).await;
     if operation.is_err() {
         engine.store.clear_pending_key(&agent).await?;
     }
@@ -494,7 +354,57 @@ async fn rotate_key(State(engine): State<Arc<Engine>>, Path(agent): Path<String>
         .into_response())
 }
 
-pub(super) fn offline(agent: &str) -> ApiError {
+/// Records operation `id` (and, for `deploy_app`, its deployment) and sends `message` to
+/// the agent. An unknown agent is a 404; an offline one gets nothing (409) and nothing is
+/// recorded.
+async fn dispatch(
+    engine: &Engine,
+    agent: &str,
+    id: &str,
+    kind: &str,
+    record: &Value,
+    message: &EngineMessage,
+) -> Result<OperationRow, ApiError> {
+    if engine.store.get_agent(agent).await?.is_none() {
+        return Err(ApiError::not_found("agent", agent));
+    }
+    if !engine.hub.is_connected(agent) {
+        return Err(offline(agent));
+    }
+    let deployment = match message {
+        EngineMessage::DeployApp { app, git_ref, .. } => Some(NewDeployment {
+            app,
+            git_ref: git_ref.as_deref(),
+        }),
+        _ => None,
+    };
+    engine
+        .store
+        .insert_operation(id, agent, kind, record, deployment, now())
+        .await?;
+    if engine.hub.send(agent, message).is_err() {
+        let error = "the agent disconnected before the command was sent";
+        engine
+            .store
+            .report_operation(id, agent, OperationStatus::Failed, None, Some(error), now())
+            .await?;
+        if deployment.is_some() {
+            engine
+                .store
+                .report_deployment(id, agent, &DeploymentReport::failed(error), now())
+                .await?;
+        }
+    }
+    tracing::info!(agent, operation = id, kind, "command sent");
+    let operation =
+        engine.store.get_operation(id).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "operation vanished")
+        })?;
+    engine.live.operation(&operation);
+    Ok(operation)
+}
+
+fn offline(agent: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         format!(
@@ -561,6 +471,46 @@ async fn get_server(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -
         .ok_or_else(|| ApiError::not_found("server", &id))?;
     let agent = engine.store.get_agent(&server.agent_id).await?;
     Ok(Json(json!({ "server": server, "agent": agent })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployServerBody {
+    name: Option<String>,
+    /// The release (SHA-256) cloud-init installs, instead of the default.
+    release: Option<String>,
+}
+
+/// `POST /admin/servers/deploy-with-agent {name?, release?}` → 202 with the server in
+/// `creating` (see [`provision::deploy_with_agent`]).
+async fn deploy_server(
+    State(engine): State<Arc<Engine>>,
+    Body(body): Body<DeployServerBody>,
+) -> ApiResult {
+    let server = provision::deploy_with_agent(&engine, body.name, body.release.as_deref()).await?;
+    let (id, name) = (&server.id, &server.name);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "success": true,
+            "message": format!("server {name} is being created; follow GET /admin/servers/{id}"),
+            "server": {"id": id, "name": name, "status": server.status, "agent": {"id": server.agent_id}},
+        })),
+    )
+        .into_response())
+}
+
+/// `DELETE /admin/servers/{id}`: destroys the droplet, then forgets the server and its agent.
+async fn delete_server(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult {
+    let server = provision::delete_server(&engine, &id).await?;
+    Ok(Json(json!({
+        "success": true,
+        "message": match server.droplet_id {
+            Some(d) => format!("server {} deleted; droplet {d} destroyed", server.name),
+            None => format!("server {} deleted (it had no droplet)", server.name),
+        },
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -661,8 +611,11 @@ async fn refuse_enrolment(
 }
 
 /// A Unix-ms time as RFC 3339 UTC.
-pub(super) fn iso(ms: i64) -> String {
+fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| ms.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,9 +15,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
-use super::api::ApiError;
+use super::error::ApiError;
 use super::live::events;
-use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord};
+use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord, StoreError};
 use super::{auth, now, Engine};
 use crate::control::AppState;
 use crate::fleet::protocol::{
@@ -119,7 +119,7 @@ impl Hub {
         }
     }
 
-    fn register(&self, agent: &str, tx: mpsc::UnboundedSender<Message>) -> u64 {
+    pub(super) fn register(&self, agent: &str, tx: mpsc::UnboundedSender<Message>) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self
             .conns
@@ -448,43 +448,6 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             return;
         }
     };
-    if let AgentMessage::DeployOperation {
-        id,
-        app,
-        phase,
-        status,
-        release_id,
-        commit,
-        output,
-        error,
-    } = &message
-    {
-        let deployment = DeploymentReport {
-            phase: *phase,
-            status: status_name(*status),
-            release_id: release_id.as_deref(),
-            commit: commit.as_deref(),
-            output: output.as_deref(),
-            error: error.as_deref(),
-        };
-        match engine
-            .store
-            .report_deployment(id, agent, &deployment, now())
-            .await
-        {
-            Ok(true) => {
-                tracing::debug!(agent, operation = %id, app = %app, %phase, "deployment progress")
-            }
-            Ok(false) => tracing::debug!(
-                agent,
-                operation = %id,
-                app = %app,
-                %phase,
-                "deployment report ignored: unknown deployment, ended, or already past that phase"
-            ),
-            Err(e) => tracing::error!(agent, "{e}"),
-        }
-    }
     let result = match message {
         AgentMessage::AgentConnected {
             agent_id,
@@ -492,47 +455,41 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             git_version,
             binary_sha256,
         } => {
-            if agent_id != agent {
-                tracing::warn!(agent, said = %agent_id, "agent_connected names another agent id");
-            }
-            engine.live.version(agent, &version, git_version.as_deref());
-            engine
-                .write(AgentWrite::Version {
-                    agent_id: agent.to_owned(),
-                    version,
-                    git_version,
-                    binary_sha256,
-                })
-                .await;
+            agent_connected(
+                engine,
+                agent,
+                &agent_id,
+                version,
+                git_version,
+                binary_sha256,
+            )
+            .await;
             Ok(())
         }
         AgentMessage::StatusUpdate { status } => {
-            engine.hub.status_received.fetch_add(1, Ordering::Relaxed);
-            let history = gate.admit();
-            if !history {
-                engine.hub.status_thinned.fetch_add(1, Ordering::Relaxed);
-                if gate.thinned == 1 {
-                    tracing::warn!(
-                        agent,
-                        "agent sends status updates more often than every {}: one per {0} goes \
-                         into the history, the others only replace its latest status (counted \
-                         as statusThinned in /admin/stats)",
-                        crate::config::format_duration(gate.every),
-                    );
-                }
-            }
-            let point = history_point(&status);
-            let json = text_of_status(&status);
-            engine.live.status(agent, status, point.at);
-            engine
-                .write(AgentWrite::Status(StatusRecord {
-                    agent_id: agent.to_owned(),
-                    point,
-                    json,
-                    history,
-                }))
-                .await;
+            status_update(engine, agent, gate, status).await;
             Ok(())
+        }
+        AgentMessage::DeployOperation {
+            id,
+            app,
+            phase,
+            status,
+            release_id,
+            commit,
+            output,
+            error,
+        } => {
+            let progress = DeploymentReport {
+                phase,
+                status: status.into(),
+                release_id: release_id.as_deref(),
+                commit: commit.as_deref(),
+                output: output.as_deref(),
+                error: error.as_deref(),
+            };
+            deployment_progress(engine, agent, &id, &app, &progress).await;
+            report(engine, agent, &id, status, output, error).await
         }
         AgentMessage::SiteOperation {
             id,
@@ -561,120 +518,192 @@ async fn handle_frame(engine: &Engine, agent: &str, conn: u64, gate: &mut Status
             output,
             error,
             ..
-        }
-        | AgentMessage::DeployOperation {
-            id,
-            status,
-            output,
-            error,
-            ..
-        } => {
-            report(
-                engine,
-                agent,
-                &id,
-                status,
-                output.as_deref(),
-                error.as_deref(),
-            )
-            .await
-        }
+        } => report(engine, agent, &id, status, output, error).await,
         AgentMessage::KeyRotation { id, status, error } => {
-            let keys = match status {
-                OperationStatus::Completed => match engine.store.promote_pending_key(agent).await {
-                    // This connection was opened with the old key, and the agent now reconnects
-                    // with the new one: a command sent here meanwhile would be lost with it, so
-                    // none is; until the new connection comes, commands get "offline". (An ack
-                    // that comes on the new connection finds the key already promoted.)
-                    Ok(true) => {
-                        if engine.hub.unregister(agent, conn) {
-                            engine.live.offline(agent, conn, now());
-                            tracing::info!(
-                                agent,
-                                "key rotated; waiting for the agent to reconnect"
-                            );
-                        }
-                        Ok(())
-                    }
-                    Ok(false) => Ok(()),
-                    Err(e) => Err(e),
-                },
-                OperationStatus::Failed => engine.store.clear_pending_key(agent).await,
-                OperationStatus::Starting => Ok(()),
-            };
-            match keys {
-                Ok(()) => report(engine, agent, &id, status, None, error.as_deref()).await,
-                Err(e) => Err(e),
-            }
+            key_rotation(engine, agent, conn, &id, status, error).await
         }
         AgentMessage::Event { kind, app, message } => {
-            let at = now();
-            if engine.live.admit_event(agent, at) {
-                let id = engine.store.next_event_id();
-                let row = events::row(id, agent, &kind, app.as_deref(), &message, at);
-                tracing::info!(agent, kind = %row.kind, app = ?row.app, "event: {}", row.message);
-                engine.write(AgentWrite::Event(row)).await;
-            }
+            event(engine, agent, &kind, app.as_deref(), &message).await;
             Ok(())
         }
-        AgentMessage::Error { id, error } => {
-            tracing::warn!(agent, id = ?id, "agent refused a message: {error}");
-            match id {
-                Some(id) => {
-                    let error = format!("refused by the agent: {error}");
-                    // A refused deploy_app ends its deployment (no-op for other operations).
-                    if let Err(e) = engine
-                        .store
-                        .report_deployment(&id, agent, &DeploymentReport::failed(&error), now())
-                        .await
-                    {
-                        tracing::error!(agent, "{e}");
-                    }
-                    report(
-                        engine,
-                        agent,
-                        &id,
-                        OperationStatus::Failed,
-                        None,
-                        Some(&error),
-                    )
-                    .await
-                }
-                None => Ok(()),
-            }
-        }
+        AgentMessage::Error { id, error } => refused(engine, agent, id.as_deref(), &error).await,
     };
     if let Err(e) = result {
         tracing::error!(agent, "{e}");
     }
 }
 
+/// Its `agent_connected` message (`said` is the id it gives): the version it runs.
+async fn agent_connected(
+    engine: &Engine,
+    agent: &str,
+    said: &str,
+    version: String,
+    git_version: Option<String>,
+    binary_sha256: Option<String>,
+) {
+    if said != agent {
+        tracing::warn!(agent, said = %said, "agent_connected names another agent id");
+    }
+    engine.live.version(agent, &version, git_version.as_deref());
+    engine
+        .write(AgentWrite::Version {
+            agent_id: agent.to_owned(),
+            version,
+            git_version,
+            binary_sha256,
+        })
+        .await;
+}
+
+/// A status update: into the live view at once, queued for the store (a history point too if
+/// `gate` admits it).
+async fn status_update(engine: &Engine, agent: &str, gate: &mut StatusGate, status: HostStatus) {
+    engine.hub.status_received.fetch_add(1, Ordering::Relaxed);
+    let history = gate.admit();
+    if !history {
+        engine.hub.status_thinned.fetch_add(1, Ordering::Relaxed);
+        if gate.thinned == 1 {
+            tracing::warn!(
+                agent,
+                "agent sends status updates more often than every {}: one per {0} goes \
+                 into the history, the others only replace its latest status (counted \
+                 as statusThinned in /admin/stats)",
+                crate::config::format_duration(gate.every),
+            );
+        }
+    }
+    let point = history_point(&status);
+    let json = text_of_status(&status);
+    engine.live.status(agent, status, point.at);
+    engine
+        .write(AgentWrite::Status(StatusRecord {
+            agent_id: agent.to_owned(),
+            point,
+            json,
+            history,
+        }))
+        .await;
+}
+
+/// A `deploy_operation` report moves its deployment (its operation is reported as any other's).
+async fn deployment_progress(
+    engine: &Engine,
+    agent: &str,
+    id: &str,
+    app: &str,
+    progress: &DeploymentReport<'_>,
+) {
+    let phase = progress.phase;
+    match engine
+        .store
+        .report_deployment(id, agent, progress, now())
+        .await
+    {
+        Ok(true) => {
+            tracing::debug!(agent, operation = %id, app = %app, %phase, "deployment progress")
+        }
+        Ok(false) => tracing::debug!(
+            agent,
+            operation = %id,
+            app = %app,
+            %phase,
+            "deployment report ignored: unknown deployment, ended, or already past that phase"
+        ),
+        Err(e) => tracing::error!(agent, "{e}"),
+    }
+}
+
+/// A `key_rotation` report: a completed rotation promotes the pending key (and this connection,
+/// opened with the old one, stops taking commands), a failed one drops it.
+async fn key_rotation(
+    engine: &Engine,
+    agent: &str,
+    conn: u64,
+    id: &str,
+    status: OperationStatus,
+    error: Option<String>,
+) -> Result<(), StoreError> {
+    match status {
+        OperationStatus::Completed => {
+            // This connection was opened with the old key, and the agent now reconnects with
+            // the new one: a command sent here meanwhile would be lost with it, so none is;
+            // until the new connection comes, commands get "offline". (An ack that comes on
+            // the new connection finds the key already promoted.)
+            if engine.store.promote_pending_key(agent).await? && engine.hub.unregister(agent, conn)
+            {
+                engine.live.offline(agent, conn, now());
+                tracing::info!(agent, "key rotated; waiting for the agent to reconnect");
+            }
+        }
+        OperationStatus::Failed => engine.store.clear_pending_key(agent).await?,
+        OperationStatus::Starting => {}
+    }
+    report(engine, agent, id, status, None, error).await
+}
+
+/// An `event` message: stored unless the agent is past its budget.
+async fn event(engine: &Engine, agent: &str, kind: &str, app: Option<&str>, message: &str) {
+    let at = now();
+    if engine.live.admit_event(agent, at) {
+        let id = engine.store.next_event_id();
+        let row = events::row(id, agent, kind, app, message, at);
+        tracing::info!(agent, kind = %row.kind, app = ?row.app, "event: {}", row.message);
+        engine.write(AgentWrite::Event(row)).await;
+    }
+}
+
+/// An `error` message: the agent refused a message; if it names a command, its operation (and
+/// deployment) fail with the agent's words.
+async fn refused(
+    engine: &Engine,
+    agent: &str,
+    id: Option<&str>,
+    error: &str,
+) -> Result<(), StoreError> {
+    tracing::warn!(agent, id = ?id, "agent refused a message: {error}");
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let error = format!("refused by the agent: {error}");
+    // A refused deploy_app ends its deployment (no-op for other operations).
+    if let Err(e) = engine
+        .store
+        .report_deployment(id, agent, &DeploymentReport::failed(&error), now())
+        .await
+    {
+        tracing::error!(agent, "{e}");
+    }
+    report(
+        engine,
+        agent,
+        id,
+        OperationStatus::Failed,
+        None,
+        Some(error),
+    )
+    .await
+}
+
+/// An agent's report on operation `id`: stored, and its waiters and the live view told.
 async fn report(
     engine: &Engine,
     agent: &str,
     id: &str,
     status: OperationStatus,
-    output: Option<&str>,
-    error: Option<&str>,
-) -> Result<(), super::store::StoreError> {
+    output: Option<String>,
+    error: Option<String>,
+) -> Result<(), StoreError> {
+    let (output, error) = (output.as_deref(), error.as_deref());
     if let Some(operation) = engine
         .store
-        .report_operation(id, agent, status_name(status), output, error, now())
+        .report_operation(id, agent, status.into(), output, error, now())
         .await?
     {
         engine.hub.operation_changed(id);
         engine.live.operation(&operation);
     }
     Ok(())
-}
-
-/// An operation status as the store and the API write it.
-fn status_name(status: OperationStatus) -> &'static str {
-    match status {
-        OperationStatus::Starting => "starting",
-        OperationStatus::Completed => "completed",
-        OperationStatus::Failed => "failed",
-    }
 }
 
 fn text_of_status(status: &HostStatus) -> String {

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod cloud_init;
 pub mod digitalocean;
+pub mod error;
 pub mod hub;
 pub mod live;
 pub mod panel;
@@ -23,12 +24,9 @@ use axum::{Json, Router};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{format_duration, EngineConfig};
-use crate::fleet::protocol::EngineMessage;
 use crate::sys::fs::write_atomic;
-use api::ApiError;
-use store::{
-    AgentRow, AgentWrite, DeploymentReport, NewDeployment, OperationRow, Store, StoreError,
-};
+use error::ApiError;
+use store::{AgentRow, AgentStatus, AgentWrite, Store, StoreError};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +108,7 @@ impl Engine {
         self.live.created(&AgentRow {
             id: id.to_owned(),
             name: name.to_owned(),
-            status: "offline".into(),
+            status: AgentStatus::Offline,
             enrolled: false,
             version: None,
             git_version: None,
@@ -120,58 +118,6 @@ impl Engine {
             created_at: at,
         });
         Ok((token, expires_at))
-    }
-
-    /// Records operation `id` (and, for `deploy_app`, its deployment) and sends `message` to
-    /// the agent. An unknown agent is a 404; an offline one gets nothing (409) and nothing is
-    /// recorded.
-    pub async fn dispatch(
-        &self,
-        agent: &str,
-        id: &str,
-        kind: &str,
-        record: &serde_json::Value,
-        message: &EngineMessage,
-    ) -> Result<OperationRow, ApiError> {
-        if self.store.get_agent(agent).await?.is_none() {
-            return Err(ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                format!("no agent with id {agent:?}"),
-            ));
-        }
-        if !self.hub.is_connected(agent) {
-            return Err(api::offline(agent));
-        }
-        let deployment = match message {
-            EngineMessage::DeployApp { app, git_ref, .. } => Some(NewDeployment {
-                app,
-                git_ref: git_ref.as_deref(),
-            }),
-            _ => None,
-        };
-        self.store
-            .insert_operation(id, agent, kind, record, deployment, now())
-            .await?;
-        if self.hub.send(agent, message).is_err() {
-            let error = "the agent disconnected before the command was sent";
-            self.store
-                .report_operation(id, agent, "failed", None, Some(error), now())
-                .await?;
-            if deployment.is_some() {
-                self.store
-                    .report_deployment(id, agent, &DeploymentReport::failed(error), now())
-                    .await?;
-            }
-        }
-        tracing::info!(agent, operation = id, kind, "command sent");
-        let operation = self.store.get_operation(id).await?.ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "operation vanished",
-            )
-        })?;
-        self.live.operation(&operation);
-        Ok(operation)
     }
 }
 
@@ -327,7 +273,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(|req, next| {
-            crate::sys::serve::json_errors(req, next, api::shape_error)
+            crate::sys::serve::json_errors(req, next, error::shape_error)
         }))
         // The web panel answers pages, not JSON: outside the layer above.
         .merge(panel::routes())

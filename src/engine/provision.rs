@@ -9,16 +9,12 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::Json;
-use serde_json::json;
 
-use super::api::{check_name, ApiError, Body};
 use super::cloud_init::{self, CloudInit};
 use super::digitalocean::{CreateDroplet, DoError};
-use super::store::{ServerRow, ServerUpdate};
+use super::error::ApiError;
+use super::store::{ServerRow, ServerStatus, ServerUpdate};
 use super::{auth, now, releases, Engine, EngineError};
 use crate::config::format_duration;
 
@@ -66,12 +62,19 @@ pub(super) fn load_host_profile(
     Ok(text)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeployBody {
-    name: Option<String>,
-    /// The release (SHA-256) cloud-init installs, instead of the default.
-    release: Option<String>,
+/// Checks a server or agent name: a hostname label set (DigitalOcean's droplet name rule).
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.']);
+    match ok {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "invalid name {name:?}: use 1 to 63 letters, digits, '-' or '.', not starting with '-' or '.'"
+        ))),
+    }
 }
 
 /// Where cloud-init gets citrusd: the release asked for, else `[install]` (the override), else
@@ -116,27 +119,26 @@ async fn citrusd_source(
     }
 }
 
-/// `POST /admin/servers/deploy-with-agent {name?, release?}` → 202 with the server in
-/// `creating`.
+/// Records a server named `name` (or `citrus-…`) in `creating` and starts creating its droplet
+/// with `release` (else the default citrusd, see [`citrusd_source`]); answers the server.
 pub(super) async fn deploy_with_agent(
-    State(engine): State<Arc<Engine>>,
-    Body(body): Body<DeployBody>,
-) -> Result<axum::response::Response, ApiError> {
+    engine: &Arc<Engine>,
+    name: Option<String>,
+    release: Option<&str>,
+) -> Result<ServerRow, ApiError> {
     let Some(_) = &engine.digitalocean else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "DigitalOcean is not configured: start the engine with DO_API_TOKEN in its environment",
         ));
     };
-    if let Some(name) = &body.name {
+    if let Some(name) = &name {
         check_name(name)?;
     }
-    let (citrusd_url, citrusd_sha256) = citrusd_source(&engine, body.release.as_deref()).await?;
+    let (citrusd_url, citrusd_sha256) = citrusd_source(engine, release).await?;
     let server_id = auth::new_uuid();
     let agent_id = auth::new_uuid();
-    let name = body
-        .name
-        .unwrap_or_else(|| format!("citrus-{}", &server_id[..8]));
+    let name = name.unwrap_or_else(|| format!("citrus-{}", &server_id[..8]));
     check_name(&name)?;
     let engine_url = agent_url(&engine.config.public_url);
     let at = now();
@@ -162,7 +164,7 @@ pub(super) async fn deploy_with_agent(
         id: server_id.clone(),
         name: name.clone(),
         agent_id: agent_id.clone(),
-        status: "creating".into(),
+        status: ServerStatus::Creating,
         droplet_id: None,
         ip: None,
         region: d.region.clone(),
@@ -188,15 +190,7 @@ pub(super) async fn deploy_with_agent(
     engine.creating.lock().insert(server_id.clone());
     tokio::spawn(create_droplet(engine.clone(), server_id.clone(), request));
     tracing::info!(server = %server_id, agent = %agent_id, name = %name, "deploying a server");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "success": true,
-            "message": format!("server {name} is being created; follow GET /admin/servers/{server_id}"),
-            "server": {"id": server_id, "name": name, "status": "creating", "agent": {"id": agent_id}},
-        })),
-    )
-        .into_response())
+    Ok(server)
 }
 
 async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDroplet) {
@@ -213,7 +207,13 @@ async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDrop
             };
             engine
                 .store
-                .move_server(&server, &["creating"], "provisioning", update, now())
+                .move_server(
+                    &server,
+                    &[ServerStatus::Creating],
+                    ServerStatus::Provisioning,
+                    update,
+                    now(),
+                )
                 .await
         }
         Err(e) => {
@@ -225,7 +225,13 @@ async fn create_droplet(engine: Arc<Engine>, server: String, request: CreateDrop
             };
             engine
                 .store
-                .move_server(&server, &["creating"], "failed", update, now())
+                .move_server(
+                    &server,
+                    &[ServerStatus::Creating],
+                    ServerStatus::Failed,
+                    update,
+                    now(),
+                )
                 .await
         }
     };
@@ -243,10 +249,16 @@ pub async fn agent_connected(engine: &Engine, agent: &str) {
         let Some(server) = engine.store.server_of_agent(agent).await? else {
             return Ok(());
         };
-        let from = ["provisioning", "initializing"];
+        let from = [ServerStatus::Provisioning, ServerStatus::Initializing];
         if engine
             .store
-            .move_server(&server.id, &from, "active", ServerUpdate::default(), now())
+            .move_server(
+                &server.id,
+                &from,
+                ServerStatus::Active,
+                ServerUpdate::default(),
+                now(),
+            )
             .await?
         {
             tracing::info!(server = %server.id, "server active: its agent connected");
@@ -291,10 +303,14 @@ async fn fail(
         error: Some(error),
         ..Default::default()
     };
-    let from = ["creating", "provisioning", "initializing"];
+    let from = [
+        ServerStatus::Creating,
+        ServerStatus::Provisioning,
+        ServerStatus::Initializing,
+    ];
     if engine
         .store
-        .move_server(&server.id, &from, "failed", update, now())
+        .move_server(&server.id, &from, ServerStatus::Failed, update, now())
         .await?
     {
         engine.live.server_changed(&engine.store, &server.id).await;
@@ -315,13 +331,13 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
         agent_connected(engine, &server.agent_id).await;
         return Ok(());
     }
-    match server.status.as_str() {
-        "creating" if !engine.creating.lock().contains(&server.id) => {
+    match server.status {
+        ServerStatus::Creating if !engine.creating.lock().contains(&server.id) => {
             let error = "the engine restarted before the droplet was created (the enrolment \
                          token lived only in that process); delete this server and deploy again";
             fail(engine, server, error).await
         }
-        "provisioning" => {
+        ServerStatus::Provisioning => {
             let (Some(client), Some(droplet)) = (&engine.digitalocean, server.droplet_id) else {
                 return fail(
                     engine,
@@ -338,7 +354,13 @@ async fn step(engine: &Engine, server: &ServerRow) -> Result<(), super::store::S
                     };
                     if engine
                         .store
-                        .move_server(&server.id, &["provisioning"], "initializing", update, now())
+                        .move_server(
+                            &server.id,
+                            &[ServerStatus::Provisioning],
+                            ServerStatus::Initializing,
+                            update,
+                            now(),
+                        )
                         .await?
                     {
                         engine.live.server_changed(&engine.store, &server.id).await;
@@ -375,18 +397,13 @@ fn permanent(e: &DoError) -> bool {
     matches!(e.status(), Some(400..=428 | 430..=499))
 }
 
-/// `DELETE /admin/servers/{id}`: destroys the droplet, then forgets the server and its agent.
-pub(super) async fn delete_server(
-    State(engine): State<Arc<Engine>>,
-    Path(id): Path<String>,
-) -> Result<axum::response::Response, ApiError> {
-    let Some(server) = engine.store.get_server(&id).await? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no server with id {id:?}"),
-        ));
+/// Destroys server `id`'s droplet, then forgets the server and its agent; answers the server
+/// as it was.
+pub(super) async fn delete_server(engine: &Engine, id: &str) -> Result<ServerRow, ApiError> {
+    let Some(server) = engine.store.get_server(id).await? else {
+        return Err(ApiError::not_found("server", id));
     };
-    if engine.creating.lock().contains(&id) {
+    if engine.creating.lock().contains(id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the droplet is being created right now; retry in a few seconds",
@@ -409,17 +426,10 @@ pub(super) async fn delete_server(
     engine
         .hub
         .disconnect(&server.agent_id, 1000, "server deleted");
-    engine.store.delete_server(&id).await?;
+    engine.store.delete_server(id).await?;
     engine.store.delete_agent(&server.agent_id).await?;
-    engine.live.server_deleted(&id, &server.agent_id);
+    engine.live.server_deleted(id, &server.agent_id);
     engine.live.deleted(&server.agent_id);
     tracing::info!(server = %id, droplet = ?server.droplet_id, "server deleted");
-    Ok(Json(json!({
-        "success": true,
-        "message": match server.droplet_id {
-            Some(d) => format!("server {} deleted; droplet {d} destroyed", server.name),
-            None => format!("server {} deleted (it had no droplet)", server.name),
-        },
-    }))
-    .into_response())
+    Ok(server)
 }

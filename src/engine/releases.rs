@@ -16,7 +16,7 @@ use aws_lc_rs::digest;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::api::ApiError;
+use super::error::{ApiError, ApiResult};
 use super::store::ReleaseRow;
 use super::{auth, now, Engine};
 
@@ -39,12 +39,6 @@ const UPLOAD_PREFIX: &str = ".upload-";
 
 /// Bytes read from the release file per chunk of a download.
 const CHUNK: usize = 64 * 1024;
-
-type ApiResult = Result<Response, ApiError>;
-
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
-}
 
 /// The admin routes (behind the admin check of [`super::api::admin_routes`]).
 pub fn admin_routes() -> Router<Arc<Engine>> {
@@ -64,7 +58,7 @@ pub fn check_sha256(sha256: &str) -> Result<(), ApiError> {
     let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
     match sha256.len() == 64 && sha256.bytes().all(hex) {
         true => Ok(()),
-        false => Err(bad_request(format!(
+        false => Err(ApiError::bad_request(format!(
             "invalid release {:?}: a release is named by its SHA-256, 64 lowercase hex digits (see GET /admin/releases)",
             sha256.chars().take(80).collect::<String>()
         ))),
@@ -87,7 +81,7 @@ pub async fn find(engine: &Engine, sha256: &str) -> Result<ReleaseRow, ApiError>
 /// 404 saying so — an agent is never sent to download what the engine cannot serve.
 pub async fn check_update(engine: &Engine, sha256: &mut serde_json::Value) -> Result<(), ApiError> {
     let serde_json::Value::String(text) = sha256 else {
-        return Err(bad_request(
+        return Err(ApiError::bad_request(
             "field `sha256` must be a string: the SHA-256 of a release (GET /admin/releases)",
         ));
     };
@@ -195,7 +189,7 @@ fn check_version(version: &str) -> Result<(), ApiError> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'));
     match ok {
         true => Ok(()),
-        false => Err(bad_request(format!(
+        false => Err(ApiError::bad_request(format!(
             "invalid version {:?}: use 1 to 64 letters, digits, '.', '_', '+' or '-', e.g. version=0.4.2",
             version.chars().take(80).collect::<String>()
         ))),
@@ -229,18 +223,18 @@ async fn upload(
         .collect::<Vec<_>>()
         .join(", ");
     let version = q.version.ok_or_else(|| {
-        bad_request(
+        ApiError::bad_request(
             "missing `version` in the query: POST /admin/releases?version=0.4.2&arch=x86_64",
         )
     })?;
     check_version(&version)?;
     let arch = q.arch.ok_or_else(|| {
-        bad_request(format!(
+        ApiError::bad_request(format!(
             "missing `arch` in the query (one of: {choices}), e.g. ?version={version}&arch=x86_64"
         ))
     })?;
     if !ARCHES.iter().any(|(a, _)| *a == arch) {
-        return Err(bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "unknown arch {:?}: one of {choices}",
             arch.chars().take(40).collect::<String>()
         )));
@@ -279,7 +273,8 @@ async fn upload(
     let mut refusal: Option<String> = None;
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| bad_request(format!("the upload was cut short: {e}")))?;
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("the upload was cut short: {e}")))?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -311,7 +306,7 @@ async fn upload(
     }
     if let Some(why) = refusal {
         tracing::warn!(version, arch, size, "release refused: {why}");
-        return Err(bad_request(why));
+        return Err(ApiError::bad_request(why));
     }
     file.sync_all()
         .await

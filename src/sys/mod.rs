@@ -1,11 +1,14 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
-//! subreaper flag, signal names, crash-safe file writes (`fs`) and wall-clock timestamps
+//! subreaper flag, signal names, percent-encoding, crash-safe file writes (`fs`) and wall-clock timestamps
 //! (`time`). Everything else in the crate talks to the OS through here.
 
 pub mod fs;
+mod percent;
 pub mod procfs;
 pub mod serve;
 pub mod time;
+
+pub use percent::percent_encode;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

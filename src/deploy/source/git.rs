@@ -302,10 +302,9 @@ mod tests {
         }
         /// Checks `git_ref` out into a fresh directory.
         fn checkout(&self, url: &str, git_ref: &str) -> Result<(String, PathBuf), SourceError> {
-            let dest = self
-                .t
-                .path()
-                .join(format!("releases/{}", uuid::Uuid::new_v4()));
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dest = self.t.path().join(format!("releases/{n}"));
             std::fs::create_dir_all(&dest).unwrap();
             let id = git_checkout(url, git_ref, &self.cache(), &dest, None, &Limits::default())?;
             Ok((id, dest))

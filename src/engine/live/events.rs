@@ -15,8 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::parse_limit;
-use crate::engine::api::ApiError;
+use crate::engine::error::{parse_limit, ApiError};
 use crate::engine::store::{EventFilter, EventRow};
 use crate::engine::{now, Engine};
 

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::engine::api::ApiError;
+use crate::engine::error::ApiError;
 use crate::engine::Engine;
 
 /// The most points a range answers.

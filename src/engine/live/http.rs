@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::stream::{Subscriber, HELLO, KEEP_ALIVE};
-use crate::engine::api::ApiError;
+use crate::engine::error::{parse_limit, ApiError};
 use crate::engine::Engine;
 
 /// Agents listed by `GET /admin/fleet` without `?limit=`, and the most that may be asked for.
@@ -29,24 +29,6 @@ pub fn routes() -> Router<Arc<Engine>> {
         .route("/admin/fleet", get(fleet))
         .route("/admin/live", get(live))
         .route("/admin/events", get(super::events::list))
-}
-
-/// `?limit=` as a whole number in `1..=max`, else a 400 naming the range.
-pub fn parse_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
-    match text {
-        None => Ok(default),
-        Some(text) => text
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid `limit` {text:?}: give a whole number from 1 to {max}"),
-                )
-            }),
-    }
 }
 
 #[derive(Deserialize)]

@@ -508,6 +508,7 @@ mod tests {
     use super::*;
     use crate::config::Database;
     use crate::control::AppState;
+    use crate::engine::store::AgentStatus;
     use crate::fleet::protocol::{CpuStatus, MemoryStatus};
 
     fn status(state: AppState, load: f64) -> HostStatus {
@@ -535,7 +536,7 @@ mod tests {
         AgentRow {
             id: id.into(),
             name: name.into(),
-            status: "offline".into(),
+            status: AgentStatus::Offline,
             enrolled: true,
             version: None,
             git_version: None,
@@ -611,7 +612,7 @@ mod tests {
         live.offline("a", 1, 6);
         live.tick();
         assert!(drain(&sub).await.is_empty());
-        assert_eq!(live.agent("a").unwrap().summary.status, "online");
+        assert_eq!(live.agent("a").unwrap().summary.status, AgentStatus::Online);
         // Figures only: at most once per FIGURES_EVERY ticks.
         live.status("a", status(AppState::Online, 1.0), 6);
         live.tick();

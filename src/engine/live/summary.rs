@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::control::{AppState, AppStatus};
-use crate::engine::store::AgentRow;
+use crate::engine::store::{AgentRow, AgentStatus};
 use crate::fleet::protocol::{DiskStatus, HostStatus};
 
 /// Above this share of memory or disk used, an agent has a problem.
@@ -53,7 +53,7 @@ pub struct AgentSummary {
     pub id: String,
     pub name: String,
     /// `online` or `offline`.
-    pub status: &'static str,
+    pub status: AgentStatus,
     pub enrolled: bool,
     pub version: Option<String>,
     pub git_version: Option<String>,
@@ -155,11 +155,7 @@ impl AgentSummary {
         let mut summary = AgentSummary {
             id: row.id.clone(),
             name: row.name.clone(),
-            status: if row.status == "online" {
-                "online"
-            } else {
-                "offline"
-            },
+            status: row.status,
             enrolled: row.enrolled,
             version: row.version.clone(),
             git_version: row.git_version.clone(),
@@ -189,7 +185,7 @@ impl AgentSummary {
         if self.apps.errored > 0 {
             problem += PROBLEM_ERRORED;
         }
-        if self.enrolled && self.status == "offline" {
+        if self.enrolled && self.status == AgentStatus::Offline {
             problem += PROBLEM_OFFLINE;
         }
         if full(self.disk_used, self.disk_size) {
@@ -245,7 +241,7 @@ impl AgentSummary {
 
     /// The agent connected at `at`.
     pub fn online(&mut self, at: i64) -> Change {
-        self.status = "online";
+        self.status = AgentStatus::Online;
         self.connected_at = Some(at);
         self.last_seen_at = Some(at);
         self.settle(Change {
@@ -256,8 +252,8 @@ impl AgentSummary {
 
     /// The agent's connection ended at `at`.
     pub fn offline(&mut self, at: i64) -> Change {
-        let urgent = self.status != "offline";
-        self.status = "offline";
+        let urgent = self.status != AgentStatus::Offline;
+        self.status = AgentStatus::Offline;
         self.last_seen_at = Some(at);
         self.settle(Change {
             urgent,
@@ -354,7 +350,7 @@ pub(super) mod tests {
         AgentRow {
             id: "a1".into(),
             name: "web-1".into(),
-            status: "online".into(),
+            status: AgentStatus::Online,
             enrolled: true,
             version: Some("0.1.0".into()),
             git_version: None,
@@ -431,7 +427,7 @@ pub(super) mod tests {
         // Never enrolled: offline is expected, not a problem.
         let mut pending = row();
         pending.enrolled = false;
-        pending.status = "offline".into();
+        pending.status = AgentStatus::Offline;
         assert_eq!(AgentSummary::from_row(&pending, None).problem, 0);
         pending.enrolled = true;
         assert_eq!(AgentSummary::from_row(&pending, None).problem, 4);
@@ -466,7 +462,7 @@ pub(super) mod tests {
     #[test]
     fn online_offline_version_and_enrolment() {
         let mut r = row();
-        r.status = "offline".into();
+        r.status = AgentStatus::Offline;
         r.enrolled = false;
         let mut s = AgentSummary::from_row(&r, None);
         assert!(s.enrolled().urgent);
@@ -475,12 +471,12 @@ pub(super) mod tests {
         assert!(s.online(20).urgent);
         assert_eq!(
             (s.status, s.connected_at, s.problem),
-            ("online", Some(20), 0)
+            (AgentStatus::Online, Some(20), 0)
         );
         assert!(s.version("0.2.0", Some("abc")).urgent);
         assert!(!s.version("0.2.0", Some("abc")).urgent);
         assert!(s.offline(30).urgent);
-        assert_eq!((s.status, s.last_seen_at), ("offline", Some(30)));
+        assert_eq!((s.status, s.last_seen_at), (AgentStatus::Offline, Some(30)));
     }
 
     #[test]

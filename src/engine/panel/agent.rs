@@ -91,7 +91,7 @@ pub(super) async fn page(
             h1 #agent-name { (s.name) }
             span #agent-status { (badge(fleet::state(s))) }
             @if let Some(server) = &server {
-                span.muted { "server " (badge(&server.status)) @if let Some(e) = &server.error { " " span.error { (e) } } }
+                span.muted { "server " (badge(server.status.as_str())) @if let Some(e) = &server.error { " " span.error { (e) } } }
             }
         }
         section.card #facts data-agent=(s.id) {

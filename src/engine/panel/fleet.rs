@@ -14,7 +14,7 @@ use super::layout::{self, badge, bytes, time, Nav, Page};
 use super::session::Session;
 use super::PageResult;
 use crate::engine::live::AgentSummary;
-use crate::engine::store::ServerRow;
+use crate::engine::store::{AgentStatus, ServerRow, ServerStatus};
 use crate::engine::Engine;
 
 /// The longest filter used.
@@ -50,8 +50,8 @@ pub(super) fn bar_percent(percent: Option<f64>) -> Markup {
 /// The state shown: an agent that never enrolled is `pending` (not a problem), else its status.
 pub(super) fn state(s: &AgentSummary) -> &'static str {
     match (s.enrolled, s.status) {
-        (false, "offline") => "pending",
-        (_, status) => status,
+        (false, AgentStatus::Offline) => "pending",
+        (_, status) => status.as_str(),
     }
 }
 
@@ -119,7 +119,7 @@ fn server_row(s: Option<&ServerRow>) -> Markup {
     html! {
         tr data-id=[s.map(|s| &s.id)] {
             td data-f="name" { @if let Some(s) = s { a href={ "/agents/" (s.agent_id) } { (s.name) } } }
-            td data-f="status" { @if let Some(s) = s { (badge(&s.status)) } }
+            td data-f="status" { @if let Some(s) = s { (badge(s.status.as_str())) } }
             td data-f="ip" { @if let Some(ip) = s.and_then(|s| s.ip.as_ref()) { (ip) } }
             td data-f="error" .error { @if let Some(e) = s.and_then(|s| s.error.as_ref()) { (e) } }
             td data-f="updated" { @if let Some(s) = s { (time(Some(s.updated_at))) } }
@@ -159,7 +159,7 @@ pub(super) async fn page(
         .list_servers()
         .await?
         .into_iter()
-        .filter(|s| s.status != "active")
+        .filter(|s| s.status != ServerStatus::Active)
         .collect();
     let content = html! {
         div.head {

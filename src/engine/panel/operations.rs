@@ -40,7 +40,7 @@ pub(super) fn row(op: Option<&OperationRow>, agent: Option<&str>) -> Markup {
                     " " span.muted { (detail(&o.command)) }
                 }
             }
-            td data-f="status" { @if let Some(o) = op { (badge(&o.status)) } }
+            td data-f="status" { @if let Some(o) = op { (badge(o.status.as_str())) } }
             td data-f="created" { @if let Some(o) = op { (time(Some(o.created_at))) } }
             td data-f="updated" { @if let Some(o) = op { (time(Some(o.updated_at))) } }
             td data-f="output" .output {

@@ -24,7 +24,7 @@ pub(super) fn row(server: Option<&ServerRow>) -> Markup {
             td data-f="name" {
                 @if let Some(s) = s { a href={ "/agents/" (s.agent_id) } { (s.name) } }
             }
-            td data-f="status" { @if let Some(s) = s { (badge(&s.status)) } }
+            td data-f="status" { @if let Some(s) = s { (badge(s.status.as_str())) } }
             td data-f="droplet" { @if let Some(d) = s.and_then(|s| s.droplet_id) { (d) } }
             td data-f="ip" { @if let Some(ip) = s.and_then(|s| s.ip.as_ref()) { (ip) } }
             td data-f="where" { @if let Some(s) = s { (s.region) " · " (s.size) } }

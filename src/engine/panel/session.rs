@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::super::api::ApiError;
+use super::super::error::ApiError;
 use super::super::store::StoreError;
 use super::super::{auth, now, Engine};
 

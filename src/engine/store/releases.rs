@@ -123,8 +123,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::ReleaseRow;
-    use crate::config::Database;
-    use crate::engine::store::{AgentWrite, Store};
+    use crate::engine::store::test_store;
+    use crate::engine::store::AgentWrite;
 
     fn release(sha: char, arch: &str, at: i64) -> ReleaseRow {
         ReleaseRow {
@@ -139,9 +139,7 @@ mod tests {
     #[tokio::test]
     async fn releases_are_recorded_once_listed_newest_first_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         let a = release('a', "x86_64", 1);
         let b = release('b', "x86_64", 2);
         let c = release('c', "aarch64", 3);
@@ -177,9 +175,7 @@ mod tests {
     #[tokio::test]
     async fn agents_running_a_release_are_those_that_said_so_when_they_connected() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         let (one, two) = ("1".repeat(64), "2".repeat(64));
         let mut writes = vec![];
         for (agent, sha) in [("web-1", &one), ("web-2", &two), ("web-3", &one)] {

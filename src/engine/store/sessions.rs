@@ -95,15 +95,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Database;
-    use crate::engine::store::Store;
+    use crate::engine::store::test_store;
 
     #[tokio::test]
     async fn sessions_expire_and_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Database::Sqlite(dir.path().join("engine.db")))
-            .await
-            .unwrap();
+        let store = test_store(dir.path()).await;
         store.insert_session("old", "c0", 0, 100, 3).await.unwrap();
         assert!(store.get_session("old", 50).await.unwrap().is_some());
         assert!(
