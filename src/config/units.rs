@@ -71,23 +71,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Writes a duration the way the config does, in its largest exact unit: `"14d"`, `"90s"`,
-/// `"1500ms"`, `"0s"`.
+/// `"1500ms"`, `"0s"`. From a minute up, a duration with milliseconds is written in parts
+/// (`"1h12s345ms"`, as the config also reads it) rather than as a long count of milliseconds.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".into();
-    }
-    for (unit, size) in [
+    const UNITS: [(&str, u128); 5] = [
         ("d", 86_400_000),
         ("h", 3_600_000),
         ("m", 60_000),
         ("s", 1_000),
-    ] {
-        if ms.is_multiple_of(size) {
+        ("ms", 1),
+    ];
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if let Some((unit, size)) = UNITS.iter().find(|(_, size)| ms.is_multiple_of(*size)) {
+        if ms < 60_000 || *size > 1 {
             return format!("{}{unit}", ms / size);
         }
     }
-    format!("{ms}ms")
+    let mut rest = ms;
+    let mut out = String::new();
+    for (unit, size) in UNITS {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
 }
 
 /// Writes a size in its largest exact binary unit: `"10M"`, `"1G"`, `"1500"`.
@@ -389,7 +400,16 @@ impl<'de, T: Named> serde::Deserialize<'de> for Choice<T> {
 mod tests {
     #[test]
     fn formatting_round_trips() {
-        for text in ["14d", "2h", "90s", "1500ms", "0s", "5m"] {
+        for text in [
+            "14d",
+            "2h",
+            "90s",
+            "1500ms",
+            "0s",
+            "5m",
+            "1h12s345ms",
+            "1m1ms",
+        ] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
         for text in ["10M", "1G", "512K", "1500", "2T"] {
