@@ -332,6 +332,20 @@ pub struct DeploymentsReply {
     pub deployments: Vec<crate::deploy::Deployment>,
 }
 
+/// `GET /v1/fleet`: the fleet agent's connection, what `citrusctl fleet` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// `connecting`, `connected`, `enrolling`, `waiting` (backoff) or `stopped`.
+    pub state: String,
+    pub engine_url: String,
+    pub agent_id: String,
+    pub connected_since_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub queued_reports: usize,
+    pub dropped_reports: u64,
+    pub protocol: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -379,7 +379,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             }
         }
         Command::Fleet => {
-            let f: crate::fleet::agent::FleetStatus = client.get("/v1/fleet").await?;
+            let f: crate::control::FleetStatus = client.get("/v1/fleet").await?;
             if json {
                 print_json(&f);
             } else {

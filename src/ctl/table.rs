@@ -148,7 +148,7 @@ pub fn jobs(jobs: &[JobInfo]) -> String {
 }
 
 /// `citrusctl fleet`.
-pub fn fleet(f: &crate::fleet::agent::FleetStatus) -> String {
+pub fn fleet(f: &crate::control::FleetStatus) -> String {
     let rows = [
         ("state", f.state.clone()),
         ("engine", f.engine_url.clone()),

@@ -27,6 +27,7 @@ use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus
 use super::system;
 use super::update::PendingUpdate;
 use crate::config::{FleetConfig, Secret, SiteTemplates};
+use crate::control::FleetStatus;
 use crate::deploy::{Deployment, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::handoff;
@@ -42,20 +43,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const OUTPUT_TAIL: usize = 64 * 1024;
 /// A site command (`[fleet.sites]`) still running after this is stopped and fails.
 const SITE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What `citrusctl fleet` shows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FleetStatus {
-    /// `connecting`, `connected`, `enrolling`, `waiting` (backoff) or `stopped`.
-    pub state: String,
-    pub engine_url: String,
-    pub agent_id: String,
-    pub connected_since_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub queued_reports: usize,
-    pub dropped_reports: u64,
-    pub protocol: u32,
-}
 
 /// The running agent.
 pub struct Agent {
@@ -737,7 +724,10 @@ impl Agent {
                     .collect(),
                 apps: self
                     .deploys
-                    .with_releases(self.supervisor.status(None).unwrap_or_default()),
+                    .with_releases(self.supervisor.status(None).unwrap_or_default())
+                    .iter()
+                    .map(wire::AppStatus::from)
+                    .collect(),
                 timestamp: now_ms(),
             },
         }
