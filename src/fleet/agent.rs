@@ -157,15 +157,9 @@ fn store_update(state_dir: &std::path::Path, update: &PendingUpdate, starts: u32
 /// A uniformly random duration in `[0, max]` (full jitter).
 fn jitter(max: Duration) -> Duration {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let r = if n == 8 {
-        u64::from_ne_bytes(bytes)
-    } else {
-        now_ms().wrapping_mul(0x9e3779b97f4a7c15)
-    };
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system random generator works");
     let ms = max.as_millis().max(1) as u64;
-    Duration::from_millis(r % (ms + 1))
+    Duration::from_millis(u64::from_ne_bytes(bytes) % (ms + 1))
 }
 
 /// Why a connection attempt or a connection ended.
