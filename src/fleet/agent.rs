@@ -35,6 +35,7 @@ use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
+use crate::sys::backoff::Backoff;
 use crate::sys::now_ms;
 
 /// Backoff never waits longer than this between connection attempts.
@@ -152,14 +153,6 @@ fn store_update(state_dir: &std::path::Path, update: &PendingUpdate, starts: u32
     if let Err(e) = write_atomic(&update_file(state_dir), &json, 0o600) {
         tracing::error!("cannot record the update in progress: {e}");
     }
-}
-
-/// A uniformly random duration in `[0, max]` (full jitter).
-fn jitter(max: Duration) -> Duration {
-    let mut bytes = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut bytes).expect("the system random generator works");
-    let ms = max.as_millis().max(1) as u64;
-    Duration::from_millis(u64::from_ne_bytes(bytes) % (ms + 1))
 }
 
 /// Why a connection attempt or a connection ended.
@@ -463,7 +456,11 @@ impl Agent {
 
     async fn run(self: Arc<Self>) {
         self.read_binary().await;
-        let mut attempt: u32 = 0;
+        let backoff = Backoff {
+            first: self.config.reconnect_delay,
+            max: MAX_BACKOFF,
+        };
+        let mut failures: u32 = 0;
         let mut stop = self.stopping.subscribe();
         loop {
             if *stop.borrow_and_update() {
@@ -476,7 +473,7 @@ impl Agent {
             match result {
                 // A clean end (key rotated, engine closed politely): reconnect at once.
                 Ok(()) => {
-                    attempt = 0;
+                    failures = 0;
                     continue;
                 }
                 Err(e) => {
@@ -489,7 +486,7 @@ impl Agent {
                         .connected_since_ms
                         .is_some();
                     if was_up {
-                        attempt = 0;
+                        failures = 0;
                     }
                     let msg = e.to_string();
                     match e {
@@ -499,14 +496,9 @@ impl Agent {
                     self.set_state("waiting", Some(msg));
                 }
             }
-            let cap = self
-                .config
-                .reconnect_delay
-                .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
-                .min(MAX_BACKOFF);
-            attempt = attempt.saturating_add(1);
+            failures = failures.saturating_add(1);
             tokio::select! {
-                _ = tokio::time::sleep(jitter(cap)) => {}
+                _ = tokio::time::sleep(backoff.jittered(failures)) => {}
                 _ = stop.changed() => {}
             }
         }

@@ -1,6 +1,8 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
 //! subreaper flag, and signal names. Everything else in the crate talks to the OS through here.
+//! Also the small system-level helpers every part shares: the retry schedule (`backoff`).
 
+pub mod backoff;
 pub mod procfs;
 pub mod serve;
 
