@@ -332,11 +332,36 @@ pub struct DeploymentsReply {
     pub deployments: Vec<crate::deploy::Deployment>,
 }
 
+/// Where the fleet agent's connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetState {
+    Connecting,
+    Connected,
+    /// Exchanging the enrolment token for a key.
+    Enrolling,
+    /// In the backoff before the next connection attempt.
+    Waiting,
+    Stopped,
+}
+
+impl FleetState {
+    /// The lowercase name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetState::Connecting => "connecting",
+            FleetState::Connected => "connected",
+            FleetState::Enrolling => "enrolling",
+            FleetState::Waiting => "waiting",
+            FleetState::Stopped => "stopped",
+        }
+    }
+}
+
 /// `GET /v1/fleet`: the fleet agent's connection, what `citrusctl fleet` shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FleetStatus {
-    /// `connecting`, `connected`, `enrolling`, `waiting` (backoff) or `stopped`.
-    pub state: String,
+    pub state: FleetState,
     pub engine_url: String,
     pub agent_id: String,
     pub connected_since_ms: Option<u64>,
@@ -362,6 +387,43 @@ mod tests {
         let back = serde_json::to_value(&parsed).unwrap();
         let want: serde_json::Value = serde_json::from_str(spec).unwrap();
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn fleet_status_json_literal() {
+        let literal = r#"{"state":"waiting","engine_url":"wss://engine.example.com/agent","agent_id":"a1","connected_since_ms":null,"last_error":"connection refused","queued_reports":3,"dropped_reports":1,"protocol":1}"#;
+        let status = FleetStatus {
+            state: FleetState::Waiting,
+            engine_url: "wss://engine.example.com/agent".into(),
+            agent_id: "a1".into(),
+            connected_since_ms: None,
+            last_error: Some("connection refused".into()),
+            queued_reports: 3,
+            dropped_reports: 1,
+            protocol: 1,
+        };
+        assert_eq!(serde_json::to_string(&status).unwrap(), literal);
+        assert_eq!(
+            serde_json::from_str::<FleetStatus>(literal).unwrap(),
+            status
+        );
+        for (state, name) in [
+            (FleetState::Connecting, "connecting"),
+            (FleetState::Connected, "connected"),
+            (FleetState::Enrolling, "enrolling"),
+            (FleetState::Waiting, "waiting"),
+            (FleetState::Stopped, "stopped"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{name}\"")
+            );
+            assert_eq!(
+                serde_json::from_str::<FleetState>(&format!("\"{name}\"")).unwrap(),
+                state
+            );
+            assert_eq!(state.as_str(), name);
+        }
     }
 
     #[test]

@@ -25,9 +25,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::outbox::Outbox;
 use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus};
 use super::system;
-use super::update::PendingUpdate;
+use super::update::{PendingUpdate, UpdateKind};
 use crate::config::{FleetConfig, Secret, SiteTemplates};
-use crate::control::FleetStatus;
+use crate::control::{FleetState, FleetStatus};
 use crate::deploy::{Deployment, Deployments};
 use crate::state::write_atomic;
 use crate::supervisor::handoff;
@@ -85,10 +85,10 @@ enum UpdateRequest {
 }
 
 impl UpdateRequest {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> UpdateKind {
         match self {
-            Self::Git | Self::Release(_) => "update",
-            Self::GitRollback(_) | Self::BinaryRollback => "rollback",
+            Self::Git | Self::Release(_) => UpdateKind::Update,
+            Self::GitRollback(_) | Self::BinaryRollback => UpdateKind::Rollback,
         }
     }
 
@@ -176,7 +176,7 @@ impl Agent {
     ) -> Arc<Agent> {
         let outbox = Outbox::open(state_dir.join("fleet-outbox.json"));
         let status = FleetStatus {
-            state: "connecting".into(),
+            state: FleetState::Connecting,
             engine_url: config.engine_url.clone(),
             agent_id: config.agent_id.clone(),
             connected_since_ms: None,
@@ -387,7 +387,7 @@ impl Agent {
             (Some(_), Some(sha)) => format!("running binary {sha}"),
             _ => format!("running {}", git_version.clone().unwrap_or_default()),
         });
-        self.report(if p.kind == "rollback" {
+        self.report(if p.kind == UpdateKind::Rollback {
             AgentMessage::RollbackOperation {
                 id: p.id,
                 status,
@@ -419,10 +419,10 @@ impl Agent {
         s
     }
 
-    fn set_state(&self, state: &str, error: Option<String>) {
+    fn set_state(&self, state: FleetState, error: Option<String>) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        s.state = state.into();
-        if state != "connected" {
+        s.state = state;
+        if state != FleetState::Connected {
             s.connected_since_ms = None;
         }
         if let Some(e) = error {
@@ -437,7 +437,7 @@ impl Agent {
         self.stopping.send_replace(true);
         let stopped = async {
             loop {
-                if self.status().state == "stopped" {
+                if self.status().state == FleetState::Stopped {
                     return;
                 }
                 if rx.changed().await.is_err() {
@@ -449,7 +449,7 @@ impl Agent {
     }
 
     fn stopped(&self) {
-        self.set_state("stopped", None);
+        self.set_state(FleetState::Stopped, None);
         // Wake `stop`, which waits on this channel.
         self.stopping.send_replace(true);
     }
@@ -493,7 +493,7 @@ impl Agent {
                         LinkError::Unauthorized => tracing::error!("{msg}"),
                         LinkError::Other(_) => tracing::warn!("fleet: {msg}"),
                     }
-                    self.set_state("waiting", Some(msg));
+                    self.set_state(FleetState::Waiting, Some(msg));
                 }
             }
             failures = failures.saturating_add(1);
@@ -521,7 +521,7 @@ impl Agent {
                 path.display()
             ));
         };
-        self.set_state("enrolling", None);
+        self.set_state(FleetState::Enrolling, None);
         #[derive(Deserialize)]
         struct Enrolled {
             key: String,
@@ -571,7 +571,7 @@ impl Agent {
 
     /// One connection, until it ends.
     async fn session(&self, key: &Secret) -> Result<(), LinkError> {
-        self.set_state("connecting", None);
+        self.set_state(FleetState::Connecting, None);
         let mut stop = self.stopping.subscribe();
         let url = &self.config.engine_url;
         let mut req = url
@@ -614,7 +614,7 @@ impl Agent {
         let (mut tx, mut rx) = ws.split();
         {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            s.state = "connected".into();
+            s.state = FleetState::Connected;
             s.connected_since_ms = Some(now_ms());
             s.last_error = None;
         }
@@ -831,7 +831,8 @@ impl Agent {
         {
             let msg = format!(
                 "refused: {} {} is still waiting for its confirmation",
-                p.kind, p.id
+                p.kind.as_str(),
+                p.id
             );
             return self.report(report(OperationStatus::Failed, None, Some(msg)));
         }
@@ -875,7 +876,7 @@ impl Agent {
     ) -> PendingUpdate {
         PendingUpdate {
             id: id.to_owned(),
-            kind: request.kind().to_string(),
+            kind: request.kind(),
             commit_id: match request {
                 UpdateRequest::GitRollback(c) => Some(c.clone()),
                 _ => None,
