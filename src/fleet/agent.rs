@@ -12,6 +12,7 @@
 //! domain as one element.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,7 +67,7 @@ pub struct Agent {
     /// An update this process was re-executed for, confirmed at the first connect.
     pending: Mutex<Option<PendingUpdate>>,
     /// An update or rollback accepted and not yet handed to the new process: another is refused.
-    updating: std::sync::atomic::AtomicBool,
+    updating: AtomicBool,
     /// SHA-256 of the binary this process runs (`/proc/self/exe`), read once at start.
     binary_sha256: std::sync::OnceLock<String>,
 }
@@ -155,6 +156,12 @@ fn store_update(state_dir: &std::path::Path, update: &PendingUpdate, starts: u32
     }
 }
 
+/// The WebSocket to the engine, and its two halves.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+type WsStream = futures_util::stream::SplitStream<Ws>;
+
 /// Why a connection attempt or a connection ended.
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
@@ -219,7 +226,7 @@ impl Agent {
             busy_domains: Mutex::new(HashSet::new()),
             reconnect: tokio::sync::Notify::new(),
             stopping: tokio::sync::watch::Sender::new(false),
-            updating: std::sync::atomic::AtomicBool::new(false),
+            updating: AtomicBool::new(false),
             binary_sha256: std::sync::OnceLock::new(),
         });
         tokio::spawn(agent.clone().run());
@@ -572,7 +579,32 @@ impl Agent {
     /// One connection, until it ends.
     async fn session(&self, key: &Secret) -> Result<(), LinkError> {
         self.set_state(FleetState::Connecting, None);
+        // Subscribed before connecting: a stop while connecting still closes politely.
         let mut stop = self.stopping.subscribe();
+        let ws = self.connect(key).await?;
+        let (mut tx, mut rx) = ws.split();
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = FleetState::Connected;
+            s.connected_since_ms = Some(now_ms());
+            s.last_error = None;
+        }
+        tracing::info!(engine = %self.config.engine_url, "connected to the engine");
+        let hello = AgentMessage::AgentConnected {
+            agent_id: self.config.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_version: self.git_version(),
+            binary_sha256: self.binary_sha256.get().cloned(),
+        };
+        self.send(&mut tx, to_frame(&hello)).await?;
+        self.send(&mut tx, to_frame(&self.status_update())).await?;
+        self.confirm_update();
+        self.serve(&mut tx, &mut rx, &mut stop).await
+    }
+
+    /// Opens the WebSocket to `engine_url` with the agent's headers (at most 30 s); a 401 is
+    /// [`LinkError::Unauthorized`].
+    async fn connect(&self, key: &Secret) -> Result<Ws, LinkError> {
         let url = &self.config.engine_url;
         let mut req = url
             .as_str()
@@ -611,37 +643,23 @@ impl Agent {
                 tungstenite::Error::Http(resp) if resp.status() == 401 => LinkError::Unauthorized,
                 other => LinkError::Other(format!("cannot connect to {url}: {other}")),
             })?;
-        let (mut tx, mut rx) = ws.split();
-        {
-            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            s.state = FleetState::Connected;
-            s.connected_since_ms = Some(now_ms());
-            s.last_error = None;
-        }
-        tracing::info!(engine = %url, "connected to the engine");
-        let hello = AgentMessage::AgentConnected {
-            agent_id: self.config.agent_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            git_version: self.git_version(),
-            binary_sha256: self.binary_sha256.get().cloned(),
-        };
-        let send_err =
-            |e: tungstenite::Error| LinkError::Other(format!("connection to {url} lost: {e}"));
-        tx.send(Message::text(to_frame(&hello)))
-            .await
-            .map_err(send_err)?;
-        tx.send(Message::text(to_frame(&self.status_update())))
-            .await
-            .map_err(send_err)?;
-        self.confirm_update();
+        Ok(ws)
+    }
+
+    /// The connection's life: sends the outbox, answers frames and sends the status at its
+    /// interval, until the connection breaks, citrusd stops (a polite close, `Ok`) or the key
+    /// was rotated (`Ok`, to reconnect with the new key).
+    async fn serve(
+        &self,
+        tx: &mut WsSink,
+        rx: &mut WsStream,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), LinkError> {
+        let url = &self.config.engine_url;
         let mut status_timer = tokio::time::interval(self.config.status_interval);
         status_timer.reset();
         loop {
-            // Drain the outbox first: in order, removing only what was sent.
-            while let Some(frame) = self.outbox.front() {
-                tx.send(Message::text(frame)).await.map_err(send_err)?;
-                self.outbox.sent();
-            }
+            self.drain(tx).await?;
             tokio::select! {
                 frame = rx.next() => match frame {
                     Some(Ok(Message::Text(text))) => self.on_frame(text.as_str()),
@@ -654,9 +672,7 @@ impl Agent {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(LinkError::Other(format!("connection to {url} failed: {e}"))),
                 },
-                _ = status_timer.tick() => {
-                    tx.send(Message::text(to_frame(&self.status_update()))).await.map_err(send_err)?;
-                }
+                _ = status_timer.tick() => self.send(tx, to_frame(&self.status_update())).await?,
                 _ = self.outbox.ready.notified() => {}
                 _ = stop.changed() => {
                     let bye = tungstenite::protocol::CloseFrame {
@@ -669,16 +685,32 @@ impl Agent {
                 }
                 _ = self.reconnect.notified() => {
                     // Flush acknowledgements, then come back with the new key.
-                    while let Some(frame) = self.outbox.front() {
-                        tx.send(Message::text(frame)).await.map_err(send_err)?;
-                        self.outbox.sent();
-                    }
+                    self.drain(tx).await?;
                     let _ = tx.send(Message::Close(None)).await;
                     tracing::info!("key rotated: reconnecting with the new key");
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Sends the outbox in order, removing only what was sent.
+    async fn drain(&self, tx: &mut WsSink) -> Result<(), LinkError> {
+        while let Some(frame) = self.outbox.front() {
+            self.send(tx, frame).await?;
+            self.outbox.sent();
+        }
+        Ok(())
+    }
+
+    /// Sends one text frame; an error means the connection is lost.
+    async fn send(&self, tx: &mut WsSink, frame: String) -> Result<(), LinkError> {
+        tx.send(Message::text(frame)).await.map_err(|e| {
+            LinkError::Other(format!(
+                "connection to {} lost: {e}",
+                self.config.engine_url
+            ))
+        })
     }
 
     /// The checkout's HEAD (12 hex digits), read through git2 like the updates themselves.
@@ -819,38 +851,13 @@ impl Agent {
     /// re-execute citrusd keeping the apps. The new process confirms once it reaches the engine.
     /// One at a time: another request while one is in flight is refused.
     fn update(&self, id: String, request: UpdateRequest) {
-        use std::sync::atomic::Ordering;
-        let report = |status, output, error: Option<String>| {
-            request.report(&id, status, output, error, self.git_version())
+        let report = |status, error: Option<String>| {
+            request.report(&id, status, None, error, self.git_version())
         };
-        if let Some(p) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            let msg = format!(
-                "refused: {} {} is still waiting for its confirmation",
-                p.kind.as_str(),
-                p.id
-            );
-            return self.report(report(OperationStatus::Failed, None, Some(msg)));
+        if let Err(why) = self.claim_update(&request) {
+            return self.report(report(OperationStatus::Failed, Some(why)));
         }
-        if self.updating.swap(true, Ordering::SeqCst) {
-            let msg = "refused: another update or rollback of this agent is in flight; \
-                       wait for its report"
-                .to_string();
-            return self.report(report(OperationStatus::Failed, None, Some(msg)));
-        }
-        let git = matches!(request, UpdateRequest::Git | UpdateRequest::GitRollback(_));
-        if git && self.repo().is_none() {
-            self.updating.store(false, Ordering::SeqCst);
-            let msg = "no [fleet.update] repo is configured on this host; send update_agent \
-                       with the sha256 of a release instead"
-                .to_string();
-            return self.report(report(OperationStatus::Failed, None, Some(msg)));
-        }
-        self.report(report(OperationStatus::Starting, None, None));
+        self.report(report(OperationStatus::Starting, None));
         let agent = self.handle();
         tokio::spawn(async move {
             let result = agent.clone().run_update(&id, &request).await;
@@ -864,6 +871,40 @@ impl Agent {
             let git_version = agent.git_version();
             agent.report(request.report(&id, status, output, error, git_version));
         });
+    }
+
+    /// Takes the one slot for an update or rollback, or says why `request` is refused: one is
+    /// waiting for its confirmation, another is in flight, or a git update has no repo.
+    fn claim_update(&self, request: &UpdateRequest) -> Result<(), String> {
+        if let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(format!(
+                "refused: {} {} is still waiting for its confirmation",
+                p.kind.as_str(),
+                p.id
+            ));
+        }
+        if self.updating.swap(true, Ordering::SeqCst) {
+            return Err(
+                "refused: another update or rollback of this agent is in flight; \
+                        wait for its report"
+                    .to_string(),
+            );
+        }
+        let git = matches!(request, UpdateRequest::Git | UpdateRequest::GitRollback(_));
+        if git && self.repo().is_none() {
+            self.updating.store(false, Ordering::SeqCst);
+            return Err(
+                "no [fleet.update] repo is configured on this host; send update_agent \
+                        with the sha256 of a release instead"
+                    .to_string(),
+            );
+        }
+        Ok(())
     }
 
     /// The record of an update in flight, kept until the new process confirms it.
@@ -957,19 +998,10 @@ impl Agent {
             &self.pending_for(id, request, previous.clone(), None),
             0,
         );
-        let (target, r) = (request.clone(), repo.clone());
-        let (remote, branch) = (update.remote.clone(), update.branch.clone());
-        let ca_file = self.config.ca_file.clone();
-        let moved = tokio::task::spawn_blocking(move || match &target {
-            UpdateRequest::GitRollback(c) => up::reset_to(&r, c),
-            _ => {
-                let tls = super::tls::client_config(ca_file.as_deref())?;
-                super::git_https::with_tls(tls, || up::pull(&r, &remote, &branch))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
-        .map_err(|e| (None, e))?;
+        let moved = self
+            .move_checkout(request, &update, &repo)
+            .await
+            .map_err(|e| (None, e))?;
         let output = format!("{} -> {}", short(&moved.previous), short(&moved.current));
         if moved.previous == moved.current {
             return Ok(format!("already at {}", short(&moved.current)));
@@ -1014,6 +1046,29 @@ impl Agent {
                 let _ = up::reset_to(&repo, &moved.previous);
                 (out, why)
             })
+    }
+
+    /// Moves the checkout: to the commit of a rollback, else fetched from `remote/branch` (over
+    /// https with the agent's TLS trust).
+    async fn move_checkout(
+        &self,
+        request: &UpdateRequest,
+        update: &crate::config::UpdateConfig,
+        repo: &std::path::Path,
+    ) -> Result<super::update::Moved, String> {
+        use super::update as up;
+        let (target, r) = (request.clone(), repo.to_owned());
+        let (remote, branch) = (update.remote.clone(), update.branch.clone());
+        let ca_file = self.config.ca_file.clone();
+        tokio::task::spawn_blocking(move || match &target {
+            UpdateRequest::GitRollback(c) => up::reset_to(&r, c),
+            _ => {
+                let tls = super::tls::client_config(ca_file.as_deref())?;
+                super::git_https::with_tls(tls, || up::pull(&r, &remote, &branch))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
     }
 
     /// Records `pending` and the marker the unit's guard looks for, puts `staged` in place of
