@@ -43,6 +43,9 @@ use crate::sys::now_ms;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Output kept in a report: the last 64 KiB.
 const OUTPUT_TAIL: usize = 64 * 1024;
+/// Reports sent from the outbox before they are marked sent (one sync each batch); a crash
+/// sends at most these again.
+const DRAIN_BATCH: usize = 64;
 /// A site command (`[fleet.sites]`) still running after this is stopped and fails.
 const SITE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -181,7 +184,7 @@ impl Agent {
         marker: Marker,
         state_dir: &std::path::Path,
     ) -> Arc<Agent> {
-        let outbox = Outbox::open(state_dir.join("fleet-outbox.json"));
+        let outbox = Outbox::open(state_dir);
         let status = FleetStatus {
             state: FleetState::Connecting,
             engine_url: config.engine_url.clone(),
@@ -694,23 +697,37 @@ impl Agent {
         }
     }
 
-    /// Sends the outbox in order, removing only what was sent.
+    /// Sends the outbox in order, [`DRAIN_BATCH`] reports at a time, each batch marked sent
+    /// once it is written to the connection.
     async fn drain(&self, tx: &mut WsSink) -> Result<(), LinkError> {
-        while let Some(frame) = self.outbox.front() {
-            self.send(tx, frame).await?;
-            self.outbox.sent();
+        loop {
+            let batch = self.outbox.peek(DRAIN_BATCH);
+            if batch.frames.is_empty() {
+                return Ok(());
+            }
+            for frame in batch.frames {
+                tx.feed(Message::text(frame))
+                    .await
+                    .map_err(|e| self.lost(e))?;
+            }
+            tx.flush().await.map_err(|e| self.lost(e))?;
+            self.outbox.sent(batch.end);
         }
-        Ok(())
     }
 
-    /// Sends one text frame; an error means the connection is lost.
+    /// Sends one text frame.
     async fn send(&self, tx: &mut WsSink, frame: String) -> Result<(), LinkError> {
-        tx.send(Message::text(frame)).await.map_err(|e| {
-            LinkError::Other(format!(
-                "connection to {} lost: {e}",
-                self.config.engine_url
-            ))
-        })
+        tx.send(Message::text(frame))
+            .await
+            .map_err(|e| self.lost(e))
+    }
+
+    /// A failed send: the connection is lost.
+    fn lost(&self, e: tungstenite::Error) -> LinkError {
+        LinkError::Other(format!(
+            "connection to {} lost: {e}",
+            self.config.engine_url
+        ))
     }
 
     /// The checkout's HEAD (12 hex digits), read through git2 like the updates themselves.
