@@ -159,6 +159,45 @@ fn store_update(state_dir: &std::path::Path, update: &PendingUpdate, starts: u32
     }
 }
 
+/// The waits between connection attempts: full jitter over a [`Backoff`] from
+/// `reconnect_delay`, doubling up to [`MAX_BACKOFF`].
+struct Reconnect {
+    backoff: Backoff,
+    /// Failed attempts since the last connection.
+    failures: u32,
+}
+
+impl Reconnect {
+    fn new(reconnect_delay: Duration) -> Reconnect {
+        Reconnect {
+            backoff: Backoff {
+                first: reconnect_delay,
+                max: MAX_BACKOFF,
+            },
+            failures: 0,
+        }
+    }
+
+    /// After a clean end (key rotated, engine closed politely): the backoff starts over.
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Waits after a failed attempt, or returns early when `stop` changes. A connection that
+    /// was up (the engine restarted, the network blipped) starts the backoff over: the next
+    /// attempt waits at most `reconnect_delay`.
+    async fn wait(&mut self, was_up: bool, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        if was_up {
+            self.reset();
+        }
+        self.failures = self.failures.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff.jittered(self.failures)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// The WebSocket to the engine, and its two halves.
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -466,11 +505,7 @@ impl Agent {
 
     async fn run(self: Arc<Self>) {
         self.read_binary().await;
-        let backoff = Backoff {
-            first: self.config.reconnect_delay,
-            max: MAX_BACKOFF,
-        };
-        let mut failures: u32 = 0;
+        let mut reconnect = Reconnect::new(self.config.reconnect_delay);
         let mut stop = self.stopping.subscribe();
         loop {
             if *stop.borrow_and_update() {
@@ -480,37 +515,27 @@ impl Agent {
                 Ok(key) => self.session(&key).await,
                 Err(e) => Err(LinkError::Other(e)),
             };
-            match result {
+            let e = match result {
                 // A clean end (key rotated, engine closed politely): reconnect at once.
                 Ok(()) => {
-                    failures = 0;
+                    reconnect.reset();
                     continue;
                 }
-                Err(e) => {
-                    // A connection that was up (the engine restarted, the network blipped)
-                    // starts the backoff over: the next try waits at most `reconnect_delay`.
-                    let was_up = self
-                        .status
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .connected_since_ms
-                        .is_some();
-                    if was_up {
-                        failures = 0;
-                    }
-                    let msg = e.to_string();
-                    match e {
-                        LinkError::Unauthorized => tracing::error!("{msg}"),
-                        LinkError::Other(_) => tracing::warn!("fleet: {msg}"),
-                    }
-                    self.set_state(FleetState::Waiting, Some(msg));
-                }
+                Err(e) => e,
+            };
+            let was_up = self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .connected_since_ms
+                .is_some();
+            let msg = e.to_string();
+            match e {
+                LinkError::Unauthorized => tracing::error!("{msg}"),
+                LinkError::Other(_) => tracing::warn!("fleet: {msg}"),
             }
-            failures = failures.saturating_add(1);
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.jittered(failures)) => {}
-                _ = stop.changed() => {}
-            }
+            self.set_state(FleetState::Waiting, Some(msg));
+            reconnect.wait(was_up, &mut stop).await;
         }
     }
 
@@ -1315,4 +1340,69 @@ fn deploy_report(d: &Deployment) -> Option<AgentMessage> {
 
 fn to_frame(msg: &AgentMessage) -> String {
     serde_json::to_string(msg).expect("wire types serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::watch;
+    use tokio::time::Instant;
+
+    /// One reconnect wait, in paused time.
+    async fn timed(r: &mut Reconnect, was_up: bool, stop: &mut watch::Receiver<bool>) -> Duration {
+        let start = Instant::now();
+        r.wait(was_up, stop).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_backoff_doubles_to_a_minute_with_jitter_and_starts_over() {
+        let (_tx, mut stop) = watch::channel(false);
+        let first = Duration::from_millis(100);
+        let mut r = Reconnect::new(first);
+        let mut waits = Vec::new();
+        for n in 0..30u32 {
+            // Failure n + 1 waits at most 100 ms × 2^n, never more than a minute.
+            let cap = first.saturating_mul(1 << n.min(20)).min(MAX_BACKOFF);
+            let wait = timed(&mut r, false, &mut stop).await;
+            assert!(wait <= cap, "wait {} was {wait:?}, over {cap:?}", n + 1);
+            waits.push(wait);
+        }
+        // From the 11th on the cap is a minute: 20 full-jitter waits average 10 minutes in all.
+        let late: Duration = waits[10..].iter().sum();
+        assert!(
+            late > Duration::from_secs(200),
+            "the waits did not grow: {waits:?}"
+        );
+        assert!(
+            waits[10..].iter().any(|w| *w != waits[10]),
+            "no jitter: {waits:?}"
+        );
+        // After a connection that was up, the next wait is back within reconnect_delay.
+        assert!(timed(&mut r, true, &mut stop).await <= first);
+        // So after a clean end.
+        for _ in 0..12 {
+            timed(&mut r, false, &mut stop).await;
+        }
+        r.reset();
+        assert!(timed(&mut r, false, &mut stop).await <= first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_cuts_the_reconnect_wait_short() {
+        let mut cut = 0;
+        for _ in 0..5 {
+            let (tx, mut stop) = watch::channel(false);
+            // At the cap: a wait anywhere in [0, 60 s].
+            let mut r = Reconnect::new(MAX_BACKOFF);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tx.send_replace(true);
+            });
+            let wait = timed(&mut r, false, &mut stop).await;
+            assert!(wait <= Duration::from_secs(1), "{wait:?}");
+            cut += usize::from(wait == Duration::from_secs(1));
+        }
+        assert!(cut > 0, "no wait was cut short by the stop");
+    }
 }
