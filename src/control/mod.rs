@@ -371,6 +371,17 @@ pub struct FleetStatus {
     pub protocol: u32,
 }
 
+/// Asserts that `value` serialises to exactly `literal` and that `literal` reads back as `value`:
+/// the test of a JSON format (the API's, the fleet wire's, a state file's) against its text.
+#[cfg(test)]
+pub(crate) fn assert_json_literal<T>(value: &T, literal: &str)
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    assert_eq!(serde_json::to_string(value).unwrap(), literal);
+    assert_eq!(&serde_json::from_str::<T>(literal).unwrap(), value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,11 +413,7 @@ mod tests {
             dropped_reports: 1,
             protocol: 1,
         };
-        assert_eq!(serde_json::to_string(&status).unwrap(), literal);
-        assert_eq!(
-            serde_json::from_str::<FleetStatus>(literal).unwrap(),
-            status
-        );
+        assert_json_literal(&status, literal);
         for (state, name) in [
             (FleetState::Connecting, "connecting"),
             (FleetState::Connected, "connected"),
@@ -414,14 +421,7 @@ mod tests {
             (FleetState::Waiting, "waiting"),
             (FleetState::Stopped, "stopped"),
         ] {
-            assert_eq!(
-                serde_json::to_string(&state).unwrap(),
-                format!("\"{name}\"")
-            );
-            assert_eq!(
-                serde_json::from_str::<FleetState>(&format!("\"{name}\"")).unwrap(),
-                state
-            );
+            assert_json_literal(&state, &format!("\"{name}\""));
             assert_eq!(state.as_str(), name);
         }
     }

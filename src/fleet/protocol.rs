@@ -711,7 +711,7 @@ mod tests {
     /// The wire's app row, made from the control API's, against the literal text it is sent as.
     #[test]
     fn app_status_wire_literal() {
-        use crate::control;
+        use crate::control::{self, assert_json_literal};
         let supervisor = control::AppStatus {
             name: "web".into(),
             instance: 1,
@@ -731,9 +731,7 @@ mod tests {
             release: Some("20261206-120000-abc1234".into()),
         };
         let literal = r#"{"name":"web","instance":1,"pid":42,"state":"backoff","restarts":3,"unstable_restarts":2,"memory_restarts":1,"uptime_ms":5000,"memory_bytes":1048576,"cpu_percent":1.5,"last_exit":{"code":null,"signal":"SIGKILL","at_ms":1699999999000},"release":"20261206-120000-abc1234"}"#;
-        let wire = AppStatus::from(&supervisor);
-        assert_eq!(serde_json::to_string(&wire).unwrap(), literal);
-        assert_eq!(serde_json::from_str::<AppStatus>(literal).unwrap(), wire);
+        assert_json_literal(&AppStatus::from(&supervisor), literal);
         // Without a release the field is absent; every state keeps its name.
         let bare = r#"{"name":"web","instance":0,"pid":null,"state":"stopped","restarts":0,"unstable_restarts":0,"memory_restarts":0,"uptime_ms":0,"memory_bytes":0,"cpu_percent":0.0,"last_exit":null}"#;
         let wire = AppStatus::from(&control::AppStatus {
@@ -750,8 +748,7 @@ mod tests {
             release: None,
             ..supervisor
         });
-        assert_eq!(serde_json::to_string(&wire).unwrap(), bare);
-        assert_eq!(serde_json::from_str::<AppStatus>(bare).unwrap(), wire);
+        assert_json_literal(&wire, bare);
         for (state, name) in [
             (control::AppState::Starting, "\"starting\""),
             (control::AppState::Online, "\"online\""),
@@ -760,9 +757,7 @@ mod tests {
             (control::AppState::Backoff, "\"backoff\""),
             (control::AppState::Errored, "\"errored\""),
         ] {
-            let wire = AppState::from(state);
-            assert_eq!(serde_json::to_string(&wire).unwrap(), name);
-            assert_eq!(serde_json::from_str::<AppState>(name).unwrap(), wire);
+            assert_json_literal(&AppState::from(state), name);
         }
     }
 

@@ -422,6 +422,7 @@ pub(crate) mod tests {
     /// The record kept in the state directory, against its literal text.
     #[test]
     fn pending_update_json_literal() {
+        use crate::control::assert_json_literal;
         let literal = r#"{"id":"op-7","kind":"rollback","commit_id":"abc123","previous":"def456","deadline_ms":1700000000000,"reverted":null,"binary":{"exe":"/usr/local/bin/citrusd","sha256":"aa","previous_sha256":"bb"}}"#;
         let pending = PendingUpdate {
             id: "op-7".into(),
@@ -436,20 +437,12 @@ pub(crate) mod tests {
                 previous_sha256: "bb".into(),
             }),
         };
-        assert_eq!(serde_json::to_string(&pending).unwrap(), literal);
-        assert_eq!(
-            serde_json::from_str::<PendingUpdate>(literal).unwrap(),
-            pending
-        );
+        assert_json_literal(&pending, literal);
         for (kind, name) in [
             (UpdateKind::Update, "update"),
             (UpdateKind::Rollback, "rollback"),
         ] {
-            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
-            assert_eq!(
-                serde_json::from_str::<UpdateKind>(&format!("\"{name}\"")).unwrap(),
-                kind
-            );
+            assert_json_literal(&kind, &format!("\"{name}\""));
             assert_eq!(kind.as_str(), name);
         }
     }
