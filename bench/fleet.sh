@@ -6,6 +6,10 @@
 #   --quick            fast sanity run: idle window 10 s (unless BENCH_IDLE_SECS is set), shorter
 #                      settle time.
 #   BENCH_IDLE_SECS    idle window in seconds (default 60, 10 with --quick).
+#   BENCH_FLEET_CASES  the runs to make, comma-separated (default
+#                      "baseline,agent-60s,agent-1s,drain").
+#   BENCH_CITRUSD      measure this citrusd binary instead of the one built (e.g. an older build,
+#                      for a before/after figure); citrusctl is still the one built.
 #   BENCH_TMPDIR       where the temp dir is made (default ${TMPDIR:-/tmp}).
 #   CARGO_TARGET_DIR   respected: binaries are taken from ${CARGO_TARGET_DIR:-target}/release.
 #
@@ -17,6 +21,15 @@
 # settle time has passed, citrusd's utime+stime (/proc/PID/stat fields 14+15) and VmRSS are read at
 # the start and the end of the idle window: CPU as % of one core, RSS in MB (10^6 B). The engine
 # counts the status_update frames it received inside the window (by CLOCK_MONOTONIC stamps).
+#
+# Then the drain run: a citrusd without apps starts with 1,000 reports queued in its outbox
+# (`event` frames of ~200 B, written as the whole-array `fleet-outbox.json` that every citrusd
+# version reads) while the engine holds it off (503). Once `citrusctl fleet --json` shows the 1,000
+# queued, citrusd's /proc/PID/io is read (and, when `perf` can, its fsync/fdatasync calls are
+# counted with `perf stat -p`), the engine lets it in, and the figures are: the time from the
+# connection's upgrade to the 1,000th report received; the bytes citrusd wrote meanwhile through
+# write(2) (wchar: the outbox file and log lines; WebSocket frames go out through send(2), which
+# wchar does not count) and to storage (write_bytes); the syncs.
 #
 # The engine is a minimal WebSocket server in python3 stdlib (RFC 6455, embedded below) on
 # 127.0.0.1:<free port>: it checks x-agent-key against the key written to the agent's key_file
@@ -44,13 +57,16 @@ cat >"$WORK/engine.py" <<'PYEOF'
 
 Usage: engine.py KEY_FILE PORT_FILE COUNTS_FILE
 Listens on 127.0.0.1:<free port> (written to PORT_FILE once listening). A connection upgrades only
-with x-agent-key equal to the content of KEY_FILE (else 401). Text frames are counted by their JSON
-"type"; status_update frames are stamped with CLOCK_MONOTONIC. COUNTS_FILE is rewritten (atomically)
-every second, and at once when a connection opens or closes.
+with x-agent-key equal to the content of KEY_FILE (else 401), and not while COUNTS_FILE.hold exists
+(503). Text frames are counted by their JSON "type"; status_update frames and `event` frames of
+kind "bench" are stamped with CLOCK_MONOTONIC, and each connection counts the bytes read from its
+socket (frame headers included). COUNTS_FILE is rewritten (atomically) every second, and at once
+when a connection opens or closes.
 """
 import base64, hashlib, json, os, signal, socket, struct, sys, threading, time
 
 KEY_FILE, PORT_FILE, COUNTS_FILE = sys.argv[1:4]
+HOLD_FILE = COUNTS_FILE + ".hold"
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_HEAD = 16384
 MAX_PAYLOAD = 8 << 20
@@ -63,6 +79,7 @@ STATE = {
     "bytes": {},            # JSON "type" -> payload bytes
     "other_frames": {},     # binary / ping / pong / close / unparsable text
     "status_updates": [],   # [mono_ns, payload bytes, connection id]
+    "bench_reports": [],    # [mono_ns, connection id] of each event frame of kind "bench"
 }
 
 
@@ -107,16 +124,20 @@ def send_frame(conn, opcode, payload=b""):
 
 
 def read_frame(sock):
-    """(fin, opcode, payload) of one client frame; clients must mask (RFC 6455 5.1)."""
+    """(fin, opcode, payload, bytes on the wire) of one client frame; clients must mask (RFC 6455
+    5.1)."""
     b0, b1 = recv_exact(sock, 2)
+    wire = 6
     fin, opcode = bool(b0 & 0x80), b0 & 0x0F
     if b0 & 0x70:
         raise ValueError("reserved bits set (no extension was negotiated)")
     masked, n = bool(b1 & 0x80), b1 & 0x7F
     if n == 126:
         (n,) = struct.unpack("!H", recv_exact(sock, 2))
+        wire += 2
     elif n == 127:
         (n,) = struct.unpack("!Q", recv_exact(sock, 8))
+        wire += 8
     if not masked:
         raise ValueError("unmasked client frame")
     if n > MAX_PAYLOAD:
@@ -126,7 +147,7 @@ def read_frame(sock):
     # XOR with the 4-byte mask, repeated: one big-int XOR instead of a python loop.
     reps = mask * (n // 4 + 1)
     payload = (int.from_bytes(data, "big") ^ int.from_bytes(reps[:n], "big")).to_bytes(n, "big") if n else b""
-    return fin, opcode, payload
+    return fin, opcode, payload, wire + n
 
 
 def handshake(sock, addr):
@@ -168,6 +189,8 @@ def handshake(sock, addr):
         return refuse("500 Internal Server Error", f"cannot read the key file: {e}")
     if headers.get("x-agent-key") != key:
         return refuse("401 Unauthorized", "x-agent-key missing or wrong")
+    if os.path.exists(HOLD_FILE):
+        return refuse("503 Service Unavailable", "held off (the hold file exists)")
     ws_key = headers.get("sec-websocket-key")
     if "websocket" not in headers.get("upgrade", "").lower() or not ws_key:
         return refuse("400 Bad Request", "not a WebSocket upgrade")
@@ -181,7 +204,7 @@ def handshake(sock, addr):
         "agent_id": headers.get("x-agent-id"), "client_type": headers.get("x-client-type"),
         "protocol": headers.get("x-citrus-protocol"),
         "opened_ns": mono_ns(), "closed_ns": None, "end": None, "close_code": None,
-        "text_frames": 0, "pings": 0}}
+        "text_frames": 0, "pings": 0, "wire_bytes": 0}}
     with LOCK:
         conn["id"] = len(STATE["connections"])
         STATE["connections"].append(conn["info"])
@@ -198,7 +221,9 @@ def serve(sock, addr):
         dump()
         info, parts, first_op = conn["info"], [], None
         while True:
-            fin, op, payload = read_frame(sock)
+            fin, op, payload, wire = read_frame(sock)
+            with LOCK:
+                info["wire_bytes"] += wire
             if op == 0x9:                                     # ping
                 with LOCK:
                     info["pings"] += 1
@@ -234,10 +259,13 @@ def serve(sock, addr):
                     continue
                 info["text_frames"] += 1
                 try:
-                    kind = str(json.loads(message).get("type"))
+                    obj = json.loads(message)
+                    kind = str(obj.get("type"))
                 except (ValueError, AttributeError):
                     bump(STATE["other_frames"], "unparsable text")
                     continue
+                if kind == "event" and obj.get("kind") == "bench":
+                    STATE["bench_reports"].append([now, conn["id"]])
                 bump(STATE["types"], kind)
                 bump(STATE["bytes"], kind, len(message))
                 if kind == "status_update":
@@ -561,6 +589,144 @@ def run_case(engine, name, interval):
     return res
 
 
+DRAIN_REPORTS = 1000
+DRAIN_AGENT = "bench-agent-drain"
+
+
+def proc_io(pid):
+    """/proc/PID/io as a dict of ints (wchar, syscw, write_bytes, ...)."""
+    with open(f"/proc/{pid}/io") as f:
+        return {k: int(v) for k, v in (line.split(":") for line in f)}
+
+
+def start_perf(pid, out):
+    """`perf stat` counting pid's fsync and fdatasync calls until SIGINT; None when perf cannot."""
+    import shutil, signal
+    perf = shutil.which("perf")
+    if not perf:
+        return None
+    p = subprocess.Popen([perf, "stat", "-x", ",", "-o", out, "-e",
+                          "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "-p", str(pid)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=CHILD_ENV)
+    benchlib.SKIP_PIDS.add(p.pid)
+    time.sleep(0.5)  # attached before the drain starts
+    if p.poll() is not None:
+        return None
+    p.send = lambda: p.send_signal(signal.SIGINT)
+    return p
+
+
+def stop_perf(p, out):
+    """{event: count} from a perf started by start_perf, or None."""
+    if p is None:
+        return None
+    p.send()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return None
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[2].startswith("syscalls:") and parts[0].isdigit():
+                counts[parts[2].split(":", 1)[1].replace("sys_enter_", "")] = int(parts[0])
+    return counts or None
+
+
+def run_drain(engine):
+    """The drain run (see the script's header)."""
+    d = os.path.join(WORK, "drain")
+    state = os.path.join(d, "state")
+    os.makedirs(state)
+    key_path = os.path.join(d, "agent.key")
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(engine.key + "\n")
+    frames = [json.dumps({"type": "event", "kind": "bench",
+                          "message": f"queued report {i:04d} " + "x" * 150}, separators=(",", ":"))
+              for i in range(DRAIN_REPORTS)]
+    with open(os.path.join(state, "fleet-outbox.json"), "w") as f:
+        json.dump(frames, f)
+    hold = engine.counts_file + ".hold"
+    open(hold, "w").close()
+    fleet = {"engine_url": engine.url, "agent_id": DRAIN_AGENT, "key_file": "agent.key",
+             "status_interval": "60s", "reconnect_delay": "100ms"}
+    cfg = benchlib.write_config(d, {}, defaults={}, sections={"fleet": fleet})
+    dm = Daemon(d, cfg).start()
+    res = {"name": "drain", "frame_bytes": sum(map(len, frames)) / len(frames)}
+    perf_out = os.path.join(d, "perf.txt")
+    try:
+        dm.wait_ping()
+        deadline = time.monotonic() + 30
+        while True:
+            f = dm.fleet()
+            if f.get("queued_reports") == DRAIN_REPORTS and f.get("state") == "waiting":
+                break
+            dm.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the agent did not show {DRAIN_REPORTS} queued reports while held off: {f}")
+            time.sleep(0.05)
+        perf = start_perf(dm.pid, perf_out)
+        io0 = proc_io(dm.pid)
+        os.unlink(hold)
+        log(f"drain: citrusd pid {dm.pid}, {DRAIN_REPORTS} reports queued; engine lets it in")
+        deadline = time.monotonic() + 600
+        while True:
+            c = engine.counts(fresh_after_ns=mono_ns())
+            conns = [i for i, x in enumerate(c["connections"]) if x["agent_id"] == DRAIN_AGENT]
+            got = [m for m in c["bench_reports"] if conns and m[1] == conns[-1]]
+            if len(got) >= DRAIN_REPORTS:
+                break
+            dm.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(got)} of {DRAIN_REPORTS} reports reached the engine")
+        # Until citrusd has marked everything sent (its last write to the outbox).
+        deadline = time.monotonic() + 60
+        while dm.fleet().get("queued_reports") != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the outbox did not empty after every report was received")
+            time.sleep(0.02)
+        io1 = proc_io(dm.pid)
+        res["syncs"] = stop_perf(perf, perf_out)
+        c = engine.counts(fresh_after_ns=mono_ns())
+        conn = c["connections"][conns[-1]]
+        stamps = sorted(m[0] for m in got)
+        res.update(connections=len(conns), reports=len(got),
+                   drain_ms=(stamps[-1] - conn["opened_ns"]) / 1e6,
+                   first_ms=(stamps[0] - conn["opened_ns"]) / 1e6,
+                   wchar=io1["wchar"] - io0["wchar"], syscw=io1["syscw"] - io0["syscw"],
+                   write_bytes=io1["write_bytes"] - io0["write_bytes"], socket=conn["wire_bytes"])
+        log(f"drain: {res['drain_ms']:.0f} ms, wchar {res['wchar']} B (socket {res['socket']} B), "
+            f"write_bytes {res['write_bytes']} B, syncs {res['syncs']}")
+    finally:
+        if os.path.exists(hold):
+            os.unlink(hold)
+        secs, rc = dm.stop()
+        res["stop"] = (secs, rc)
+        res["stderr"] = dm.stderr_text()
+    return res
+
+
+def drain_rows(r):
+    n = r["reports"]
+    syncs = r["syncs"]
+    sync_text = (", ".join(f"{k} {v}" for k, v in sorted(syncs.items())) if syncs
+                 else "not counted (`perf stat -e syscalls:…` unavailable)")
+    row(f"6. drain of {DRAIN_REPORTS} queued reports", f"{r['drain_ms']:.0f} ms",
+        f"from the engine's 101 answer to its {n}th report received (the first at {r['first_ms']:.0f} ms; "
+        f"reports of {r['frame_bytes']:.0f} B, after agent_connected and status_update); "
+        f"{r['connections']} connection(s); {n / r['drain_ms'] * 1000:.0f} reports/s")
+    row("7. bytes citrusd wrote during the drain", f"{r['wchar'] / 1e6:.3f} MB",
+        f"wchar: bytes through write(2), i.e. the outbox file and log lines (the {r['socket']} B of "
+        f"WebSocket frames the engine read go through send(2), not counted); {r['syscw']} write calls; "
+        f"write_bytes (to storage, page-granular) {r['write_bytes']} B")
+    row("8. syncs during the drain", str(sum(syncs.values())) if syncs else "n/a", sync_text)
+
+
 def mb(b):
     return f"{b / 1e6:.2f} MB"
 
@@ -571,13 +737,17 @@ def main():
     ENGINE_PROC = engine = Engine()
     selftest = engine_selftest(engine)
     log(selftest)
-    cases = [("baseline", None), ("agent-60s", "60s"), ("agent-1s", "1s")]
+    wanted = os.environ.get("B_CASES", "baseline,agent-60s,agent-1s,drain").split(",")
+    known = ["baseline", "agent-60s", "agent-1s", "drain"]
+    if not wanted or any(w not in known for w in wanted):
+        raise SystemExit(f"BENCH_FLEET_CASES must be a comma-separated list of {', '.join(known)}; got {wanted}")
+    cases = [(n, i) for n, i in [("baseline", None), ("agent-60s", "60s"), ("agent-1s", "1s")] if n in wanted]
     results = {}
     failed = []
-    for name, interval in cases:
+    for name, interval in cases + ([("drain", None)] if "drain" in wanted else []):
         log(f"=== {name}")
         try:
-            results[name] = run_case(engine, name, interval)
+            results[name] = run_drain(engine) if name == "drain" else run_case(engine, name, interval)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:
@@ -650,12 +820,15 @@ def main():
     agent_conns = [c for c in final["connections"] if c["agent_id"] == AGENT_ID]
     agent_refused = [c for c in final["refused"] if c["agent_id"] == AGENT_ID]
     hdr = agent_conns[0] if agent_conns else {}
-    row("5. engine totals", f"{len(agent_conns)} agent connections, {len(agent_refused)} refused",
-        f"text frames by type: {frames or 'none'}; other frames: {other or 'none'}; "
-        f"one connection per agent run expected (2); handshake headers of the first: path {hdr.get('path')}, x-agent-id {hdr.get('agent_id')}, "
-        f"x-client-type {hdr.get('client_type')}, x-citrus-protocol {hdr.get('protocol')}; "
-        + "; ".join(notes + [selftest + " (its frames are in the totals)"]))
-    for name, _ in cases:
+    if any(n in results for n in ("agent-60s", "agent-1s")):
+        row("5. engine totals", f"{len(agent_conns)} agent connections, {len(agent_refused)} refused",
+            f"text frames by type: {frames or 'none'}; other frames: {other or 'none'}; "
+            f"one connection per agent run expected (2); handshake headers of the first: path {hdr.get('path')}, x-agent-id {hdr.get('agent_id')}, "
+            f"x-client-type {hdr.get('client_type')}, x-citrus-protocol {hdr.get('protocol')}; "
+            + "; ".join(notes + [selftest + " (its frames are in the totals)"]))
+    if results.get("drain"):
+        drain_rows(results["drain"])
+    for name in results:
         r = results.get(name)
         if not r:
             continue
@@ -664,7 +837,7 @@ def main():
             row(f"citrusd warnings/errors ({name})", str(len(warn)), " / ".join(w[-220:] for w in warn[:4]))
     stops = ", ".join(f"{n}: {r['stop'][0]:.2f} s (rc {r['stop'][1]})" for n, r in results.items()
                       if r.get("stop") and r["stop"][0] is not None)
-    row("SIGTERM → citrusd exit", stops, f"{NAPPS} /bin/sleep apps each")
+    row("SIGTERM → citrusd exit", stops, f"{NAPPS} /bin/sleep apps each (the drain run: none)")
     row("machine", f"{os.cpu_count()} cores",
         f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (other work on the machine adds noise); "
         f"kernel {os.uname().release}; CLK_TCK {CLK_TCK}; settle {SETTLE:g} s after connect before each window")
@@ -679,5 +852,11 @@ if __name__ == "__main__":
     benchlib.run_main(main, lambda: ENGINE_PROC and ENGINE_PROC.stop())
 PYEOF
 
+if [[ -n ${BENCH_CITRUSD:-} ]]; then
+    [[ -x $BENCH_CITRUSD ]] || die "BENCH_CITRUSD=$BENCH_CITRUSD is not an executable file"
+    CITRUSD=$BENCH_CITRUSD
+    log "measuring $CITRUSD (BENCH_CITRUSD), not the citrusd just built"
+fi
+
 log "running (idle window ${IDLE_SECS}s$([[ $QUICK == 1 ]] && echo ', quick'))"
-run_driver runs B_ENGINE="$WORK/engine.py"
+run_driver runs B_ENGINE="$WORK/engine.py" B_CASES="${BENCH_FLEET_CASES:-baseline,agent-60s,agent-1s,drain}"

@@ -54,11 +54,11 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use citrus::control::{AppState, AppStatus};
 use citrus::fleet::protocol::{
-    parse_engine, AgentMessage, CpuStatus, DiskStatus, EngineMessage, HostStatus, MemoryStatus,
-    OperationStatus, ProtocolError, SiteAction, CLIENT_TYPE_AGENT, HEADER_AGENT_ID,
-    HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, MAX_FRAME, PROTOCOL_VERSION,
+    parse_engine, AgentMessage, AppState, AppStatus, CpuStatus, DiskStatus, EngineMessage,
+    HostStatus, MemoryStatus, OperationStatus, ProtocolError, SiteAction, CLIENT_TYPE_AGENT,
+    HEADER_AGENT_ID, HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 
 /// WebSocket read and write buffer per simulated agent (tungstenite's default is 128 KiB).

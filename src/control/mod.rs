@@ -348,6 +348,56 @@ pub(crate) const SPEC_STATUS: &str = r#"{"daemon": {"pid": 1, "version": "0.1.0"
            "unstable_restarts": 0, "memory_restarts": 0, "uptime_ms": 1200, "memory_bytes": 10485760,
            "cpu_percent": 0.4, "last_exit": {"code": 1, "signal": null, "at_ms": 1700000000000}}]}"#;
 
+/// Where the fleet agent's connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetState {
+    Connecting,
+    Connected,
+    /// Exchanging the enrolment token for a key.
+    Enrolling,
+    /// In the backoff before the next connection attempt.
+    Waiting,
+    Stopped,
+}
+
+impl FleetState {
+    /// The lowercase name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetState::Connecting => "connecting",
+            FleetState::Connected => "connected",
+            FleetState::Enrolling => "enrolling",
+            FleetState::Waiting => "waiting",
+            FleetState::Stopped => "stopped",
+        }
+    }
+}
+
+/// `GET /v1/fleet`: the fleet agent's connection, what `citrusctl fleet` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub state: FleetState,
+    pub engine_url: String,
+    pub agent_id: String,
+    pub connected_since_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub queued_reports: usize,
+    pub dropped_reports: u64,
+    pub protocol: u32,
+}
+
+/// Asserts that `value` serialises to exactly `literal` and that `literal` reads back as `value`:
+/// the test of a JSON format (the API's, the fleet wire's, a state file's) against its text.
+#[cfg(test)]
+pub(crate) fn assert_json_literal<T>(value: &T, literal: &str)
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    assert_eq!(serde_json::to_string(value).unwrap(), literal);
+    assert_eq!(&serde_json::from_str::<T>(literal).unwrap(), value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +432,32 @@ mod tests {
         assert_eq!(json["scheduled_ms"], serde_json::Value::Null);
         assert_eq!(json["level"], 1);
         assert!(serde_json::from_str::<JobTrigger>(r#""cron""#).is_err());
+    }
+
+    #[test]
+    fn fleet_status_json_literal() {
+        let literal = r#"{"state":"waiting","engine_url":"wss://engine.example.com/agent","agent_id":"a1","connected_since_ms":null,"last_error":"connection refused","queued_reports":3,"dropped_reports":1,"protocol":1}"#;
+        let status = FleetStatus {
+            state: FleetState::Waiting,
+            engine_url: "wss://engine.example.com/agent".into(),
+            agent_id: "a1".into(),
+            connected_since_ms: None,
+            last_error: Some("connection refused".into()),
+            queued_reports: 3,
+            dropped_reports: 1,
+            protocol: 1,
+        };
+        assert_json_literal(&status, literal);
+        for (state, name) in [
+            (FleetState::Connecting, "connecting"),
+            (FleetState::Connected, "connected"),
+            (FleetState::Enrolling, "enrolling"),
+            (FleetState::Waiting, "waiting"),
+            (FleetState::Stopped, "stopped"),
+        ] {
+            assert_json_literal(&state, &format!("\"{name}\""));
+            assert_eq!(state.as_str(), name);
+        }
     }
 
     #[test]

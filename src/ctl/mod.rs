@@ -444,7 +444,7 @@ async fn rollback(
 
 /// `citrusctl fleet`.
 async fn fleet(client: &Client, json: bool) -> Result<(), CtlError> {
-    let f: crate::fleet::agent::FleetStatus = client.get("/v1/fleet").await?;
+    let f: crate::control::FleetStatus = client.get("/v1/fleet").await?;
     show(&f, json, table::fleet);
     Ok(())
 }

@@ -148,9 +148,9 @@ pub fn jobs(jobs: &[JobInfo]) -> String {
 }
 
 /// `citrusctl fleet`.
-pub fn fleet(f: &crate::fleet::agent::FleetStatus) -> String {
+pub fn fleet(f: &crate::control::FleetStatus) -> String {
     let rows = [
-        ("state", f.state.clone()),
+        ("state", f.state.as_str().to_owned()),
         ("engine", f.engine_url.clone()),
         ("agent id", f.agent_id.clone()),
         ("connected since", when(f.connected_since_ms)),

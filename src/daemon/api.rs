@@ -414,7 +414,7 @@ async fn rollback(
     Ok(Json(DeploymentReply { deployment }))
 }
 
-async fn fleet(State(d): Shared) -> ApiResult<crate::fleet::agent::FleetStatus> {
+async fn fleet(State(d): Shared) -> ApiResult<crate::control::FleetStatus> {
     match &d.agent {
         Some(agent) => Ok(Json(agent.status())),
         None => Err(HttpError::new(

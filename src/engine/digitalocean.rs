@@ -17,6 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{format_duration, Secret};
+use crate::sys::backoff::Backoff;
 
 /// Longest wait honoured from a `Retry-After` header, and longest backoff.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -33,7 +34,7 @@ pub struct Client {
     token: Secret,
     timeout: Duration,
     max_attempts: u32,
-    base_delay: Duration,
+    retry: Backoff,
 }
 
 impl fmt::Debug for Client {
@@ -43,7 +44,7 @@ impl fmt::Debug for Client {
             .field("token", &self.token)
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
-            .field("base_delay", &self.base_delay)
+            .field("base_delay", &self.retry.first)
             .finish()
     }
 }
@@ -211,7 +212,10 @@ impl Client {
             token: Secret::new(token),
             timeout: Duration::from_secs(30),
             max_attempts: 4,
-            base_delay: Duration::from_secs(1),
+            retry: Backoff {
+                first: Duration::from_secs(1),
+                max: MAX_RETRY_DELAY,
+            },
         })
     }
 
@@ -225,7 +229,7 @@ impl Client {
     /// then twice that, and so on between them unless `Retry-After` says otherwise (default 1 s).
     pub fn with_retry(mut self, max_attempts: u32, base_delay: Duration) -> Client {
         self.max_attempts = max_attempts.max(1);
-        self.base_delay = base_delay;
+        self.retry.first = base_delay;
         self
     }
 
@@ -272,13 +276,13 @@ impl Client {
             let outcome = self.attempt(&method, path, body).await;
             let retry = match &outcome {
                 Ok(answer) if answer.status == StatusCode::TOO_MANY_REQUESTS => {
-                    Some(retry_after(&answer.headers).unwrap_or_else(|| self.backoff(attempt)))
+                    Some(retry_after(&answer.headers).unwrap_or_else(|| self.retry.delay(attempt)))
                 }
                 Ok(answer) if answer.status.is_server_error() => {
-                    Some(retry_after(&answer.headers).unwrap_or_else(|| self.backoff(attempt)))
+                    Some(retry_after(&answer.headers).unwrap_or_else(|| self.retry.delay(attempt)))
                 }
                 Ok(_) => None,
-                Err(e) if e.is_connect() || idempotent => Some(self.backoff(attempt)),
+                Err(e) if e.is_connect() || idempotent => Some(self.retry.delay(attempt)),
                 Err(_) => None,
             };
             match retry {
@@ -339,12 +343,6 @@ impl Client {
             headers,
             body,
         })
-    }
-
-    /// Exponential backoff before attempt `attempt + 1`.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.base_delay.saturating_mul(factor).min(MAX_RETRY_DELAY)
     }
 
     fn transport_error(&self, request: String, e: &reqwest::Error) -> DoError {
@@ -749,7 +747,7 @@ mod tests {
         let do_api = Client::new("https://api.digitalocean.com/v2", "t".to_owned())
             .unwrap()
             .with_retry(10, Duration::from_secs(1));
-        let delays: Vec<u64> = (1..=8).map(|a| do_api.backoff(a).as_secs()).collect();
+        let delays: Vec<u64> = (1..=8).map(|a| do_api.retry.delay(a).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, "7".parse().unwrap());

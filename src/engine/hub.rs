@@ -19,10 +19,9 @@ use super::error::ApiError;
 use super::live::events;
 use super::store::{AgentWrite, DeploymentReport, HistoryPoint, StatusRecord, StoreError};
 use super::{auth, now, Engine};
-use crate::control::AppState;
 use crate::fleet::protocol::{
-    AgentMessage, EngineMessage, HostStatus, OperationStatus, CLIENT_TYPE_AGENT, HEADER_AGENT_ID,
-    HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, PROTOCOL_VERSION,
+    AgentMessage, AppState, EngineMessage, HostStatus, OperationStatus, CLIENT_TYPE_AGENT,
+    HEADER_AGENT_ID, HEADER_AGENT_KEY, HEADER_CLIENT_TYPE, HEADER_PROTOCOL, PROTOCOL_VERSION,
 };
 
 /// Close code for "going away" (engine shutting down, connection replaced).

@@ -12,6 +12,7 @@
 //! domain as one element.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,14 +26,16 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use super::outbox::Outbox;
 use super::protocol::{self as wire, AgentMessage, EngineMessage, OperationStatus};
 use super::system;
-use super::update::PendingUpdate;
+use super::update::{PendingUpdate, UpdateKind};
 use crate::config::{FleetConfig, Secret, SiteTemplates};
+use crate::control::{FleetState, FleetStatus};
 use crate::deploy::{Deployment, Deployments};
 use crate::supervisor::handoff;
 use crate::supervisor::oneshot::{self, Ended};
 use crate::supervisor::reaper::Reaper;
 use crate::supervisor::spawn::{Marker, Spec};
 use crate::supervisor::{Supervisor, Target};
+use crate::sys::backoff::Backoff;
 use crate::sys::fs::write_atomic;
 use crate::sys::now_ms;
 
@@ -40,22 +43,11 @@ use crate::sys::now_ms;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Output kept in a report: the last 64 KiB.
 const OUTPUT_TAIL: usize = 64 * 1024;
+/// Reports sent from the outbox before they are marked sent (one sync each batch); a crash
+/// sends at most these again.
+const DRAIN_BATCH: usize = 64;
 /// A site command (`[fleet.sites]`) still running after this is stopped and fails.
 const SITE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// What `citrusctl fleet` shows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FleetStatus {
-    /// `connecting`, `connected`, `enrolling`, `waiting` (backoff) or `stopped`.
-    pub state: String,
-    pub engine_url: String,
-    pub agent_id: String,
-    pub connected_since_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub queued_reports: usize,
-    pub dropped_reports: u64,
-    pub protocol: u32,
-}
 
 /// The running agent.
 pub struct Agent {
@@ -78,7 +70,7 @@ pub struct Agent {
     /// An update this process was re-executed for, confirmed at the first connect.
     pending: Mutex<Option<PendingUpdate>>,
     /// An update or rollback accepted and not yet handed to the new process: another is refused.
-    updating: std::sync::atomic::AtomicBool,
+    updating: AtomicBool,
     /// SHA-256 of the binary this process runs (`/proc/self/exe`), read once at start.
     binary_sha256: std::sync::OnceLock<String>,
 }
@@ -97,10 +89,10 @@ enum UpdateRequest {
 }
 
 impl UpdateRequest {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> UpdateKind {
         match self {
-            Self::Git | Self::Release(_) => "update",
-            Self::GitRollback(_) | Self::BinaryRollback => "rollback",
+            Self::Git | Self::Release(_) => UpdateKind::Update,
+            Self::GitRollback(_) | Self::BinaryRollback => UpdateKind::Rollback,
         }
     }
 
@@ -167,19 +159,50 @@ fn store_update(state_dir: &std::path::Path, update: &PendingUpdate, starts: u32
     }
 }
 
-/// A uniformly random duration in `[0, max]` (full jitter).
-fn jitter(max: Duration) -> Duration {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let r = if n == 8 {
-        u64::from_ne_bytes(bytes)
-    } else {
-        now_ms().wrapping_mul(0x9e3779b97f4a7c15)
-    };
-    let ms = max.as_millis().max(1) as u64;
-    Duration::from_millis(r % (ms + 1))
+/// The waits between connection attempts: full jitter over a [`Backoff`] from
+/// `reconnect_delay`, doubling up to [`MAX_BACKOFF`].
+struct Reconnect {
+    backoff: Backoff,
+    /// Failed attempts since the last connection.
+    failures: u32,
 }
+
+impl Reconnect {
+    fn new(reconnect_delay: Duration) -> Reconnect {
+        Reconnect {
+            backoff: Backoff {
+                first: reconnect_delay,
+                max: MAX_BACKOFF,
+            },
+            failures: 0,
+        }
+    }
+
+    /// After a clean end (key rotated, engine closed politely): the backoff starts over.
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Waits after a failed attempt, or returns early when `stop` changes. A connection that
+    /// was up (the engine restarted, the network blipped) starts the backoff over: the next
+    /// attempt waits at most `reconnect_delay`.
+    async fn wait(&mut self, was_up: bool, stop: &mut tokio::sync::watch::Receiver<bool>) {
+        if was_up {
+            self.reset();
+        }
+        self.failures = self.failures.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff.jittered(self.failures)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// The WebSocket to the engine, and its two halves.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+type WsStream = futures_util::stream::SplitStream<Ws>;
 
 /// Why a connection attempt or a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -200,9 +223,9 @@ impl Agent {
         marker: Marker,
         state_dir: &std::path::Path,
     ) -> Arc<Agent> {
-        let outbox = Outbox::open(state_dir.join("fleet-outbox.json"));
+        let outbox = Outbox::open(state_dir);
         let status = FleetStatus {
-            state: "connecting".into(),
+            state: FleetState::Connecting,
             engine_url: config.engine_url.clone(),
             agent_id: config.agent_id.clone(),
             connected_since_ms: None,
@@ -245,7 +268,7 @@ impl Agent {
             busy_domains: Mutex::new(HashSet::new()),
             reconnect: tokio::sync::Notify::new(),
             stopping: tokio::sync::watch::Sender::new(false),
-            updating: std::sync::atomic::AtomicBool::new(false),
+            updating: AtomicBool::new(false),
             binary_sha256: std::sync::OnceLock::new(),
         });
         tokio::spawn(agent.clone().run());
@@ -413,7 +436,7 @@ impl Agent {
             (Some(_), Some(sha)) => format!("running binary {sha}"),
             _ => format!("running {}", git_version.clone().unwrap_or_default()),
         });
-        self.report(if p.kind == "rollback" {
+        self.report(if p.kind == UpdateKind::Rollback {
             AgentMessage::RollbackOperation {
                 id: p.id,
                 status,
@@ -445,10 +468,10 @@ impl Agent {
         s
     }
 
-    fn set_state(&self, state: &str, error: Option<String>) {
+    fn set_state(&self, state: FleetState, error: Option<String>) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        s.state = state.into();
-        if state != "connected" {
+        s.state = state;
+        if state != FleetState::Connected {
             s.connected_since_ms = None;
         }
         if let Some(e) = error {
@@ -463,7 +486,7 @@ impl Agent {
         self.stopping.send_replace(true);
         let stopped = async {
             loop {
-                if self.status().state == "stopped" {
+                if self.status().state == FleetState::Stopped {
                     return;
                 }
                 if rx.changed().await.is_err() {
@@ -475,14 +498,14 @@ impl Agent {
     }
 
     fn stopped(&self) {
-        self.set_state("stopped", None);
+        self.set_state(FleetState::Stopped, None);
         // Wake `stop`, which waits on this channel.
         self.stopping.send_replace(true);
     }
 
     async fn run(self: Arc<Self>) {
         self.read_binary().await;
-        let mut attempt: u32 = 0;
+        let mut reconnect = Reconnect::new(self.config.reconnect_delay);
         let mut stop = self.stopping.subscribe();
         loop {
             if *stop.borrow_and_update() {
@@ -492,42 +515,27 @@ impl Agent {
                 Ok(key) => self.session(&key).await,
                 Err(e) => Err(LinkError::Other(e)),
             };
-            match result {
+            let e = match result {
                 // A clean end (key rotated, engine closed politely): reconnect at once.
                 Ok(()) => {
-                    attempt = 0;
+                    reconnect.reset();
                     continue;
                 }
-                Err(e) => {
-                    // A connection that was up (the engine restarted, the network blipped)
-                    // starts the backoff over: the next try waits at most `reconnect_delay`.
-                    let was_up = self
-                        .status
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .connected_since_ms
-                        .is_some();
-                    if was_up {
-                        attempt = 0;
-                    }
-                    let msg = e.to_string();
-                    match e {
-                        LinkError::Unauthorized => tracing::error!("{msg}"),
-                        LinkError::Other(_) => tracing::warn!("fleet: {msg}"),
-                    }
-                    self.set_state("waiting", Some(msg));
-                }
+                Err(e) => e,
+            };
+            let was_up = self
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .connected_since_ms
+                .is_some();
+            let msg = e.to_string();
+            match e {
+                LinkError::Unauthorized => tracing::error!("{msg}"),
+                LinkError::Other(_) => tracing::warn!("fleet: {msg}"),
             }
-            let cap = self
-                .config
-                .reconnect_delay
-                .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
-                .min(MAX_BACKOFF);
-            attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = tokio::time::sleep(jitter(cap)) => {}
-                _ = stop.changed() => {}
-            }
+            self.set_state(FleetState::Waiting, Some(msg));
+            reconnect.wait(was_up, &mut stop).await;
         }
     }
 
@@ -548,7 +556,7 @@ impl Agent {
                 path.display()
             ));
         };
-        self.set_state("enrolling", None);
+        self.set_state(FleetState::Enrolling, None);
         #[derive(Deserialize)]
         struct Enrolled {
             key: String,
@@ -598,8 +606,33 @@ impl Agent {
 
     /// One connection, until it ends.
     async fn session(&self, key: &Secret) -> Result<(), LinkError> {
-        self.set_state("connecting", None);
+        self.set_state(FleetState::Connecting, None);
+        // Subscribed before connecting: a stop while connecting still closes politely.
         let mut stop = self.stopping.subscribe();
+        let ws = self.connect(key).await?;
+        let (mut tx, mut rx) = ws.split();
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.state = FleetState::Connected;
+            s.connected_since_ms = Some(now_ms());
+            s.last_error = None;
+        }
+        tracing::info!(engine = %self.config.engine_url, "connected to the engine");
+        let hello = AgentMessage::AgentConnected {
+            agent_id: self.config.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_version: self.git_version(),
+            binary_sha256: self.binary_sha256.get().cloned(),
+        };
+        self.send(&mut tx, to_frame(&hello)).await?;
+        self.send(&mut tx, to_frame(&self.status_update())).await?;
+        self.confirm_update();
+        self.serve(&mut tx, &mut rx, &mut stop).await
+    }
+
+    /// Opens the WebSocket to `engine_url` with the agent's headers (at most 30 s); a 401 is
+    /// [`LinkError::Unauthorized`].
+    async fn connect(&self, key: &Secret) -> Result<Ws, LinkError> {
         let url = &self.config.engine_url;
         let mut req = url
             .as_str()
@@ -638,37 +671,23 @@ impl Agent {
                 tungstenite::Error::Http(resp) if resp.status() == 401 => LinkError::Unauthorized,
                 other => LinkError::Other(format!("cannot connect to {url}: {other}")),
             })?;
-        let (mut tx, mut rx) = ws.split();
-        {
-            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-            s.state = "connected".into();
-            s.connected_since_ms = Some(now_ms());
-            s.last_error = None;
-        }
-        tracing::info!(engine = %url, "connected to the engine");
-        let hello = AgentMessage::AgentConnected {
-            agent_id: self.config.agent_id.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            git_version: self.git_version(),
-            binary_sha256: self.binary_sha256.get().cloned(),
-        };
-        let send_err =
-            |e: tungstenite::Error| LinkError::Other(format!("connection to {url} lost: {e}"));
-        tx.send(Message::text(to_frame(&hello)))
-            .await
-            .map_err(send_err)?;
-        tx.send(Message::text(to_frame(&self.status_update())))
-            .await
-            .map_err(send_err)?;
-        self.confirm_update();
+        Ok(ws)
+    }
+
+    /// The connection's life: sends the outbox, answers frames and sends the status at its
+    /// interval, until the connection breaks, citrusd stops (a polite close, `Ok`) or the key
+    /// was rotated (`Ok`, to reconnect with the new key).
+    async fn serve(
+        &self,
+        tx: &mut WsSink,
+        rx: &mut WsStream,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), LinkError> {
+        let url = &self.config.engine_url;
         let mut status_timer = tokio::time::interval(self.config.status_interval);
         status_timer.reset();
         loop {
-            // Drain the outbox first: in order, removing only what was sent.
-            while let Some(frame) = self.outbox.front() {
-                tx.send(Message::text(frame)).await.map_err(send_err)?;
-                self.outbox.sent();
-            }
+            self.drain(tx).await?;
             tokio::select! {
                 frame = rx.next() => match frame {
                     Some(Ok(Message::Text(text))) => self.on_frame(text.as_str()),
@@ -681,9 +700,7 @@ impl Agent {
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(LinkError::Other(format!("connection to {url} failed: {e}"))),
                 },
-                _ = status_timer.tick() => {
-                    tx.send(Message::text(to_frame(&self.status_update()))).await.map_err(send_err)?;
-                }
+                _ = status_timer.tick() => self.send(tx, to_frame(&self.status_update())).await?,
                 _ = self.outbox.ready.notified() => {}
                 _ = stop.changed() => {
                     let bye = tungstenite::protocol::CloseFrame {
@@ -696,16 +713,46 @@ impl Agent {
                 }
                 _ = self.reconnect.notified() => {
                     // Flush acknowledgements, then come back with the new key.
-                    while let Some(frame) = self.outbox.front() {
-                        tx.send(Message::text(frame)).await.map_err(send_err)?;
-                        self.outbox.sent();
-                    }
+                    self.drain(tx).await?;
                     let _ = tx.send(Message::Close(None)).await;
                     tracing::info!("key rotated: reconnecting with the new key");
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Sends the outbox in order, [`DRAIN_BATCH`] reports at a time, each batch marked sent
+    /// once it is written to the connection.
+    async fn drain(&self, tx: &mut WsSink) -> Result<(), LinkError> {
+        loop {
+            let batch = self.outbox.peek(DRAIN_BATCH);
+            if batch.frames.is_empty() {
+                return Ok(());
+            }
+            for frame in batch.frames {
+                tx.feed(Message::text(frame))
+                    .await
+                    .map_err(|e| self.lost(e))?;
+            }
+            tx.flush().await.map_err(|e| self.lost(e))?;
+            self.outbox.sent(batch.end);
+        }
+    }
+
+    /// Sends one text frame.
+    async fn send(&self, tx: &mut WsSink, frame: String) -> Result<(), LinkError> {
+        tx.send(Message::text(frame))
+            .await
+            .map_err(|e| self.lost(e))
+    }
+
+    /// A failed send: the connection is lost.
+    fn lost(&self, e: tungstenite::Error) -> LinkError {
+        LinkError::Other(format!(
+            "connection to {} lost: {e}",
+            self.config.engine_url
+        ))
     }
 
     /// The checkout's HEAD (12 hex digits), read through git2 like the updates themselves.
@@ -737,7 +784,10 @@ impl Agent {
                     .collect(),
                 apps: self
                     .deploys
-                    .with_releases(self.supervisor.status(None).unwrap_or_default()),
+                    .with_releases(self.supervisor.status(None).unwrap_or_default())
+                    .iter()
+                    .map(wire::AppStatus::from)
+                    .collect(),
                 timestamp: now_ms(),
             },
         }
@@ -843,37 +893,13 @@ impl Agent {
     /// re-execute citrusd keeping the apps. The new process confirms once it reaches the engine.
     /// One at a time: another request while one is in flight is refused.
     fn update(&self, id: String, request: UpdateRequest) {
-        use std::sync::atomic::Ordering;
-        let report = |status, output, error: Option<String>| {
-            request.report(&id, status, output, error, self.git_version())
+        let report = |status, error: Option<String>| {
+            request.report(&id, status, None, error, self.git_version())
         };
-        if let Some(p) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            let msg = format!(
-                "refused: {} {} is still waiting for its confirmation",
-                p.kind, p.id
-            );
-            return self.report(report(OperationStatus::Failed, None, Some(msg)));
+        if let Err(why) = self.claim_update(&request) {
+            return self.report(report(OperationStatus::Failed, Some(why)));
         }
-        if self.updating.swap(true, Ordering::SeqCst) {
-            let msg = "refused: another update or rollback of this agent is in flight; \
-                       wait for its report"
-                .to_string();
-            return self.report(report(OperationStatus::Failed, None, Some(msg)));
-        }
-        let git = matches!(request, UpdateRequest::Git | UpdateRequest::GitRollback(_));
-        if git && self.repo().is_none() {
-            self.updating.store(false, Ordering::SeqCst);
-            let msg = "no [fleet.update] repo is configured on this host; send update_agent \
-                       with the sha256 of a release instead"
-                .to_string();
-            return self.report(report(OperationStatus::Failed, None, Some(msg)));
-        }
-        self.report(report(OperationStatus::Starting, None, None));
+        self.report(report(OperationStatus::Starting, None));
         let agent = self.handle();
         tokio::spawn(async move {
             let result = agent.clone().run_update(&id, &request).await;
@@ -889,6 +915,40 @@ impl Agent {
         });
     }
 
+    /// Takes the one slot for an update or rollback, or says why `request` is refused: one is
+    /// waiting for its confirmation, another is in flight, or a git update has no repo.
+    fn claim_update(&self, request: &UpdateRequest) -> Result<(), String> {
+        if let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(format!(
+                "refused: {} {} is still waiting for its confirmation",
+                p.kind.as_str(),
+                p.id
+            ));
+        }
+        if self.updating.swap(true, Ordering::SeqCst) {
+            return Err(
+                "refused: another update or rollback of this agent is in flight; \
+                        wait for its report"
+                    .to_string(),
+            );
+        }
+        let git = matches!(request, UpdateRequest::Git | UpdateRequest::GitRollback(_));
+        if git && self.repo().is_none() {
+            self.updating.store(false, Ordering::SeqCst);
+            return Err(
+                "no [fleet.update] repo is configured on this host; send update_agent \
+                        with the sha256 of a release instead"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+
     /// The record of an update in flight, kept until the new process confirms it.
     fn pending_for(
         &self,
@@ -899,7 +959,7 @@ impl Agent {
     ) -> PendingUpdate {
         PendingUpdate {
             id: id.to_owned(),
-            kind: request.kind().to_string(),
+            kind: request.kind(),
             commit_id: match request {
                 UpdateRequest::GitRollback(c) => Some(c.clone()),
                 _ => None,
@@ -980,19 +1040,10 @@ impl Agent {
             &self.pending_for(id, request, previous.clone(), None),
             0,
         );
-        let (target, r) = (request.clone(), repo.clone());
-        let (remote, branch) = (update.remote.clone(), update.branch.clone());
-        let ca_file = self.config.ca_file.clone();
-        let moved = tokio::task::spawn_blocking(move || match &target {
-            UpdateRequest::GitRollback(c) => up::reset_to(&r, c),
-            _ => {
-                let tls = super::tls::client_config(ca_file.as_deref())?;
-                super::git_https::with_tls(tls, || up::pull(&r, &remote, &branch))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()))
-        .map_err(|e| (None, e))?;
+        let moved = self
+            .move_checkout(request, &update, &repo)
+            .await
+            .map_err(|e| (None, e))?;
         let output = format!("{} -> {}", short(&moved.previous), short(&moved.current));
         if moved.previous == moved.current {
             return Ok(format!("already at {}", short(&moved.current)));
@@ -1037,6 +1088,29 @@ impl Agent {
                 let _ = up::reset_to(&repo, &moved.previous);
                 (out, why)
             })
+    }
+
+    /// Moves the checkout: to the commit of a rollback, else fetched from `remote/branch` (over
+    /// https with the agent's TLS trust).
+    async fn move_checkout(
+        &self,
+        request: &UpdateRequest,
+        update: &crate::config::UpdateConfig,
+        repo: &std::path::Path,
+    ) -> Result<super::update::Moved, String> {
+        use super::update as up;
+        let (target, r) = (request.clone(), repo.to_owned());
+        let (remote, branch) = (update.remote.clone(), update.branch.clone());
+        let ca_file = self.config.ca_file.clone();
+        tokio::task::spawn_blocking(move || match &target {
+            UpdateRequest::GitRollback(c) => up::reset_to(&r, c),
+            _ => {
+                let tls = super::tls::client_config(ca_file.as_deref())?;
+                super::git_https::with_tls(tls, || up::pull(&r, &remote, &branch))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))
     }
 
     /// Records `pending` and the marker the unit's guard looks for, puts `staged` in place of
@@ -1266,4 +1340,69 @@ fn deploy_report(d: &Deployment) -> Option<AgentMessage> {
 
 fn to_frame(msg: &AgentMessage) -> String {
     serde_json::to_string(msg).expect("wire types serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::watch;
+    use tokio::time::Instant;
+
+    /// One reconnect wait, in paused time.
+    async fn timed(r: &mut Reconnect, was_up: bool, stop: &mut watch::Receiver<bool>) -> Duration {
+        let start = Instant::now();
+        r.wait(was_up, stop).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnect_backoff_doubles_to_a_minute_with_jitter_and_starts_over() {
+        let (_tx, mut stop) = watch::channel(false);
+        let first = Duration::from_millis(100);
+        let mut r = Reconnect::new(first);
+        let mut waits = Vec::new();
+        for n in 0..30u32 {
+            // Failure n + 1 waits at most 100 ms × 2^n, never more than a minute.
+            let cap = first.saturating_mul(1 << n.min(20)).min(MAX_BACKOFF);
+            let wait = timed(&mut r, false, &mut stop).await;
+            assert!(wait <= cap, "wait {} was {wait:?}, over {cap:?}", n + 1);
+            waits.push(wait);
+        }
+        // From the 11th on the cap is a minute: 20 full-jitter waits average 10 minutes in all.
+        let late: Duration = waits[10..].iter().sum();
+        assert!(
+            late > Duration::from_secs(200),
+            "the waits did not grow: {waits:?}"
+        );
+        assert!(
+            waits[10..].iter().any(|w| *w != waits[10]),
+            "no jitter: {waits:?}"
+        );
+        // After a connection that was up, the next wait is back within reconnect_delay.
+        assert!(timed(&mut r, true, &mut stop).await <= first);
+        // So after a clean end.
+        for _ in 0..12 {
+            timed(&mut r, false, &mut stop).await;
+        }
+        r.reset();
+        assert!(timed(&mut r, false, &mut stop).await <= first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_cuts_the_reconnect_wait_short() {
+        let mut cut = 0;
+        for _ in 0..5 {
+            let (tx, mut stop) = watch::channel(false);
+            // At the cap: a wait anywhere in [0, 60 s].
+            let mut r = Reconnect::new(MAX_BACKOFF);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tx.send_replace(true);
+            });
+            let wait = timed(&mut r, false, &mut stop).await;
+            assert!(wait <= Duration::from_secs(1), "{wait:?}");
+            cut += usize::from(wait == Duration::from_secs(1));
+        }
+        assert!(cut > 0, "no wait was cut short by the stop");
+    }
 }

@@ -8,7 +8,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::control::AppStatus;
 pub use crate::deploy::Phase;
 
 /// Version of this protocol, sent as [`HEADER_PROTOCOL`].
@@ -75,6 +74,89 @@ pub struct DiskStatus {
     pub size: u64,
     pub used: u64,
     pub available: u64,
+}
+
+/// The lifecycle state of one app instance (as the supervisor's [`crate::control::AppState`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    Starting,
+    Online,
+    Stopping,
+    Stopped,
+    Backoff,
+    Errored,
+}
+
+/// How the previous run of an instance ended. `signal` is a name such as `"SIGKILL"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub at_ms: u64,
+}
+
+/// One app instance in [`HostStatus`]. The wire's own type, made from the control API's
+/// [`crate::control::AppStatus`], so that a change to the control API cannot change this protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub instance: u32,
+    pub pid: Option<u32>,
+    pub state: AppState,
+    pub restarts: u32,
+    pub unstable_restarts: u32,
+    pub memory_restarts: u32,
+    pub uptime_ms: u64,
+    pub memory_bytes: u64,
+    pub cpu_percent: f64,
+    pub last_exit: Option<LastExit>,
+    /// The release `current` points at, for an app with `[deploy]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+}
+
+impl From<crate::control::AppState> for AppState {
+    fn from(state: crate::control::AppState) -> Self {
+        use crate::control::AppState as Control;
+        match state {
+            Control::Starting => Self::Starting,
+            Control::Online => Self::Online,
+            Control::Stopping => Self::Stopping,
+            Control::Stopped => Self::Stopped,
+            Control::Backoff => Self::Backoff,
+            Control::Errored => Self::Errored,
+        }
+    }
+}
+
+impl From<&crate::control::LastExit> for LastExit {
+    fn from(e: &crate::control::LastExit) -> Self {
+        LastExit {
+            code: e.code,
+            signal: e.signal.clone(),
+            at_ms: e.at_ms,
+        }
+    }
+}
+
+impl From<&crate::control::AppStatus> for AppStatus {
+    fn from(a: &crate::control::AppStatus) -> Self {
+        AppStatus {
+            name: a.name.clone(),
+            instance: a.instance,
+            pid: a.pid,
+            state: a.state.into(),
+            restarts: a.restarts,
+            unstable_restarts: a.unstable_restarts,
+            memory_restarts: a.memory_restarts,
+            uptime_ms: a.uptime_ms,
+            memory_bytes: a.memory_bytes,
+            cpu_percent: a.cpu_percent,
+            last_exit: a.last_exit.as_ref().map(LastExit::from),
+            release: a.release.clone(),
+        }
+    }
 }
 
 /// The host snapshot sent in [`AgentMessage::StatusUpdate`].
@@ -626,9 +708,62 @@ mod tests {
         );
     }
 
+    /// The wire's app row, made from the control API's, against the literal text it is sent as.
+    #[test]
+    fn app_status_wire_literal() {
+        use crate::control::{self, assert_json_literal};
+        let supervisor = control::AppStatus {
+            name: "web".into(),
+            instance: 1,
+            pid: Some(42),
+            state: control::AppState::Backoff,
+            restarts: 3,
+            unstable_restarts: 2,
+            memory_restarts: 1,
+            uptime_ms: 5000,
+            memory_bytes: 1_048_576,
+            cpu_percent: 1.5,
+            last_exit: Some(control::LastExit {
+                code: None,
+                signal: Some("SIGKILL".into()),
+                at_ms: 1_699_999_999_000,
+            }),
+            release: Some("20261206-120000-abc1234".into()),
+        };
+        let literal = r#"{"name":"web","instance":1,"pid":42,"state":"backoff","restarts":3,"unstable_restarts":2,"memory_restarts":1,"uptime_ms":5000,"memory_bytes":1048576,"cpu_percent":1.5,"last_exit":{"code":null,"signal":"SIGKILL","at_ms":1699999999000},"release":"20261206-120000-abc1234"}"#;
+        assert_json_literal(&AppStatus::from(&supervisor), literal);
+        // Without a release the field is absent; every state keeps its name.
+        let bare = r#"{"name":"web","instance":0,"pid":null,"state":"stopped","restarts":0,"unstable_restarts":0,"memory_restarts":0,"uptime_ms":0,"memory_bytes":0,"cpu_percent":0.0,"last_exit":null}"#;
+        let wire = AppStatus::from(&control::AppStatus {
+            instance: 0,
+            pid: None,
+            state: control::AppState::Stopped,
+            restarts: 0,
+            unstable_restarts: 0,
+            memory_restarts: 0,
+            uptime_ms: 0,
+            memory_bytes: 0,
+            cpu_percent: 0.0,
+            last_exit: None,
+            release: None,
+            ..supervisor
+        });
+        assert_json_literal(&wire, bare);
+        for (state, name) in [
+            (control::AppState::Starting, "\"starting\""),
+            (control::AppState::Online, "\"online\""),
+            (control::AppState::Stopping, "\"stopping\""),
+            (control::AppState::Stopped, "\"stopped\""),
+            (control::AppState::Backoff, "\"backoff\""),
+            (control::AppState::Errored, "\"errored\""),
+        ] {
+            assert_json_literal(&AppState::from(state), name);
+        }
+    }
+
     #[test]
     fn status_update() {
-        // A full row as the supervisor reports it, so this test also holds with the real type.
+        // A full row as the supervisor reports it.
         let app_json = json!({
             "name": "web", "instance": 0, "pid": 42, "state": "online",
             "restarts": 1, "unstable_restarts": 0, "memory_restarts": 0,

@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 pub struct PendingUpdate {
     /// The engine's command id.
     pub id: String,
-    /// `"update"` or `"rollback"`.
-    pub kind: String,
+    pub kind: UpdateKind,
     /// For a rollback: the commit asked for.
     pub commit_id: Option<String>,
     /// The commit to go back to when the new version does not confirm.
@@ -35,6 +34,24 @@ pub struct PendingUpdate {
     /// For a binary update or rollback: what was installed where.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<BinaryChange>,
+}
+
+/// Whether a [`PendingUpdate`] came from `update_agent` or `rollback_agent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateKind {
+    Update,
+    Rollback,
+}
+
+impl UpdateKind {
+    /// The lowercase name, as stored and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateKind::Update => "update",
+            UpdateKind::Rollback => "rollback",
+        }
+    }
 }
 
 /// A binary installed in place of the running one, waiting for confirmation.
@@ -400,6 +417,34 @@ pub(crate) mod tests {
         );
         let err = swap_previous(&exe).unwrap_err().to_string();
         assert!(err.contains("citrusd.prev"), "{err}");
+    }
+
+    /// The record kept in the state directory, against its literal text.
+    #[test]
+    fn pending_update_json_literal() {
+        use crate::control::assert_json_literal;
+        let literal = r#"{"id":"op-7","kind":"rollback","commit_id":"abc123","previous":"def456","deadline_ms":1700000000000,"reverted":null,"binary":{"exe":"/usr/local/bin/citrusd","sha256":"aa","previous_sha256":"bb"}}"#;
+        let pending = PendingUpdate {
+            id: "op-7".into(),
+            kind: UpdateKind::Rollback,
+            commit_id: Some("abc123".into()),
+            previous: "def456".into(),
+            deadline_ms: 1_700_000_000_000,
+            reverted: None,
+            binary: Some(BinaryChange {
+                exe: "/usr/local/bin/citrusd".into(),
+                sha256: "aa".into(),
+                previous_sha256: "bb".into(),
+            }),
+        };
+        assert_json_literal(&pending, literal);
+        for (kind, name) in [
+            (UpdateKind::Update, "update"),
+            (UpdateKind::Rollback, "rollback"),
+        ] {
+            assert_json_literal(&kind, &format!("\"{name}\""));
+            assert_eq!(kind.as_str(), name);
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::sys::backoff::Backoff;
+
 /// Default for [`WebhookConfig::max_attempts`].
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 /// Default for [`WebhookConfig::first_backoff`].
@@ -249,7 +251,7 @@ struct Sender {
     target: Result<(reqwest::Client, reqwest::Url), String>,
     origin: String,
     max_attempts: u32,
-    first_backoff: Duration,
+    backoff: Backoff,
     counters: Arc<Counters>,
 }
 
@@ -271,7 +273,10 @@ impl Sender {
             target,
             origin,
             max_attempts: config.max_attempts.max(1),
-            first_backoff: config.first_backoff,
+            backoff: Backoff {
+                first: config.first_backoff,
+                max: MAX_BACKOFF,
+            },
             counters,
         }
     }
@@ -332,7 +337,7 @@ impl Sender {
             }
             let delay = retry_after
                 .map(|d| d.min(MAX_RETRY_AFTER))
-                .unwrap_or_else(|| backoff(self.first_backoff, attempt));
+                .unwrap_or_else(|| self.backoff.delay(attempt));
             tracing::debug!(
                 webhook = %origin,
                 "webhook attempt {attempt}/{} failed: {reason}; retrying in {delay:?}",
@@ -385,12 +390,6 @@ async fn attempt_once(client: &reqwest::Client, url: &reqwest::Url, body: Vec<u8
             retry_after: None,
         },
     }
-}
-
-/// The wait after failed attempt number `attempt` (1-based).
-fn backoff(first: Duration, attempt: u32) -> Duration {
-    let factor = 1u32 << (attempt - 1).min(20);
-    first.saturating_mul(factor).min(MAX_BACKOFF)
 }
 
 /// An error and its sources, `: `-separated (callers strip URLs first).
@@ -725,10 +724,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let first = Duration::from_secs(1);
-        let waits: Vec<u64> = (1..=8).map(|a| backoff(first, a).as_secs()).collect();
+        let config = WebhookConfig {
+            first_backoff: Duration::from_secs(1),
+            ..WebhookConfig::new("http://127.0.0.1:9/hook")
+        };
+        let backoff = Sender::new(&config, "test".into(), Arc::default()).backoff;
+        let waits: Vec<u64> = (1..=8).map(|a| backoff.delay(a).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(backoff(first, u32::MAX), MAX_BACKOFF);
+        assert_eq!(backoff.delay(u32::MAX), MAX_BACKOFF);
     }
 
     /// Collects every tracing event emitted on this thread as text.

@@ -1,7 +1,9 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
 //! subreaper flag, signal names, percent-encoding, crash-safe file writes (`fs`) and wall-clock timestamps
-//! (`time`). Everything else in the crate talks to the OS through here.
+//! (`time`). Everything else in the crate talks to the OS through here. Also the small system-level
+//! helpers every part shares: the retry schedule (`backoff`).
 
+pub mod backoff;
 pub mod fs;
 mod percent;
 pub mod procfs;

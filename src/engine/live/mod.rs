@@ -35,8 +35,7 @@ use serde_json::json;
 
 use super::store::{AgentRow, EventRow, OperationRow, ServerRow, Store, StoreError};
 use super::Engine;
-use crate::control::AppStatus;
-use crate::fleet::protocol::HostStatus;
+use crate::fleet::protocol::{AppStatus, HostStatus};
 use stream::{Frame, Streams, Subscriber, TooMany};
 pub use summary::{AgentSummary, AppCounts};
 use summary::{Change, Figures};
@@ -507,9 +506,8 @@ pub async fn run(engine: Arc<Engine>) {
 mod tests {
     use super::*;
     use crate::config::Database;
-    use crate::control::AppState;
     use crate::engine::store::AgentStatus;
-    use crate::fleet::protocol::{CpuStatus, MemoryStatus};
+    use crate::fleet::protocol::{AppState, CpuStatus, MemoryStatus};
 
     fn status(state: AppState, load: f64) -> HostStatus {
         HostStatus {

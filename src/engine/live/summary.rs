@@ -3,9 +3,8 @@
 
 use serde::Serialize;
 
-use crate::control::{AppState, AppStatus};
 use crate::engine::store::{AgentRow, AgentStatus};
-use crate::fleet::protocol::{DiskStatus, HostStatus};
+use crate::fleet::protocol::{AppState, AppStatus, DiskStatus, HostStatus};
 
 /// Above this share of memory or disk used, an agent has a problem.
 const FULL_PERCENT: i64 = 90;
