@@ -1347,7 +1347,7 @@ max_restarts = 100
                     target: tcp,
                     error: Arc::new(ProbeError::Timeout(Duration::from_secs(2))),
                 },
-                "not ready within 1.5s: tcp 127.0.0.1:1 (timed out after 2s)",
+                "not ready within 1500ms: tcp 127.0.0.1:1 (timed out after 2s)",
             ),
             (
                 InstanceError::NoReadyNotify(Duration::from_millis(300)),
