@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::config::{AppConfig, RestartPolicy};
+use crate::sys::backoff::Backoff;
 
 use super::reaper::ExitStatus;
 
@@ -83,12 +84,13 @@ fn next_delay(policy: &Policy, counters: &mut Counters) -> Duration {
     if base.is_zero() {
         return policy.restart_delay;
     }
-    let factor = 1u32
-        .checked_shl(counters.backoff_step.min(31))
-        .unwrap_or(u32::MAX);
     counters.backoff_step = counters.backoff_step.saturating_add(1);
-    base.saturating_mul(factor)
-        .min(MAX_BACKOFF)
+    let schedule = Backoff {
+        first: base,
+        max: MAX_BACKOFF,
+    };
+    schedule
+        .delay(counters.backoff_step)
         .max(policy.restart_delay)
 }
 
@@ -99,10 +101,11 @@ pub const SHORTAGE_RETRY: Duration = Duration::from_millis(250);
 /// (EMFILE, ENFILE, EAGAIN): doubling from [`SHORTAGE_RETRY`] up to [`MAX_BACKOFF`]. Such failures
 /// are not the app's: they never count towards `max_restarts`.
 pub fn shortage_delay(attempt: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(attempt.saturating_sub(1).min(31))
-        .unwrap_or(u32::MAX);
-    SHORTAGE_RETRY.saturating_mul(factor).min(MAX_BACKOFF)
+    let schedule = Backoff {
+        first: SHORTAGE_RETRY,
+        max: MAX_BACKOFF,
+    };
+    schedule.delay(attempt)
 }
 
 #[cfg(test)]

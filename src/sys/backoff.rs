@@ -1,6 +1,6 @@
 //! The crate's one retry schedule: waits that double from a first delay up to a cap, optionally
 //! with full jitter. The webhook sender, the DigitalOcean client and the fleet agent's reconnects
-//! all wait by it.
+//! all wait by it, and so do the supervisor's restart backoff and its retries after a shortage.
 
 use std::time::Duration;
 
