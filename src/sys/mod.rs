@@ -1,6 +1,8 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
-//! subreaper flag, and signal names. Everything else in the crate talks to the OS through here.
+//! subreaper flag, signal names, and the binaries' logging on stderr. Everything else in the crate
+//! talks to the OS through here.
 
+pub mod logging;
 pub mod procfs;
 pub mod serve;
 
