@@ -27,6 +27,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    citrus::sys::keep_big_allocations_mapped();
     let args = Args::parse();
     citrus::sys::logging::init(args.verbose);
     // One rustls crypto provider for every TLS client (the agent's wss, webhooks).
