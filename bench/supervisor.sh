@@ -137,8 +137,10 @@ def wait_lines(path, n, timeout, daemon=None):
 
 
 def rss_cpu(pid):
+    """VmRSS with its anonymous and file-backed parts (bytes), CPU ticks, threads, open fds."""
     st = proc_status(pid)
-    return int(st["VmRSS"].split()[0]) * 1024, cpu_ticks(pid), int(st["Threads"]), open_fds(pid)
+    kb = {k: int(st[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
+    return kb, cpu_ticks(pid), int(st["Threads"]), open_fds(pid)
 
 
 LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z \[citrus\] (.*)$")
@@ -242,9 +244,14 @@ def fig2_idle(n, with_fig3):
     cpu = (ticks1 - ticks0) / CLK_TCK / win * 100
     st = dm.status()
     online = sum(1 for a in st["apps"] if a["state"] == "online")
-    row(f"2. citrusd RSS, {n} app{'s' if n > 1 else ''} idle", f"{rss1 / 1e6:.1f} MB",
-        f"VmRSS at end of window (start {rss0 / 1e6:.1f} MB); {thr1} threads, {fds1} fds; "
+    apps = f"{n} app{'s' if n > 1 else ''}"
+    row(f"2. citrusd RSS, {apps} idle", f"{rss1['VmRSS'] / 1e6:.1f} MB",
+        f"VmRSS at end of window (start {rss0['VmRSS'] / 1e6:.1f} MB); {thr1} threads, {fds1} fds; "
         f"{online}/{n} online at end; all online {ms(t_online):.0f} ms after exec")
+    row(f"2. citrusd RssAnon / RssFile, {apps} idle",
+        f"{rss1['RssAnon'] / 1e6:.1f} / {rss1['RssFile'] / 1e6:.1f} MB",
+        "the two parts of VmRSS (/proc/PID/status): heap, stacks and relocated data / pages mapped "
+        "from citrusd's binary and shared libraries (libc's among them)")
     row(f"2. citrusd CPU, {n} app{'s' if n > 1 else ''} idle", f"{cpu:.3f} % of one core",
         f"utime+stime {ticks1 - ticks0} ticks (1/{CLK_TCK} s) over {win:.1f} s")
     extra = {}
@@ -262,7 +269,8 @@ def fig2_idle(n, with_fig3):
             med, res = hyperfine_median(d, "status", [CITRUSCTL, "--socket", dm.sock, "status", "--json"])
             fmed, _ = hyperfine_median(d, "true", ["/bin/true"])
             row("3. `citrusctl status --json`, 100 apps, median", fmt_ms(med * 1e3),
-                f"hyperfine -N, 20 runs, 3 warmup; min {fmt_ms(res['min'] * 1e3)}, max {fmt_ms(res['max'] * 1e3)}")
+                f"hyperfine -N, 20 runs, 3 warmup; min {fmt_ms(res['min'] * 1e3)}, max {fmt_ms(res['max'] * 1e3)}; "
+                f"{med / fmed:.1f}x the floor; load average {os.getloadavg()[0]:.2f}")
             row("3. floor: hyperfine /bin/true, median", fmt_ms(fmed * 1e3), "same hyperfine options")
     secs, rc = dm.stop()
     extra["stop"] = (secs, rc)

@@ -24,7 +24,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    citrus::daemon::init_tracing(args.verbose);
+    citrus::sys::logging::init(args.verbose);
     // One rustls crypto provider for every TLS client (DigitalOcean, PostgreSQL).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut config = match EngineConfig::load(&args.config) {

@@ -27,8 +27,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    citrus::sys::keep_big_allocations_mapped();
     let args = Args::parse();
-    daemon::init_tracing(args.verbose);
+    citrus::sys::logging::init(args.verbose);
     // One rustls crypto provider for every TLS client (the agent's wss, webhooks).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let path = args.config.unwrap_or_else(|| {

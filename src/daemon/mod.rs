@@ -483,21 +483,3 @@ pub fn termination() -> io::Result<impl Future<Output = ()>> {
         }
     })
 }
-
-/// Sets up tracing on stderr: `-v` raises the level; `CITRUS_LOG` or `RUST_LOG` override it.
-pub fn init_tracing(verbosity: u8) {
-    let level = match verbosity {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = std::env::var("CITRUS_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| level.to_string());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}

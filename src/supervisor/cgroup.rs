@@ -19,14 +19,17 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::OnceLock;
 
 use nix::sys::signal::Signal;
 
 use crate::sys::PidFd;
 
-/// Moves waiting for the mover thread at most; one is queued per spawn.
+/// Moves waiting for the mover thread at most; one is queued per spawn. Counted beside an
+/// unbounded channel rather than set as a `sync_channel`'s capacity, which would allocate (and
+/// write) every slot up front: 256 KiB resident for a queue that is empty nearly always.
 const MOVES_QUEUED: usize = 4096;
 
 /// The cgroup of one supervisor, or nothing where cgroup v2 is not usable.
@@ -156,14 +159,16 @@ impl Leaf {
     /// Has process `pid` moved into the cgroup by citrusd's one mover thread, beside the spawn
     /// rather than before the child's exec; `label` names it in a failure's log line.
     pub fn adopt_soon(&self, pid: i32, label: String) {
-        static MOVER: OnceLock<Option<SyncSender<(PathBuf, i32, String)>>> = OnceLock::new();
+        static MOVER: OnceLock<Option<Sender<(PathBuf, i32, String)>>> = OnceLock::new();
+        static QUEUED: AtomicUsize = AtomicUsize::new(0);
         let mover = MOVER.get_or_init(|| {
-            let (tx, rx) = sync_channel::<(PathBuf, i32, String)>(MOVES_QUEUED);
+            let (tx, rx) = channel::<(PathBuf, i32, String)>();
             let spawned = std::thread::Builder::new()
                 .name("cgroup-mover".into())
                 .stack_size(64 << 10)
                 .spawn(move || {
                     for (dir, pid, label) in rx {
+                        QUEUED.fetch_sub(1, Ordering::Relaxed);
                         if let Err(e) = Leaf::adopt(&dir, pid) {
                             tracing::warn!(pid, "cannot move {label} into its cgroup: {e}");
                         }
@@ -171,9 +176,14 @@ impl Leaf {
                 });
             spawned.ok().map(|_| tx)
         });
-        let queued = mover
-            .as_ref()
-            .is_some_and(|tx| tx.try_send((self.dir.clone(), pid, label.clone())).is_ok());
+        let queued = mover.as_ref().is_some_and(|tx| {
+            let room = QUEUED.fetch_add(1, Ordering::Relaxed) < MOVES_QUEUED;
+            let sent = room && tx.send((self.dir.clone(), pid, label.clone())).is_ok();
+            if !sent {
+                QUEUED.fetch_sub(1, Ordering::Relaxed);
+            }
+            sent
+        });
         if !queued {
             tracing::warn!(
                 pid,

@@ -38,7 +38,7 @@ pub mod spawn;
 #[cfg(test)]
 pub(crate) mod testing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -744,7 +744,7 @@ impl Supervisor {
         if !self.shared.cgroups.enabled() {
             return;
         }
-        let live: std::collections::HashSet<(String, u32)> = self
+        let live: HashSet<(String, u32)> = self
             .table()
             .apps
             .iter()
@@ -779,7 +779,7 @@ impl Supervisor {
         let views = self.instances(app)?;
         let mut samples = self.cpu_samples.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let mut seen = Vec::with_capacity(views.len());
+        let mut seen = HashSet::with_capacity(views.len());
         let rows = views
             .into_iter()
             .map(|v| {
@@ -801,7 +801,7 @@ impl Supervisor {
                             0.0
                         };
                         samples.insert(key.clone(), (ticks, now));
-                        seen.push(key);
+                        seen.insert(key);
                         (rss, (cpu * 10.0).round() / 10.0)
                     }
                     None => (0, 0.0),

@@ -1,10 +1,12 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
-//! subreaper flag, signal names, percent-encoding, crash-safe file writes (`fs`) and wall-clock timestamps
-//! (`time`). Everything else in the crate talks to the OS through here. Also the small system-level
-//! helpers every part shares: the retry schedule (`backoff`).
+//! subreaper flag, signal names, percent-encoding, crash-safe file writes (`fs`), wall-clock
+//! timestamps (`time`) and the binaries' logging on stderr (`logging`). Everything else in the
+//! crate talks to the OS through here. Also the small system-level helpers every part shares: the
+//! retry schedule (`backoff`).
 
 pub mod backoff;
 pub mod fs;
+pub mod logging;
 mod percent;
 pub mod procfs;
 pub mod serve;
@@ -28,6 +30,20 @@ pub fn set_child_subreaper() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Has glibc's allocator serve every allocation of 128 KiB or more from a mapping of its own, always.
+/// Such a buffer (the log pumps' shared read buffer, a rotation's compression buffer) then costs
+/// memory only for the pages written into it, and goes back to the system when freed. Left to
+/// itself glibc raises that threshold to the size of the first big buffer freed (parsing the config
+/// frees one), and later big buffers land in the heap, resident whole.
+pub fn keep_big_allocations_mapped() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a parameter of the allocator (under its own lock); no memory of
+    // ours is touched.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

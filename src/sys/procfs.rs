@@ -1,6 +1,12 @@
-//! Reading `/proc`: a process's stat line (parent, group, start time, CPU, RSS), its children, its
-//! process tree, its environment, and the listening TCP sockets it holds. All readers treat a vanished process as "no data", never as
-//! an error worth reporting: processes exit at any instant.
+//! Reading `/proc`: a process's stat line (parent, group, threads, start time, CPU, RSS), its
+//! children, its process tree, its environment, and the listening TCP sockets it holds. All readers
+//! treat a vanished process as "no data", never as an error worth reporting: processes exit at any
+//! instant.
+//!
+//! The stat line and the children lists are read on every `status` for every instance, so they are
+//! read lean: one `open`, one `read` into a reused buffer (the kernel produces these files whole
+//! when the buffer is large enough), one `close`; no `statx`, no directory listing for a
+//! single-threaded process.
 
 use std::fs;
 use std::io::{self, Read};
@@ -13,6 +19,8 @@ pub struct ProcStat {
     pub state: char,
     pub ppid: i32,
     pub pgrp: i32,
+    /// Threads in the process (1 for most).
+    pub threads: u32,
     /// User plus system CPU time, in clock ticks.
     pub cpu_ticks: u64,
     /// Start time after boot, in clock ticks: with the pid it identifies a process uniquely.
@@ -35,6 +43,7 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
         state: rest.first()?.chars().next()?,
         ppid: rest.get(1)?.parse().ok()?,
         pgrp: rest.get(2)?.parse().ok()?,
+        threads: u32::try_from(field(20)?).ok()?,
         cpu_ticks: field(14)? + field(15)?,
         start_ticks: field(22)?,
         rss_pages: field(24)?,
@@ -43,8 +52,37 @@ pub fn parse_stat(line: &str) -> Option<ProcStat> {
 
 /// Reads `/proc/PID/stat`; `None` when the process is gone.
 pub fn stat(pid: i32) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+    stat_with(pid, &mut Vec::new())
+}
+
+/// [`stat`] with a caller's buffer, for reading many.
+fn stat_with(pid: i32, buf: &mut Vec<u8>) -> Option<ProcStat> {
+    let text = read_proc(&format!("/proc/{pid}/stat"), buf)?;
+    parse_stat(std::str::from_utf8(text).ok()?)
+}
+
+/// Reads a `/proc` file into `buf` and returns its bytes. The kernel produces a stat line or a
+/// children list whole in one `read` when it fits, so a read that does not fill the buffer is the
+/// end of the file; only a full one is followed by more (a process with thousands of children).
+fn read_proc<'a>(path: &str, buf: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut file = fs::File::open(path).ok()?;
+    let mut len = 0;
+    loop {
+        if buf.len() < len + 1024 {
+            buf.resize(len + 4096, 0);
+        }
+        let n = file.read(&mut buf[len..]).ok()?;
+        len += n;
+        if n == 0 || len < buf.len() {
+            return Some(&buf[..len]);
+        }
+    }
+}
+
+/// The pids in a `children` list ("12 34 ").
+fn parse_pids(text: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    text.split(u8::is_ascii_whitespace)
+        .filter_map(|p| std::str::from_utf8(p).ok()?.parse().ok())
 }
 
 /// Direct children of `pid` (all of its threads' children).
@@ -53,16 +91,26 @@ pub fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
+    let mut buf = Vec::new();
     for task in tasks.flatten() {
         let path = task.path().join("children");
-        if let Ok(text) = fs::read_to_string(path) {
-            out.extend(
-                text.split_ascii_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
+        if let Some(text) = path.to_str().and_then(|p| read_proc(p, &mut buf)) {
+            out.extend(parse_pids(text));
         }
     }
     out
+}
+
+/// Direct children of the process `s` describes: a single-threaded one (most) has them all in its
+/// main thread's list, read without listing `/proc/PID/task`.
+fn children_of(s: &ProcStat, buf: &mut Vec<u8>) -> Vec<i32> {
+    if s.threads != 1 {
+        return children(s.pid);
+    }
+    let path = format!("/proc/{0}/task/{0}/children", s.pid);
+    read_proc(&path, buf)
+        .map(|text| parse_pids(text).collect())
+        .unwrap_or_default()
 }
 
 /// `pid` and all its descendants, parents before children.
@@ -80,15 +128,27 @@ pub fn tree(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Resident memory and CPU ticks of `pid` and all its descendants.
+/// Resident memory (bytes) and CPU ticks of `pid` and all its descendants: one stat line and one
+/// children list per process.
 pub fn tree_usage(pid: i32) -> (u64, u64) {
     let page = page_size();
-    tree(pid)
-        .into_iter()
-        .filter_map(stat)
-        .fold((0, 0), |(rss, cpu), s| {
-            (rss + s.rss_pages * page, cpu + s.cpu_ticks)
-        })
+    let mut buf = Vec::new();
+    let (mut rss, mut cpu) = (0, 0);
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        if let Some(s) = stat_with(pids[i], &mut buf) {
+            rss += s.rss_pages * page;
+            cpu += s.cpu_ticks;
+            for kid in children_of(&s, &mut buf) {
+                if !pids.contains(&kid) {
+                    pids.push(kid);
+                }
+            }
+        }
+        i += 1;
+    }
+    (rss, cpu)
 }
 
 /// Every pid currently in `/proc`.
@@ -221,9 +281,64 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
         assert_eq!(s.pgrp, 4242);
+        assert_eq!(s.threads, 1);
         assert_eq!(s.cpu_ticks, 10);
         assert_eq!(s.start_ticks, 123456);
         assert_eq!(s.rss_pages, 250);
+    }
+
+    /// Polls `f` every 10 ms until it holds, for at most 10 s.
+    fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn children_are_found_for_single_and_multi_threaded_parents() {
+        // A single-threaded parent: its list is read without listing its tasks.
+        let mut sh = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let sh_pid = sh.id() as i32;
+        let mut buf = Vec::new();
+        assert!(eventually(|| {
+            let s = stat(sh_pid).unwrap();
+            s.threads == 1 && children_of(&s, &mut buf).len() == 1
+        }));
+        let grandchild = children(sh_pid)[0];
+        assert_eq!(tree(sh_pid), vec![sh_pid, grandchild]);
+        let (rss, _) = tree_usage(sh_pid);
+        assert!(rss > 0);
+
+        // A child of a thread other than the main one is in that thread's list only: found
+        // through the task listing of the (now multi-threaded) parent.
+        let found = std::thread::spawn(|| {
+            let mut kid = std::process::Command::new("/bin/sleep")
+                .arg("30")
+                .spawn()
+                .unwrap();
+            let me = stat(std::process::id() as i32).unwrap();
+            let found =
+                me.threads > 1 && children_of(&me, &mut Vec::new()).contains(&(kid.id() as i32));
+            kid.kill().unwrap();
+            kid.wait().unwrap();
+            found
+        });
+        assert!(found.join().unwrap());
+
+        sh.kill().unwrap();
+        sh.wait().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     #[test]
