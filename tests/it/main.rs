@@ -3,6 +3,7 @@
 mod app_validation;
 mod browser;
 mod cgroups;
+mod completions;
 mod config_errors;
 mod connections;
 mod control;
