@@ -23,6 +23,7 @@ mod jobs;
 mod listen;
 mod live;
 mod logs;
+mod package;
 mod panel;
 mod persistence;
 mod probes;
