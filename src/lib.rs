@@ -2,6 +2,7 @@
 //! fleet engine (`citrus-engine`, behind the default `engine` feature). The library does the
 //! work; `src/bin/` only assembles it.
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod ctl;

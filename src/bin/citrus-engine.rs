@@ -1,26 +1,10 @@
 //! citrus-engine: the fleet hub. Parse flags, load `engine.toml`, serve until SIGTERM/SIGINT.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use citrus::cli::engine::Args;
 use citrus::config::EngineConfig;
 use clap::Parser;
-
-/// The Citrus fleet hub: agents' WebSocket, enrolment, admin API, DigitalOcean provisioning.
-#[derive(Debug, Parser)]
-#[command(name = "citrus-engine", version)]
-struct Args {
-    /// Config file.
-    #[arg(long, default_value = "config/engine.toml")]
-    config: PathBuf,
-    /// Listen address, overriding `listen` in the config.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// More logging (-v debug, -vv trace); CITRUS_LOG / RUST_LOG override.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

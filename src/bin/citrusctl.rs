@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A Tab in a shell with `citrusctl completions` loaded: answer it and exit.
+    citrus::ctl::complete::complete_env();
     let cli = citrus::ctl::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

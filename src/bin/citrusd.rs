@@ -4,27 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use citrus::cli::citrusd::Args;
 use citrus::config::Config;
 use citrus::daemon;
 use clap::Parser;
-
-/// The Citrus per-host daemon: supervises apps, serves citrusctl on a Unix socket.
-#[derive(Debug, Parser)]
-#[command(name = "citrusd", version)]
-struct Args {
-    /// Config file (default: /etc/citrus/citrusd.toml as root, else config/citrusd.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Apply each app's `env_NAME` table.
-    #[arg(long)]
-    env: Option<String>,
-    /// Control socket (default: $CITRUS_SOCKET, the config's `socket`, then the per-user rule).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// More logging (-v debug, -vv trace); CITRUS_LOG / RUST_LOG override.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
 
 fn main() -> ExitCode {
     citrus::sys::keep_big_allocations_mapped();

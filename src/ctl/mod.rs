@@ -2,6 +2,7 @@
 //! from parsed flags to output; [`CtlError::exit_code`] is the one place that maps failures to
 //! SPEC's exit codes (0 ok, 1 failed, 2 usage or config, 3 daemon unreachable).
 
+pub mod complete;
 pub mod import_pm2;
 mod table;
 
@@ -44,9 +45,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show every app (or one): pid, state, uptime, restarts, memory, cpu.
-    Status { app: Option<String> },
+    Status {
+        #[arg(add = complete::apps())]
+        app: Option<String>,
+    },
     /// Start an app (or `all`), or add one at run time: `start --name NAME [--instances N] -- CMD ARGS…`.
     Start {
+        #[arg(add = complete::apps_or_all())]
         app: Option<String>,
         /// Name of an app to add at run time.
         #[arg(long)]
@@ -62,15 +67,28 @@ pub enum Command {
         command: Vec<String>,
     },
     /// Stop an app (or `all`) and everything it started.
-    Stop { app: String },
+    Stop {
+        #[arg(add = complete::apps_or_all())]
+        app: String,
+    },
     /// Restart an app (or `all`).
-    Restart { app: String },
+    Restart {
+        #[arg(add = complete::apps_or_all())]
+        app: String,
+    },
     /// Rolling restart: one instance at a time, each online before the next.
-    Reload { app: String },
+    Reload {
+        #[arg(add = complete::apps_or_all())]
+        app: String,
+    },
     /// Stop and forget an app added at run time.
-    Delete { app: String },
+    Delete {
+        #[arg(add = complete::apps())]
+        app: String,
+    },
     /// Print an app's log, and follow it with -f.
     Logs {
+        #[arg(add = complete::apps())]
         app: String,
         /// Lines to print from the end of each log.
         #[arg(long, short = 'n', default_value_t = 20)]
@@ -91,7 +109,10 @@ pub enum Command {
         raw: bool,
     },
     /// The effective config of an app, its env names (values masked), log paths and last exits.
-    Describe { app: String },
+    Describe {
+        #[arg(add = complete::apps())]
+        app: String,
+    },
     /// Re-read the config file: start new apps, stop removed ones, restart changed ones.
     ReloadConfig {
         /// Only print what would change.
@@ -110,6 +131,7 @@ pub enum Command {
     /// Deploy an app (its `[deploy]` section): fetch, build, switch `current`, restart, health
     /// check. Exit 0 only when it completes.
     Deploy {
+        #[arg(add = complete::apps())]
         app: String,
         /// Git ref to deploy (branch, tag or commit); the configured branch by default.
         #[arg(long = "ref")]
@@ -119,9 +141,13 @@ pub enum Command {
         follow: bool,
     },
     /// An app's deployments, newest first: id, ref, commit, phase, started, duration, error.
-    Deployments { app: String },
+    Deployments {
+        #[arg(add = complete::apps())]
+        app: String,
+    },
     /// Switch an app back to its previous completed release (or --to ID), then restart it.
     Rollback {
+        #[arg(add = complete::apps())]
         app: String,
         /// A completed release id from `citrusctl deployments APP`.
         #[arg(long)]
@@ -133,13 +159,23 @@ pub enum Command {
     Save,
     /// Check that the daemon answers.
     Ping,
+    /// Print the shell's completion script (app and job names come from the running daemon):
+    /// `source <(citrusctl completions bash)`.
+    Completions { shell: complete::CompletionShell },
+    /// Write the man pages and completion scripts of citrusd, citrusctl and citrus-engine below
+    /// DIR (`DIR/man/`, `DIR/completions/{bash,zsh,fish}/`).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 /// `citrusctl job …`.
 #[derive(Debug, Subcommand)]
 pub enum JobAction {
     /// Run the job now and print its outcome (exit 1 unless it was ok).
-    Run { name: String },
+    Run {
+        #[arg(add = complete::jobs())]
+        name: String,
+    },
 }
 
 /// A failure of a citrusctl command.
@@ -237,6 +273,17 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Fleet => fleet(&client, json).await,
         Command::Save => save(&client).await,
         Command::Ping => ping(&client, json).await,
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            complete::write_registration(shell, &mut out)
+                .and_then(|()| out.flush())
+                .map_err(|e| CtlError::Failed(format!("cannot write the completion script: {e}")))
+        }
+        Command::GenerateDocs { dir } => {
+            let written = crate::cli::write_docs(&dir).map_err(|e| CtlError::Failed(e.to_string()))?;
+            println!("wrote {} files below {}", written.len(), dir.display());
+            Ok(())
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod app_validation;
 mod browser;
 mod cgroups;
+mod completions;
 mod config_errors;
 mod connections;
 mod control;
@@ -22,6 +23,7 @@ mod jobs;
 mod listen;
 mod live;
 mod logs;
+mod package;
 mod panel;
 mod persistence;
 mod probes;

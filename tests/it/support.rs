@@ -51,6 +51,11 @@ impl Run {
         }
     }
 
+    /// Runs `cmd` to completion (stdin empty) and captures its output.
+    pub fn from_command(cmd: &mut Command) -> Run {
+        Run::from(cmd.stdin(Stdio::null()).output().expect("run command"))
+    }
+
     /// Asserts the exit code, showing the output when it differs.
     #[track_caller]
     pub fn code(&self, want: i32) -> &Run {
