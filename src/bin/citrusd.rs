@@ -24,6 +24,10 @@ struct Args {
     /// More logging (-v debug, -vv trace); CITRUS_LOG / RUST_LOG override.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Check the config and this host (users, directories, programs on PATH, schedules), print
+    /// the plan and exit: 0 when all is well, 2 on any problem. Starts nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,9 @@ fn main() -> ExitCode {
             PathBuf::from("config/citrusd.toml")
         }
     });
+    if args.check {
+        return ExitCode::from(daemon::check::run(&path, args.env.as_deref(), args.socket));
+    }
     let config = match Config::load(&path, args.env.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -45,15 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let socket = args
-        .socket
-        .or_else(|| {
-            std::env::var_os("CITRUS_SOCKET")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        })
-        .or_else(|| config.daemon.socket.clone())
-        .unwrap_or_else(citrus::control::default_socket_path);
+    let socket = daemon::socket::choose(args.socket, config.daemon.socket.as_deref());
     match run(config, args.env, socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -107,15 +107,18 @@ impl SpawnError {
 
 /// The uid/gid/groups to switch to, resolved before the fork (reading /etc/passwd is not
 /// async-signal-safe).
-struct Identity {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
+pub(crate) struct Identity {
+    pub(crate) uid: libc::uid_t,
+    pub(crate) gid: libc::gid_t,
+    /// Supplementary groups; empty when the user is citrusd's own (no switch happens).
+    pub(crate) groups: Vec<libc::gid_t>,
     home: String,
     name: String,
 }
 
-fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
+/// Looks `name` up as a spawn does: an unknown user, or another user while citrusd is not
+/// root, is an error.
+pub(crate) fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
     let err = |reason: String| SpawnError::User {
         user: name.to_string(),
         reason,

@@ -3,6 +3,7 @@
 mod app_validation;
 mod browser;
 mod cgroups;
+mod check;
 mod config_errors;
 mod connections;
 mod control;
