@@ -22,6 +22,7 @@ mod hub_support;
 mod jobs;
 mod listen;
 mod live;
+mod log_search;
 mod logs;
 mod panel;
 mod persistence;
