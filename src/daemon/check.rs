@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use nix::unistd::{AccessFlags, Gid, Uid};
 
-use crate::config::{read_env_file, AppConfig, Config, ConfigError, JobKind};
-use crate::supervisor::spawn::resolve_user;
+use crate::config::{read_env_file, AppConfig, Config, ConfigError};
+use crate::supervisor::spawn::{resolve_user, Spec};
 use crate::sys::time::rfc3339;
 
 /// glibc's `execvp` search path when the environment has no `PATH` (`_CS_PATH`).
@@ -52,39 +52,13 @@ pub fn check(path: &Path, env: Option<&str>, socket: Option<PathBuf>, now: Syste
         report.check_app(app);
     }
     for job in config.jobs.values() {
-        if let JobKind::Command {
-            command,
-            env,
-            cwd,
-            user,
-            inherit_env,
-        } = &job.kind
-        {
-            let what = format!("jobs.{}", job.name);
-            let run = Run {
-                command,
-                cwd: Some(cwd),
-                user: user.as_deref(),
-                env_file: None,
-                env,
-                inherit_env,
-            };
-            report.check_run(&what, &run, false);
+        if let Some(spec) = Spec::job(&job.kind) {
+            report.check_spawn(&format!("jobs.{}", job.name), &spec, false);
         }
     }
     let socket = super::socket::choose(socket, config.daemon.socket.as_deref());
     report.plan = plan(&config, &socket, now);
     report
-}
-
-/// What a spawn needs, from an app or a command job.
-struct Run<'a> {
-    command: &'a [String],
-    cwd: Option<&'a Path>,
-    user: Option<&'a str>,
-    env_file: Option<&'a Path>,
-    env: &'a std::collections::BTreeMap<String, String>,
-    inherit_env: &'a [String],
 }
 
 impl Report {
@@ -105,20 +79,12 @@ impl Report {
                 app.name
             ));
         }
-        let run = Run {
-            command: &app.command,
-            cwd: app.cwd.as_deref(),
-            user: app.user.as_deref(),
-            env_file: app.env_file.as_deref(),
-            env: &app.env,
-            inherit_env: &app.inherit_env,
-        };
-        self.check_run(&what, &run, undeployed);
+        self.check_spawn(&what, &Spec::app(app), undeployed);
     }
 
     /// The spawn's own checks, in its order, plus the program's lookup. `undeployed`: the
     /// working directory and a program inside it are not there yet, and need not be.
-    fn check_run(&mut self, what: &str, run: &Run<'_>, undeployed: bool) {
+    fn check_spawn(&mut self, what: &str, run: &Spec<'_>, undeployed: bool) {
         if let Some(cwd) = run.cwd {
             if !undeployed && !cwd.is_dir() {
                 self.problem(
@@ -188,45 +154,33 @@ impl Report {
     /// existing ancestor a writable directory). Checked with `access(W_OK|X_OK)` for the
     /// effective ids (which sees a read-only mount), so nothing is written.
     fn check_dir(&mut self, key: &str, dir: &Path) {
-        let what = format!("daemon.{key}");
         let mut at = dir;
-        loop {
+        let why = loop {
             match std::fs::metadata(at) {
-                Ok(meta) if meta.is_dir() => break,
-                Ok(_) => {
-                    let message = match at == dir {
-                        true => format!("{} is not a directory", dir.display()),
-                        false => format!(
-                            "{} cannot be created: {} is not a directory",
-                            dir.display(),
-                            at.display()
-                        ),
-                    };
-                    return self.problem(&what, message);
+                Ok(meta) if meta.is_dir() => {
+                    let flags = AccessFlags::W_OK | AccessFlags::X_OK;
+                    let at_flags = nix::fcntl::AtFlags::AT_EACCESS;
+                    match nix::unistd::faccessat(nix::fcntl::AT_FDCWD, at, flags, at_flags) {
+                        Ok(()) => return,
+                        Err(errno) => break format!("is not writable: {errno}"),
+                    }
                 }
+                Ok(_) => break "is not a directory".to_owned(),
                 Err(_) => match at.parent() {
                     Some(parent) if !parent.as_os_str().is_empty() => at = parent,
                     _ => return,
                 },
             }
-        }
-        let flags = AccessFlags::W_OK | AccessFlags::X_OK;
-        if let Err(errno) = nix::unistd::faccessat(
-            nix::fcntl::AT_FDCWD,
-            at,
-            flags,
-            nix::fcntl::AtFlags::AT_EACCESS,
-        ) {
-            let message = match at == dir {
-                true => format!("{} is not writable: {errno}", dir.display()),
-                false => format!(
-                    "{} cannot be created: {} is not writable: {errno}",
-                    dir.display(),
-                    at.display()
-                ),
-            };
-            self.problem(&what, message);
-        }
+        };
+        let message = match at == dir {
+            true => format!("{} {why}", dir.display()),
+            false => format!(
+                "{} cannot be created: {} {why}",
+                dir.display(),
+                at.display()
+            ),
+        };
+        self.problem(&format!("daemon.{key}"), message);
     }
 }
 
