@@ -22,6 +22,9 @@ fn main() -> ExitCode {
             PathBuf::from("config/citrusd.toml")
         }
     });
+    if args.check {
+        return ExitCode::from(daemon::check::run(&path, args.env.as_deref(), args.socket));
+    }
     let config = match Config::load(&path, args.env.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -29,15 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let socket = args
-        .socket
-        .or_else(|| {
-            std::env::var_os("CITRUS_SOCKET")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        })
-        .or_else(|| config.daemon.socket.clone())
-        .unwrap_or_else(citrus::control::default_socket_path);
+    let socket = daemon::socket::choose(args.socket, config.daemon.socket.as_deref());
     match run(config, args.env, socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

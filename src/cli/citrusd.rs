@@ -20,4 +20,8 @@ pub struct Args {
     /// More logging (-v debug, -vv trace); CITRUS_LOG / RUST_LOG override.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Check the config and this host (users, directories, programs on PATH, schedules), print
+    /// the plan and exit: 0 when all is well, 2 on any problem. Starts nothing.
+    #[arg(long)]
+    pub check: bool,
 }

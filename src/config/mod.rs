@@ -99,6 +99,34 @@ impl Config {
 
     /// Same from text; `path` is used in messages and its directory for relative paths.
     pub fn parse(text: &str, path: &Path, env: Option<&str>) -> Result<Config, ConfigError> {
+        let (config, problems) = Self::parse_partial(text, path, env)?;
+        match problems {
+            Some(problems) => Err(problems),
+            None => Ok(config),
+        }
+    }
+
+    /// Reads the file as far as it can be read, for `citrusd --check`: `Err` only when it
+    /// cannot be read or is not TOML; otherwise what resolved (an app or job with a bad value
+    /// may be left out or take a default) and the diagnostics, if any ([`ConfigError::Invalid`]).
+    pub fn load_partial(
+        path: &Path,
+        env: Option<&str>,
+    ) -> Result<(Config, Option<ConfigError>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_partial(&text, path, env)
+    }
+
+    /// [`Config::parse`]'s work: a syntax error is fatal, every other problem is collected
+    /// while the rest resolves.
+    fn parse_partial(
+        text: &str,
+        path: &Path,
+        env: Option<&str>,
+    ) -> Result<(Config, Option<ConfigError>), ConfigError> {
         let mut diags = Diagnostics::new(text, path);
         // Only the first syntax error: what toml recovers after one is mostly echoes of it.
         let root = toml::de::DeTable::parse(text).map_err(|error| {
@@ -140,7 +168,7 @@ impl Config {
                 }
             }
         }
-        diags.check()?;
+        let problems = diags.check().err();
 
         let jobs = raw
             .jobs
@@ -154,7 +182,7 @@ impl Config {
             .fleet
             .as_ref()
             .and_then(|fleet| fleet::resolve(fleet, base));
-        Ok(Config {
+        let config = Config {
             daemon: resolve_daemon(&raw.daemon, base),
             path: abs_path,
             env: env.map(str::to_owned),
@@ -163,7 +191,8 @@ impl Config {
             jobs,
             notify: jobs::resolve_notify(&raw.notify),
             fleet,
-        })
+        };
+        Ok((config, problems))
     }
 
     /// App names in start order: every app after the apps in its `after`; ties broken by name.

@@ -238,6 +238,30 @@ pub struct LogsQuery {
     pub follow: bool,
     #[serde(default)]
     pub stream: LogStream,
+    /// Only lines stamped at or after this RFC 3339 time (lines without a stamp are left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Only lines matching this regular expression (`regex-lite` syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grep: Option<String>,
+    /// One [`LogLine`] JSON object per line instead of the text.
+    #[serde(default)]
+    pub json: bool,
+}
+
+/// One line of `GET /v1/apps/{name}/logs?json=true` (and `citrusctl logs --json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub app: String,
+    pub instance: u32,
+    /// `"out"` or `"err"`.
+    pub stream: String,
+    /// The line's stamp (RFC 3339 UTC), from `log_timestamps` or a `[citrus]` line; for a
+    /// followed line without one, when citrusd passed it on; `null` for an unstamped line read
+    /// from the file.
+    pub time: Option<String>,
+    /// The line without its stamp and newline (invalid UTF-8 replaced).
+    pub line: String,
 }
 
 fn default_lines() -> usize {

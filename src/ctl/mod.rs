@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config::parse_duration;
 use crate::control::client::{Client, ClientError};
 use crate::control::{
     ActionReply, AddApp, DeployRequest, DeploymentReply, DeploymentsReply, Describe, ErrorCode,
-    JobOutcome, JobRun, JobsReply, LogStream, Ping, ReloadPlan, ReloadRequest, RollbackRequest,
-    Status,
+    JobOutcome, JobRun, JobsReply, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest,
+    RollbackRequest, Status,
 };
 use crate::deploy::Phase;
 // Path segments and query values are percent-encoded: app names are validated, but
@@ -107,6 +108,14 @@ pub enum Command {
         /// terminal.
         #[arg(long)]
         raw: bool,
+        /// Only lines stamped since then: a duration back from now (`10m`, `2h`, `1d`) or an
+        /// RFC 3339 time (`2026-12-06T10:00:00Z`). Needs `log_timestamps` (lines without a
+        /// stamp are left out).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only lines matching this regular expression (searched in citrusd, without the stamp).
+        #[arg(long, value_name = "PATTERN")]
+        grep: Option<String>,
     },
     /// The effective config of an app, its env names (values masked), log paths and last exits.
     Describe {
@@ -255,7 +264,19 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             err,
             out,
             raw,
-        } => logs(&client, &app, lines, follow, log_stream(err, out), raw).await,
+            since,
+            grep,
+        } => {
+            let query = LogsQuery {
+                lines,
+                follow,
+                stream: log_stream(err, out),
+                since: since.as_deref().map(since_time).transpose()?,
+                grep,
+                json,
+            };
+            logs(&client, &app, &query, raw).await
+        }
         Command::Describe { app } => describe(&client, &app, json).await,
         Command::ReloadConfig { dry_run } => reload_config(&client, dry_run, json).await,
         Command::ImportPm2 { file } => import_pm2(&file),
@@ -371,24 +392,42 @@ fn log_stream(err: bool, out: bool) -> LogStream {
     }
 }
 
-/// `citrusctl logs APP`: the last `lines` of the app's log, then (`follow`) what it writes,
-/// its control characters made visible unless `raw`.
-async fn logs(
-    client: &Client,
-    app: &str,
-    lines: usize,
-    follow: bool,
-    stream: LogStream,
-    raw: bool,
-) -> Result<(), CtlError> {
-    let stream = serde_json::to_value(stream)
+/// `logs --since WHEN` as the RFC 3339 time the daemon filters by: a duration back from now,
+/// or an RFC 3339 time as it is.
+fn since_time(when: &str) -> Result<String, CtlError> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(when) {
+        return Ok(crate::sys::time::rfc3339(time.into()));
+    }
+    let ago = parse_duration(when).map_err(|_| {
+        CtlError::Usage(format!(
+            "--since {when:?}: expected a duration back from now (10m, 2h, 1d) or an RFC 3339 time (2026-12-06T10:00:00Z)"
+        ))
+    })?;
+    let now = std::time::SystemTime::now();
+    Ok(crate::sys::time::rfc3339(
+        now.checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH),
+    ))
+}
+
+/// `citrusctl logs APP`: the last `lines` of the app's log (those `since` and `grep` keep),
+/// then (`follow`) what it writes, as text or JSON lines, its control characters made visible
+/// unless `raw`.
+async fn logs(client: &Client, app: &str, query: &LogsQuery, raw: bool) -> Result<(), CtlError> {
+    let stream = serde_json::to_value(query.stream)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let path = app_path(
-        app,
-        &format!("/logs?lines={lines}&follow={follow}&stream={stream}"),
+    let mut rest = format!(
+        "/logs?lines={}&follow={}&stream={stream}&json={}",
+        query.lines, query.follow, query.json
     );
+    if let Some(since) = &query.since {
+        rest.push_str(&format!("&since={}", encode(since)));
+    }
+    if let Some(grep) = &query.grep {
+        rest.push_str(&format!("&grep={}", encode(grep)));
+    }
+    let path = app_path(app, &rest);
     let mut stdout = std::io::stdout().lock();
     let mut broken = false;
     client

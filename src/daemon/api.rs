@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
@@ -27,13 +27,15 @@ use super::{Daemon, ReloadError};
 use crate::config::{format_duration, format_size, AppConfig};
 use crate::control::{
     ActionReply, AddApp, ApiError, DaemonInfo, Describe, ErrorBody, ErrorCode, InstanceDescribe,
-    JobRun, JobsReply, LogInfo, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest, Status,
-    PROTOCOL_VERSION,
+    JobRun, JobsReply, LogInfo, LogLine, LogStream, LogsQuery, Ping, ReloadPlan, ReloadRequest,
+    Status, PROTOCOL_VERSION,
 };
 use crate::control::{DeployRequest, DeploymentReply, DeploymentsReply, RollbackRequest};
 use crate::deploy::DeployError;
 use crate::health::jobs::JobError;
-use crate::supervisor::logs::{tail_lines, LogFile};
+use crate::supervisor::logs::{
+    split_stamp, tail_lines, LineBuffer, LineFilter, LogFile, MAX_SCAN_LINES,
+};
 use crate::supervisor::{SupervisorError, Target};
 use crate::sys::serve::Limits;
 use crate::sys::{self, procfs};
@@ -596,6 +598,59 @@ impl futures_core::Stream for ChannelBody {
 /// The most lines `GET /v1/apps/{name}/logs` answers per file.
 pub const MAX_LOG_LINES: usize = 100_000;
 
+/// Whose lines a log file holds, for `json`.
+struct LogSource {
+    app: String,
+    instance: u32,
+    stream: &'static str,
+    file: Arc<std::sync::Mutex<LogFile>>,
+}
+
+/// How the lines of a filtered or JSON read are written out.
+struct LineOutput {
+    filter: LineFilter,
+    json: bool,
+}
+
+impl LineOutput {
+    /// Appends `line` (without its newline) if the filter keeps it: as it is, or as a
+    /// [`LogLine`]. `arrival`: the time of a followed line that has no stamp.
+    fn line(
+        &self,
+        out: &mut Vec<u8>,
+        source: &LogSource,
+        line: &[u8],
+        arrival: Option<SystemTime>,
+    ) {
+        let (stamp, text) = split_stamp(line);
+        let time = stamp.or(arrival);
+        if !self.filter.keeps(time, &String::from_utf8_lossy(text)) {
+            return;
+        }
+        self.emit(out, source, line, time);
+    }
+
+    /// Appends `line` whatever the filter says.
+    fn emit(&self, out: &mut Vec<u8>, source: &LogSource, line: &[u8], time: Option<SystemTime>) {
+        if !self.json {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            return;
+        }
+        let (stamp, text) = split_stamp(line);
+        let record = LogLine {
+            app: source.app.clone(),
+            instance: source.instance,
+            stream: source.stream.to_owned(),
+            time: stamp.or(time).map(sys::time::rfc3339),
+            line: String::from_utf8_lossy(text).into_owned(),
+        };
+        if serde_json::to_writer(&mut *out, &record).is_ok() {
+            out.push(b'\n');
+        }
+    }
+}
+
 async fn logs(
     State(d): Shared,
     Path(name): Path<String>,
@@ -608,60 +663,139 @@ async fn logs(
             Some("ask for fewer lines, or read the log file itself (`citrusctl describe` shows its path)"),
         ));
     }
+    let since = q
+        .since
+        .as_deref()
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(SystemTime::from)
+                .map_err(|e| {
+                    HttpError::new(
+                        ErrorCode::BadRequest,
+                        format!("since={text:?} is not an RFC 3339 time: {e}"),
+                        Some("e.g. since=2026-12-06T10:00:00Z"),
+                    )
+                })
+        })
+        .transpose()?;
+    let filter = LineFilter::new(since, q.grep.as_deref())
+        .map_err(|message| HttpError::new(ErrorCode::BadRequest, message, None))?;
+    let plain = filter.is_empty() && !q.json;
+    let output = Arc::new(LineOutput {
+        filter,
+        json: q.json,
+    });
     let views = d.supervisor.instances(Some(&name))?;
     let mut files = Vec::new();
     for v in &views {
         let logs = v.handle.logs();
+        let source = |stream, file: &Arc<std::sync::Mutex<LogFile>>| LogSource {
+            app: v.name.clone(),
+            instance: v.handle.index,
+            stream,
+            file: file.clone(),
+        };
         if q.stream != LogStream::Err {
-            files.push(logs.out.clone());
+            files.push(source("out", &logs.out));
         }
         if q.stream != LogStream::Out {
-            files.push(logs.err.clone());
+            files.push(source("err", &logs.err));
         }
     }
     // Subscribe before reading the tails, so nothing written in between is lost.
     let receivers: Vec<broadcast::Receiver<Bytes>> = if q.follow {
         files
             .iter()
-            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()).subscribe())
+            .map(|f| f.file.lock().unwrap_or_else(|e| e.into_inner()).subscribe())
             .collect()
     } else {
         Vec::new()
     };
+    // A filtered read scans up to MAX_SCAN_LINES back and keeps the last `lines` it matches.
+    let scan = match output.filter.is_empty() {
+        true => q.lines,
+        false => MAX_SCAN_LINES,
+    };
     let mut head = Vec::new();
     for f in &files {
         let path = f
+            .file
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .path()
             .to_path_buf();
-        let tail = tail_lines(&path, q.lines).map_err(|e| {
+        let tail = tail_lines(&path, scan).map_err(|e| {
             HttpError::new(
                 ErrorCode::Failed,
                 format!("cannot read {}: {e}", path.display()),
                 None,
             )
         })?;
-        if files.len() > 1 {
+        if files.len() > 1 && !q.json {
             head.extend_from_slice(format!("==> {} <==\n", path.display()).as_bytes());
         }
-        head.extend_from_slice(&tail);
+        if plain {
+            head.extend_from_slice(&tail);
+            continue;
+        }
+        // Each kept line rendered into `kept`, its range in `ranges`; the last `lines` go out.
+        let (mut kept, mut ranges) = (Vec::new(), Vec::new());
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        for line in body.split(|&b| b == b'\n').filter(|_| !tail.is_empty()) {
+            let before = kept.len();
+            output.line(&mut kept, f, line, None);
+            if kept.len() > before {
+                ranges.push(before..kept.len());
+            }
+        }
+        let skip = ranges.len().saturating_sub(q.lines);
+        let from = ranges.get(skip).map_or(kept.len(), |range| range.start);
+        head.extend_from_slice(&kept[from..]);
     }
     if !q.follow {
         return Ok(head.into_response());
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let _ = tx.try_send(Bytes::from(head));
-    for mut r in receivers {
+    for (mut r, source) in receivers.into_iter().zip(files) {
         let tx = tx.clone();
+        let output = output.clone();
         tokio::spawn(async move {
+            let mut buffer = LineBuffer::default();
             loop {
                 let chunk = match r.recv().await {
                     Ok(c) => c,
-                    Err(broadcast::error::RecvError::Lagged(n)) => Bytes::from(format!(
-                        "\n[citrus] follower too slow: {n} chunks skipped\n"
-                    )),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let note = format!("[citrus] follower too slow: {n} chunks skipped");
+                        match plain {
+                            true => Bytes::from(format!("\n{note}\n")),
+                            false => {
+                                let mut out = Vec::new();
+                                output.emit(
+                                    &mut out,
+                                    &source,
+                                    note.as_bytes(),
+                                    Some(SystemTime::now()),
+                                );
+                                Bytes::from(out)
+                            }
+                        }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let chunk = match plain {
+                    true => chunk,
+                    false => {
+                        let mut out = Vec::new();
+                        let now = SystemTime::now();
+                        buffer.push(&chunk, |line| {
+                            output.line(&mut out, &source, line, Some(now))
+                        });
+                        if out.is_empty() {
+                            continue;
+                        }
+                        Bytes::from(out)
+                    }
                 };
                 if tx.send(chunk).await.is_err() {
                     return;
@@ -998,6 +1132,17 @@ kind = "save"
             lines.body["error"]["message"],
             "lines=100001 is too many: at most 100000"
         );
+        let since = api.get("/v1/apps/api/logs?since=yesterday").await;
+        assert_eq!(since.status, StatusCode::BAD_REQUEST);
+        let message = since.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("since=\"yesterday\" is not an RFC 3339 time"),
+            "{message}"
+        );
+        let grep = api.get("/v1/apps/api/logs?grep=%28").await;
+        assert_eq!(grep.status, StatusCode::BAD_REQUEST);
+        let message = grep.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("is not a regular expression"), "{message}");
         let typed = api.get("/v1/apps/api/logs?lines=many").await;
         assert_eq!(typed.status, StatusCode::BAD_REQUEST);
         assert_eq!(typed.body["error"]["code"], "bad_request");

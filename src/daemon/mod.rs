@@ -3,6 +3,7 @@
 //! future; tests do the same with their own socket and future.
 
 pub mod api;
+pub mod check;
 pub mod orphans;
 pub mod socket;
 

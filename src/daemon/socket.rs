@@ -8,6 +8,18 @@ use std::path::{Path, PathBuf};
 
 use super::DaemonError;
 
+/// The control socket: `--socket`, else `$CITRUS_SOCKET`, else the config's `socket`, else the
+/// per-user default.
+pub fn choose(flag: Option<PathBuf>, configured: Option<&Path>) -> PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("CITRUS_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    })
+    .or_else(|| configured.map(Path::to_path_buf))
+    .unwrap_or_else(crate::control::default_socket_path)
+}
+
 /// Binds `path`. A live daemon on it is an error; a dead socket file left by a crash is
 /// replaced; any other file at the path is left alone and reported.
 pub fn bind(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, DaemonError> {

@@ -492,24 +492,12 @@ impl Jobs {
     }
 
     async fn command(&self, job: &JobConfig) -> Report {
-        let JobKind::Command {
-            command,
-            env,
-            cwd,
-            user,
-            inherit_env,
-        } = &job.kind
-        else {
+        let Some(spec) = Spec::job(&job.kind) else {
             unreachable!("command jobs only")
         };
         let spec = Spec {
-            command,
-            cwd: Some(cwd),
-            user: user.as_deref(),
-            inherit_env,
-            env_file: None,
-            env,
             extra: self.marker.job_vars(&job.name),
+            ..spec
         };
         let label = format!("job {}", job.name);
         match oneshot::run(&self.reaper, &spec, job.timeout, OUTPUT_TAIL, &label).await {

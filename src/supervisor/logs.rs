@@ -1,6 +1,8 @@
 //! Per-instance log file writer: write-through appends, optional per-line
 //! RFC 3339 timestamps, size-based rotation with background gzip/pruning,
-//! drop accounting on write failure, live followers and `tail_lines`.
+//! drop accounting on write failure, live followers and `tail_lines`; on the reading side,
+//! the filter of `logs --since/--grep` ([`LineFilter`]) and the line splitting of followed
+//! output ([`LineBuffer`]).
 //!
 //! All `LogFile` methods are synchronous and cheap (one `write(2)` per chunk
 //! in the common case) so they can be called from async tasks while holding
@@ -968,6 +970,114 @@ fn prune(base: &Path, settings: &LogSettings) {
     }
 }
 
+/// Lines a filtered read (`--since`, `--grep`) scans back from the end of each file, at most.
+pub const MAX_SCAN_LINES: usize = 100_000;
+/// The longest `grep` pattern, in bytes.
+pub const MAX_PATTERN: usize = 1024;
+/// The compiled `grep` pattern's size limit, in bytes.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// A followed line longer than this is passed on in pieces of this size.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Length of the stamp [`LogFile::write_output`] and [`LogFile::write_event`] put before a line
+/// (`2026-11-23T16:14:01.123Z`); a space follows it.
+const STAMP_LEN: usize = 24;
+
+/// Which lines a read keeps: those at or after `since` and matching `grep` (a regular
+/// expression, `regex-lite` syntax, searched in the line without its stamp).
+#[derive(Debug, Default)]
+pub struct LineFilter {
+    since: Option<SystemTime>,
+    grep: Option<regex_lite::Regex>,
+}
+
+impl LineFilter {
+    /// The filter; `Err` names what is wrong with the pattern.
+    pub fn new(since: Option<SystemTime>, grep: Option<&str>) -> Result<LineFilter, String> {
+        let grep = grep
+            .map(|pattern| {
+                if pattern.len() > MAX_PATTERN {
+                    return Err(format!(
+                        "grep pattern of {} bytes is too long: at most {MAX_PATTERN}",
+                        pattern.len()
+                    ));
+                }
+                regex_lite::RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        format!("grep pattern {pattern:?} is not a regular expression: {e}")
+                    })
+            })
+            .transpose()?;
+        Ok(LineFilter { since, grep })
+    }
+
+    /// Whether it keeps every line.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_none() && self.grep.is_none()
+    }
+
+    /// Whether the line with `time` (`None`: it has none, and `since` then drops it) and
+    /// `text` is kept.
+    pub fn keeps(&self, time: Option<SystemTime>, text: &str) -> bool {
+        if let Some(since) = self.since {
+            if time.is_none_or(|time| time < since) {
+                return false;
+            }
+        }
+        self.grep.as_ref().is_none_or(|re| re.is_match(text))
+    }
+}
+
+/// A line's time and text: the stamp citrusd put before it (app output with `log_timestamps`,
+/// and citrusd's own `[citrus]` lines), parsed, and the line after it; a line without a stamp
+/// is all text.
+pub fn split_stamp(line: &[u8]) -> (Option<SystemTime>, &[u8]) {
+    let stamped = line.len() > STAMP_LEN
+        && line[STAMP_LEN] == b' '
+        && line[10] == b'T'
+        && line[STAMP_LEN - 1] == b'Z';
+    let time = stamped
+        .then(|| std::str::from_utf8(&line[..STAMP_LEN]).ok())
+        .flatten()
+        .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok());
+    match time {
+        Some(time) => (Some(time.into()), &line[STAMP_LEN + 1..]),
+        None => (None, line),
+    }
+}
+
+/// Splits a followed stream into lines: [`LineBuffer::push`] hands on each complete line
+/// (without its newline) and keeps the unfinished rest, at most [`MAX_LINE`] bytes.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Adds `chunk`, calling `each` with every line it completes.
+    pub fn push(&mut self, chunk: &[u8], mut each: impl FnMut(&[u8])) {
+        for piece in chunk.split_inclusive(|&b| b == b'\n') {
+            match piece.strip_suffix(b"\n") {
+                Some(end) if self.partial.is_empty() => each(end),
+                Some(end) => {
+                    self.partial.extend_from_slice(end);
+                    each(&self.partial);
+                    self.partial.clear();
+                }
+                None => {
+                    self.partial.extend_from_slice(piece);
+                    while self.partial.len() >= MAX_LINE {
+                        let rest = self.partial.split_off(MAX_LINE);
+                        each(&self.partial);
+                        self.partial = rest;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The last `n` lines of the file at `path` (read backwards in blocks from
 /// the end), ending in `'\n'` when the file does. A missing file → empty; a symlink is not
 /// followed (an error).
@@ -1020,6 +1130,56 @@ pub fn tail_lines(path: &Path, n: usize) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn stamps_are_split_off_and_filters_apply() {
+        let (time, text) = split_stamp(b"2026-11-23T16:14:01.123Z GET /health 200");
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_450_441_123);
+        assert_eq!(time, Some(at));
+        assert_eq!(text, b"GET /health 200");
+        for plain in [
+            &b"no stamp here"[..],
+            b"",
+            b"2026-11-23T16:14:01.123Z",
+            b"2026-11-23 16:14:01.123Z x",
+        ] {
+            assert_eq!(split_stamp(plain), (None, plain));
+        }
+        let filter = LineFilter::new(Some(at), Some("^GET .* 200$")).unwrap();
+        assert!(!filter.is_empty());
+        assert!(filter.keeps(Some(at), "GET /health 200"));
+        assert!(!filter.keeps(Some(at - Duration::from_millis(1)), "GET /health 200"));
+        assert!(!filter.keeps(None, "GET /health 200"));
+        assert!(!filter.keeps(Some(at), "POST /x 200"));
+        assert!(LineFilter::new(None, None).unwrap().is_empty());
+        let err = LineFilter::new(None, Some("(unclosed")).unwrap_err();
+        assert!(
+            err.contains("\"(unclosed\" is not a regular expression"),
+            "{err}"
+        );
+        let err = LineFilter::new(None, Some(&"a".repeat(MAX_PATTERN + 1))).unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        // A pattern whose compiled form is too big is refused, not built.
+        assert!(LineFilter::new(None, Some("(\\w{1,100}){1,100}")).is_err());
+    }
+
+    #[test]
+    fn line_buffer_joins_split_lines_and_caps_long_ones() {
+        let mut buf = LineBuffer::default();
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        buf.push(b"one\ntw", |l| seen.push(l.to_vec()));
+        buf.push(b"o\nthree", |l| seen.push(l.to_vec()));
+        assert_eq!(seen, [b"one".to_vec(), b"two".to_vec()]);
+        buf.push(b"\n", |l| seen.push(l.to_vec()));
+        assert_eq!(seen[2], b"three");
+        seen.clear();
+        buf.push(&vec![b'x'; MAX_LINE * 2 + 3], |l| seen.push(l.to_vec()));
+        assert_eq!(seen.len(), 2);
+        assert!(seen.iter().all(|l| l.len() == MAX_LINE));
+        seen.clear();
+        buf.push(b"\n", |l| seen.push(l.to_vec()));
+        assert_eq!(seen, [b"xxx".to_vec()]);
+    }
 
     fn settings() -> LogSettings {
         LogSettings::default()

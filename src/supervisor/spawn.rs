@@ -14,7 +14,7 @@ use std::process::Command;
 use nix::unistd::{Gid, Uid, User};
 
 use super::listen::Bound;
-use crate::config::{read_env_file, AppConfig, EnvFileError, MAX_LISTEN};
+use crate::config::{read_env_file, AppConfig, EnvFileError, JobKind, MAX_LISTEN};
 
 /// Environment variables that mark a process as one of ours: the supervisor (derived from the
 /// state directory), the app and the instance. They survive double forks and let citrusd find the
@@ -107,15 +107,18 @@ impl SpawnError {
 
 /// The uid/gid/groups to switch to, resolved before the fork (reading /etc/passwd is not
 /// async-signal-safe).
-struct Identity {
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
+pub(crate) struct Identity {
+    pub(crate) uid: libc::uid_t,
+    pub(crate) gid: libc::gid_t,
+    /// Supplementary groups; empty when the user is citrusd's own (no switch happens).
+    pub(crate) groups: Vec<libc::gid_t>,
     home: String,
     name: String,
 }
 
-fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
+/// Looks `name` up as a spawn does: an unknown user, or another user while citrusd is not
+/// root, is an error.
+pub(crate) fn resolve_user(name: &str) -> Result<Identity, SpawnError> {
     let err = |reason: String| SpawnError::User {
         user: name.to_string(),
         reason,
@@ -171,10 +174,8 @@ pub struct Spec<'a> {
 }
 
 impl<'a> Spec<'a> {
-    /// The spec of instance `index` of `app`, with its markers.
-    pub fn instance(app: &'a AppConfig, index: u32, marker: &Marker) -> Spec<'a> {
-        let mut extra = marker.instance_vars(&app.name, index);
-        extra.push(("NODE_APP_INSTANCE".into(), index.to_string()));
+    /// The spec of `app`, without citrusd's variables.
+    pub fn app(app: &'a AppConfig) -> Spec<'a> {
         Spec {
             command: &app.command,
             cwd: app.cwd.as_deref(),
@@ -182,8 +183,41 @@ impl<'a> Spec<'a> {
             inherit_env: &app.inherit_env,
             env_file: app.env_file.as_deref(),
             env: &app.env,
-            extra,
+            extra: Vec::new(),
         }
+    }
+
+    /// The spec of instance `index` of `app`, with its markers.
+    pub fn instance(app: &'a AppConfig, index: u32, marker: &Marker) -> Spec<'a> {
+        let mut extra = marker.instance_vars(&app.name, index);
+        extra.push(("NODE_APP_INSTANCE".into(), index.to_string()));
+        Spec {
+            extra,
+            ..Spec::app(app)
+        }
+    }
+
+    /// The spec of a `command` job, without citrusd's variables; `None` for other kinds.
+    pub fn job(kind: &'a JobKind) -> Option<Spec<'a>> {
+        let JobKind::Command {
+            command,
+            env,
+            cwd,
+            user,
+            inherit_env,
+        } = kind
+        else {
+            return None;
+        };
+        Some(Spec {
+            command,
+            cwd: Some(cwd),
+            user: user.as_deref(),
+            inherit_env,
+            env_file: None,
+            env,
+            extra: Vec::new(),
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 mod app_validation;
 mod browser;
 mod cgroups;
+mod check;
 mod completions;
 mod config_errors;
 mod connections;
@@ -22,6 +23,7 @@ mod hub_support;
 mod jobs;
 mod listen;
 mod live;
+mod log_search;
 mod logs;
 mod package;
 mod panel;
