@@ -4,6 +4,7 @@
 
 pub mod import_pm2;
 mod table;
+mod top;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,13 @@ pub enum Command {
     Save,
     /// Check that the daemon answers.
     Ping,
+    /// A live full-screen view of every instance: state, pid, uptime, restarts, memory, cpu and
+    /// their history; arrows select, `r` restarts (after a confirmation), `l` shows the log, `q` quits.
+    Top {
+        /// How often to refresh from the daemon: at least "1s".
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
 }
 
 /// `citrusctl job …`.
@@ -237,6 +245,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Fleet => fleet(&client, json).await,
         Command::Save => save(&client).await,
         Command::Ping => ping(&client, json).await,
+        Command::Top { interval } => top::run(&client, top::parse_interval(&interval)?).await,
     }
 }
 

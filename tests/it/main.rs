@@ -31,3 +31,4 @@ mod selfupdate;
 mod signals;
 mod supervision;
 mod support;
+mod top;
