@@ -279,6 +279,13 @@ class Daemon:
         if rc is not None:
             raise RuntimeError(f"citrusd exited early with {rc}; stderr: {self.stderr_tail()}")
 
+    def idle(self, secs, every=1.0):
+        """Sleeps `secs` seconds in steps of at most `every`, checking after each that citrusd lives."""
+        end = time.monotonic() + secs
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(every, left))
+            self.check_alive()
+
     def stderr_text(self):
         try:
             with open(os.path.join(self.dir, "citrusd.stderr"), "rb") as f:

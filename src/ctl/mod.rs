@@ -5,6 +5,7 @@
 pub mod complete;
 pub mod import_pm2;
 mod table;
+mod top;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -175,6 +176,14 @@ pub enum Command {
     /// DIR (`DIR/man/`, `DIR/completions/{bash,zsh,fish}/`).
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
+    /// A live full-screen view of every instance: state, pid, uptime, restarts, memory, cpu and
+    /// their history; arrows select, `r` restarts (after a confirmation), `l` shows the log, `q` quits.
+    Top {
+        /// How often to refresh from the daemon: at least "1s" (each refresh costs citrusd
+        /// about 3 ms with 100 apps).
+        #[arg(long, default_value = "2s")]
+        interval: String,
+    },
 }
 
 /// `citrusctl job …`.
@@ -305,6 +314,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             println!("wrote {} files below {}", written.len(), dir.display());
             Ok(())
         }
+        Command::Top { interval } => top::run(&client, top::parse_interval(&interval)?).await,
     }
 }
 

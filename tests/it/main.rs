@@ -35,3 +35,4 @@ mod selfupdate;
 mod signals;
 mod supervision;
 mod support;
+mod top;
