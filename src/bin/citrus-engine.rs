@@ -8,7 +8,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    citrus::sys::logging::init(args.verbose);
+    citrus::sys::logging::init(args.verbose, false);
     // One rustls crypto provider for every TLS client (DigitalOcean, PostgreSQL).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut config = match EngineConfig::load(&args.config) {

@@ -12,7 +12,6 @@ use clap::Parser;
 fn main() -> ExitCode {
     citrus::sys::keep_big_allocations_mapped();
     let args = Args::parse();
-    citrus::sys::logging::init(args.verbose);
     // One rustls crypto provider for every TLS client (the agent's wss, webhooks).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let path = args.config.unwrap_or_else(|| {
@@ -23,6 +22,7 @@ fn main() -> ExitCode {
         }
     });
     if args.check {
+        citrus::sys::logging::init(args.verbose, false);
         return ExitCode::from(daemon::check::run(&path, args.env.as_deref(), args.socket));
     }
     let config = match Config::load(&path, args.env.as_deref()) {
@@ -32,6 +32,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // After the config, which chooses the format; until then errors go to stderr as text.
+    let json = config.daemon.log_format == citrus::config::LogFormat::Json;
+    citrus::sys::logging::init(args.verbose, json);
     let socket = daemon::socket::choose(args.socket, config.daemon.socket.as_deref());
     match run(config, args.env, socket) {
         Ok(()) => ExitCode::SUCCESS,

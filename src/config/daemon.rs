@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::unistd::{geteuid, User};
 
 use super::schema::{layer, Field};
-use super::units::DurationValue;
+use super::units::{Choice, DurationValue, Named};
 
 /// `[daemon]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +25,28 @@ pub struct DaemonConfig {
     pub memory_check_interval: Duration,
     /// Where to serve metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How citrusd writes its own log lines on stderr.
+    pub log_format: LogFormat,
+}
+
+/// `log_format`: citrusd's own log lines as text (the default) or as one JSON object per line,
+/// for shipping to Loki or Elasticsearch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Named for LogFormat {
+    const WHAT: &'static str = "log format";
+    const ALL: &'static [Self] = &[LogFormat::Text, LogFormat::Json];
+    fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 layer!(
@@ -36,6 +58,7 @@ layer!(
         socket_group: String,
         memory_check_interval: DurationValue,
         metrics_listen: SocketAddr,
+        log_format: Choice<LogFormat>,
     }
 );
 
@@ -64,6 +87,10 @@ pub(super) fn resolve_daemon(layer: &DaemonLayer, base: &Path) -> DaemonConfig {
             .as_ref()
             .map_or(Duration::from_secs(1), |f| f.value.0),
         metrics_listen: layer.metrics_listen.as_ref().map(|f| f.value),
+        log_format: layer
+            .log_format
+            .as_ref()
+            .map_or_else(LogFormat::default, |f| f.value.0),
     }
 }
 

@@ -37,7 +37,7 @@ use toml::Spanned;
 
 pub use app::{validate_app, AppConfig, LogConfig, RestartPolicy};
 pub use cron::{CronSchedule, Timezone};
-pub use daemon::DaemonConfig;
+pub use daemon::{DaemonConfig, LogFormat};
 pub use deploy::{DeployConfig, DeployHealth, DeploySource, DEFAULT_HEALTH_TIMEOUT};
 pub use diag::{ConfigError, Diagnostic};
 pub use engine::{Database, DigitalOceanConfig, EngineConfig, InstallConfig, LocalAgentConfig};

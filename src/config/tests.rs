@@ -50,6 +50,7 @@ socket = "/run/citrus/citrusd.sock"
 socket_group = "citrus"
 memory_check_interval = "2s"
 metrics_listen = "127.0.0.1:9559"
+log_format = "json"
 
 [defaults]
 restart = "on-failure"
@@ -105,6 +106,7 @@ fn full_config_round_trip() {
             socket_group: Some("citrus".into()),
             memory_check_interval: Duration::from_secs(2),
             metrics_listen: Some("127.0.0.1:9559".parse().unwrap()),
+            log_format: crate::config::LogFormat::Json,
         }
     );
     let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -210,6 +212,7 @@ fn built_in_defaults() {
     assert_eq!(config.daemon.memory_check_interval, Duration::from_secs(1));
     assert_eq!(config.daemon.socket, None);
     assert_eq!(config.daemon.metrics_listen, None);
+    assert_eq!(config.daemon.log_format, crate::config::LogFormat::Text);
     if geteuid().is_root() {
         assert_eq!(config.daemon.state_dir, Path::new("/var/lib/citrus"));
         assert_eq!(config.daemon.log_dir, Path::new("/var/log/citrus"));

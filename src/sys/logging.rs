@@ -9,8 +9,9 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 /// Sets up logging on stderr: `info`, `debug` with `-v`, `trace` with `-vv`; `CITRUS_LOG` (else
-/// `RUST_LOG`) replaces the level with its directives (see [`filter`]).
-pub fn init(verbosity: u8) {
+/// `RUST_LOG`) replaces the level with its directives (see [`filter`]). With `json`, each line is
+/// one JSON object (`timestamp`, `level`, `fields` with `message`, …) instead of text.
+pub fn init(verbosity: u8, json: bool) {
     let level = match verbosity {
         0 => "info",
         1 => "debug",
@@ -19,12 +20,25 @@ pub fn init(verbosity: u8) {
     let spec = std::env::var("CITRUS_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| level.to_string());
-    let output = tracing_subscriber::fmt::layer()
+    let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let (text, json) = match json {
+        false => (Some(text), None),
+        true => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            ),
+        ),
+    };
     tracing_subscriber::registry()
-        .with(output)
+        .with(text)
+        .with(json)
         .with(filter(&spec))
         .init();
 }

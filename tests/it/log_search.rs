@@ -198,3 +198,52 @@ fn bad_since_and_grep_exit_2_with_one_message() {
         .code(2)
         .stderr_has(&["too long: at most 1024"]);
 }
+
+/// `[daemon] log_format = "json"`: every line citrusd writes about itself is one JSON object with
+/// its time, level and message; the default stays text; a value not known is a config error at
+/// its line.
+#[test]
+fn daemon_log_format_json_writes_one_object_per_line() {
+    let mut d = Daemon::start(
+        "[daemon]\nstate_dir = \"state\"\nlog_dir = \"logs\"\nlog_format = \"json\"\n\n\
+         [apps.web]\ncommand = [\"sleep\", \"30\"]\n",
+    );
+    d.wait_state("web", AppState::Online);
+    d.ctl(&["restart", "web"]).code(0);
+    let lines = wait_for("citrusd's log lines about the restart", DEADLINE, || {
+        let text = d.stderr();
+        match text.contains("web") {
+            true => Ok(text),
+            false => Err(text),
+        }
+    });
+    let mut messages = 0;
+    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\nall:\n{lines}"));
+        assert!(object["timestamp"].is_string(), "{line}");
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["fields"]["message"].is_string(), "{line}");
+        messages += 1;
+    }
+    assert!(messages > 0, "{lines}");
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+
+    let text = Daemon::start("[apps.web]\ncommand = [\"sleep\", \"30\"]\n");
+    text.wait_state("web", AppState::Online);
+    let first = wait_for("a text log line", DEADLINE, || {
+        text.stderr()
+            .lines()
+            .next()
+            .map(str::to_string)
+            .ok_or_else(|| "nothing yet".to_string())
+    });
+    assert!(!first.starts_with('{'), "text by default: {first}");
+
+    let err = crate::config_errors::refused(
+        "[daemon]\nstate_dir = \"state\"\nlog_dir = \"logs\"\nlog_format = \"yaml\"\n",
+    );
+    assert!(err.contains("citrusd.toml:4:"), "{err}");
+    assert!(err.contains("text, json"), "{err}");
+}
