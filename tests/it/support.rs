@@ -223,7 +223,7 @@ impl Daemon {
                 });
             }
         }
-        let child = command
+        command
             .arg("--config")
             .arg(&self.config)
             .arg("--socket")
@@ -233,9 +233,20 @@ impl Daemon {
             .env_remove("CITRUS_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn citrusd");
+            .stderr(stderr);
+        // A test that installed a copy of citrusd (`program`) can meet ETXTBSY: another test
+        // thread forked while the copy's write descriptor was open, and that child holds it until
+        // its own exec. The busy state ends with that exec, so wait for it.
+        let child = wait_for(
+            "citrusd's binary to be free to execute",
+            DEADLINE,
+            || match command.spawn() {
+                Ok(child) => Ok(Ok(child)),
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(e.to_string()),
+                Err(e) => Ok(Err(e)),
+            },
+        )
+        .expect("spawn citrusd");
         self.child = Some(child);
     }
 
