@@ -135,17 +135,34 @@ struct App {
 
 struct Table {
     config: Arc<Config>,
+    /// `config.start_order()`, worked out once per config: `order` runs on every status.
+    start_order: Vec<String>,
     apps: BTreeMap<String, App>,
 }
 
 impl Table {
+    fn new(config: Arc<Config>, apps: BTreeMap<String, App>) -> Table {
+        let start_order = config.start_order();
+        Table {
+            config,
+            start_order,
+            apps,
+        }
+    }
+
+    /// Takes `config` as the table's config.
+    fn set_config(&mut self, config: Arc<Config>) {
+        self.start_order = config.start_order();
+        self.config = config;
+    }
+
     /// Names in display/start order: the config's start order, then run-time apps by name.
     fn order(&self) -> Vec<String> {
         let mut names: Vec<String> = self
-            .config
-            .start_order()
-            .into_iter()
-            .filter(|n| self.apps.contains_key(n))
+            .start_order
+            .iter()
+            .filter(|n| self.apps.contains_key(*n))
+            .cloned()
             .collect();
         names.extend(
             self.apps
@@ -398,7 +415,7 @@ impl Supervisor {
         Ok(Arc::new(Supervisor {
             shared,
             store,
-            table: Mutex::new(Table { config, apps }),
+            table: Mutex::new(Table::new(config, apps)),
             memory_config: Notify::new(),
             cpu_samples: Mutex::new(HashMap::new()),
         }))
@@ -947,7 +964,7 @@ impl Supervisor {
                 to_start.push(name.clone());
             }
         }
-        t.config = new.clone();
+        t.set_config(new.clone());
         // Normally what was written before; only a command racing the reload differs.
         if let Err(e) = self.store.save(&t.persisted()) {
             plan.warnings.push(e.to_string());
