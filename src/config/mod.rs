@@ -47,7 +47,8 @@ pub use jobs::{glob_match, EventKind, JobConfig, JobKind, NotifyConfig};
 pub use listen::{ListenAddr, MAX_LISTEN};
 pub use probe::{HealthConfig, ProbeTarget, ReadyCheck, ReadyConfig};
 pub use units::{
-    format_duration, format_size, parse_duration, parse_signal, parse_size, MAX_DURATION,
+    format_duration, format_size, parse_duration, parse_signal, parse_size, toml_string,
+    MAX_DURATION,
 };
 pub use validate::{
     check_command, check_cwd, check_env, check_env_name, check_instances, validate_app_name,

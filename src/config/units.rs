@@ -101,6 +101,28 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// A TOML basic string (`"…"`) holding `s`, with every character TOML forbids there escaped:
+/// how citrusctl import-pm2 and the engine's cloud-init write values into a config.
+pub fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Writes a size in its largest exact binary unit: `"10M"`, `"1G"`, `"1500"`.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
@@ -412,6 +434,7 @@ mod tests {
         ] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
+        assert_eq!(toml_string("a\"b\\c\n\u{1}\u{8}"), r#""a\"b\\c\n\u0001\b""#);
         for text in ["10M", "1G", "512K", "1500", "2T"] {
             assert_eq!(format_size(parse_size(text).unwrap()), text);
         }

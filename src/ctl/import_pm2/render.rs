@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::config::toml_string;
+
 /// Longest `env = { … }` line written inline; longer tables become `[apps.NAME.env]` sections.
 const INLINE_MAX: usize = 100;
 
@@ -77,7 +79,7 @@ pub(super) fn render(source_name: &str, apps: &[(String, App)]) -> String {
         for (env, vars) in &app.envs {
             let pairs: Vec<String> = vars
                 .iter()
-                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_str(v)))
+                .map(|(k, v)| format!("{} = {}", toml_key(k), toml_string(v)))
                 .collect();
             let line = format!("{} = {{ {} }}", toml_key(env), pairs.join(", "));
             if line.len() <= INLINE_MAX {
@@ -99,37 +101,14 @@ pub(super) fn render(source_name: &str, apps: &[(String, App)]) -> String {
 /// A value as TOML.
 fn toml_value(v: &TVal) -> String {
     match v {
-        TVal::Str(s) => toml_str(s),
+        TVal::Str(s) => toml_string(s),
         TVal::Int(n) => n.to_string(),
         TVal::Bool(b) => b.to_string(),
         TVal::List(items) => {
-            let items: Vec<String> = items.iter().map(|s| toml_str(s)).collect();
+            let items: Vec<String> = items.iter().map(|s| toml_string(s)).collect();
             format!("[{}]", items.join(", "))
         }
     }
-}
-
-/// A TOML basic string with every character TOML forbids escaped.
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// A key, bare when TOML allows it, quoted otherwise.
@@ -140,7 +119,7 @@ fn toml_key(k: &str) -> String {
     if bare {
         k.to_string()
     } else {
-        toml_str(k)
+        toml_string(k)
     }
 }
 
@@ -154,6 +133,5 @@ mod tests {
         assert_eq!(toml_key("my-key"), "my-key");
         assert_eq!(toml_key("MY.KEY"), "\"MY.KEY\"");
         assert_eq!(toml_key(""), "\"\"");
-        assert_eq!(toml_str("a\"b\\c\n\u{1}"), r#""a\"b\\c\n\u0001""#);
     }
 }
