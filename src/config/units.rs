@@ -85,10 +85,13 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if let Some((unit, size)) = UNITS.iter().find(|(_, size)| ms.is_multiple_of(*size)) {
-        if ms < 60_000 || *size > 1 {
-            return format!("{}{unit}", ms / size);
-        }
+    // The largest unit that divides it exactly (`ms` divides everything).
+    let (unit, size) = UNITS[..4]
+        .iter()
+        .find(|(_, size)| ms.is_multiple_of(*size))
+        .unwrap_or(&UNITS[4]);
+    if *size > 1 || ms < 60_000 {
+        return format!("{}{unit}", ms / size);
     }
     let mut rest = ms;
     let mut out = String::new();
