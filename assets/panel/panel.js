@@ -550,7 +550,8 @@
       width, height: 180,
       legend: { show: false },
       scales: { x: { time: true, range: () => [from, to] }, y: { range: [0, 100] } },
-      axes: [{ stroke: '#6b7385', grid: { stroke: '#eef0f4' } }, { stroke: '#6b7385', grid: { stroke: '#eef0f4' }, size: 40 }],
+      // space: at least 72 px between time ticks, so labels such as "12:50pm" never touch.
+      axes: [{ stroke: '#6b7385', grid: { stroke: '#eef0f4' }, space: 72 }, { stroke: '#6b7385', grid: { stroke: '#eef0f4' }, size: 40 }],
       series: [{}, { label, stroke: '#e8a317', width: 2, fill: 'rgba(232,163,23,0.12)', points: { show: xs.length < 60 } }],
     };
     return new window.uPlot(options, [xs, ys], node);
