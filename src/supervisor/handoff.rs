@@ -113,8 +113,78 @@ pub fn exec_program(handoff: &Handoff, state_dir: &Path, exe: &Path) -> io::Erro
     // SAFETY: citrusd is single-threaded apart from blocking-pool threads, which exec ends.
     unsafe { std::env::set_var(ENV, &path) };
     tracing::info!(exe = %exe.display(), instances = handoff.instances.len(), "re-executing citrusd");
-    match nix::unistd::execv(&program, &args) {
-        Err(e) => io::Error::from(e),
-        Ok(never) => match never {},
+    execv_when_not_busy(&program, &args)
+}
+
+/// How long [`execv_when_not_busy`] waits out a binary still open for writing.
+const TEXT_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `execv`, retried while the kernel answers ETXTBSY: the new binary was just written, and an app
+/// forked meanwhile holds a copy of that write descriptor until its own `exec` closes it, a matter
+/// of milliseconds. Gives up after [`TEXT_BUSY_WAIT`]; returns only on failure. Allocates nothing
+/// after building argv, so it is safe in a forked child too.
+fn execv_when_not_busy(program: &CString, args: &[CString]) -> io::Error {
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let pause = std::time::Duration::from_millis(10);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        // SAFETY: program and argv are NUL-terminated C strings alive for the call, and argv ends
+        // with a null pointer, as execv requires.
+        unsafe { libc::execv(program.as_ptr(), argv.as_ptr()) };
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ETXTBSY) || waited >= TEXT_BUSY_WAIT {
+            return e;
+        }
+        std::thread::sleep(pause);
+        waited += pause;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn exec_waits_until_the_new_binary_is_no_longer_open_for_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("true");
+        let mut writer = std::fs::File::create(&exe).unwrap();
+        writer.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let program = CString::new(exe.as_os_str().as_bytes()).unwrap();
+        let args = [program.clone()];
+        // SAFETY: the child closes its copy of the write descriptor, execs or exits; glibc's fork
+        // leaves its allocator usable in the child.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: the child's own copy of the descriptor.
+            unsafe { libc::close(writer.as_raw_fd()) };
+            let e = execv_when_not_busy(&program, &args);
+            let code = if e.raw_os_error() == Some(libc::ETXTBSY) { 3 } else { 4 };
+            // SAFETY: leaves the forked child without running the test harness's exit path.
+            unsafe { libc::_exit(code) };
+        }
+        // The binary stays open for writing here a while: a plain execv fails at once (ETXTBSY).
+        std::thread::sleep(Duration::from_millis(150));
+        drop(writer);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for the child forked above.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the child neither ran the binary nor gave up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "3: gave up on ETXTBSY, 4: another error");
     }
 }
