@@ -154,7 +154,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("true");
         let mut writer = std::fs::File::create(&exe).unwrap();
-        writer.write_all(&std::fs::read("/bin/true").unwrap()).unwrap();
+        writer
+            .write_all(&std::fs::read("/bin/true").unwrap())
+            .unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let program = CString::new(exe.as_os_str().as_bytes()).unwrap();
         let args = [program.clone()];
@@ -166,7 +168,11 @@ mod tests {
             // SAFETY: the child's own copy of the descriptor.
             unsafe { libc::close(writer.as_raw_fd()) };
             let e = execv_when_not_busy(&program, &args);
-            let code = if e.raw_os_error() == Some(libc::ETXTBSY) { 3 } else { 4 };
+            let code = if e.raw_os_error() == Some(libc::ETXTBSY) {
+                3
+            } else {
+                4
+            };
             // SAFETY: leaves the forked child without running the test harness's exit path.
             unsafe { libc::_exit(code) };
         }
@@ -181,10 +187,17 @@ mod tests {
             if r == pid {
                 break;
             }
-            assert!(Instant::now() < deadline, "the child neither ran the binary nor gave up");
+            assert!(
+                Instant::now() < deadline,
+                "the child neither ran the binary nor gave up"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(libc::WIFEXITED(status), "status {status:#x}");
-        assert_eq!(libc::WEXITSTATUS(status), 0, "3: gave up on ETXTBSY, 4: another error");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "3: gave up on ETXTBSY, 4: another error"
+        );
     }
 }

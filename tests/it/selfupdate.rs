@@ -403,18 +403,31 @@ fn a_new_binary_that_does_not_reach_the_engine_puts_citrusd_prev_back_by_itself(
     // Then the engine goes away altogether.
     engine.stop();
     let state = d.dir.path().join("state");
-    wait_for("citrusd.prev put back by the new binary", DEADLINE, || {
-        let (now, said) = (sha_of(&exe), d.stderr());
-        if now == sha_a && said.contains("did not reach the engine") {
-            Ok(())
-        } else {
-            Err(format!("exe {now}; stderr: {said}"))
-        }
-    });
-    assert!(!exe.with_file_name("citrusd.prev").exists());
-    assert!(!state.join("binary-update.pending").exists());
+    // In order: the message, the rename back, the marker removed, the exec; then binary A
+    // answers on the same socket.
+    wait_for(
+        "citrusd.prev put back by the new binary, which re-executes it",
+        DEADLINE,
+        || {
+            let (now, said) = (sha_of(&exe), d.stderr());
+            let prev = exe.with_file_name("citrusd.prev").exists();
+            let marker = state.join("binary-update.pending").exists();
+            let ping = d.ctl(&["ping"]).code;
+            if now == sha_a
+                && said.contains("did not reach the engine")
+                && !prev
+                && !marker
+                && ping == 0
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                "exe {now}; citrusd.prev {prev}; marker {marker}; ping exit {ping}; stderr: {said}"
+            ))
+            }
+        },
+    );
     assert_eq!(d.pid(), citrusd, "re-executed in place, not restarted");
-    assert_eq!(d.ctl(&["ping"]).code, 0);
     assert_eq!(pids(&d, &apps), before, "no app pid changed");
 
     // The engine is back: the old binary reports the update failed, with the reason.
