@@ -73,6 +73,8 @@ pub struct Agent {
     updating: AtomicBool,
     /// SHA-256 of the binary this process runs (`/proc/self/exe`), read once at start.
     binary_sha256: std::sync::OnceLock<String>,
+    /// When this process started the agent: a git lock older than this was left by a crash.
+    started: std::time::SystemTime,
 }
 
 /// What an `update_agent` / `rollback_agent` asks for.
@@ -270,6 +272,7 @@ impl Agent {
             stopping: tokio::sync::watch::Sender::new(false),
             updating: AtomicBool::new(false),
             binary_sha256: std::sync::OnceLock::new(),
+            started: std::time::SystemTime::now(),
         });
         tokio::spawn(agent.clone().run());
         tokio::spawn(report_deployments(
@@ -316,7 +319,7 @@ impl Agent {
             crate::config::format_duration(timeout),
         );
         tracing::error!("{late}; going back to {back}");
-        let (binary, repo) = (p.binary.clone(), self.repo());
+        let (binary, repo, started) = (p.binary.clone(), self.repo(), self.started);
         let previous = p.previous.clone();
         // `previous` is the commit for the git path (also when it installed a binary it built).
         let undone = tokio::task::spawn_blocking(move || {
@@ -325,7 +328,9 @@ impl Agent {
             }
             match (binary.is_some_and(|b| b.previous_sha256 == previous), repo) {
                 (true, _) => Ok(()),
-                (false, Some(repo)) => super::update::reset_to(&repo, &previous).map(drop),
+                (false, Some(repo)) => {
+                    super::update::reset_back(&repo, &previous, started).map(drop)
+                }
                 (false, None) => Err("no [fleet.update] repo to go back in".to_string()),
             }
         })

@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 
@@ -368,6 +368,25 @@ pub fn reset_to(path: &Path, commit: &str) -> Result<Moved, String> {
     Ok(Moved { previous, current })
 }
 
+/// Like [`reset_to`], for the way back after the new version did not confirm: first removes
+/// an index lock (`.git/index.lock`) last written before `started`, this process's start. Such a
+/// lock was left by a citrusd that died inside the update's hard reset (git2 moves HEAD, then
+/// writes the index under that lock); git never takes a lock back, so without this every
+/// attempt to go back would fail with "the index is locked". A lock written since `started`
+/// belongs to a live git and is left alone.
+pub fn reset_back(path: &Path, commit: &str, started: SystemTime) -> Result<Moved, String> {
+    let repo = Repository::open(path).map_err(|e| err("open the repository", path, e))?;
+    let lock = repo.path().join("index.lock");
+    let stale = fs::metadata(&lock)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| at < started);
+    if stale {
+        tracing::warn!(lock = %lock.display(), "removing an index lock left by a crashed update");
+        fs::remove_file(&lock).map_err(|e| format!("cannot remove {}: {e}", lock.display()))?;
+    }
+    reset_to(path, commit)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -469,6 +488,37 @@ pub(crate) mod tests {
             head(dir.path()).unwrap(),
             git(dir.path(), &["rev-parse", "HEAD"])
         );
+    }
+
+    /// An index lock left by a crash in the middle of a hard reset blocks `reset_to`;
+    /// `reset_back` removes it when it predates this process, and leaves a newer one alone.
+    #[test]
+    fn reset_back_removes_an_index_lock_older_than_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        fs::write(dir.path().join("V"), "a").unwrap();
+        git(dir.path(), &["add", "V"]);
+        git(dir.path(), &["commit", "-q", "-m", "A"]);
+        let a = head(dir.path()).unwrap();
+        fs::write(dir.path().join("V"), "b").unwrap();
+        git(dir.path(), &["commit", "-q", "-am", "B"]);
+        let b = head(dir.path()).unwrap();
+        let lock = dir.path().join(".git/index.lock");
+        fs::write(&lock, "").unwrap();
+        let err = reset_to(dir.path(), &a).unwrap_err();
+        assert!(err.contains("locked"), "{err}");
+        // A lock taken after this process started: a live git's, kept.
+        let before_lock = SystemTime::now() - Duration::from_secs(60);
+        let err = reset_back(dir.path(), &a, before_lock).unwrap_err();
+        assert!(err.contains("locked"), "{err}");
+        assert!(lock.exists());
+        assert_eq!(head(dir.path()).unwrap(), b);
+        // Left before this process started: a crashed update's, removed.
+        let after_lock = SystemTime::now() + Duration::from_secs(1);
+        let moved = reset_back(dir.path(), &a, after_lock).unwrap();
+        assert_eq!((moved.previous, moved.current), (b, a.clone()));
+        assert_eq!(fs::read_to_string(dir.path().join("V")).unwrap(), "a");
+        assert!(!lock.exists());
     }
 
     #[test]

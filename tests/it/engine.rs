@@ -319,6 +319,10 @@ where
     let (mut tx, mut rx) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
     state.lock().unwrap().current = Some(out_tx);
+    // Cleared when a newer connection takes over the commands (its sender replaces this one's):
+    // this one is still read until the agent closes it, as the engine does, so the reports it
+    // sent last (a key rotation's acknowledgement before it reconnects) are not lost.
+    let mut commands = true;
     loop {
         tokio::select! {
             frame = rx.next() => match frame {
@@ -336,9 +340,9 @@ where
                 Some(Ok(_)) => {}
                 _ => return,
             },
-            out = out_rx.recv() => match out {
+            out = out_rx.recv(), if commands => match out {
                 Some(text) => if tx.send(Message::text(text)).await.is_err() { return },
-                None => return,
+                None => commands = false,
             },
         }
     }

@@ -697,3 +697,54 @@ fn an_unconfirmed_update_survives_a_crash_of_the_new_version_and_still_goes_back
         }
     });
 }
+
+/// A citrusd killed inside the update's hard reset (git2 moved HEAD, the index still under its
+/// lock) leaves `.git/index.lock`, which git never takes back: the restarted citrusd removes that
+/// lock (older than itself) and still goes back, instead of failing to reset for good.
+#[test]
+fn a_crash_that_left_the_index_locked_still_goes_back() {
+    let engine = Engine::start(KEY);
+    let d = agent(&engine, Some(KEY), "");
+    let (a, b) = repos(d.dir.path());
+    with_update(&d, "confirm_timeout = \"8s\"");
+    let mut d = d.launch();
+    engine.wait_frame("agent_connected", |v| ty(v, "agent_connected"));
+    engine.accept_keys(&[]);
+    engine.send(r#"{"type":"update_agent","id":"up-4"}"#);
+    wait_for("the re-exec for the update", DEADLINE, || {
+        if d.stderr().contains("re-executing citrusd") {
+            Ok(())
+        } else {
+            Err(d.stderr())
+        }
+    });
+    let checkout = d.dir.path().join("checkout");
+    assert_eq!(git(&checkout, &["rev-parse", "HEAD"]), b);
+    // What a kill between git2's move of HEAD and its write of the index leaves behind.
+    fs::write(checkout.join(".git/index.lock"), "").unwrap();
+    d.kill9();
+    d.spawn();
+    d.wait_ready();
+    wait_for("the checkout back at A", DEADLINE, || {
+        let head = git(&checkout, &["rev-parse", "HEAD"]);
+        if head == a {
+            Ok(())
+        } else {
+            Err(format!("{head}\n{}", d.stderr()))
+        }
+    });
+    assert!(
+        d.stderr().contains("removing an index lock"),
+        "{}",
+        d.stderr()
+    );
+    // HEAD moves before git2 writes the index (under a lock of its own): wait for that too.
+    wait_for("the reset to finish", DEADLINE, || {
+        if checkout.join(".git/index.lock").exists() {
+            Err("index.lock still there".into())
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(git(&checkout, &["status", "--porcelain"]), "");
+}

@@ -370,6 +370,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A failed test shows what citrusd logged (the harness prints it with the panic).
+        if std::thread::panicking() {
+            eprintln!("citrusd stderr:\n{}", self.stderr());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
