@@ -197,7 +197,7 @@ class RssSampler(threading.Thread):
 
 
 def hot_section(binary):
-    """[start, end) of the binary's .text.hot section (build.rs, src/bin/<bin>-hot.ld), from its
+    """[start, end) of the binary's .text.hot section (build.rs, link/<bin>.<profile>.ld), from its
     ELF section headers; (0, 0) when it has none."""
     import struct
     with open(binary, "rb") as f:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# bench/hot-code.sh — regenerates src/bin/citrusd-hot.ld and src/bin/citrusctl-hot.ld, the lists of
-# the two binaries' hot functions that build.rs has the linker lay out together at the start of
-# their text in release builds.
+# bench/hot-code.sh — regenerates link/citrusd.<profile>.ld and link/citrusctl.<profile>.ld, the
+# lists of the two binaries' hot functions that build.rs has the linker lay out together at the
+# start of their text in optimised builds. One pair per profile: run it with the default
+# (`release`) and with BENCH_PROFILE=dist (what hosts download), which inlines differently.
 #
 # Usage: bench/hot-code.sh [--help]
 #
-#   BENCH_PROFILE      the cargo profile built and traced (default release).
+#   BENCH_PROFILE      the cargo profile built, traced and written for (default release).
 #   CARGO_TARGET_DIR   respected, as in the other bench scripts.
 #
 # Why: the kernel maps a binary's text in runs of 64 KiB (or larger, with large page-cache folios)
@@ -27,15 +28,18 @@
 # ran was already in the list; figure 2 of bench/supervisor.sh shows how much of citrusd's code
 # is mapped outside it.
 #
-# Needs: bash, python3, cargo, valgrind, nm (binutils). Takes a few minutes (callgrind is slow).
+# Functions are named from the linker's map (build.rs writes <target>/<profile>/<bin>.map), so a
+# stripped build is traced as it ships.
+#
+# Needs: bash, python3, cargo, valgrind. Takes a few minutes (callgrind is slow).
 
 BENCH_NAME=citrus-hot-code
 QUICK_IDLE_SECS=3
 # shellcheck source=bench/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "$@"
 
-for tool in valgrind callgrind_control nm; do
-    command -v "$tool" >/dev/null || die "$tool not found in PATH (apt-get install valgrind binutils)"
+for tool in valgrind callgrind_control; do
+    command -v "$tool" >/dev/null || die "$tool not found in PATH (apt-get install valgrind)"
 done
 
 bench_setup --bin citrusd --bin citrusctl
@@ -48,7 +52,7 @@ sys.path.insert(0, os.environ["B_BENCH_DIR"])
 import benchlib
 from benchlib import CHILD_ENV, CITRUSCTL, CITRUSD, WORK, log, sleepers, write_config
 
-OUT_DIR = os.environ["B_OUT_DIR"]
+OUT_DIR, PROFILE = os.environ["B_OUT_DIR"], os.environ["B_PROFILE"]
 SLEEPERS = 100
 
 
@@ -158,16 +162,26 @@ def executed(dumps, binary, base=None):
     return out
 
 
-def symbols(binary):
-    """Function symbols of the binary: sorted addresses, and per address its size and names."""
-    nm = subprocess.run(["nm", "-S", binary], capture_output=True, text=True, check=True).stdout
+def functions(binary):
+    """The binary's functions from the map the linker wrote beside it (build.rs): sorted
+    addresses, and per address its size and names. The map names each function's input section,
+    so a stripped binary (the `dist` profile's) is read as well as one with symbols."""
+    path = f"{binary}.map"
+    if not os.path.exists(path) or os.path.getmtime(path) < os.path.getmtime(binary) - 5:
+        raise RuntimeError(f"{path} is missing or older than {binary} (build.rs has the linker write it)")
     by_addr = {}
-    for line in nm.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "tTwW":
-            a, size = int(parts[0], 16), int(parts[1], 16)
-            old = by_addr.get(a, (0, []))
-            by_addr[a] = (max(old[0], size), old[1] + [parts[3]])
+    with open(path) as f:
+        for line in f:
+            # `VMA LMA Size Align <object>:(<section>)` for an input section of the output.
+            head, sep, section = line.rstrip().rpartition(":(")
+            cols = head.split(None, 4)
+            if not sep or len(cols) < 5 or not section.startswith(".text."):
+                continue
+            name = re.sub(r"^\.text\.(?:unlikely\.|hot\.|startup\.)?", "", section[:-1])
+            a, size = int(cols[0], 16), int(cols[2], 16)
+            if size:
+                old = by_addr.get(a, (0, []))
+                by_addr[a] = (max(old[0], size), old[1] + [name])
     return sorted(by_addr), by_addr
 
 
@@ -197,11 +211,11 @@ def patterns(names, by_addr):
 
 
 def write_script(binary, tiers, what):
-    """Writes src/bin/<binary>-hot.ld from the addresses executed in `binary`, one list per tier:
+    """Writes link/<binary>.<profile>.ld from the addresses executed in `binary`, one list per tier:
     the functions of a tier that no earlier tier ran come after the earlier tiers', so what every
     run needs is packed first."""
     name = os.path.basename(binary)
-    starts, by_addr = symbols(binary)
+    starts, by_addr = functions(binary)
     hot = benchlib.hot_section(binary)
     ran, unnamed, lists, seen = {}, 0, [], set()
     for addrs in tiers:
@@ -221,10 +235,10 @@ def write_script(binary, tiers, what):
     in_hot = sum(s for a, (s, _) in ran.items() if hot[0] <= a < hot[1])
     log(f"{name} ran {len(ran)} functions, {total / 1024:.0f} KiB; {in_hot / 1024:.0f} KiB of them "
         f"were in its .text.hot ({(hot[1] - hot[0]) / 1024:.0f} KiB); {unnamed} instructions "
-        f"outside any sized symbol (assembly, crt) stay where they are")
-    out = os.path.join(OUT_DIR, f"{name}-hot.ld")
+        f"outside any function section (assembly, crt) stay where they are")
+    out = os.path.join(OUT_DIR, f"{name}.{PROFILE}.ld")
     with open(out, "w") as f:
-        f.write(HEADER.format(bin=name, n=len(ran), kib=total // 1024, what=what))
+        f.write(HEADER.format(bin=name, profile=PROFILE, n=len(ran), kib=total // 1024, what=what))
         f.write("SECTIONS\n{\n  .text.hot :\n  {\n")
         for n, pats in enumerate(lists):
             if n:
@@ -236,11 +250,12 @@ def write_script(binary, tiers, what):
 
 
 HEADER = """\
-/* {bin}'s hot code, laid out together before the rest of its text (build.rs passes this script
-   to the linker for release builds on Linux; INSERT keeps the default layout otherwise).
+/* {bin}'s hot code in the `{profile}` profile, laid out together before the rest of its text
+   (build.rs passes this script to the linker for {profile} builds on Linux; INSERT keeps the
+   default layout otherwise).
 
-   Generated by bench/hot-code.sh (do not edit): the {n} functions ({kib} KiB) that {bin} ran
-   under callgrind while
+   Generated by BENCH_PROFILE={profile} bench/hot-code.sh (do not edit): the {n} functions
+   ({kib} KiB) that {bin} ran under callgrind while
    {what}.
 
    Each line names a function's section: `.text.<mangled name>`, or `.text.unlikely.<name>` for
@@ -272,4 +287,4 @@ if __name__ == "__main__":
 PYEOF
 
 log "tracing citrusd and citrusctl under callgrind (a few minutes)"
-run_driver "tracing" B_OUT_DIR="$REPO/src/bin"
+run_driver "tracing" B_OUT_DIR="$REPO/link" B_PROFILE="$PROFILE"

@@ -254,7 +254,7 @@ def fig2_idle(n, with_fig3):
         "the two parts of VmRSS (/proc/PID/status): heap, stacks and relocated data / pages mapped "
         f"from citrusd's binary and shared libraries (libc's among them); of citrusd's code "
         f"{text / 1e6:.2f} MB is mapped, {text_cold / 1e6:.2f} MB of it outside the hot section "
-        "(src/bin/citrusd-hot.ld: regenerate it with bench/hot-code.sh when this grows)")
+        "(link/citrusd.<profile>.ld: regenerate it with bench/hot-code.sh when this grows)")
     row(f"2. citrusd CPU, {n} app{'s' if n > 1 else ''} idle", f"{cpu:.3f} % of one core",
         f"utime+stime {ticks1 - ticks0} ticks (1/{CLK_TCK} s) over {win:.1f} s")
     extra = {}

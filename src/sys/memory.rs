@@ -90,7 +90,16 @@ fn relocation_table() -> Option<(usize, usize)> {
     let (rela, size) = (rela?, size?);
     // glibc turns the loader's copy of DT_RELA into an address in place; other loaders may not.
     let start = if rela >= bias { rela } else { bias + rela };
-    (size > 0).then_some((start, size))
+    // Only a table in a read-only segment: dropping written (copied-on-write) pages would lose
+    // what was written.
+    let vaddr = (start - bias) as u64;
+    let read_only = headers.iter().any(|h| {
+        h.p_type == libc::PT_LOAD
+            && h.p_flags & libc::PF_W == 0
+            && h.p_vaddr <= vaddr
+            && vaddr + size as u64 <= h.p_vaddr + h.p_filesz
+    });
+    (size > 0 && read_only).then_some((start, size))
 }
 
 #[cfg(test)]
