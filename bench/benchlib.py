@@ -196,6 +196,50 @@ class RssSampler(threading.Thread):
         return self
 
 
+def hot_section(binary):
+    """[start, end) of the binary's .text.hot section (build.rs, link/<bin>.<profile>.ld), from its
+    ELF section headers; (0, 0) when it has none."""
+    import struct
+    with open(binary, "rb") as f:
+        elf = f.read()
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    def header(i):  # (name offset, address, size)
+        name, _, _, addr, _, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
+        return name, addr, size
+    strtab = struct.unpack_from("<Q", elf, shoff + shstrndx * shentsize + 0x18)[0]
+    for i in range(shnum):
+        name, addr, size = header(i)
+        if elf[strtab + name:elf.index(b"\0", strtab + name)] == b".text.hot":
+            return addr, addr + size
+    return 0, 0
+
+
+def text_resident(pid, binary):
+    """Bytes of `binary`'s executable mapping resident in process `pid`, and how many of them lie
+    outside its .text.hot section (the part the hot-code list did not gather)."""
+    import struct
+    exe = os.path.realpath(binary)
+    hot = hot_section(exe)
+    maps = [line.split() for line in open(f"/proc/{pid}/maps")]
+    base = next(int(m[0].split("-")[0], 16) for m in maps
+                if len(m) >= 6 and m[5] == exe and int(m[2], 16) == 0)
+    page, total, outside = os.sysconf("SC_PAGE_SIZE"), 0, 0
+    with open(f"/proc/{pid}/pagemap", "rb") as pm:
+        for m in maps:
+            if len(m) < 6 or m[5] != exe or "x" not in m[1]:
+                continue
+            start, end = (int(x, 16) for x in m[0].split("-"))
+            pm.seek(start // page * 8)
+            entries = pm.read((end - start) // page * 8)
+            for i in range(len(entries) // 8):
+                if struct.unpack_from("<Q", entries, i * 8)[0] >> 63:
+                    total += page
+                    if not hot[0] <= start + i * page - base < hot[1]:
+                        outside += page
+    return total, outside
+
+
 def open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -253,6 +297,7 @@ class Daemon:
     STOP_TIMEOUT = 60         # s from SIGTERM to SIGKILL in stop
     LEFTOVER_SETTLE = 0.2     # s after exit before looking for leftovers
     STOP_TIME_INCLUDES_CHECK = True  # stop()'s seconds include the leftover check
+    WRAPPER = []              # argv put before citrusd's (e.g. valgrind and its options)
 
     def __init__(self, d, cfg):
         self.dir, self.cfg = d, cfg
@@ -263,7 +308,7 @@ class Daemon:
         self.errlog = open(os.path.join(self.dir, "citrusd.stderr"), "ab")
         self.t_exec = mono_ns()
         self.proc = subprocess.Popen(
-            [CITRUSD, "--config", self.cfg, "--socket", self.sock],
+            [*self.WRAPPER, CITRUSD, "--config", self.cfg, "--socket", self.sock],
             stdin=subprocess.DEVNULL, stdout=self.errlog, stderr=self.errlog, env=CHILD_ENV)
         LIVE.append(self)
         with open(os.path.join(WORK, "citrusd.pids"), "a") as f:

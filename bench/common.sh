@@ -5,7 +5,8 @@
 # parses --quick/--help into QUICK, sets IDLE_SECS (BENCH_IDLE_SECS, else QUICK_IDLE_SECS or 60),
 # REPO, and checks for python3 (>= 3.8) and cargo.
 #
-# bench_setup then builds the release binaries (CITRUSD, CITRUSCTL), makes the temp dir WORK with
+# bench_setup then builds the release binaries (CITRUSD, CITRUSCTL; its arguments, if any, replace
+# cargo's `--bins`, e.g. `bench_setup --bin citrusd --bin citrusctl`), makes the temp dir WORK with
 # the process tag TAG, and installs the cleanup trap: citrusd first (graceful), then every process
 # carrying BENCH_TAG=$TAG, then the temp dir. run_driver runs $WORK/driver.py (which imports
 # bench/benchlib.py) with the B_* settings benchlib reads, sets DRIVER_PID for the trap meanwhile,
@@ -48,10 +49,11 @@ bench_setup() {
     # BENCH_PROFILE: the cargo profile measured (`release`, or `dist`: what hosts download).
     PROFILE=${BENCH_PROFILE:-release}
     [[ $PROFILE =~ ^[a-z][a-z0-9_-]*$ ]] || die "BENCH_PROFILE must be a cargo profile name, got '$PROFILE'"
-    log "building: cargo build --profile $PROFILE --bins (target dir $TARGET_DIR)"
+    local targets=("${@:---bins}")
+    log "building: cargo build --profile $PROFILE ${targets[*]} (target dir $TARGET_DIR)"
     TIME=()
     [[ -x /usr/bin/time ]] && TIME=(/usr/bin/time -f 'cargo build: %e s wall, %M KB max RSS')
-    (cd "$REPO" && "${TIME[@]}" cargo build --profile "$PROFILE" --bins >&2) || die "cargo build --profile $PROFILE --bins failed"
+    (cd "$REPO" && "${TIME[@]}" cargo build --profile "$PROFILE" "${targets[@]}" >&2) || die "cargo build --profile $PROFILE ${targets[*]} failed"
     CITRUSD=$TARGET_DIR/$PROFILE/citrusd
     CITRUSCTL=$TARGET_DIR/$PROFILE/citrusctl
     CITRUS_ENGINE=$TARGET_DIR/$PROFILE/citrus-engine

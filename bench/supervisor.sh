@@ -101,8 +101,8 @@ from datetime import datetime, timezone
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.environ["B_BENCH_DIR"])
 import benchlib
-from benchlib import (CHILD_ENV, CITRUSCTL, CLK_TCK, FAILED, IDLE, QUICK, WORK, cpu_ticks, fmt_ms, log,
-                      median, mono_ns, ms, open_fds, p95, proc_status, row, sleepers, write_config)
+from benchlib import (CHILD_ENV, CITRUSCTL, CITRUSD, CLK_TCK, FAILED, IDLE, QUICK, WORK, cpu_ticks, fmt_ms,
+                      log, median, mono_ns, ms, open_fds, p95, proc_status, row, sleepers, write_config)
 
 HELPER, REPO = os.environ["B_HELPER"], os.environ["B_REPO"]
 HYPERFINE, HF_NOTE = os.environ["B_HYPERFINE"], os.environ["B_HF_NOTE"]
@@ -239,6 +239,7 @@ def fig2_idle(n, with_fig3):
     log(f"fig2: {n} apps online ({ms(t_online):.0f} ms after exec); idle window {IDLE:g}s")
     time.sleep(IDLE)
     rss1, ticks1, thr1, fds1 = rss_cpu(dm.pid)
+    text, text_cold = benchlib.text_resident(dm.pid, CITRUSD)
     win = time.monotonic() - t0
     dm.check_alive()
     cpu = (ticks1 - ticks0) / CLK_TCK / win * 100
@@ -251,7 +252,9 @@ def fig2_idle(n, with_fig3):
     row(f"2. citrusd RssAnon / RssFile, {apps} idle",
         f"{rss1['RssAnon'] / 1e6:.1f} / {rss1['RssFile'] / 1e6:.1f} MB",
         "the two parts of VmRSS (/proc/PID/status): heap, stacks and relocated data / pages mapped "
-        "from citrusd's binary and shared libraries (libc's among them)")
+        f"from citrusd's binary and shared libraries (libc's among them); of citrusd's code "
+        f"{text / 1e6:.2f} MB is mapped, {text_cold / 1e6:.2f} MB of it outside the hot section "
+        "(link/citrusd.<profile>.ld: regenerate it with bench/hot-code.sh when this grows)")
     row(f"2. citrusd CPU, {n} app{'s' if n > 1 else ''} idle", f"{cpu:.3f} % of one core",
         f"utime+stime {ticks1 - ticks0} ticks (1/{CLK_TCK} s) over {win:.1f} s")
     extra = {}

@@ -10,7 +10,8 @@ use citrus::daemon;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    citrus::sys::keep_big_allocations_mapped();
+    citrus::sys::memory::keep_big_allocations_mapped();
+    citrus::sys::memory::release_relocation_table();
     let args = Args::parse();
     // One rustls crypto provider for every TLS client (the agent's wss, webhooks).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -1,12 +1,13 @@
 //! Linux specifics in one place: `/proc` parsing, process-group and pidfd signalling, the child
 //! subreaper flag, signal names, percent-encoding, crash-safe file writes (`fs`), wall-clock
-//! timestamps (`time`) and the binaries' logging on stderr (`logging`). Everything else in the
-//! crate talks to the OS through here. Also the small system-level helpers every part shares: the
-//! retry schedule (`backoff`).
+//! timestamps (`time`), the binaries' logging on stderr (`logging`) and citrusd's memory footprint
+//! (`memory`). Everything else in the crate talks to the OS through here. Also the small
+//! system-level helpers every part shares: the retry schedule (`backoff`).
 
 pub mod backoff;
 pub mod fs;
 pub mod logging;
+pub mod memory;
 mod percent;
 pub mod procfs;
 pub mod serve;
@@ -30,20 +31,6 @@ pub fn set_child_subreaper() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-/// Has glibc's allocator serve every allocation of 128 KiB or more from a mapping of its own, always.
-/// Such a buffer (the log pumps' shared read buffer, a rotation's compression buffer) then costs
-/// memory only for the pages written into it, and goes back to the system when freed. Left to
-/// itself glibc raises that threshold to the size of the first big buffer freed (parsing the config
-/// frees one), and later big buffers land in the heap, resident whole.
-pub fn keep_big_allocations_mapped() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets a parameter of the allocator (under its own lock); no memory of
-    // ours is touched.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 
