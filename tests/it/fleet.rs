@@ -17,6 +17,19 @@ pub(crate) const KEY: &str = "k-0123456789abcdef";
 
 /// A daemon with one app and a `[fleet]` section towards `engine`; `sites` adds the recorder
 /// templates. The key file holds `key` unless it is None.
+/// Waits until the checkout's HEAD is `want`; on time-out shows HEAD and citrusd's stderr.
+#[track_caller]
+fn wait_head(d: &Daemon, checkout: &std::path::Path, want: &str, what: &str) {
+    wait_for(what, DEADLINE, || {
+        let head = git(checkout, &["rev-parse", "HEAD"]);
+        if head == want {
+            Ok(())
+        } else {
+            Err(format!("HEAD {head}\n{}", d.stderr()))
+        }
+    });
+}
+
 pub(crate) fn agent(engine: &Engine, key: Option<&str>, extra: &str) -> Daemon {
     let d = Daemon::prepare(
         &format!(
@@ -656,26 +669,12 @@ fn an_unconfirmed_update_survives_a_crash_of_the_new_version_and_still_goes_back
     engine.accept_keys(&[]);
     engine.send(r#"{"type":"update_agent","id":"up-3"}"#);
     let checkout = d.dir.path().join("checkout");
-    wait_for("the checkout at B", DEADLINE, || {
-        let head = git(&checkout, &["rev-parse", "HEAD"]);
-        if head == b {
-            Ok(())
-        } else {
-            Err(head)
-        }
-    });
+    wait_head(&d, &checkout, &b, "the checkout at B");
     // The new version dies before it could confirm; it is started again (as systemd would).
     d.kill9();
     d.spawn();
     d.wait_ready();
-    wait_for("the checkout back at A", DEADLINE, || {
-        let head = git(&checkout, &["rev-parse", "HEAD"]);
-        if head == a {
-            Ok(())
-        } else {
-            Err(head)
-        }
-    });
+    wait_head(&d, &checkout, &a, "the checkout back at A");
     engine.accept_keys(&[KEY]);
     let failed = engine.wait_frame("the update reported failed", |v| {
         ty(v, "update_operation") && v["id"] == "up-3" && v["status"] == "failed"
@@ -725,14 +724,7 @@ fn a_crash_that_left_the_index_locked_still_goes_back() {
     d.kill9();
     d.spawn();
     d.wait_ready();
-    wait_for("the checkout back at A", DEADLINE, || {
-        let head = git(&checkout, &["rev-parse", "HEAD"]);
-        if head == a {
-            Ok(())
-        } else {
-            Err(format!("{head}\n{}", d.stderr()))
-        }
-    });
+    wait_head(&d, &checkout, &a, "the checkout back at A");
     assert!(
         d.stderr().contains("removing an index lock"),
         "{}",
