@@ -1247,7 +1247,7 @@ mod tests {
     /// The instance of `app` in `config`, its actor started (idle).
     fn instance(config: &crate::config::Config, app: &str) -> InstanceHandle {
         let shared = testing::shared(config, Arc::new(testing::Quiet));
-        let app = Arc::new(config.apps[app].clone());
+        let app = config.apps[app].clone();
         let logs = InstanceLogs::open(&shared, &app, 0).expect("open the logs");
         InstanceHandle::spawn(shared, app, 0, None, logs, None)
     }
