@@ -25,7 +25,10 @@ fn main() {
     let Some(profile_dir) = Path::new(&out).ancestors().nth(3) else {
         return;
     };
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release");
     for bin in ["citrusd", "citrusctl"] {
         let script = format!("link/{bin}.{profile}.ld");
         if Path::new(&dir).join(&script).exists() {
