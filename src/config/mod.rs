@@ -31,6 +31,7 @@ mod validate;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::de::DeTable;
 use toml::Spanned;
@@ -74,8 +75,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[defaults]`, kept to build apps added at run time.
     pub defaults: AppDefaults,
-    /// Effective per-app config: defaults merged in, env chosen.
-    pub apps: BTreeMap<String, AppConfig>,
+    /// Effective per-app config: defaults merged in, env chosen. Shared: the supervisor keeps
+    /// the same `Arc` for each app and its instances.
+    pub apps: BTreeMap<String, Arc<AppConfig>>,
     /// Scheduled jobs.
     pub jobs: BTreeMap<String, JobConfig>,
     /// `[notify]`, with defaults filled in.
@@ -148,12 +150,12 @@ impl Config {
             listens,
             base,
         );
-        let apps: BTreeMap<String, AppConfig> = raw
+        let apps: BTreeMap<String, Arc<AppConfig>> = raw
             .apps
             .iter()
             .map(|app| {
                 let config = resolve_app(&app.name, &app.layer, &raw.defaults, base, env);
-                (app.name.clone(), config)
+                (app.name.clone(), Arc::new(config))
             })
             .collect();
         check_cycles(&mut diags, &raw, &apps);
@@ -374,7 +376,11 @@ fn check_app_names(
 }
 
 /// Reports each `after` cycle once, at the `after` key of its alphabetically first app.
-fn check_cycles(diags: &mut Diagnostics<'_>, raw: &RawConfig, apps: &BTreeMap<String, AppConfig>) {
+fn check_cycles(
+    diags: &mut Diagnostics<'_>,
+    raw: &RawConfig,
+    apps: &BTreeMap<String, Arc<AppConfig>>,
+) {
     for cycle in find_cycles(apps) {
         let Some(&first) = cycle.first() else {
             continue;
@@ -401,14 +407,14 @@ fn check_cycles(diags: &mut Diagnostics<'_>, raw: &RawConfig, apps: &BTreeMap<St
 }
 
 /// Every cycle in the `after` graph, each starting and ending at its smallest name.
-fn find_cycles(apps: &BTreeMap<String, AppConfig>) -> BTreeSet<Vec<&str>> {
+fn find_cycles(apps: &BTreeMap<String, Arc<AppConfig>>) -> BTreeSet<Vec<&str>> {
     #[derive(PartialEq)]
     enum Mark {
         Active,
         Done,
     }
     struct Search<'a> {
-        apps: &'a BTreeMap<String, AppConfig>,
+        apps: &'a BTreeMap<String, Arc<AppConfig>>,
         marks: BTreeMap<&'a str, Mark>,
         stack: Vec<&'a str>,
         cycles: BTreeSet<Vec<&'a str>>,

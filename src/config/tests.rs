@@ -39,7 +39,7 @@ fn assert_error(text: &str, line: usize, column: usize, key: &str, part: &str) {
 }
 
 fn app(text: &str, name: &str) -> AppConfig {
-    parse(text).unwrap().apps.remove(name).unwrap()
+    Arc::unwrap_or_clone(parse(text).unwrap().apps.remove(name).unwrap())
 }
 
 const FULL: &str = r#"
@@ -116,7 +116,7 @@ fn full_config_round_trip() {
             .collect()
     };
     assert_eq!(
-        config.apps["api"],
+        *config.apps["api"],
         AppConfig {
             name: "api".into(),
             command: vec!["node".into(), "src/index.js".into()],
@@ -175,7 +175,7 @@ fn full_config_round_trip() {
 fn built_in_defaults() {
     let config = parse("[apps.web]\ncommand = \"./web\"\n").unwrap();
     assert_eq!(
-        config.apps["web"],
+        *config.apps["web"],
         AppConfig {
             name: "web".into(),
             command: vec!["/etc/citrus/web".into()],

@@ -720,7 +720,7 @@ impl Deployments {
             .apps
             .values()
             .filter(|a| a.deploy.is_some())
-            .map(|a| Arc::new(a.clone()))
+            .cloned()
             .collect();
         for app in apps {
             let Some(deploy) = app.deploy.clone() else {

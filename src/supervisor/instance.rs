@@ -5,8 +5,9 @@
 //! control channel and its deadlines (backoff, `cron_restart`, readiness timeout, watchdog);
 //! nothing else touches the child. Control messages carry a oneshot reply; `start` and `restart`
 //! answer once the instance is ready (`online`), so `citrusctl restart`, `reload` and `after`
-//! ordering all wait for readiness. The task publishes its status through a `watch` channel that
-//! readers (status, metrics, the memory check) borrow without messaging it. A liveness probe runs
+//! ordering all wait for readiness. The task publishes its status in a shared cell (a mutex the
+//! handle also holds) that readers (status, metrics, the memory check) copy without messaging it;
+//! nothing waits on a change, so no `watch` channel and its wakers. A liveness probe runs
 //! in a task of its own per run and reports failures back through the channel. When idle the task
 //! is parked on its channel: no timer runs unless a backoff, a cron restart, a readiness timeout
 //! or a watchdog is pending. Stopping signals the whole process group plus any double-forked
@@ -16,13 +17,14 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
@@ -258,21 +260,46 @@ impl SpawnFailure {
 
 type Reply = oneshot::Sender<Result<(), InstanceError>>;
 
+/// The published status of an instance, shared by its actor and its handle.
+type StatusCell = Arc<Mutex<InstanceStatus>>;
+
+/// The status in `cell` (a panic while it was locked left a status still worth reading).
+fn lock_status(cell: &StatusCell) -> std::sync::MutexGuard<'_, InstanceStatus> {
+    cell.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A message to the actor. The rare ones with more than a pointer of payload carry it boxed:
+/// tokio's unbounded channel allocates its first block of 32 slots with the channel, each slot as
+/// large as the largest message, and every instance has a channel.
 enum Command {
     Start(Reply),
     Stop(Reply),
     Restart(Reply),
     Configure(Arc<AppConfig>),
-    MemoryExceeded { pid: i32, rss: u64 },
-    HealthFailed { pid: i32, reason: String },
+    MemoryExceeded(Box<MemoryExceeded>),
+    HealthFailed(Box<HealthFailed>),
     Shutdown(oneshot::Sender<()>),
+}
+
+const _: () = assert!(std::mem::size_of::<Command>() <= 16, "see Command");
+
+/// The run of `pid` uses `rss` bytes, over the app's cap.
+struct MemoryExceeded {
+    pid: i32,
+    rss: u64,
+}
+
+/// The liveness probe of the run of `pid` failed too many times in a row.
+struct HealthFailed {
+    pid: i32,
+    reason: String,
 }
 
 /// The handle the supervisor keeps for one instance.
 pub struct InstanceHandle {
     pub index: u32,
     tx: mpsc::UnboundedSender<Command>,
-    status: watch::Receiver<InstanceStatus>,
+    status: StatusCell,
     logs: InstanceLogs,
 }
 
@@ -327,7 +354,7 @@ impl InstanceHandle {
                 log.set_settings(settings.clone());
             }
         }
-        let (status_tx, status) = watch::channel(InstanceStatus {
+        let status = Arc::new(Mutex::new(InstanceStatus {
             state: AppState::Stopped,
             pid: None,
             since: None,
@@ -339,14 +366,14 @@ impl InstanceHandle {
             last_error: None,
             status_text: None,
             pipes: None,
-        });
+        }));
         let (tx, rx) = mpsc::unbounded_channel();
         let leaf = shared.cgroups.leaf(&app.name, index);
         let mut actor = Actor {
             shared,
             app,
             index,
-            status: status_tx,
+            status: status.clone(),
             logs: logs.clone(),
             me: tx.downgrade(),
             counters: Counters::default(),
@@ -399,7 +426,12 @@ impl InstanceHandle {
 
     /// Tells the instance its process tree uses `rss` bytes, over its cap.
     pub fn memory_exceeded(&self, pid: i32, rss: u64) {
-        let _ = self.tx.send(Command::MemoryExceeded { pid, rss });
+        let _ = self
+            .tx
+            .send(Command::MemoryExceeded(Box::new(MemoryExceeded {
+                pid,
+                rss,
+            })));
     }
 
     /// Stops the instance and ends its task.
@@ -412,7 +444,7 @@ impl InstanceHandle {
 
     /// A snapshot of the current status.
     pub fn status(&self) -> InstanceStatus {
-        self.status.borrow().clone()
+        lock_status(&self.status).clone()
     }
 
     /// The instance's log files.
@@ -451,13 +483,19 @@ enum RunEvent {
     Ready(Result<(), InstanceError>),
 }
 
-enum Event {
-    Run(RunEvent),
-    Notify(io::Result<NotifyMessage>),
+/// What a deadline of the actor is for.
+#[derive(Clone, Copy)]
+enum Deadline {
     ReadyTimeout,
     WatchdogExpired,
     BackoffOver,
     CronRestart,
+}
+
+enum Event {
+    Run(RunEvent),
+    Notify(io::Result<NotifyMessage>),
+    Deadline(Deadline),
     Command(Option<Command>),
 }
 
@@ -465,7 +503,8 @@ struct Actor {
     shared: Arc<Shared>,
     app: Arc<AppConfig>,
     index: u32,
-    status: watch::Sender<InstanceStatus>,
+    /// The published status; the actor is its only writer.
+    status: StatusCell,
     logs: InstanceLogs,
     /// Our own channel, for the liveness task to report back (weak: the handle owns it).
     me: mpsc::WeakUnboundedSender<Command>,
@@ -477,8 +516,9 @@ struct Actor {
     shortage_retries: u32,
     /// Replies to `start`/`restart` waiting for the instance to be ready.
     pending: Vec<Reply>,
-    /// The sd_notify socket given to the app (bound at the first spawn of a `notify` app).
-    notify: Option<NotifyListener>,
+    /// The sd_notify socket given to the app (bound at the first spawn of a `notify` app);
+    /// boxed, as most apps have none.
+    notify: Option<Box<NotifyListener>>,
     /// The app's listening sockets (socket activation), shared with its other instances.
     sockets: Option<Arc<AppSockets>>,
     /// The instance's cgroup, created with the actor and reused by every run.
@@ -507,16 +547,22 @@ async fn run_event(run: &mut Option<Run>) -> RunEvent {
     }
 }
 
+/// The next message on the sd_notify socket, if there is one. The receive is boxed: most apps
+/// have no socket, and the select holds this future inline.
 async fn notify_of(listener: Option<&NotifyListener>) -> io::Result<NotifyMessage> {
     match listener {
-        Some(l) => l.recv().await,
+        Some(l) => Box::pin(l.recv()).await,
         None => std::future::pending().await,
     }
 }
 
-async fn sleep_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
+/// Sleeps until the deadline `next`, if any, and says what it was for.
+async fn deadline(next: Option<(Instant, Deadline)>) -> Deadline {
+    match next {
+        Some((at, what)) => {
+            sleep_until(at).await;
+            what
+        }
         None => std::future::pending().await,
     }
 }
@@ -564,7 +610,10 @@ async fn watch_health(health: HealthConfig, pid: i32, me: mpsc::WeakUnboundedSen
                         health.target.describe()
                     );
                     if let Some(tx) = me.upgrade() {
-                        let _ = tx.send(Command::HealthFailed { pid, reason });
+                        let _ = tx.send(Command::HealthFailed(Box::new(HealthFailed {
+                            pid,
+                            reason,
+                        })));
                     }
                     return;
                 }
@@ -576,66 +625,87 @@ async fn watch_health(health: HealthConfig, pid: i32, me: mpsc::WeakUnboundedSen
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let cron = match (&self.run, &self.app.cron_restart) {
-                (Some(_), Some(c)) => c.until_next(SystemTime::now()).map(|d| Instant::now() + d),
-                _ => None,
-            };
-            let ready_deadline = self.run.as_ref().and_then(|r| r.ready_deadline);
-            let watchdog = self.run.as_ref().and_then(|r| r.watchdog.map(|(_, at)| at));
-            let listener = self.run.as_ref().and(self.notify.as_ref());
+            let next = self.next_deadline();
+            let listener = self.run.as_ref().and(self.notify.as_deref());
             let event = tokio::select! {
                 e = run_event(&mut self.run) => Event::Run(e),
                 m = notify_of(listener) => Event::Notify(m),
-                _ = sleep_opt(ready_deadline) => Event::ReadyTimeout,
-                _ = sleep_opt(watchdog) => Event::WatchdogExpired,
-                _ = sleep_opt(self.backoff_until) => Event::BackoffOver,
-                _ = sleep_opt(cron) => Event::CronRestart,
+                d = deadline(next) => Event::Deadline(d),
                 cmd = rx.recv() => Event::Command(cmd),
             };
-            match event {
-                Event::Run(RunEvent::Exited(status)) => self.on_exit(status).await,
-                Event::Run(RunEvent::Ready(Ok(()))) => self.become_online(),
-                Event::Run(RunEvent::Ready(Err(e))) => self.not_ready(e).await,
-                Event::Notify(Ok(msg)) => self.on_notify(msg).await,
-                Event::Notify(Err(e)) => {
-                    tracing::warn!(app = %self.app.name, "sd_notify socket failed: {e}");
-                    self.notify = None;
-                }
-                Event::ReadyTimeout => {
-                    let timeout = self.ready_timeout();
-                    self.not_ready(InstanceError::NoReadyNotify(timeout)).await;
-                }
-                Event::WatchdogExpired => {
-                    let period = self.run.as_ref().and_then(|r| r.watchdog).map(|(p, _)| p);
-                    let reason = format!(
-                        "no WATCHDOG=1 within {}",
-                        format_duration(period.unwrap_or_default())
-                    );
-                    self.unhealthy(reason).await;
-                }
-                Event::BackoffOver => {
-                    self.backoff_until = None;
-                    let _ = self.spawn();
-                }
-                Event::CronRestart => {
-                    self.event("cron_restart: restarting on schedule");
-                    self.replace(|s| s.restarts += 1).await;
-                }
-                Event::Command(None) => {
-                    let _ = self.terminate().await;
-                    return;
-                }
-                Event::Command(Some(Command::Shutdown(reply))) => {
-                    let _ = self.terminate().await;
-                    self.backoff_until = None;
-                    self.set(|s| s.state = AppState::Stopped);
-                    self.fail_pending(&InstanceError::Stopped);
-                    let _ = reply.send(());
-                    return;
-                }
-                Event::Command(Some(cmd)) => self.command(cmd).await,
+            // Boxed while it runs: handling an event can await a stop, and that state would
+            // otherwise sit inline in this task's future for as long as the instance lives.
+            if Box::pin(self.handle(event)).await.is_break() {
+                return;
             }
         }
+    }
+
+    /// The earliest pending deadline and what it is for: one timer, not one per kind.
+    fn next_deadline(&self) -> Option<(Instant, Deadline)> {
+        let run = self.run.as_ref();
+        let cron = match (run, &self.app.cron_restart) {
+            (Some(_), Some(c)) => c.until_next(SystemTime::now()).map(|d| Instant::now() + d),
+            _ => None,
+        };
+        let watchdog = run.and_then(|r| r.watchdog.map(|(_, at)| at));
+        [
+            (run.and_then(|r| r.ready_deadline), Deadline::ReadyTimeout),
+            (watchdog, Deadline::WatchdogExpired),
+            (self.backoff_until, Deadline::BackoffOver),
+            (cron, Deadline::CronRestart),
+        ]
+        .into_iter()
+        .filter_map(|(at, what)| Some((at?, what)))
+        .min_by_key(|&(at, _)| at)
+    }
+
+    /// Handles one event; `Break` when the actor ends.
+    async fn handle(&mut self, event: Event) -> ControlFlow<()> {
+        match event {
+            Event::Run(RunEvent::Exited(status)) => self.on_exit(status).await,
+            Event::Run(RunEvent::Ready(Ok(()))) => self.become_online(),
+            Event::Run(RunEvent::Ready(Err(e))) => self.not_ready(e).await,
+            Event::Notify(Ok(msg)) => self.on_notify(msg).await,
+            Event::Notify(Err(e)) => {
+                tracing::warn!(app = %self.app.name, "sd_notify socket failed: {e}");
+                self.notify = None;
+            }
+            Event::Deadline(Deadline::ReadyTimeout) => {
+                let timeout = self.ready_timeout();
+                self.not_ready(InstanceError::NoReadyNotify(timeout)).await;
+            }
+            Event::Deadline(Deadline::WatchdogExpired) => {
+                let period = self.run.as_ref().and_then(|r| r.watchdog).map(|(p, _)| p);
+                let reason = format!(
+                    "no WATCHDOG=1 within {}",
+                    format_duration(period.unwrap_or_default())
+                );
+                self.unhealthy(reason).await;
+            }
+            Event::Deadline(Deadline::BackoffOver) => {
+                self.backoff_until = None;
+                let _ = self.spawn();
+            }
+            Event::Deadline(Deadline::CronRestart) => {
+                self.event("cron_restart: restarting on schedule");
+                self.replace(|s| s.restarts += 1).await;
+            }
+            Event::Command(None) => {
+                let _ = self.terminate().await;
+                return ControlFlow::Break(());
+            }
+            Event::Command(Some(Command::Shutdown(reply))) => {
+                let _ = self.terminate().await;
+                self.backoff_until = None;
+                self.set(|s| s.state = AppState::Stopped);
+                self.fail_pending(&InstanceError::Stopped);
+                let _ = reply.send(());
+                return ControlFlow::Break(());
+            }
+            Event::Command(Some(cmd)) => self.command(cmd).await,
+        }
+        ControlFlow::Continue(())
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -678,7 +748,8 @@ impl Actor {
                 }
                 self.app = app;
             }
-            Command::MemoryExceeded { pid, rss } => {
+            Command::MemoryExceeded(exceeded) => {
+                let MemoryExceeded { pid, rss } = *exceeded;
                 if self.run.as_ref().map(|r| r.pid) != Some(pid) {
                     return;
                 }
@@ -697,7 +768,8 @@ impl Actor {
                 })
                 .await;
             }
-            Command::HealthFailed { pid, reason } => {
+            Command::HealthFailed(failed) => {
+                let HealthFailed { pid, reason } = *failed;
                 if self.run.as_ref().map(|r| r.pid) == Some(pid) {
                     self.unhealthy(reason).await;
                 }
@@ -709,7 +781,7 @@ impl Actor {
     /// Answers `reply` now when `result` failed or the instance is online, else once it is.
     fn answer_when_ready(&mut self, reply: Reply, result: Result<(), InstanceError>) {
         match result {
-            Ok(()) if self.status.borrow().state == AppState::Starting => self.pending.push(reply),
+            Ok(()) if self.state() == AppState::Starting => self.pending.push(reply),
             other => {
                 let _ = reply.send(other);
             }
@@ -747,7 +819,12 @@ impl Actor {
     }
 
     fn set(&self, f: impl FnOnce(&mut InstanceStatus)) {
-        self.status.send_modify(f);
+        f(&mut lock_status(&self.status));
+    }
+
+    /// The published state.
+    fn state(&self) -> AppState {
+        lock_status(&self.status).state
     }
 
     /// citrusd's own line in the out log.
@@ -792,7 +869,7 @@ impl Actor {
                     path: path.clone(),
                     source: Arc::new(e),
                 })?;
-            self.notify = Some(listener);
+            self.notify = Some(Box::new(listener));
         }
         let listener = self.notify.as_ref().expect("bound above");
         Ok(listener.path().to_string_lossy().into_owned())
@@ -997,7 +1074,7 @@ impl Actor {
         if let Some(text) = msg.status {
             self.set(|s| s.status_text = Some(text));
         }
-        if msg.ready && self.status.borrow().state == AppState::Starting {
+        if msg.ready && self.state() == AppState::Starting {
             self.become_online();
         }
     }
@@ -1192,7 +1269,8 @@ fn drain(fd: OwnedFd, log: Arc<Mutex<LogFile>>) {
             let backlog = log.lock().unwrap_or_else(|e| e.into_inner()).backlog();
             match backlog {
                 Some(backlog) if !overrun => {
-                    overrun = !backlog.wait(logs::BACKPRESSURE_MAX).await;
+                    // Boxed: rare, and its timer would otherwise sit in every drain's future.
+                    overrun = !Box::pin(backlog.wait(logs::BACKPRESSURE_MAX)).await;
                     continue;
                 }
                 Some(_) => {}
@@ -1247,7 +1325,7 @@ mod tests {
     /// The instance of `app` in `config`, its actor started (idle).
     fn instance(config: &crate::config::Config, app: &str) -> InstanceHandle {
         let shared = testing::shared(config, Arc::new(testing::Quiet));
-        let app = Arc::new(config.apps[app].clone());
+        let app = config.apps[app].clone();
         let logs = InstanceLogs::open(&shared, &app, 0).expect("open the logs");
         InstanceHandle::spawn(shared, app, 0, None, logs, None)
     }

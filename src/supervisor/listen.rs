@@ -309,7 +309,7 @@ mod tests {
     fn app(listen: Vec<ListenAddr>) -> AppConfig {
         let text = "[apps.web]\ncommand = \"true\"\n";
         let config = Config::parse(text, Path::new("/tmp/citrusd.toml"), None).unwrap();
-        let mut app = config.apps["web"].clone();
+        let mut app = (*config.apps["web"]).clone();
         app.listen = listen;
         app
     }

@@ -236,7 +236,7 @@ impl Table {
             match new.apps.get(name) {
                 None if !app.runtime => plan.stop.push(name.clone()),
                 None => plan.unchanged.push(name.clone()),
-                Some(n) if app.runtime || *n != *app.config => {
+                Some(n) if app.runtime || **n != *app.config => {
                     if app.runtime {
                         plan.warnings.push(format!("{name}: the config now defines this run-time app; the config's version replaces it"));
                     }
@@ -360,7 +360,7 @@ impl Supervisor {
                 name.clone(),
                 Self::make_app_adopting(
                     &shared,
-                    Arc::new(app.clone()),
+                    app.clone(),
                     false,
                     desired,
                     app_sockets,
@@ -934,7 +934,7 @@ impl Supervisor {
             };
             replaced.extend(app.instances);
             if plan.restart.contains(name) {
-                let cfg = Arc::new(new.apps[name].clone());
+                let cfg = new.apps[name].clone();
                 let desired = if app.runtime {
                     Desired::Running
                 } else {
@@ -954,7 +954,7 @@ impl Supervisor {
             }
         }
         for name in &plan.start {
-            let cfg = Arc::new(new.apps[name].clone());
+            let cfg = new.apps[name].clone();
             let desired = autostart_desired(&cfg);
             let sockets = AppSockets::new(&cfg);
             let logs = logs.remove(name).unwrap_or_default();
@@ -1032,7 +1032,6 @@ impl Supervisor {
                     .apps
                     .get(app)
                     .cloned()
-                    .map(Arc::new)
                     .unwrap_or_else(|| a.config.clone()),
                 Some(a) => a.config.clone(),
                 None => return Ok(()),
