@@ -147,7 +147,9 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use crate::sys::testing::eventually;
 
     #[test]
     fn exec_waits_until_the_new_binary_is_no_longer_open_for_writing() {
@@ -179,20 +181,12 @@ mod tests {
         // The binary stays open for writing here a while: a plain execv fails at once (ETXTBSY).
         std::thread::sleep(Duration::from_millis(150));
         drop(writer);
-        let deadline = Instant::now() + Duration::from_secs(10);
         let mut status = 0;
-        loop {
+        assert!(
             // SAFETY: waits for the child forked above.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the child neither ran the binary nor gave up"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            eventually(|| unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid),
+            "the child neither ran the binary nor gave up"
+        );
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(
             libc::WEXITSTATUS(status),

@@ -345,14 +345,7 @@ mod tests {
     /// Whether connecting to `path` is refused within 10 s. A closed listener keeps accepting while
     /// a child another test is forking holds a copy of it, until that child's exec closes it.
     fn refused(path: &Path) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while UnixStream::connect(path).is_ok() {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        true
+        crate::sys::testing::eventually(|| UnixStream::connect(path).is_err())
     }
 
     #[test]

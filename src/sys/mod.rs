@@ -11,6 +11,8 @@ pub mod memory;
 mod percent;
 pub mod procfs;
 pub mod serve;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod time;
 
 pub use percent::percent_encode;

@@ -251,6 +251,7 @@ pub fn self_usage() -> io::Result<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::testing::eventually;
 
     #[test]
     fn listening_rows() {
@@ -285,18 +286,6 @@ mod tests {
         assert_eq!(s.cpu_ticks, 10);
         assert_eq!(s.start_ticks, 123456);
         assert_eq!(s.rss_pages, 250);
-    }
-
-    /// Polls `f` every 10 ms until it holds, for at most 10 s.
-    fn eventually(mut f: impl FnMut() -> bool) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if f() {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        false
     }
 
     #[test]
