@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 
-use crate::support::{Daemon, Run, CITRUSCTL};
+use crate::support::{succeeded, Daemon, Run, CITRUSCTL};
 
 const APPS_AND_A_JOB: &str = "[apps.alpha]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\n\
 [apps.beta]\ncommand = [\"sleep\", \"1000\"]\n\
@@ -46,12 +46,7 @@ printf '%s\n' "${COMPREPLY[@]}"
         .stdin(Stdio::null())
         .output()
         .expect("run bash");
-    assert!(
-        out.status.success(),
-        "bash completion failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let mut got: Vec<String> = succeeded(out, "bash completion failed")
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_string)

@@ -513,12 +513,10 @@ impl Postgres {
             .arg("start")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot start PostgreSQL with .ci/postgres (needs root and Debian's postgresql package): {}",
-            String::from_utf8_lossy(&out.stderr)
+        let line = crate::support::succeeded(
+            out,
+            "cannot start PostgreSQL with .ci/postgres (needs root and Debian's postgresql package)",
         );
-        let line = String::from_utf8(out.stdout).unwrap();
         let (url, dir) = line.trim().split_once(' ').unwrap();
         Some(Postgres {
             url: url.to_owned(),

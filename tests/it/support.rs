@@ -493,6 +493,18 @@ impl Receiver {
     }
 }
 
+/// The stdout of a finished command that had to succeed; otherwise fails with `what` and its
+/// stderr.
+#[track_caller]
+pub fn succeeded(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs git in `dir`; returns trimmed stdout.
 #[track_caller]
 pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
@@ -510,12 +522,7 @@ pub fn git(dir: &std::path::Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    succeeded(out, &format!("git {args:?}")).trim().to_string()
 }
 
 /// A small tmpfs mounted for a fault test (a full disk, a read-only directory), unmounted

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use citrus::control::AppState;
 
-use crate::support::{wait_for, Daemon, CITRUSCTL, DEADLINE};
+use crate::support::{succeeded, wait_for, Daemon, CITRUSCTL, DEADLINE};
 
 /// The shell prompt in the pane, to see the shell back after top exits.
 const PROMPT: &str = "top-shell$";
@@ -57,12 +57,7 @@ impl Tmux {
             .stdin(Stdio::null())
             .output()
             .expect("tmux (the tests of `citrusctl top` need it: apt-get install tmux)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(out, &format!("tmux {args:?}"))
     }
 
     fn screen(&self) -> String {
